@@ -1,0 +1,20 @@
+//! The shared watch cache: one reflector per watched kind, started once per process,
+//! eventually consistent with the API server; a change signal per kind that controllers
+//! wait on; and snapshots the pure compilers read. Controllers never call the API.
+//!
+//! watcher ([`watch`]) → trimmed objects ([`trim`]) → store → [`Changes`] signal →
+//! [`Snapshot`]. The same [`Snapshot`] is filled from YAML by [`manifests`] for the
+//! offline verbs.
+
+mod kind;
+pub mod manifests;
+mod signal;
+mod snapshot;
+mod trim;
+mod watch;
+
+pub use kind::Kind;
+pub use signal::Changes;
+pub use snapshot::Snapshot;
+pub use trim::trim_object;
+pub use watch::{Cache, SyncError};

@@ -1,0 +1,91 @@
+//! The command line, exactly as `CONTRACT.md` fixes it. Each controller module owns
+//! its own subcommands; this file only composes them.
+
+use clap::{Parser, Subcommand};
+
+use crate::agent::{self, AgentArgs, ControllerKind};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kubewire",
+    version,
+    about = "One node agent for the whole Kubernetes cluster network"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run every enabled controller over one shared watch cache (the DaemonSet entry point).
+    Run(Box<AgentArgs>),
+    /// Pod-CIDR routes, overlays and BGP.
+    #[command(subcommand)]
+    Routing(crate::routing::cmd::RoutingCommand),
+    /// The NetworkPolicy firewall.
+    #[command(subcommand)]
+    Firewall(crate::firewall::cmd::FirewallCommand),
+    /// The service proxy (IPVS or nftables).
+    #[command(subcommand)]
+    Proxy(crate::proxy::cmd::ProxyCommand),
+    /// The node's CNI configuration.
+    #[command(subcommand)]
+    Cni(crate::cni::cmd::CniCommand),
+    /// Remove everything the agent programmed on this node, then exit.
+    Cleanup(Box<AgentArgs>),
+    /// A real multi-node cluster network on this machine.
+    #[command(subcommand)]
+    Lab(crate::lab::LabCommand),
+}
+
+/// Runs the parsed command on a fresh tokio runtime.
+pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Run(args) => agent::run(*args, &ControllerKind::ALL).await,
+            Command::Routing(cmd) => crate::routing::cmd::dispatch(cmd).await,
+            Command::Firewall(cmd) => crate::firewall::cmd::dispatch(cmd).await,
+            Command::Proxy(cmd) => crate::proxy::cmd::dispatch(cmd).await,
+            Command::Cni(cmd) => crate::cni::cmd::dispatch(cmd).await,
+            Command::Cleanup(args) => agent::cleanup(*args).await,
+            Command::Lab(cmd) => crate::lab::dispatch(cmd).await,
+        }
+    })
+}
+
+/// `--format text|json` of the offline verbs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// `--manifests PATH`, shared by every offline verb.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ManifestsArg {
+    /// A YAML file, or a directory read recursively (*.yaml, *.yml).
+    #[arg(long, env = "KUBEWIRE_MANIFESTS")]
+    pub manifests: std::path::PathBuf,
+}
+
+impl ManifestsArg {
+    pub fn load(&self) -> anyhow::Result<crate::cache::Snapshot> {
+        Ok(crate::cache::manifests::load_snapshot(&self.manifests)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,99 @@
+//! Liveness: the agent is healthy while every enabled controller has completed a sync
+//! recently. A controller that stops syncing (stuck, or failing every retry) turns
+//! /healthz red and names itself.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Clone)]
+pub struct Health {
+    inner: Arc<Mutex<BTreeMap<String, Option<Instant>>>>,
+    stale_after: Duration,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct HealthReport {
+    pub healthy: bool,
+    pub body: String,
+}
+
+impl Health {
+    pub fn new(stale_after: Duration) -> Self {
+        Self {
+            inner: Arc::default(),
+            stale_after,
+        }
+    }
+
+    /// Declares a controller that must sync for the agent to be healthy.
+    pub fn enroll(&self, controller: &str) {
+        if let Ok(mut map) = self.inner.lock() {
+            map.entry(controller.to_string()).or_insert(None);
+        }
+    }
+
+    pub fn synced(&self, controller: &str) {
+        if let Ok(mut map) = self.inner.lock() {
+            map.insert(controller.to_string(), Some(Instant::now()));
+        }
+    }
+
+    pub fn report(&self) -> HealthReport {
+        let now = Instant::now();
+        let Ok(map) = self.inner.lock() else {
+            return HealthReport {
+                healthy: false,
+                body: "health state poisoned\n".into(),
+            };
+        };
+        let mut problems = Vec::new();
+        for (name, last) in map.iter() {
+            match last {
+                None => problems.push(format!("{name}: not synced yet")),
+                Some(at) if now.duration_since(*at) > self.stale_after => problems.push(format!(
+                    "{name}: stale, last sync {}s ago",
+                    now.duration_since(*at).as_secs()
+                )),
+                Some(_) => {}
+            }
+        }
+        if problems.is_empty() {
+            let names: Vec<&str> = map.keys().map(String::as_str).collect();
+            HealthReport {
+                healthy: true,
+                body: format!("ok: {}\n", names.join(", ")),
+            }
+        } else {
+            HealthReport {
+                healthy: false,
+                body: problems.join("\n") + "\n",
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn healthy_only_when_every_controller_synced_recently() {
+        let health = Health::new(Duration::from_millis(50));
+        health.enroll("firewall");
+        health.enroll("routing");
+        assert!(!health.report().healthy);
+        health.synced("firewall");
+        let report = health.report();
+        assert!(!report.healthy && report.body.contains("routing: not synced yet"));
+        health.synced("routing");
+        assert!(health.report().healthy);
+        std::thread::sleep(Duration::from_millis(80));
+        health.synced("routing");
+        let report = health.report();
+        assert!(
+            !report.healthy && report.body.contains("firewall: stale"),
+            "{report:?}"
+        );
+    }
+}

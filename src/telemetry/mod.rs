@@ -1,0 +1,11 @@
+//! Logs, Prometheus metrics and health: what an operator sees of a running agent.
+
+mod health;
+mod logging;
+mod metrics;
+mod server;
+
+pub use health::{Health, HealthReport};
+pub use logging::{LogFormat, init_logging};
+pub use metrics::{ControllerMetrics, Metrics};
+pub use server::serve;
