@@ -73,7 +73,7 @@ mod tests {
         }
         nodes.send_replace(1);
         let kinds = changes.changed().await;
-        assert_eq!(kinds, vec![Kind::Pod, Kind::Node]);
+        assert_eq!(kinds, vec![Kind::Node, Kind::Pod]);
         let again = tokio::time::timeout(Duration::from_millis(100), changes.changed()).await;
         assert!(again.is_err(), "no new change, no wakeup");
     }
