@@ -3,6 +3,10 @@
 
 mod args;
 pub mod cmd;
+pub mod compile;
+pub mod model;
+pub mod nodes;
+pub mod ruleset;
 
 pub use args::{OverlayEncap, OverlayType, RoutingArgs};
 
