@@ -77,7 +77,11 @@ impl Reconciler {
 
     /// The subnets and MTU of the interfaces holding `node_ips`.
     pub async fn host_facts(&self, node_ips: &[IpAddr]) -> anyhow::Result<HostFacts> {
-        let addresses = self.netlink.addresses().await.context("listing addresses")?;
+        let addresses = self
+            .netlink
+            .addresses()
+            .await
+            .context("listing addresses")?;
         let links = self.netlink.links().await.context("listing links")?;
         let mut facts = HostFacts::default();
         for (position, ip) in node_ips.iter().enumerate() {
@@ -130,8 +134,9 @@ impl Reconciler {
             metrics: &metrics,
             messages: Vec::new(),
         };
-        apply_sysctls(plan, &mut report, &mut failures);
         let links = self.apply_links(plan, &mut report, &mut failures).await?;
+        // After the links: some sysctls are the bridge's.
+        write_sysctls(&plan.sysctls, &mut report.sysctls_changed, &mut failures);
         self.apply_addresses(plan, &links, &mut report, &mut failures)
             .await?;
         let vxlan_index = match &plan.tunnel {
@@ -175,11 +180,7 @@ impl Reconciler {
         let before = report.links_changed;
         let bridge = &plan.bridge;
         let result = match links.get(&bridge.name) {
-            None => self
-                .netlink
-                .add_bridge(&bridge.name, BRIDGE_ALIAS, bridge.mtu)
-                .await
-                .map(|()| true),
+            None => self.add_bridge(plan, failures).await.map(|()| true),
             Some(link) if !link.up || (bridge.mtu.is_some() && link.mtu != bridge.mtu) => self
                 .netlink
                 .set_link(link.index, bridge.mtu, None)
@@ -227,6 +228,26 @@ impl Reconciler {
         Ok(by_name(
             self.netlink.links().await.context("listing links")?,
         ))
+    }
+
+    /// Creates the bridge and sets its own sysctls before it comes up (IPv6 DAD
+    /// starts at link up and does not look at `accept_dad` again).
+    async fn add_bridge(
+        &self,
+        plan: &RoutingPlan,
+        failures: &mut Failures<'_>,
+    ) -> Result<(), NetlinkError> {
+        let bridge = &plan.bridge;
+        let index = self.netlink.add_bridge(&bridge.name, BRIDGE_ALIAS).await?;
+        let device = format!(".{}.", bridge.name);
+        let own: Vec<Sysctl> = plan
+            .sysctls
+            .iter()
+            .filter(|s| s.key.contains(&device))
+            .cloned()
+            .collect();
+        write_sysctls(&own, &mut 0, failures);
+        self.netlink.set_link(index, bridge.mtu, None).await
     }
 
     async fn ensure_vxlan(
@@ -309,10 +330,18 @@ impl Reconciler {
             };
             let changes = diff::addresses(link.index, addresses, &actual);
             for address in changes.add {
-                let result = self.netlink.add_address(link.index, address).await.map(|()| true);
-                count_as(result, &mut report.addresses_changed, failures, "address", || {
-                    format!("adding {address} to {name}")
-                });
+                let result = self
+                    .netlink
+                    .add_address(link.index, address)
+                    .await
+                    .map(|()| true);
+                count_as(
+                    result,
+                    &mut report.addresses_changed,
+                    failures,
+                    "address",
+                    || format!("adding {address} to {name}"),
+                );
             }
             for address in changes.delete {
                 let result = self
@@ -320,9 +349,13 @@ impl Reconciler {
                     .delete_address(link.index, address)
                     .await
                     .map(|()| true);
-                count_as(result, &mut report.addresses_changed, failures, "address", || {
-                    format!("deleting {address} from {name}")
-                });
+                count_as(
+                    result,
+                    &mut report.addresses_changed,
+                    failures,
+                    "address",
+                    || format!("deleting {address} from {name}"),
+                );
             }
         }
         Ok(())
@@ -337,8 +370,11 @@ impl Reconciler {
         report: &mut SyncReport,
         failures: &mut Failures<'_>,
     ) -> anyhow::Result<(diff::NeighbourChanges, diff::FdbChanges)> {
-        let wanted_fdb: Vec<(Mac, IpAddr)> =
-            plan.vxlan_peers.iter().map(|p| (p.mac, p.underlay)).collect();
+        let wanted_fdb: Vec<(Mac, IpAddr)> = plan
+            .vxlan_peers
+            .iter()
+            .map(|p| (p.mac, p.underlay))
+            .collect();
         let wanted_neighbours: Vec<(IpAddr, Mac)> = plan
             .vxlan_peers
             .iter()
@@ -358,11 +394,18 @@ impl Reconciler {
         );
         let results = self.netlink.replace_fdb(index, &fdb.replace).await;
         for ((mac, dst), result) in fdb.replace.iter().zip(results) {
-            count_as(result.map(|()| true), &mut report.fdb_changed, failures, "fdb", || {
-                format!("fdb {mac} dst {dst}")
-            });
+            count_as(
+                result.map(|()| true),
+                &mut report.fdb_changed,
+                failures,
+                "fdb",
+                || format!("fdb {mac} dst {dst}"),
+            );
         }
-        let results = self.netlink.replace_neighbours(index, &neighbours.replace).await;
+        let results = self
+            .netlink
+            .replace_neighbours(index, &neighbours.replace)
+            .await;
         for ((address, mac), result) in neighbours.replace.iter().zip(results) {
             count_as(
                 result.map(|()| true),
@@ -383,7 +426,10 @@ impl Reconciler {
         report: &mut SyncReport,
         failures: &mut Failures<'_>,
     ) {
-        let results = self.netlink.delete_neighbours(index, &neighbours.delete).await;
+        let results = self
+            .netlink
+            .delete_neighbours(index, &neighbours.delete)
+            .await;
         for (address, result) in neighbours.delete.iter().zip(results) {
             count_as(
                 result.map(|()| true),
@@ -395,9 +441,13 @@ impl Reconciler {
         }
         let results = self.netlink.delete_fdb(&fdb.delete).await;
         for (entry, result) in fdb.delete.iter().zip(results) {
-            count_as(result.map(|()| true), &mut report.fdb_changed, failures, "fdb", || {
-                format!("deleting fdb {}", entry.mac)
-            });
+            count_as(
+                result.map(|()| true),
+                &mut report.fdb_changed,
+                failures,
+                "fdb",
+                || format!("deleting fdb {}", entry.mac),
+            );
         }
     }
 
@@ -489,7 +539,8 @@ impl Reconciler {
     ) {
         let script = ruleset::replace_transaction(&plan.nftables);
         let unchanged = self.applied_nft.as_deref() == Some(script.as_str());
-        if unchanged && !(reason == SyncReason::Periodic && !table_exists().await) {
+        let drift_check = reason == SyncReason::Periodic;
+        if unchanged && (!drift_check || table_exists().await) {
             return;
         }
         match nft::apply(&script).await {
@@ -515,15 +566,15 @@ async fn table_exists() -> bool {
         .is_ok_and(|status| status.success())
 }
 
-fn apply_sysctls(plan: &RoutingPlan, report: &mut SyncReport, failures: &mut Failures<'_>) {
-    for sysctl in &plan.sysctls {
+fn write_sysctls(sysctls: &[Sysctl], changed: &mut usize, failures: &mut Failures<'_>) {
+    for sysctl in sysctls {
         let path = sysctl.path();
         let current = std::fs::read_to_string(&path);
         if current.is_ok_and(|c| c.trim() == sysctl.value) {
             continue;
         }
         match std::fs::write(&path, &sysctl.value) {
-            Ok(()) => report.sysctls_changed += 1,
+            Ok(()) => *changed += 1,
             Err(err) => failures.add(
                 "sysctl",
                 format!("sysctl {} = {}: {err}", sysctl.key, sysctl.value),
@@ -574,7 +625,10 @@ fn count_as(
 /// addresses on it: the CNI bridge plugin owns it and its pods).
 pub async fn cleanup(netlink: &Netlink) -> anyhow::Result<()> {
     let mut failures = Vec::new();
-    let routes = netlink.routes(ROUTE_PROTOCOL).await.context("listing routes")?;
+    let routes = netlink
+        .routes(ROUTE_PROTOCOL)
+        .await
+        .context("listing routes")?;
     for (route, result) in routes.iter().zip(netlink.delete_routes(&routes).await) {
         match result {
             Ok(()) => {}

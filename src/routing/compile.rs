@@ -139,6 +139,15 @@ pub fn compile(
     if cluster_pod_cidrs.iter().any(|c| matches!(c, IpNet::V6(_))) {
         sysctls.push(Sysctl::new("net.ipv6.conf.all.forwarding", "1"));
     }
+    if local.pod_cidrs.iter().any(|c| matches!(c, IpNet::V6(_))) {
+        // A forwarding node solicits a pod's address from the bridge's link-local
+        // address; without this it is unusable for DAD's ~2 s after the first pod
+        // attaches, and forwarded IPv6 to that pod is dropped meanwhile.
+        sysctls.push(Sysctl::new(
+            &format!("net.ipv6.conf.{BRIDGE}.accept_dad"),
+            "0",
+        ));
+    }
 
     let tunnel = tunnel(args, &node_ips, &local.pod_cidrs, host.underlay_mtu);
     let mut routes = RouteBuilder {

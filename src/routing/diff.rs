@@ -183,7 +183,10 @@ mod tests {
             installed("10.244.6.0/24", "192.168.1.16", 2, false),
         ];
         let changes = routes(&desired, &actual);
-        assert_eq!(changes.replace, vec![desired[2].clone(), desired[3].clone()]);
+        assert_eq!(
+            changes.replace,
+            vec![desired[2].clone(), desired[3].clone()]
+        );
         assert_eq!(destinations(&changes.delete), ["10.244.6.0/24"]);
         assert_eq!(routes(&desired, &[]).replace, desired);
         assert_eq!(routes(&[], &actual).delete.len(), 5);
@@ -212,7 +215,11 @@ mod tests {
             mac: Some(mac(m)),
             permanent,
         };
-        let desired = vec![(ip("10.244.2.0"), mac(2)), (ip("10.244.3.0"), mac(3)), (ip("10.244.4.0"), mac(4))];
+        let desired = vec![
+            (ip("10.244.2.0"), mac(2)),
+            (ip("10.244.3.0"), mac(3)),
+            (ip("10.244.4.0"), mac(4)),
+        ];
         let actual = vec![
             entry("10.244.2.0", 2, true),  // right
             entry("10.244.3.0", 9, true),  // wrong MAC
@@ -233,7 +240,11 @@ mod tests {
             mac: mac(m),
             destination: dst.map(ip),
         };
-        let desired = vec![(mac(2), ip("192.168.1.12")), (mac(3), ip("192.168.2.13")), (mac(4), ip("192.168.2.14"))];
+        let desired = vec![
+            (mac(2), ip("192.168.1.12")),
+            (mac(3), ip("192.168.2.13")),
+            (mac(4), ip("192.168.2.14")),
+        ];
         let actual = vec![
             entry(2, Some("192.168.1.12")),
             entry(3, Some("192.168.2.99")),
@@ -242,7 +253,10 @@ mod tests {
         ];
         let changes = fdb(&desired, &actual);
         assert_eq!(changes.replace, vec![desired[1], desired[2]]);
-        assert_eq!(changes.delete, vec![actual[1].clone(), actual[2].clone(), actual[3].clone()]);
+        assert_eq!(
+            changes.delete,
+            vec![actual[1].clone(), actual[2].clone(), actual[3].clone()]
+        );
     }
 
     #[test]
@@ -254,12 +268,16 @@ mod tests {
             protocol,
         };
         let actual = vec![
-            address(3, "10.244.1.1/24", None),                 // the CNI plugin's: kept
+            address(3, "10.244.1.1/24", None), // the CNI plugin's: kept
             address(3, "10.244.9.1/24", Some(ROUTE_PROTOCOL)), // our old CIDR: deleted
-            address(3, "fe80::1/64", Some(2)),                  // link-local: kept
+            address(3, "fe80::1/64", Some(2)), // link-local: kept
             address(4, "fd00:10:244:1::1/64", Some(ROUTE_PROTOCOL)), // another link
         ];
-        let changes = addresses(3, &[net("10.244.1.1/24"), net("fd00:10:244:1::1/64")], &actual);
+        let changes = addresses(
+            3,
+            &[net("10.244.1.1/24"), net("fd00:10:244:1::1/64")],
+            &actual,
+        );
         assert_eq!(changes.add, vec![net("fd00:10:244:1::1/64")]);
         assert_eq!(changes.delete, vec![net("10.244.9.1/24")]);
     }

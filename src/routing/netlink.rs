@@ -13,8 +13,8 @@ use netlink_sys::AsyncSocket;
 use futures::StreamExt;
 use ipnet::IpNet;
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
-    NetlinkMessage, NetlinkPayload,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
+    NetlinkPayload,
 };
 use netlink_packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressProtocol,
@@ -26,14 +26,12 @@ use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol,
-    RouteScope, RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+    RouteType,
 };
 use netlink_packet_route::{AddressFamily, IpProtocol, RouteNetlinkMessage};
 use rtnetlink::proto::{ConnectionHandle, sys::SocketAddr};
-use rtnetlink::{
-    LinkBridge, LinkIp6Tnl, LinkIpIp, LinkUnspec, LinkVxlan,
-};
+use rtnetlink::{LinkBridge, LinkIp6Tnl, LinkIpIp, LinkMessageBuilder, LinkUnspec, LinkVxlan};
 
 use super::model::{IpipDevice, Mac, ROUTE_PROTOCOL, VxlanDevice};
 
@@ -194,10 +192,7 @@ impl Netlink {
 
     /// Sends `messages` (each with `flags` | REQUEST | ACK) in batches and returns one
     /// result per message, in order.
-    async fn batch(
-        &self,
-        messages: Vec<(RouteNetlinkMessage, u16)>,
-    ) -> Vec<Result<()>> {
+    async fn batch(&self, messages: Vec<(RouteNetlinkMessage, u16)>) -> Vec<Result<()>> {
         let mut results = Vec::with_capacity(messages.len());
         let mut messages = messages.into_iter().peekable();
         while messages.peek().is_some() {
@@ -222,9 +217,7 @@ impl Netlink {
                                     io::Error::from_raw_os_error(-code.get()),
                                 )),
                             }),
-                            other => acks.push(Err(NetlinkError::Unexpected(format!(
-                                "{other:?}"
-                            )))),
+                            other => acks.push(Err(NetlinkError::Unexpected(format!("{other:?}")))),
                         }
                     }
                 }
@@ -287,12 +280,23 @@ impl Netlink {
         Ok(self.links().await?.into_iter().find(|l| l.name == name))
     }
 
-    pub async fn add_bridge(&self, name: &str, alias: &str, mtu: Option<u32>) -> Result<()> {
-        let mut builder = LinkBridge::new(name).alias(alias).up();
-        if let Some(mtu) = mtu {
-            builder = builder.mtu(mtu);
-        }
-        self.add_link(builder.build()).await
+    /// Creates a bridge, down: the caller sets its sysctls and then brings it up
+    /// with [`Netlink::set_link`] (an MTU set that way also sticks when ports with a
+    /// larger MTU join). Returns its index.
+    pub async fn add_bridge(&self, name: &str, alias: &str) -> Result<u32> {
+        self.add_link(LinkMessageBuilder::<LinkBridge>::new(name).build())
+            .await?;
+        let index = self
+            .link(name)
+            .await?
+            .map(|l| l.index)
+            .ok_or(NetlinkError::Unexpected(format!(
+                "{name} vanished right after it was created"
+            )))?;
+        // The kernel ignores IFLA_IFALIAS when creating a link; set it afterwards.
+        let message = LinkUnspec::new_with_index(index).alias(alias).build();
+        self.one(RouteNetlinkMessage::SetLink(message), 0).await?;
+        Ok(index)
     }
 
     pub async fn add_vxlan(&self, device: &VxlanDevice) -> Result<()> {
@@ -466,21 +470,27 @@ impl Netlink {
         Ok(replies
             .into_iter()
             .filter_map(|reply| match reply {
-                RouteNetlinkMessage::NewNeighbour(n) if n.header.ifindex == index => {
-                    parse_fdb(&n)
-                }
+                RouteNetlinkMessage::NewNeighbour(n) if n.header.ifindex == index => parse_fdb(&n),
                 _ => None,
             })
             .collect())
     }
 
     /// Adds or replaces permanent neighbour entries (`address → mac`) on `index`.
-    pub async fn replace_neighbours(&self, index: u32, entries: &[(IpAddr, Mac)]) -> Vec<Result<()>> {
+    pub async fn replace_neighbours(
+        &self,
+        index: u32,
+        entries: &[(IpAddr, Mac)],
+    ) -> Vec<Result<()>> {
         let messages = entries
             .iter()
             .map(|(address, mac)| {
                 (
-                    RouteNetlinkMessage::NewNeighbour(neighbour_message(index, *address, Some(*mac))),
+                    RouteNetlinkMessage::NewNeighbour(neighbour_message(
+                        index,
+                        *address,
+                        Some(*mac),
+                    )),
                     NLM_F_CREATE | NLM_F_REPLACE,
                 )
             })
@@ -662,7 +672,9 @@ fn address_message(index: u32, address: IpNet, ours: bool) -> AddressMessage {
         }
         message
             .attributes
-            .push(AddressAttribute::Protocol(AddressProtocol::from(ROUTE_PROTOCOL)));
+            .push(AddressAttribute::Protocol(AddressProtocol::from(
+                ROUTE_PROTOCOL,
+            )));
     }
     message
 }
@@ -703,7 +715,9 @@ fn route_message(route: &RouteSpec) -> RouteMessage {
     }
     message
         .attributes
-        .push(RouteAttribute::Destination(route_address(route.destination.network())));
+        .push(RouteAttribute::Destination(route_address(
+            route.destination.network(),
+        )));
     message
         .attributes
         .push(RouteAttribute::Gateway(route_address(route.gateway)));
@@ -752,17 +766,21 @@ fn neighbour_message(index: u32, address: IpAddr, mac: Option<Mac>) -> Neighbour
     message.header.ifindex = index;
     message.header.state = NeighbourState::Permanent;
     message.header.kind = RouteType::Unspec;
-    message.attributes.push(NeighbourAttribute::Destination(match address {
-        IpAddr::V4(ip) => NeighbourAddress::Inet(ip),
-        IpAddr::V6(ip) => NeighbourAddress::Inet6(ip),
-    }));
+    message
+        .attributes
+        .push(NeighbourAttribute::Destination(match address {
+            IpAddr::V4(ip) => NeighbourAddress::Inet(ip),
+            IpAddr::V6(ip) => NeighbourAddress::Inet6(ip),
+        }));
     if let Some(mac) = mac {
         message
             .attributes
             .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
         message
             .attributes
-            .push(NeighbourAttribute::Protocol(RouteProtocol::from(ROUTE_PROTOCOL)));
+            .push(NeighbourAttribute::Protocol(RouteProtocol::from(
+                ROUTE_PROTOCOL,
+            )));
     }
     message
 }
@@ -778,10 +796,12 @@ fn fdb_message(index: u32, mac: Mac, destination: Option<IpAddr>) -> NeighbourMe
         .attributes
         .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
     if let Some(destination) = destination {
-        message.attributes.push(NeighbourAttribute::Destination(match destination {
-            IpAddr::V4(ip) => NeighbourAddress::Inet(ip),
-            IpAddr::V6(ip) => NeighbourAddress::Inet6(ip),
-        }));
+        message
+            .attributes
+            .push(NeighbourAttribute::Destination(match destination {
+                IpAddr::V4(ip) => NeighbourAddress::Inet(ip),
+                IpAddr::V6(ip) => NeighbourAddress::Inet6(ip),
+            }));
     }
     message
 }
@@ -796,6 +816,16 @@ fn neighbour_fields(message: &NeighbourMessage) -> (Option<IpAddr>, Option<Mac>)
             }
             NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) => {
                 address = Some(IpAddr::V6(*ip))
+            }
+            // FDB entries (family AF_BRIDGE) carry their destination as raw bytes.
+            NeighbourAttribute::Destination(NeighbourAddress::Other(bytes)) => {
+                address = match bytes.len() {
+                    4 => <[u8; 4]>::try_from(bytes.as_slice()).ok().map(IpAddr::from),
+                    16 => <[u8; 16]>::try_from(bytes.as_slice())
+                        .ok()
+                        .map(IpAddr::from),
+                    _ => None,
+                }
             }
             NeighbourAttribute::LinkLayerAddress(bytes) => {
                 mac = <[u8; 6]>::try_from(bytes.as_slice()).ok().map(Mac)
