@@ -195,6 +195,16 @@ pub enum Path {
     Ipip,
 }
 
+impl fmt::Display for Path {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Path::Direct => "direct",
+            Path::Vxlan => "vxlan",
+            Path::Ipip => "ipip",
+        })
+    }
+}
+
 /// One kernel route in the main table, `proto` [`ROUTE_PROTOCOL`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Route {
