@@ -52,7 +52,9 @@ fn plan(overlay_type: OverlayType) -> (kubewire::cache::Snapshot, RoutingPlan) {
 /// 192.168.0.2/16. No packet is sent.
 fn node_namespace() -> Netns {
     let ns = Netns::new("kwr-bench");
-    ns.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "wire"]);
+    ns.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "wire",
+    ]);
     ns.ip(&["addr", "add", "192.168.0.2/16", "dev", "eth0"]);
     ns.ip(&["link", "set", "wire", "up"]);
     ns.ip(&["link", "set", "eth0", "up"]);
@@ -99,7 +101,12 @@ fn ip_batch(plan: &RoutingPlan) -> Duration {
     let script: String = plan
         .routes
         .iter()
-        .map(|r| format!("route add {} via {} proto {ROUTE_PROTOCOL}\n", r.destination, r.gateway))
+        .map(|r| {
+            format!(
+                "route add {} via {} proto {ROUTE_PROTOCOL}\n",
+                r.destination, r.gateway
+            )
+        })
         .collect();
     std::fs::write(file.path(), script).expect("write batch");
     let path = file.path().to_str().expect("utf-8 path").to_string();
@@ -161,8 +168,14 @@ fn install_routes_for_1000_nodes() {
     let first = |runs: &[(Duration, Duration)]| median(runs.iter().map(|r| r.0).collect());
     let again = |runs: &[(Duration, Duration)]| median(runs.iter().map(|r| r.1).collect());
     println!("routes for {PEERS} nodes, median of {ROUNDS} runs, each in a fresh namespace:");
-    println!("  kubewire apply layer (dump + diff + batched netlink) {:>10}", ms(ours));
-    println!("  ip -batch, same routes (process start included)      {:>10}", ms(theirs));
+    println!(
+        "  kubewire apply layer (dump + diff + batched netlink) {:>10}",
+        ms(ours)
+    );
+    println!(
+        "  ip -batch, same routes (process start included)      {:>10}",
+        ms(theirs)
+    );
     println!(
         "  ratio kubewire / ip -batch                            {:>9.2}x (goal <= 1.5x)",
         ours.as_secs_f64() / theirs.as_secs_f64()
