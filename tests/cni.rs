@@ -139,7 +139,8 @@ fn setup(node_name: &str, test: &str) -> Setup {
 
 /// The global addresses of `ifname` in `netns`, from `ip -j addr`.
 fn addresses(netns: &Netns, ifname: &str) -> Vec<IpNet> {
-    let json: Value = serde_json::from_str(&netns.ip(&["-j", "addr", "show", "dev", ifname])).unwrap();
+    let json: Value =
+        serde_json::from_str(&netns.ip(&["-j", "addr", "show", "dev", ifname])).unwrap();
     json[0]["addr_info"]
         .as_array()
         .unwrap()
@@ -222,7 +223,10 @@ fn lease_files(data_dir: &Path) -> Vec<String> {
 /// ADD, check the pod's addresses, reachability and leases, DEL, check it is gone.
 fn wire_and_unwire(setup: &Setup, cidrs: &[&str]) -> CniResult {
     let cidrs: Vec<IpNet> = cidrs.iter().map(|c| c.parse().unwrap()).collect();
-    let result = setup.runner.add(&setup.conflist, &setup.attachment).unwrap();
+    let result = setup
+        .runner
+        .add(&setup.conflist, &setup.attachment)
+        .unwrap();
 
     let pod_ips = result.pod_ips();
     assert_eq!(pod_ips.len(), cidrs.len(), "{:?}", result.raw);
@@ -244,7 +248,10 @@ fn wire_and_unwire(setup: &Setup, cidrs: &[&str]) -> CniResult {
         );
         let family = if ip.is_ipv4() { "-4" } else { "-6" };
         let routes = setup.pod.ip(&[family, "route", "show", "default"]);
-        assert!(routes.contains(&format!("via {gateway} dev eth0")), "{routes}");
+        assert!(
+            routes.contains(&format!("via {gateway} dev eth0")),
+            "{routes}"
+        );
         pod_reaches_node(setup, gateway);
     }
     let mut expected_leases: Vec<String> = pod_ips.iter().map(ToString::to_string).collect();
@@ -271,7 +278,14 @@ fn single_stack_pod_is_wired_from_the_nodes_cidr() {
     }
     let setup = setup("n1", "v4");
     let result = wire_and_unwire(&setup, &["10.244.1.0/24"]);
-    assert_eq!(result.interfaces.iter().filter(|i| i.name == "eth0").count(), 1);
+    assert_eq!(
+        result
+            .interfaces
+            .iter()
+            .filter(|i| i.name == "eth0")
+            .count(),
+        1
+    );
 }
 
 #[test]
@@ -290,7 +304,10 @@ fn static_ip_from_cni_args_and_failed_add_leaves_nothing_behind() {
     }
     let mut setup = setup("n1", "st");
     setup.attachment.cni_args = vec![("IP".into(), "10.244.1.77".into())];
-    let result = setup.runner.add(&setup.conflist, &setup.attachment).unwrap();
+    let result = setup
+        .runner
+        .add(&setup.conflist, &setup.attachment)
+        .unwrap();
     assert_eq!(result.pod_ips(), ["10.244.1.77".parse::<IpAddr>().unwrap()]);
     setup
         .runner
@@ -343,7 +360,8 @@ fn controller_sync_takes_the_mtu_of_the_node_interface() {
     let manifests = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/cni"));
     let snapshot = kubewire::cache::manifests::load_snapshot(&manifests).unwrap();
     let (found, outcome) = node.within(move || {
-        let found = kubewire::cni::link::link_mtu_for_address("192.0.2.11".parse().unwrap()).unwrap();
+        let found =
+            kubewire::cni::link::link_mtu_for_address("192.0.2.11".parse().unwrap()).unwrap();
         (found, kubewire::cni::sync(&snapshot, "n1", &args).unwrap())
     });
     assert_eq!(found, ("kwul0".to_string(), 9000));
