@@ -364,7 +364,15 @@ mod tests {
         let vxlan = routing(OverlayType::Subnet, OverlayEncap::Vxlan);
         let ipip = routing(OverlayType::Full, OverlayEncap::Ipip);
         let none = routing(OverlayType::None, OverlayEncap::Vxlan);
-        let cases: [(&[IpNet], Option<u32>, u32, &RoutingArgs, Result<u32, &str>); 6] = [
+        // (pod CIDRs, --mtu, link MTU, routing flags) → pod MTU or error
+        type Case<'a> = (
+            &'a [IpNet],
+            Option<u32>,
+            u32,
+            &'a RoutingArgs,
+            Result<u32, &'a str>,
+        );
+        let cases: [Case; 6] = [
             (&v4, None, 1500, &vxlan, Ok(1450)),
             (&v4, None, 1500, &ipip, Ok(1480)),
             (&v4, None, 9000, &none, Ok(9000)),
