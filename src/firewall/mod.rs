@@ -1,10 +1,23 @@
 //! The NetworkPolicy firewall: policies compiled into one `inet kubewire` nftables
 //! table of fixed chains, sets and verdict maps.
+//!
+//! [`policy`] and [`cluster`] read a snapshot into validated NetworkPolicy semantics;
+//! [`evaluate`] is the reference decision for one connection (what `matrix` and
+//! `explain` print).
 
 mod args;
+pub mod cluster;
 pub mod cmd;
+pub mod conformance;
+pub mod evaluate;
+pub mod explain;
+pub mod input;
+pub mod matrix;
+pub mod policy;
+pub mod selector;
 
 pub use args::FirewallArgs;
+pub use input::FirewallInput;
 
 use crate::agent::{AgentArgs, ControllerContext};
 
