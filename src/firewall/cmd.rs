@@ -53,8 +53,9 @@ pub struct ExplainArgs {
 pub async fn dispatch(cmd: FirewallCommand) -> anyhow::Result<()> {
     match cmd {
         FirewallCommand::Run(args) => agent::run(*args, &[ControllerKind::Firewall]).await,
-        FirewallCommand::Plan(_) => {
-            anyhow::bail!("the firewall's offline verbs are not built yet (issue 4)")
+        FirewallCommand::Plan(args) => {
+            print!("{}", plan(&args)?);
+            Ok(())
         }
         FirewallCommand::Matrix(args) => {
             print!("{}", matrix(&args)?);
@@ -75,6 +76,34 @@ fn load(manifests: &ManifestsArg) -> anyhow::Result<FirewallInput> {
         eprintln!("kubewire: warning: {error}");
     }
     Ok(input)
+}
+
+/// `firewall plan`, as the text it prints: the transaction that replaces the table.
+pub fn plan(args: &PlanArgs) -> anyhow::Result<String> {
+    let input = load(&args.manifests)?;
+    let options = super::compile::CompileOptions {
+        node: args.node.clone(),
+        default_deny: args.firewall.firewall_default_deny,
+        log_group: args.firewall.firewall_log_group,
+    };
+    if !input.cluster.nodes.contains_key(&args.node)
+        && !input
+            .cluster
+            .pods
+            .iter()
+            .any(|p| p.node.as_deref() == Some(args.node.as_str()))
+    {
+        eprintln!(
+            "kubewire: warning: no Node {} and no pod scheduled to it",
+            args.node
+        );
+    }
+    let ruleset = super::compile::compile(&input, &options);
+    let mut text = super::render::full(&ruleset).text();
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    Ok(text)
 }
 
 /// `firewall matrix`, as the text it prints.

@@ -8,12 +8,15 @@
 mod args;
 pub mod cluster;
 pub mod cmd;
+pub mod compile;
 pub mod conformance;
 pub mod evaluate;
 pub mod explain;
 pub mod input;
 pub mod matrix;
+pub mod model;
 pub mod policy;
+pub mod render;
 pub mod selector;
 
 pub use args::FirewallArgs;
