@@ -261,8 +261,9 @@ pub fn diff(old: &Ruleset, new: &Ruleset) -> Option<Transaction> {
             );
         }
     }
-    // 5. Removed objects: chains emptied first (they may jump to each other), then
-    //    deleted; then sets and counters, which nothing references any more.
+    // 5. Removed objects: chains emptied first (they may jump to each other and use
+    //    sets), then sets and maps (whose elements may jump to chains), then the
+    //    chains, then counters, which nothing references any more.
     let removed_chains: Vec<&String> = old
         .chains
         .keys()
@@ -275,18 +276,18 @@ pub fn diff(old: &Ruleset, new: &Ruleset) -> Option<Transaction> {
             0,
         );
     }
-    for name in &removed_chains {
-        tx.push(
-            CommandKind::DeleteObject,
-            format!("delete chain {t} {name}"),
-            0,
-        );
-    }
     for (name, set) in old.sets.iter().filter(|(n, _)| !new.sets.contains_key(*n)) {
         let keyword = if set.kind.is_map() { "map" } else { "set" };
         tx.push(
             CommandKind::DeleteObject,
             format!("delete {keyword} {t} {name}"),
+            0,
+        );
+    }
+    for name in &removed_chains {
+        tx.push(
+            CommandKind::DeleteObject,
+            format!("delete chain {t} {name}"),
             0,
         );
     }
