@@ -143,7 +143,7 @@ impl Continue {
                 "continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)",
             )
         };
-        if token.len() % 2 != 0 {
+        if !token.len().is_multiple_of(2) {
             return Err(invalid());
         }
         let bytes = (0..token.len())

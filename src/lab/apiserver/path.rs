@@ -119,7 +119,10 @@ mod tests {
     use super::*;
     use crate::cache::Kind;
 
-    fn target(path: &str) -> Option<(Kind, Option<String>, Option<String>, Option<String>, bool)> {
+    /// (kind, namespace, name, subresource, legacy watch)
+    type Parsed = (Kind, Option<String>, Option<String>, Option<String>, bool);
+
+    fn target(path: &str) -> Option<Parsed> {
         match route(path) {
             Route::Resource(t) => Some((
                 t.resource.kind,
