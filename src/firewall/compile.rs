@@ -34,6 +34,9 @@ pub const EGRESS_CHAIN: &str = "pod-egress";
 pub const INGRESS_CHAIN: &str = "pod-ingress";
 /// Counts packets dropped because the pod they are for has not been compiled yet.
 pub const UNCOMPILED_COUNTER: &str = "uncompiled-drops";
+/// Accepts IPv6 neighbour and router discovery, which bridged pods need to reach
+/// each other at all.
+pub const NEIGHBOR_DISCOVERY: &str = "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit, nd-router-advert } accept";
 /// Counts packets conntrack considers invalid.
 pub const INVALID_COUNTER: &str = "invalid-drops";
 
@@ -472,6 +475,11 @@ impl<'a> Compiler<'a> {
                 rules.push(format!(
                     "ct state invalid counter name \"{INVALID_COUNTER}\" drop"
                 ));
+            }
+            if self.families.contains(&Family::V6) {
+                // IPv6 neighbour discovery between pods on one bridge is link
+                // plumbing, like ARP, not a connection policies speak about.
+                rules.push(NEIGHBOR_DISCOVERY.to_string());
             }
             if direction == Direction::Ingress {
                 for family in Family::BOTH {

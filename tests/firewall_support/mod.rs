@@ -37,6 +37,14 @@ impl NetNs {
         );
         run("ip", &["netns", "add", &name]);
         let this = Self { name };
+        // No duplicate address detection: addresses (link-local ones too) are usable
+        // at once, so IPv6 works from the first packet.
+        for key in [
+            "net.ipv6.conf.all.accept_dad=0",
+            "net.ipv6.conf.default.accept_dad=0",
+        ] {
+            this.exec(&["sysctl", "-qw", key]);
+        }
         this.exec(&["ip", "link", "set", "lo", "up"]);
         this
     }
@@ -162,3 +170,5 @@ pub fn options(node: &str) -> CompileOptions {
 pub fn ruleset(step: &Path, node: &str) -> Ruleset {
     compile::compile(&input(step), &options(node))
 }
+
+pub mod cluster;
