@@ -36,6 +36,32 @@ fn pod(namespace: &str, name: &str, node: &str, ports: &str, extra: &str) -> Str
 const WEB: &str = "{containerPort: 80}, {containerPort: 53, protocol: UDP}";
 const API: &str = "{containerPort: 8080}";
 
+/// Runs `lab down` for its lab when dropped, so a failing test leaves nothing behind.
+/// Declare it after the state dir's TempDir: it must drop first.
+struct DownOnDrop(Vec<String>);
+
+impl DownOnDrop {
+    fn new(name: &str, state_dir: Option<&Path>) -> DownOnDrop {
+        let mut args = vec![
+            "lab".to_string(),
+            "down".into(),
+            "--name".into(),
+            name.into(),
+        ];
+        if let Some(dir) = state_dir {
+            args.extend(["--state-dir".to_string(), dir.display().to_string()]);
+        }
+        DownOnDrop(args)
+    }
+}
+
+impl Drop for DownOnDrop {
+    fn drop(&mut self) {
+        let args: Vec<&str> = self.0.iter().map(String::as_str).collect();
+        let _ = kubewire(&args);
+    }
+}
+
 fn snapshot(name: &str, dirs: &[&Path]) -> HostSnapshot {
     HostSnapshot::take(&format!("kw-{name}-"), ("KUBEWIRE_LAB", name), dirs)
 }
@@ -73,7 +99,12 @@ fn full_matrix(pods: &[(&str, &[(u64, &str)])]) -> BTreeSet<Cell> {
         for (to, ports) in pods {
             if from != to {
                 for (port, protocol) in *ports {
-                    all.insert((from.to_string(), to.to_string(), *port, protocol.to_string()));
+                    all.insert((
+                        from.to_string(),
+                        to.to_string(),
+                        *port,
+                        protocol.to_string(),
+                    ));
                 }
             }
         }
@@ -94,6 +125,7 @@ fn lab_run_same_node_full_matrix_and_the_host_is_left_as_it_was() {
     );
     let run_dir = Path::new("/run/kubewire");
     let before = snapshot(&name, &[run_dir]);
+    let _down = DownOnDrop::new(&name, None);
     let mut args = vec![
         "lab",
         "run",
@@ -114,8 +146,15 @@ fn lab_run_same_node_full_matrix_and_the_host_is_left_as_it_was() {
     ]);
     assert_eq!(cells.keys().cloned().collect::<BTreeSet<_>>(), expected);
     let refused: Vec<_> = cells.iter().filter(|(_, allowed)| !**allowed).collect();
-    assert!(refused.is_empty(), "same-node pods must all answer: {refused:?}");
-    assert_eq!(snapshot(&name, &[run_dir]), before, "lab run left something behind");
+    assert!(
+        refused.is_empty(),
+        "same-node pods must all answer: {refused:?}"
+    );
+    assert_eq!(
+        snapshot(&name, &[run_dir]),
+        before,
+        "lab run left something behind"
+    );
 }
 
 #[test]
@@ -131,13 +170,33 @@ fn cross_node_pods_are_unreachable_without_the_router_and_services_are_reported(
     let service = "apiVersion: v1\nkind: Service\nmetadata: {name: api, namespace: x}\n\
         spec: {type: NodePort, clusterIP: 10.96.0.20, ports: [{port: 8080, nodePort: 30080}]}\n";
     write(manifests.path(), "pods.yaml", &(pods + service));
-    let lab = ["--name", name.as_str(), "--state-dir", state_dir.to_str().unwrap()];
-    let mut up = vec!["lab", "up", "--manifests", manifests.path().to_str().unwrap()];
+    let lab = [
+        "--name",
+        name.as_str(),
+        "--state-dir",
+        state_dir.to_str().unwrap(),
+    ];
+    let _down = DownOnDrop::new(&name, Some(&state_dir));
+    let mut up = vec![
+        "lab",
+        "up",
+        "--manifests",
+        manifests.path().to_str().unwrap(),
+    ];
     up.extend(lab);
     up.extend(BRIDGE_ONLY);
     success(kubewire(&up), "lab up");
 
-    let mut probe = vec!["lab", "probe", "--format", "json", "--services", "--tries", "2", "--from-external"];
+    let mut probe = vec![
+        "lab",
+        "probe",
+        "--format",
+        "json",
+        "--services",
+        "--tries",
+        "2",
+        "--from-external",
+    ];
     probe.extend(lab);
     let probed = kubewire(&probe);
     let mut down = vec!["lab", "down"];
@@ -159,14 +218,20 @@ fn cross_node_pods_are_unreachable_without_the_router_and_services_are_reported(
         }
         let expected = node[from.as_str()] == node[to.as_str()];
         if allowed != expected {
-            wrong.push(format!("{from} -> {to} {port}/{protocol}: {allowed}, expected {expected}"));
+            wrong.push(format!(
+                "{from} -> {to} {port}/{protocol}: {allowed}, expected {expected}"
+            ));
         }
     }
     assert!(wrong.is_empty(), "{wrong:#?}");
     // The external netns reaches only the hostNetwork pod (a node address on the
     // underlay); pod CIDRs are not routed by the fabric.
     assert_eq!(
-        external.iter().filter(|(_, allowed)| *allowed).map(|(to, _)| to.as_str()).collect::<Vec<_>>(),
+        external
+            .iter()
+            .filter(|(_, allowed)| *allowed)
+            .map(|(to, _)| to.as_str())
+            .collect::<Vec<_>>(),
         ["x/h"]
     );
     assert_eq!(external.len(), 5);
@@ -179,13 +244,27 @@ fn cross_node_pods_are_unreachable_without_the_router_and_services_are_reported(
         .collect();
     assert_eq!(kinds.iter().filter(|k| k.0 == "clusterIP").count(), 4);
     assert_eq!(
-        kinds.iter().filter(|k| **k == ("nodePort", "external")).count(),
+        kinds
+            .iter()
+            .filter(|k| **k == ("nodePort", "external"))
+            .count(),
         2
     );
     for service in services {
         assert_eq!(service["answered_by"], Value::Array(vec![]), "{service}");
         assert_eq!(service["failures"], 2, "{service}");
     }
+}
+
+/// The agent's /metrics, fetched from inside its node netns.
+fn agent_metrics(netns: &str) -> String {
+    let script =
+        "exec 3<>/dev/tcp/127.0.0.1/20245; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3";
+    let output = std::process::Command::new("ip")
+        .args(["netns", "exec", netns, "bash", "-c", script])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 fn kill_lab_processes(name: &str) -> usize {
@@ -211,8 +290,19 @@ fn status_kubeconfig_and_recovery_after_a_crash() {
         &(pod("x", "a", "n1", WEB, "") + &pod("x", "b", "n2", API, "")),
     );
     let before = snapshot(&name, &[state.path()]);
-    let lab = ["--name", name.as_str(), "--state-dir", state_dir.to_str().unwrap()];
-    let mut up = vec!["lab", "up", "--manifests", manifests.path().to_str().unwrap()];
+    let lab = [
+        "--name",
+        name.as_str(),
+        "--state-dir",
+        state_dir.to_str().unwrap(),
+    ];
+    let _down = DownOnDrop::new(&name, Some(&state_dir));
+    let mut up = vec![
+        "lab",
+        "up",
+        "--manifests",
+        manifests.path().to_str().unwrap(),
+    ];
     up.extend(lab);
     up.extend(BRIDGE_ONLY);
     success(kubewire(&up), "lab up");
@@ -224,7 +314,15 @@ fn status_kubeconfig_and_recovery_after_a_crash() {
     let path = success(kubewire(&kubeconfig), "lab kubeconfig");
     let pods = common::sh(
         "kubectl",
-        &["--kubeconfig", path.trim(), "get", "pods", "-A", "-o", "json"],
+        &[
+            "--kubeconfig",
+            path.trim(),
+            "get",
+            "pods",
+            "-A",
+            "-o",
+            "json",
+        ],
     );
     let pods = json(&pods);
     let statuses: Vec<(String, String, String)> = pods["items"]
@@ -234,18 +332,64 @@ fn status_kubeconfig_and_recovery_after_a_crash() {
         .map(|p| {
             (
                 p["metadata"]["name"].as_str().unwrap().to_string(),
-                p["status"]["phase"].as_str().unwrap_or_default().to_string(),
-                p["status"]["podIP"].as_str().unwrap_or_default().to_string(),
+                p["status"]["phase"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                p["status"]["podIP"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
             )
         })
         .collect();
     assert_eq!(
         statuses,
         [
-            ("a".to_string(), "Running".to_string(), "10.244.1.2".to_string()),
-            ("b".to_string(), "Running".to_string(), "10.244.2.2".to_string()),
+            (
+                "a".to_string(),
+                "Running".to_string(),
+                "10.244.1.2".to_string()
+            ),
+            (
+                "b".to_string(),
+                "Running".to_string(),
+                "10.244.2.2".to_string()
+            ),
         ]
     );
+    // A change made with kubectl reaches the agents (through the fabric relay).
+    let service = manifests.path().join("late-service.yaml");
+    write(
+        manifests.path(),
+        "late-service.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: late, namespace: x}\nspec: {ports: [{port: 80}]}\n",
+    );
+    common::sh(
+        "kubectl",
+        &[
+            "--kubeconfig",
+            path.trim(),
+            "apply",
+            "--validate=false",
+            "-f",
+            service.to_str().unwrap(),
+        ],
+    );
+    let node_netns = format!("kw-{name}-node-n2");
+    let deadline = Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let metrics = agent_metrics(&node_netns);
+        if metrics.contains("kubewire_cache_objects{kind=\"Service\"} 1") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent never saw the new Service:\n{metrics}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+
     let mut status = vec!["lab", "status"];
     status.extend(lab);
     let status = success(kubewire(&status), "lab status");
@@ -258,7 +402,11 @@ fn status_kubeconfig_and_recovery_after_a_crash() {
     let mut down = vec!["lab", "down"];
     down.extend(lab);
     success(kubewire(&down), "lab down after a crash");
-    assert_eq!(snapshot(&name, &[state.path()]), before, "the crashed lab left something behind");
+    assert_eq!(
+        snapshot(&name, &[state.path()]),
+        before,
+        "the crashed lab left something behind"
+    );
 }
 
 /// Prints the wall time of `lab run` on the demo (3 nodes, 9 pods). Run with
@@ -269,7 +417,15 @@ fn demo_wall_time() {
     let name = unique("d");
     let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo");
     let started = Instant::now();
-    let mut args = vec!["lab", "run", "--manifests", demo.to_str().unwrap(), "--name", &name];
+    let _down = DownOnDrop::new(&name, None);
+    let mut args = vec![
+        "lab",
+        "run",
+        "--manifests",
+        demo.to_str().unwrap(),
+        "--name",
+        &name,
+    ];
     args.extend(BRIDGE_ONLY);
     let output = success(kubewire(&args), "lab run (demo)");
     println!("{output}");

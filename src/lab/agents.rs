@@ -152,9 +152,19 @@ fn parse_response(response: &str) -> anyhow::Result<(u16, String)> {
     Ok((status, body.to_string()))
 }
 
-/// What each controller of an agent did, from its /metrics: (controller, syncs,
-/// failed syncs).
-pub fn controller_activity(metrics: &str) -> Vec<(String, u64, u64)> {
+/// What one controller of an agent did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControllerActivity {
+    pub controller: String,
+    pub syncs: u64,
+    pub failed: u64,
+}
+
+/// A node's controllers, or why its /metrics could not be read.
+pub type NodeActivity = (String, Result<Vec<ControllerActivity>, String>);
+
+/// What each controller of an agent did, from its /metrics.
+pub fn controller_activity(metrics: &str) -> Vec<ControllerActivity> {
     let mut activity: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
     for line in metrics.lines() {
         let (name, rest) = match line.split_once('{') {
@@ -185,7 +195,11 @@ pub fn controller_activity(metrics: &str) -> Vec<(String, u64, u64)> {
     }
     activity
         .into_iter()
-        .map(|(name, (syncs, errors))| (name, syncs, errors))
+        .map(|(controller, (syncs, failed))| ControllerActivity {
+            controller,
+            syncs,
+            failed,
+        })
         .collect()
 }
 
@@ -213,7 +227,18 @@ mod tests {
             kubewire_controller_sync_duration_seconds_count{controller=\"routing\"} 5\n";
         assert_eq!(
             controller_activity(text),
-            [("cni".to_string(), 3, 0), ("routing".to_string(), 5, 2)]
+            [
+                ControllerActivity {
+                    controller: "cni".into(),
+                    syncs: 3,
+                    failed: 0
+                },
+                ControllerActivity {
+                    controller: "routing".into(),
+                    syncs: 5,
+                    failed: 2
+                }
+            ]
         );
     }
 }

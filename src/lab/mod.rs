@@ -195,9 +195,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-type Activity = Vec<(String, Result<Vec<(String, u64, u64)>, String>)>;
-
-async fn controller_activity(lab: &LabState) -> Activity {
+async fn controller_activity(lab: &LabState) -> Vec<agents::NodeActivity> {
     let Ok(plan) = lab.plan() else {
         return Vec::new();
     };

@@ -170,7 +170,7 @@ mod tests {
                 .split(|b| *b == 0)
                 .any(|kv| kv == format!("{LAB_ENV}=t").as_bytes())
         );
-        terminate(&[record.clone()], &[], Duration::from_secs(2));
+        terminate(std::slice::from_ref(&record), &[], Duration::from_secs(2));
         assert!(!record.is_alive());
     }
 }

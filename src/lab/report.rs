@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
+use super::agents::NodeActivity;
 use super::probe::{MatrixResult, ProbeReport, ServiceKind, ServiceResult};
 
 pub fn matrix_table(results: &[MatrixResult]) -> String {
@@ -106,9 +107,7 @@ pub fn probe_text(report: &ProbeReport, tries: u32) -> String {
 }
 
 /// `node: controller N syncs (M failed), …` per node.
-pub fn controller_summary(
-    per_node: &[(String, Result<Vec<(String, u64, u64)>, String>)],
-) -> String {
+pub fn controller_summary(per_node: &[NodeActivity]) -> String {
     let mut out = String::from("controllers (syncs per agent, from /metrics):\n");
     for (node, activity) in per_node {
         match activity {
@@ -118,7 +117,7 @@ pub fn controller_summary(
             Ok(list) => {
                 let parts: Vec<String> = list
                     .iter()
-                    .map(|(name, syncs, errors)| format!("{name} {syncs} syncs ({errors} failed)"))
+                    .map(|a| format!("{} {} syncs ({} failed)", a.controller, a.syncs, a.failed))
                     .collect();
                 let _ = writeln!(out, "  {node}: {}", parts.join(", "));
             }

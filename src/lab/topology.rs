@@ -842,7 +842,7 @@ mod tests {
 
     #[test]
     fn no_nodes_makes_up_two() {
-        let plan = plan_of(&pod("a", "").repeat(1));
+        let plan = plan_of(&pod("a", ""));
         let nodes: Vec<_> = plan
             .nodes
             .iter()
