@@ -357,12 +357,15 @@ pub async fn run(
         let tries = options.tries.max(1);
         service_tasks.push(tokio::spawn(async move {
             let mut result = result;
+            // The tries run side by side, each from a fresh socket (a fresh source
+            // port, so a load balancer may pick another backend each time).
+            let answers = futures::future::join_all((0..tries).map(|_| async {
+                let _permit = limit.acquire().await.ok();
+                send(&probe, timeout).await
+            }))
+            .await;
             let mut answered = BTreeSet::new();
-            for _ in 0..tries {
-                let answer = {
-                    let _permit = limit.acquire().await.ok();
-                    send(&probe, timeout).await
-                };
+            for answer in answers {
                 match answer {
                     Some(who) => {
                         answered.insert(who);
@@ -449,7 +452,7 @@ mod tests {
                     53,
                     Protocol::Udp,
                     "10.244.2.2:53".into(),
-                    "kw-t-pod-x-a".into()
+                    "kw-t-pod-x.a".into()
                 ),
                 (
                     "x/a".into(),
@@ -457,7 +460,7 @@ mod tests {
                     80,
                     Protocol::Tcp,
                     "10.244.2.2:80".into(),
-                    "kw-t-pod-x-a".into()
+                    "kw-t-pod-x.a".into()
                 ),
             ]
         );

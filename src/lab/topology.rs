@@ -594,7 +594,8 @@ fn plan_pods(
             }
             ips
         };
-        let id = sanitize(&format!("{namespace}-{name}"));
+        // Namespace names hold no '.', so `<namespace>.<name>` is unambiguous.
+        let id = sanitize(&format!("{namespace}.{name}"));
         pods.push(PodPlan {
             netns: (!host_network).then(|| format!("kw-{lab}-pod-{id}")),
             container_id: format!("kw-{lab}-{id}"),
