@@ -12,7 +12,8 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::time::Instant;
+use std::process::Output;
+use std::time::{Duration, Instant};
 
 use common::{HostSnapshot, kubewire, success, temp_dir, unique};
 use serde_json::Value;
@@ -21,10 +22,6 @@ const BRIDGE_ONLY: [&str; 2] = [
     "--agent-arg=--run-router=false",
     "--agent-arg=--run-firewall=false",
 ];
-
-fn write(dir: &Path, file: &str, yaml: &str) {
-    std::fs::write(dir.join(file), yaml).unwrap();
-}
 
 fn pod(namespace: &str, name: &str, node: &str, ports: &str, extra: &str) -> String {
     format!(
@@ -36,34 +33,73 @@ fn pod(namespace: &str, name: &str, node: &str, ports: &str, extra: &str) -> Str
 const WEB: &str = "{containerPort: 80}, {containerPort: 53, protocol: UDP}";
 const API: &str = "{containerPort: 8080}";
 
-/// Runs `lab down` for its lab when dropped, so a failing test leaves nothing behind.
-/// Declare it after the state dir's TempDir: it must drop first.
-struct DownOnDrop(Vec<String>);
+/// A lab with its own name, manifests dir and state dir; `lab down` runs when it is
+/// dropped, so a failing test leaves nothing behind.
+struct TestLab {
+    name: String,
+    manifests: tempfile::TempDir,
+    /// `None`: the default state dir, /run/kubewire/lab/<name>.
+    state: Option<tempfile::TempDir>,
+}
 
-impl DownOnDrop {
-    fn new(name: &str, state_dir: Option<&Path>) -> DownOnDrop {
+impl TestLab {
+    fn new(prefix: &str, default_state_dir: bool) -> TestLab {
+        TestLab {
+            name: unique(prefix),
+            manifests: temp_dir(),
+            state: (!default_state_dir).then(temp_dir),
+        }
+    }
+
+    fn write(&self, file: &str, yaml: &str) {
+        std::fs::write(self.manifests.path().join(file), yaml).unwrap();
+    }
+
+    /// `kubewire lab <verb> --name N [--state-dir D] [--manifests M] extra… [BRIDGE_ONLY]`.
+    fn run(&self, verb: &str, extra: &[&str]) -> Output {
         let mut args = vec![
             "lab".to_string(),
-            "down".into(),
+            verb.into(),
             "--name".into(),
-            name.into(),
+            self.name.clone(),
         ];
-        if let Some(dir) = state_dir {
-            args.extend(["--state-dir".to_string(), dir.display().to_string()]);
+        if let Some(state) = &self.state {
+            args.extend([
+                "--state-dir".into(),
+                state.path().join("lab").display().to_string(),
+            ]);
         }
-        DownOnDrop(args)
+        if matches!(verb, "up" | "run") {
+            args.extend([
+                "--manifests".into(),
+                self.manifests.path().display().to_string(),
+            ]);
+            args.extend(BRIDGE_ONLY.map(String::from));
+        }
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        kubewire(&args)
+    }
+
+    /// What the host would have left of this lab: its namespaces and processes, the
+    /// host's interfaces and the files under the state dir's parent.
+    fn host(&self) -> HostSnapshot {
+        let parent = match &self.state {
+            Some(state) => state.path().to_path_buf(),
+            None => Path::new("/run/kubewire").to_path_buf(),
+        };
+        HostSnapshot::take(
+            &format!("kw-{}-", self.name),
+            ("KUBEWIRE_LAB", &self.name),
+            &[&parent],
+        )
     }
 }
 
-impl Drop for DownOnDrop {
+impl Drop for TestLab {
     fn drop(&mut self) {
-        let args: Vec<&str> = self.0.iter().map(String::as_str).collect();
-        let _ = kubewire(&args);
+        let _ = self.run("down", &[]);
     }
-}
-
-fn snapshot(name: &str, dirs: &[&Path]) -> HostSnapshot {
-    HostSnapshot::take(&format!("kw-{name}-"), ("KUBEWIRE_LAB", name), dirs)
 }
 
 fn json(stdout: &str) -> Value {
@@ -114,30 +150,15 @@ fn full_matrix(pods: &[(&str, &[(u64, &str)])]) -> BTreeSet<Cell> {
 
 #[test]
 fn lab_run_same_node_full_matrix_and_the_host_is_left_as_it_was() {
-    let name = unique("s");
-    let manifests = temp_dir();
-    write(
-        manifests.path(),
+    let lab = TestLab::new("s", true);
+    lab.write(
         "pods.yaml",
         &(pod("x", "web", "n1", WEB, "")
             + &pod("x", "api", "n1", API, "")
             + &pod("z", "other", "n1", API, "")),
     );
-    let run_dir = Path::new("/run/kubewire");
-    let before = snapshot(&name, &[run_dir]);
-    let _down = DownOnDrop::new(&name, None);
-    let mut args = vec![
-        "lab",
-        "run",
-        "--manifests",
-        manifests.path().to_str().unwrap(),
-        "--name",
-        &name,
-        "--format",
-        "json",
-    ];
-    args.extend(BRIDGE_ONLY);
-    let report = json(&success(kubewire(&args), "lab run"));
+    let before = lab.host();
+    let report = json(&success(lab.run("run", &["--format", "json"]), "lab run"));
     let cells = cells(&report);
     let expected = full_matrix(&[
         ("x/web", &[(80, "TCP"), (53, "UDP")]),
@@ -150,46 +171,21 @@ fn lab_run_same_node_full_matrix_and_the_host_is_left_as_it_was() {
         refused.is_empty(),
         "same-node pods must all answer: {refused:?}"
     );
-    assert_eq!(
-        snapshot(&name, &[run_dir]),
-        before,
-        "lab run left something behind"
-    );
+    assert_eq!(lab.host(), before, "lab run left something behind");
 }
 
 #[test]
 fn cross_node_pods_are_unreachable_without_the_router_and_services_are_reported() {
-    let name = unique("c");
-    let manifests = temp_dir();
-    let state = temp_dir();
-    let state_dir = state.path().join("lab");
+    let lab = TestLab::new("c", false);
     let pods = pod("x", "a", "n1", WEB, "")
         + &pod("x", "b", "n1", API, "")
         + &pod("x", "c", "n2", API, "")
         + &pod("x", "h", "n2", API, ", hostNetwork: true");
     let service = "apiVersion: v1\nkind: Service\nmetadata: {name: api, namespace: x}\n\
         spec: {type: NodePort, clusterIP: 10.96.0.20, ports: [{port: 8080, nodePort: 30080}]}\n";
-    write(manifests.path(), "pods.yaml", &(pods + service));
-    let lab = [
-        "--name",
-        name.as_str(),
-        "--state-dir",
-        state_dir.to_str().unwrap(),
-    ];
-    let _down = DownOnDrop::new(&name, Some(&state_dir));
-    let mut up = vec![
-        "lab",
-        "up",
-        "--manifests",
-        manifests.path().to_str().unwrap(),
-    ];
-    up.extend(lab);
-    up.extend(BRIDGE_ONLY);
-    success(kubewire(&up), "lab up");
-
-    let mut probe = vec![
-        "lab",
-        "probe",
+    lab.write("pods.yaml", &(pods + service));
+    success(lab.run("up", &[]), "lab up");
+    let probe = [
         "--format",
         "json",
         "--services",
@@ -197,11 +193,8 @@ fn cross_node_pods_are_unreachable_without_the_router_and_services_are_reported(
         "2",
         "--from-external",
     ];
-    probe.extend(lab);
-    let probed = kubewire(&probe);
-    let mut down = vec!["lab", "down"];
-    down.extend(lab);
-    success(kubewire(&down), "lab down");
+    let probed = lab.run("probe", &probe);
+    success(lab.run("down", &[]), "lab down");
     let report = json(&success(probed, "lab probe"));
 
     // Same node: the CNI bridge joins the pods, and a hostNetwork pod is the node
@@ -280,104 +273,47 @@ fn kill_lab_processes(name: &str) -> usize {
 
 #[test]
 fn status_kubeconfig_and_recovery_after_a_crash() {
-    let name = unique("k");
-    let manifests = temp_dir();
-    let state = temp_dir();
-    let state_dir = state.path().join("lab");
-    write(
-        manifests.path(),
+    let lab = TestLab::new("k", false);
+    lab.write(
         "pods.yaml",
         &(pod("x", "a", "n1", WEB, "") + &pod("x", "b", "n2", API, "")),
     );
-    let before = snapshot(&name, &[state.path()]);
-    let lab = [
-        "--name",
-        name.as_str(),
-        "--state-dir",
-        state_dir.to_str().unwrap(),
-    ];
-    let _down = DownOnDrop::new(&name, Some(&state_dir));
-    let mut up = vec![
-        "lab",
-        "up",
-        "--manifests",
-        manifests.path().to_str().unwrap(),
-    ];
-    up.extend(lab);
-    up.extend(BRIDGE_ONLY);
-    success(kubewire(&up), "lab up");
+    let before = lab.host();
+    success(lab.run("up", &[]), "lab up");
 
     // Pods carry the status the lab wrote like a kubelet; kubectl reaches the API
     // server from the host.
-    let mut kubeconfig = vec!["lab", "kubeconfig"];
-    kubeconfig.extend(lab);
-    let path = success(kubewire(&kubeconfig), "lab kubeconfig");
-    let pods = common::sh(
-        "kubectl",
-        &[
-            "--kubeconfig",
-            path.trim(),
-            "get",
-            "pods",
-            "-A",
-            "-o",
-            "json",
-        ],
-    );
-    let pods = json(&pods);
-    let statuses: Vec<(String, String, String)> = pods["items"]
+    let kubeconfig = success(lab.run("kubeconfig", &[]), "lab kubeconfig");
+    let kubectl = |args: &[&str]| {
+        let mut all = vec!["--kubeconfig", kubeconfig.trim()];
+        all.extend_from_slice(args);
+        common::sh("kubectl", &all)
+    };
+    let pods = json(&kubectl(&["get", "pods", "-A", "-o", "json"]));
+    let statuses: Vec<String> = pods["items"]
         .as_array()
         .unwrap()
         .iter()
         .map(|p| {
-            (
-                p["metadata"]["name"].as_str().unwrap().to_string(),
-                p["status"]["phase"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                p["status"]["podIP"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
+            format!(
+                "{} {} {}",
+                p["metadata"]["name"].as_str().unwrap_or_default(),
+                p["status"]["phase"].as_str().unwrap_or_default(),
+                p["status"]["podIP"].as_str().unwrap_or_default()
             )
         })
         .collect();
-    assert_eq!(
-        statuses,
-        [
-            (
-                "a".to_string(),
-                "Running".to_string(),
-                "10.244.1.2".to_string()
-            ),
-            (
-                "b".to_string(),
-                "Running".to_string(),
-                "10.244.2.2".to_string()
-            ),
-        ]
-    );
+    assert_eq!(statuses, ["a Running 10.244.1.2", "b Running 10.244.2.2"]);
+
     // A change made with kubectl reaches the agents (through the fabric relay).
-    let service = manifests.path().join("late-service.yaml");
-    write(
-        manifests.path(),
+    lab.write(
         "late-service.yaml",
         "apiVersion: v1\nkind: Service\nmetadata: {name: late, namespace: x}\nspec: {ports: [{port: 80}]}\n",
     );
-    common::sh(
-        "kubectl",
-        &[
-            "--kubeconfig",
-            path.trim(),
-            "apply",
-            "--validate=false",
-            "-f",
-            service.to_str().unwrap(),
-        ],
-    );
-    let node_netns = format!("kw-{name}-node-n2");
-    let deadline = Instant::now() + std::time::Duration::from_secs(15);
+    let late = lab.manifests.path().join("late-service.yaml");
+    kubectl(&["apply", "--validate=false", "-f", late.to_str().unwrap()]);
+    let node_netns = format!("kw-{}-node-n2", lab.name);
+    let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let metrics = agent_metrics(&node_netns);
         if metrics.contains("kubewire_cache_objects{kind=\"Service\"} 1") {
@@ -387,26 +323,18 @@ fn status_kubeconfig_and_recovery_after_a_crash() {
             Instant::now() < deadline,
             "the agent never saw the new Service:\n{metrics}"
         );
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(100));
     }
 
-    let mut status = vec!["lab", "status"];
-    status.extend(lab);
-    let status = success(kubewire(&status), "lab status");
+    let status = success(lab.run("status", &[]), "lab status");
     assert_eq!(status.matches("healthz 200").count(), 2, "{status}");
 
     // A crash: every lab process dies at once. `up` again cleans up and rebuilds.
-    assert!(kill_lab_processes(&name) >= 5);
-    success(kubewire(&up), "lab up after a crash");
-    assert!(kill_lab_processes(&name) >= 5);
-    let mut down = vec!["lab", "down"];
-    down.extend(lab);
-    success(kubewire(&down), "lab down after a crash");
-    assert_eq!(
-        snapshot(&name, &[state.path()]),
-        before,
-        "the crashed lab left something behind"
-    );
+    assert!(kill_lab_processes(&lab.name) >= 5);
+    success(lab.run("up", &[]), "lab up after a crash");
+    assert!(kill_lab_processes(&lab.name) >= 5);
+    success(lab.run("down", &[]), "lab down after a crash");
+    assert_eq!(lab.host(), before, "the crashed lab left something behind");
 }
 
 /// Prints the wall time of `lab run` on the demo (3 nodes, 9 pods). Run with
@@ -414,20 +342,16 @@ fn status_kubeconfig_and_recovery_after_a_crash() {
 #[test]
 #[ignore]
 fn demo_wall_time() {
-    let name = unique("d");
+    let lab = TestLab::new("d", true);
     let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo");
+    for file in ["nodes.yaml", "pods.yaml", "services.yaml", "policies.yaml"] {
+        lab.write(file, &std::fs::read_to_string(demo.join(file)).unwrap());
+    }
     let started = Instant::now();
-    let _down = DownOnDrop::new(&name, None);
-    let mut args = vec![
-        "lab",
-        "run",
-        "--manifests",
-        demo.to_str().unwrap(),
-        "--name",
-        &name,
-    ];
-    args.extend(BRIDGE_ONLY);
-    let output = success(kubewire(&args), "lab run (demo)");
+    let output = success(
+        lab.run("run", &["--services", "--from-external"]),
+        "lab run (demo)",
+    );
     println!("{output}");
     println!(
         "demo lab: 3 nodes, 9 pods, up + probe + down in {:.1}s",

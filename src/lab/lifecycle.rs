@@ -325,21 +325,7 @@ async fn start_control_plane(shared: &SharedState, exe: &Path) -> anyhow::Result
         true,
     )?;
     shared.update(|s| s.processes.push(record.clone()))?;
-    let stdout = child.stdout.take().context("control plane stdout")?;
-    let ready = tokio::task::spawn_blocking(move || {
-        use std::io::BufRead;
-        let mut line = String::new();
-        std::io::BufReader::new(stdout)
-            .read_line(&mut line)
-            .map(|_| line)
-    });
-    match tokio::time::timeout(Duration::from_secs(30), ready).await {
-        Ok(Ok(Ok(line))) if line.trim() == "ready" => {}
-        _ => bail!(
-            "the lab's API server did not start; its log ends:\n{}",
-            process::tail(&record.log, 15)
-        ),
-    }
+    process::wait_ready(&record, &mut child, Duration::from_secs(30)).await?;
     shared.update(|s| s.kubeconfig = Some(s.dir.join(HOST_KUBECONFIG)))?;
     Ok(())
 }

@@ -83,16 +83,12 @@ pub fn run_in<T: Send + 'static>(
     netns: &str,
     f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
 ) -> anyhow::Result<T> {
-    let file =
-        std::fs::File::open(path(netns)).with_context(|| format!("opening netns {netns}"))?;
-    let name = netns.to_string();
-    std::thread::spawn(move || {
-        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-            .with_context(|| format!("entering netns {name}"))?;
-        f()
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("a thread in netns {netns} panicked"))?
+    let (tx, rx) = std::sync::mpsc::channel();
+    spawn_in(netns, f, move |result| {
+        let _ = tx.send(result);
+    })?;
+    rx.recv()
+        .map_err(|_| anyhow::anyhow!("a thread in netns {netns} panicked"))?
 }
 
 /// Like [`run_in`], without blocking the async runtime.
@@ -100,18 +96,29 @@ pub async fn run_in_async<T: Send + 'static>(
     netns: &str,
     f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
 ) -> anyhow::Result<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    spawn_in(netns, f, move |result| {
+        let _ = tx.send(result);
+    })?;
+    rx.await
+        .map_err(|_| anyhow::anyhow!("a thread in netns {netns} panicked"))?
+}
+
+fn spawn_in<T: Send + 'static>(
+    netns: &str,
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+    done: impl FnOnce(anyhow::Result<T>) + Send + 'static,
+) -> anyhow::Result<()> {
     let file =
         std::fs::File::open(path(netns)).with_context(|| format!("opening netns {netns}"))?;
     let name = netns.to_string();
-    let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
         let result = nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
             .with_context(|| format!("entering netns {name}"))
             .and_then(|()| f());
-        let _ = tx.send(result);
+        done(result);
     });
-    rx.await
-        .map_err(|_| anyhow::anyhow!("a thread in netns {netns} panicked"))?
+    Ok(())
 }
 
 /// Sets `/proc/sys/<key>` (dots or slashes) inside `netns`.

@@ -7,7 +7,6 @@
 //! `hostNetwork` Pods skip CNI and run their responder in the node netns.
 
 use std::collections::BTreeSet;
-use std::io::BufRead;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -154,20 +153,8 @@ pub async fn start_responder(
     let (record, mut child) =
         process::spawn(&lab.name, &format!("responder {key}"), command, &log, true)?;
     state.update(|s| s.processes.push(record.clone()))?;
-    let stdout = child.stdout.take().context("responder stdout")?;
-    let ready = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        std::io::BufReader::new(stdout)
-            .read_line(&mut line)
-            .map(|_| line)
-    });
-    match tokio::time::timeout(Duration::from_secs(10), ready).await {
-        Ok(Ok(Ok(line))) if line.trim() == "ready" => Ok(Some(record)),
-        _ => bail!(
-            "responder for Pod {key} did not start; its log ends:\n{}",
-            process::tail(&log, 10)
-        ),
-    }
+    process::wait_ready(&record, &mut child, Duration::from_secs(10)).await?;
+    Ok(Some(record))
 }
 
 /// Writes the pod's status like a kubelet once its sandbox and responder run.

@@ -88,6 +88,34 @@ pub fn spawn(
     ))
 }
 
+/// Waits until a child started with a piped stdout prints `ready` as its first
+/// line; else fails with the end of its log.
+pub async fn wait_ready(
+    record: &ProcessRecord,
+    child: &mut Child,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let stdout = child
+        .stdout
+        .take()
+        .with_context(|| format!("{}: stdout is not piped", record.role))?;
+    let ready = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .map(|_| line)
+    });
+    match tokio::time::timeout(timeout, ready).await {
+        Ok(Ok(Ok(line))) if line.trim() == "ready" => Ok(()),
+        _ => anyhow::bail!(
+            "{} did not start; its log ends:\n{}",
+            record.role,
+            tail(&record.log, 15)
+        ),
+    }
+}
+
 /// The last `lines` lines of a log file, for error messages.
 pub fn tail(log: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
