@@ -70,6 +70,8 @@ pub fn spawn(
     std::os::unix::process::CommandExt::process_group(&mut command, 0);
     let child = command
         .env(LAB_ENV, lab)
+        // Logs go to files: no terminal colours in them.
+        .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(Stdio::from(file))
