@@ -53,6 +53,7 @@ pub fn start(
         .args(["--node-name", &node.name])
         .arg("--cni-conf-dir")
         .arg(cni_conf_dir(&dir))
+        .args(["--cni-conf-file", CONFLIST])
         .args(["--metrics-addr", METRICS_ADDR, "--health-addr", HEALTH_ADDR])
         .args(agent_args);
     let role = format!("agent {}", node.name);
