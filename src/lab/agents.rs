@@ -1,7 +1,8 @@
 //! One `kubewire run` per lab node, inside the node's netns (`ip netns exec`, so it
 //! also sees the node's own /sys): per-node kubeconfig (the API server through the
-//! fabric gateway), CNI conf dir `<state>/nodes/<node>/cni`, /metrics and /healthz
-//! on the node's own 127.0.0.1, every `--agent-arg` appended, output to
+//! fabric gateway), CNI conf dir `<state>/nodes/<node>/cni`, host-local leases in
+//! `<state>/nodes/<node>/ipam` (a node's /var/lib/cni, kept inside the lab), /metrics
+//! and /healthz on the node's own 127.0.0.1, every `--agent-arg` appended, output to
 //! `<state>/nodes/<node>/agent.log`. Health is read from inside the netns.
 
 use std::net::SocketAddr;
@@ -54,6 +55,8 @@ pub fn start(
         .arg("--cni-conf-dir")
         .arg(cni_conf_dir(&dir))
         .args(["--cni-conf-file", CONFLIST])
+        .arg("--cni-ipam-data-dir")
+        .arg(dir.join("ipam"))
         .args(["--metrics-addr", METRICS_ADDR, "--health-addr", HEALTH_ADDR])
         .args(agent_args);
     let role = format!("agent {}", node.name);

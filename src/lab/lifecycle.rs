@@ -161,17 +161,7 @@ async fn build(
 
     let mut agents_started: Vec<(NodePlan, ProcessRecord)> = Vec::new();
     for node in &plan.nodes {
-        let mut agent_args = vec![
-            "--cni-ipam-data-dir".to_string(),
-            shared
-                .snapshot()?
-                .node_dir(&node.name)
-                .join("ipam")
-                .display()
-                .to_string(),
-        ];
-        agent_args.extend(args.agent_args.iter().cloned());
-        let record = agents::start(shared, node, &exe, &agent_args)?;
+        let record = agents::start(shared, node, &exe, &args.agent_args)?;
         agents_started.push((node.clone(), record));
     }
     let lab = shared.snapshot()?;
