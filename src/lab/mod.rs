@@ -119,7 +119,9 @@ pub async fn dispatch(cmd: LabCommand) -> anyhow::Result<()> {
             Ok(())
         }
         LabCommand::Status(args) => {
-            let lab = args.load_up()?;
+            // Also for a lab that did not finish coming up: that is when it helps.
+            let lab = LabState::load(&args.dir())?
+                .with_context(|| format!("lab {} is not up", args.name))?;
             print!("{}", status(&lab).await?);
             Ok(())
         }
@@ -216,7 +218,17 @@ async fn status(lab: &LabState) -> anyhow::Result<String> {
     use std::fmt::Write;
     let plan = lab.plan()?;
     let mut out = String::new();
-    let _ = writeln!(out, "lab {} (state in {})", lab.name, lab.dir.display());
+    let _ = writeln!(
+        out,
+        "lab {}{} (state in {})",
+        lab.name,
+        if lab.complete {
+            ""
+        } else {
+            ", not completely up"
+        },
+        lab.dir.display()
+    );
     let _ = writeln!(out, "nodes:");
     for node in &plan.nodes {
         let agent = lab
