@@ -2,11 +2,12 @@
 //! per node, CNI-wired pods and real packets. Each test uses its own lab name and
 //! state dir, so they run side by side.
 //!
-//! Agents run here with only the CNI controller (`BRIDGE_ONLY`): these tests pin
+//! Most tests run the agents with only the CNI controller (`BRIDGE_ONLY`) and pin
 //! down what bridge + CNI alone give — pods on one node reach each other, pods on
-//! different nodes do not (no pod-CIDR routes exist between nodes until the routing
-//! controller installs them; the fabric never routes pod CIDRs, and the bridge
-//! plugin does not masquerade).
+//! different nodes do not (no pod-CIDR routes exist between nodes without the
+//! routing controller; the fabric never routes pod CIDRs, and the bridge plugin does
+//! not masquerade). `demo_measured_matrix_is_the_predicted_one` runs every default
+//! controller and checks the measurement against `firewall matrix`.
 
 mod common;
 
@@ -40,6 +41,8 @@ struct TestLab {
     manifests: tempfile::TempDir,
     /// `None`: the default state dir, /run/kubewire/lab/<name>.
     state: Option<tempfile::TempDir>,
+    /// `--agent-arg`s of `up` and `run`.
+    agent_args: Vec<&'static str>,
 }
 
 impl TestLab {
@@ -48,14 +51,21 @@ impl TestLab {
             name: unique(prefix),
             manifests: temp_dir(),
             state: (!default_state_dir).then(temp_dir),
+            agent_args: BRIDGE_ONLY.to_vec(),
         }
+    }
+
+    /// Agents run every controller they run by default.
+    fn with_default_controllers(mut self) -> TestLab {
+        self.agent_args.clear();
+        self
     }
 
     fn write(&self, file: &str, yaml: &str) {
         std::fs::write(self.manifests.path().join(file), yaml).unwrap();
     }
 
-    /// `kubewire lab <verb> --name N [--state-dir D] [--manifests M] extra… [BRIDGE_ONLY]`.
+    /// `kubewire lab <verb> --name N [--state-dir D] [--manifests M --agent-arg…] extra…`.
     fn run(&self, verb: &str, extra: &[&str]) -> Output {
         let mut args = vec![
             "lab".to_string(),
@@ -74,7 +84,7 @@ impl TestLab {
                 "--manifests".into(),
                 self.manifests.path().display().to_string(),
             ]);
-            args.extend(BRIDGE_ONLY.map(String::from));
+            args.extend(self.agent_args.iter().map(|a| a.to_string()));
         }
         args.extend(extra.iter().map(|a| a.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -337,12 +347,55 @@ fn status_kubeconfig_and_recovery_after_a_crash() {
     assert_eq!(lab.host(), before, "the crashed lab left something behind");
 }
 
+/// With every controller the agents run by default (routing, firewall, CNI), the
+/// matrix measured on the demo is exactly the one `firewall matrix` predicts: pods
+/// reach each other across nodes and subnets, and the NetworkPolicies hold.
+#[test]
+fn demo_measured_matrix_is_the_predicted_one() {
+    let lab = TestLab::new("m", false).with_default_controllers();
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo");
+    for file in ["nodes.yaml", "pods.yaml", "services.yaml", "policies.yaml"] {
+        lab.write(file, &std::fs::read_to_string(demo.join(file)).unwrap());
+    }
+    let predicted = json(&success(
+        kubewire(&[
+            "firewall",
+            "matrix",
+            "--manifests",
+            demo.to_str().unwrap(),
+            "--format",
+            "json",
+        ]),
+        "firewall matrix",
+    ));
+    let measured = json(&success(lab.run("run", &["--format", "json"]), "lab run"));
+    let predicted = cells(&predicted);
+    let measured = cells(&measured);
+    assert_eq!(predicted.len(), 80);
+    let differences: Vec<String> = predicted
+        .iter()
+        .filter(|(cell, allowed)| measured.get(*cell) != Some(*allowed))
+        .map(|(cell, allowed)| {
+            format!(
+                "{cell:?}: predicted {allowed}, measured {:?}",
+                measured.get(cell)
+            )
+        })
+        .collect();
+    assert!(differences.is_empty(), "{differences:#?}");
+    assert_eq!(measured.len(), predicted.len());
+    assert!(
+        measured.values().any(|allowed| !allowed),
+        "the policies deny some"
+    );
+}
+
 /// Prints the wall time of `lab run` on the demo (3 nodes, 9 pods). Run with
 /// `cargo test --release --test lab -- --ignored --nocapture demo_wall_time`.
 #[test]
 #[ignore]
 fn demo_wall_time() {
-    let lab = TestLab::new("d", true);
+    let lab = TestLab::new("d", true).with_default_controllers();
     let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo");
     for file in ["nodes.yaml", "pods.yaml", "services.yaml", "policies.yaml"] {
         lab.write(file, &std::fs::read_to_string(demo.join(file)).unwrap());
