@@ -17,6 +17,8 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use common::{HostSnapshot, kubewire, success, temp_dir, unique};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::Api;
 use serde_json::Value;
 
 const BRIDGE_ONLY: [&str; 2] = [
@@ -291,37 +293,44 @@ fn status_kubeconfig_and_recovery_after_a_crash() {
     let before = lab.host();
     success(lab.run("up", &[]), "lab up");
 
-    // Pods carry the status the lab wrote like a kubelet; kubectl reaches the API
-    // server from the host.
+    // Pods carry the status the lab wrote like a kubelet; a client on the host
+    // reaches the API server through `lab kubeconfig`.
     let kubeconfig = success(lab.run("kubeconfig", &[]), "lab kubeconfig");
-    let kubectl = |args: &[&str]| {
-        let mut all = vec!["--kubeconfig", kubeconfig.trim()];
-        all.extend_from_slice(args);
-        common::sh("kubectl", &all)
-    };
-    let pods = json(&kubectl(&["get", "pods", "-A", "-o", "json"]));
-    let statuses: Vec<String> = pods["items"]
-        .as_array()
-        .unwrap()
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let client = runtime.block_on(async {
+        let config = kube::config::Kubeconfig::read_from(kubeconfig.trim()).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(config, &Default::default())
+            .await
+            .unwrap();
+        kube::Client::try_from(config).unwrap()
+    });
+    let pods = runtime
+        .block_on(Api::<Pod>::all(client.clone()).list(&Default::default()))
+        .unwrap();
+    let statuses: Vec<String> = pods
+        .items
         .iter()
         .map(|p| {
+            let status = p.status.clone().unwrap_or_default();
             format!(
                 "{} {} {}",
-                p["metadata"]["name"].as_str().unwrap_or_default(),
-                p["status"]["phase"].as_str().unwrap_or_default(),
-                p["status"]["podIP"].as_str().unwrap_or_default()
+                p.metadata.name.as_deref().unwrap_or_default(),
+                status.phase.unwrap_or_default(),
+                status.pod_ip.unwrap_or_default()
             )
         })
         .collect();
     assert_eq!(statuses, ["a Running 10.244.1.2", "b Running 10.244.2.2"]);
 
-    // A change made with kubectl reaches the agents (through the fabric relay).
-    lab.write(
-        "late-service.yaml",
-        "apiVersion: v1\nkind: Service\nmetadata: {name: late, namespace: x}\nspec: {ports: [{port: 80}]}\n",
-    );
-    let late = lab.manifests.path().join("late-service.yaml");
-    kubectl(&["apply", "--validate=false", "-f", late.to_str().unwrap()]);
+    // A change made through the API server reaches the agents (via the fabric relay).
+    let late: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "late", "namespace": "x"},
+        "spec": {"ports": [{"port": 80}]},
+    }))
+    .unwrap();
+    runtime
+        .block_on(Api::<Service>::namespaced(client, "x").create(&Default::default(), &late))
+        .unwrap();
     let node_netns = format!("kw-{}-node-n2", lab.name);
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
