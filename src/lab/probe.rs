@@ -20,6 +20,8 @@ use tokio::io::AsyncReadExt;
 use super::netns;
 use super::responder::{parse_answer, sctp_connect};
 use super::topology::{LabPlan, PodPlan, Protocol};
+/// One cell of the matrix: the very type `firewall matrix` prints.
+pub use crate::firewall::matrix::MatrixResult;
 
 /// The `from` of probes sent by the external netns.
 pub const EXTERNAL: &str = "external";
@@ -41,16 +43,6 @@ pub struct ProbeOptions {
     /// How many probes run at once.
     #[arg(long, default_value_t = 128)]
     pub parallel: usize,
-}
-
-/// One cell of the matrix, as `firewall matrix` prints it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MatrixResult {
-    pub from: String,
-    pub to: String,
-    pub port: u16,
-    pub protocol: Protocol,
-    pub allowed: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

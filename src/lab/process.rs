@@ -194,12 +194,19 @@ mod tests {
             ..record.clone()
         };
         assert!(!impostor.is_alive(), "a reused pid is not ours");
-        let environ = std::fs::read(format!("/proc/{}/environ", record.pid)).unwrap();
-        assert!(
-            environ
+        // The parent may resume while the child is still inside execve, before its
+        // new environment is readable: look again for a moment.
+        let marked = (0..100).any(|_| {
+            let environ = std::fs::read(format!("/proc/{}/environ", record.pid)).unwrap();
+            let found = environ
                 .split(|b| *b == 0)
-                .any(|kv| kv == format!("{LAB_ENV}=t").as_bytes())
-        );
+                .any(|kv| kv == format!("{LAB_ENV}=t").as_bytes());
+            if !found {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            found
+        });
+        assert!(marked, "{LAB_ENV}=t is in the process's environment");
         terminate(std::slice::from_ref(&record), &[], Duration::from_secs(2));
         assert!(!record.is_alive());
     }

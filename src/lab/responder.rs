@@ -29,13 +29,13 @@ pub fn parse_port(text: &str) -> Result<PodPort, String> {
     let port: u16 = port
         .parse()
         .map_err(|_| format!("`{text}`: not a port like 80/TCP"))?;
-    let protocol = Protocol::parse(protocol)
+    let protocol = Protocol::parse(&protocol.to_ascii_uppercase())
         .ok_or_else(|| format!("`{text}`: protocol is TCP, UDP or SCTP"))?;
     Ok(PodPort { port, protocol })
 }
 
 pub fn format_port(port: &PodPort) -> String {
-    format!("{}/{}", port.port, port.protocol)
+    format!("{}/{}", port.port, port.protocol.as_str())
 }
 
 /// The answer line for a peer.

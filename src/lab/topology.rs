@@ -38,6 +38,8 @@ use serde_json::{Value, json};
 
 use crate::cache::manifests::{ManifestObject, apply_defaults};
 use crate::cache::{Kind, Snapshot};
+/// The Kubernetes L4 protocol, shared with the firewall (same spelling in JSON).
+pub use crate::firewall::cluster::Protocol;
 
 /// A Node annotation giving the Node's underlay subnet (`192.168.50.0/24`); without it
 /// the lab assumes the /24 around the InternalIP.
@@ -116,39 +118,6 @@ impl PodPlan {
 pub struct PodPort {
     pub port: u16,
     pub protocol: Protocol,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum Protocol {
-    Tcp,
-    Udp,
-    Sctp,
-}
-
-impl Protocol {
-    pub fn parse(text: &str) -> Option<Protocol> {
-        match text.to_ascii_uppercase().as_str() {
-            "TCP" => Some(Protocol::Tcp),
-            "UDP" => Some(Protocol::Udp),
-            "SCTP" => Some(Protocol::Sctp),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "TCP",
-            Protocol::Udp => "UDP",
-            Protocol::Sctp => "SCTP",
-        }
-    }
-}
-
-impl std::fmt::Display for Protocol {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 impl LabPlan {
