@@ -158,4 +158,30 @@ async fn routes_follow_nodes_through_the_api_and_drift_is_repaired() {
             .iter()
             .all(|n| !lab.our_routes(n).contains("10.244.3.0/24") && !lab.fdb(n).contains(n3_mac))
     });
+
+    // The controller's own metrics, as the agent serves them.
+    let (code, metrics) = kubewire::lab::agents::http_get(
+        &lab.node_netns("n1"),
+        kubewire::lab::agents::METRICS_ADDR,
+        "/metrics",
+    )
+    .await
+    .expect("metrics");
+    assert_eq!(code, 200);
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+    };
+    // 2 at start, 1 repaired, 1 for n4; 2 removed with n3 (IPv4 only in the demo).
+    assert!(
+        value("kubewire_routing_routes_installed_total") >= 4.0,
+        "{metrics}"
+    );
+    assert!(
+        value("kubewire_routing_routes_removed_total") >= 1.0,
+        "{metrics}"
+    );
+    assert_eq!(value("kubewire_routing_routes"), 2.0, "{metrics}");
 }
