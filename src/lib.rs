@@ -12,4 +12,5 @@ pub mod firewall;
 pub mod lab;
 pub mod proxy;
 pub mod routing;
+pub mod synthetic;
 pub mod telemetry;

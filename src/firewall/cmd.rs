@@ -1,3 +1,4 @@
+use super::FirewallInput;
 use crate::agent::{self, AgentArgs, ControllerKind};
 use crate::cli::{ManifestsArg, OutputFormat};
 
@@ -52,8 +53,76 @@ pub struct ExplainArgs {
 pub async fn dispatch(cmd: FirewallCommand) -> anyhow::Result<()> {
     match cmd {
         FirewallCommand::Run(args) => agent::run(*args, &[ControllerKind::Firewall]).await,
-        FirewallCommand::Plan(_) | FirewallCommand::Matrix(_) | FirewallCommand::Explain(_) => {
-            anyhow::bail!("the firewall's offline verbs are not built yet (issue 4)")
+        FirewallCommand::Plan(args) => {
+            print!("{}", plan(&args)?);
+            Ok(())
+        }
+        FirewallCommand::Matrix(args) => {
+            print!("{}", matrix(&args)?);
+            Ok(())
+        }
+        FirewallCommand::Explain(args) => {
+            print!("{}", explain(&args)?);
+            Ok(())
         }
     }
+}
+
+/// Loads the manifests and reads them as firewall input, reporting on stderr every
+/// policy or field that had to be left out.
+fn load(manifests: &ManifestsArg) -> anyhow::Result<FirewallInput> {
+    let input = FirewallInput::from_snapshot(&manifests.load()?);
+    for error in &input.errors {
+        eprintln!("kubewire: warning: {error}");
+    }
+    Ok(input)
+}
+
+/// `firewall plan`, as the text it prints: the transaction that replaces the table.
+pub fn plan(args: &PlanArgs) -> anyhow::Result<String> {
+    let input = load(&args.manifests)?;
+    let options = super::compile::CompileOptions {
+        node: args.node.clone(),
+        default_deny: args.firewall.firewall_default_deny,
+        log_group: args.firewall.firewall_log_group,
+    };
+    if !input.cluster.nodes.contains_key(&args.node)
+        && !input
+            .cluster
+            .pods
+            .iter()
+            .any(|p| p.node.as_deref() == Some(args.node.as_str()))
+    {
+        eprintln!(
+            "kubewire: warning: no Node {} and no pod scheduled to it",
+            args.node
+        );
+    }
+    let ruleset = super::compile::compile(&input, &options);
+    let mut text = super::render::full(&ruleset).text();
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    Ok(text)
+}
+
+/// `firewall matrix`, as the text it prints.
+pub fn matrix(args: &MatrixArgs) -> anyhow::Result<String> {
+    let input = load(&args.manifests)?;
+    let matrix = super::matrix::compute(&input);
+    Ok(match args.format {
+        OutputFormat::Json => format!("{}\n", serde_json::to_string(&matrix)?),
+        OutputFormat::Text => super::matrix::render_text(&matrix),
+    })
+}
+
+/// `firewall explain`, as the text it prints.
+pub fn explain(args: &ExplainArgs) -> anyhow::Result<String> {
+    let input = load(&args.manifests)?;
+    let explanation =
+        super::explain::explain(&input, &args.from, &args.to, args.port, &args.protocol)?;
+    Ok(match args.format {
+        OutputFormat::Json => format!("{}\n", serde_json::to_string_pretty(&explanation)?),
+        OutputFormat::Text => super::explain::render_text(&explanation),
+    })
 }

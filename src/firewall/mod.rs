@@ -1,18 +1,99 @@
 //! The NetworkPolicy firewall: policies compiled into one `inet kubewire` nftables
 //! table of fixed chains, sets and verdict maps.
+//!
+//! [`policy`] and [`cluster`] read a snapshot into validated NetworkPolicy semantics;
+//! [`evaluate`] is the reference decision for one connection (what `matrix` and
+//! `explain` print); [`compile`] turns the same semantics into the [`model`] of one
+//! node's table, [`render`] into `nft -f` transactions, and [`apply`] keeps the kernel
+//! equal to it through the [`nft`] adapter.
 
+pub mod apply;
 mod args;
+pub mod cluster;
 pub mod cmd;
+pub mod compile;
+pub mod conformance;
+pub mod evaluate;
+pub mod explain;
+pub mod input;
+pub mod matrix;
+pub mod metrics;
+pub mod model;
+pub mod nft;
+pub mod policy;
+pub mod render;
+pub mod selector;
+
+use std::sync::Arc;
 
 pub use args::FirewallArgs;
+pub use input::FirewallInput;
 
 use crate::agent::{AgentArgs, ControllerContext};
+use crate::cache::Kind;
 
-pub async fn run_controller(_ctx: ControllerContext) -> anyhow::Result<()> {
-    anyhow::bail!("the firewall controller is not built yet (issue 4)")
+/// The kinds the firewall reads.
+pub const KINDS: [Kind; 4] = [Kind::Pod, Kind::Namespace, Kind::NetworkPolicy, Kind::Node];
+
+/// Runs the firewall on this node until the agent stops.
+pub async fn run_controller(ctx: ControllerContext) -> anyhow::Result<()> {
+    let options = compile::CompileOptions {
+        node: ctx.node_name.clone(),
+        default_deny: ctx.args.firewall.firewall_default_deny,
+        log_group: ctx.args.firewall.firewall_log_group,
+    };
+    for problem in nft::enable_bridge_netfilter() {
+        tracing::warn!(%problem, "bridge netfilter is unavailable: traffic between pods on one bridge is not policed");
+    }
+    let metrics = metrics::FirewallMetrics::register(&ctx.metrics);
+    let reconciler = Arc::new(tokio::sync::Mutex::new(apply::Reconciler::new(
+        nft::Nft::default(),
+        metrics.clone(),
+    )));
+    let reported = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    crate::agent::reconcile_loop(&ctx, &KINDS, move |snapshot, reason| {
+        let (reconciler, reported, metrics, options) = (
+            reconciler.clone(),
+            reported.clone(),
+            metrics.clone(),
+            options.clone(),
+        );
+        async move {
+            let input = FirewallInput::from_snapshot(&snapshot);
+            report_bad_objects(&input.errors, &reported);
+            metrics
+                .bad_objects
+                .set(i64::try_from(input.errors.len()).unwrap_or(i64::MAX));
+            let desired = compile::compile(&input, &options);
+            let applied = reconciler.lock().await.sync(desired, reason).await?;
+            if let apply::Applied::Incremental { transaction } = &applied {
+                tracing::debug!(
+                    commands = transaction.commands.len(),
+                    size = transaction.size(),
+                    "firewall updated"
+                );
+            }
+            Ok(())
+        }
+    })
+    .await
 }
 
-/// Removes the firewall's nftables table.
+/// Logs each bad object once, when it first appears.
+fn report_bad_objects(errors: &[String], reported: &std::sync::Mutex<Vec<String>>) {
+    let Ok(mut reported) = reported.lock() else {
+        return;
+    };
+    for error in errors.iter().filter(|e| !reported.contains(e)) {
+        tracing::warn!(%error, "ignoring a bad object");
+    }
+    *reported = errors.to_vec();
+}
+
+/// Removes the firewall's nftables table (and nothing else).
 pub async fn cleanup(_args: &AgentArgs) -> anyhow::Result<()> {
+    if nft::Nft::default().delete_table().await? {
+        tracing::info!("deleted table {} {}", model::FAMILY, model::TABLE);
+    }
     Ok(())
 }

@@ -1,0 +1,371 @@
+//! The part of a cluster snapshot that NetworkPolicy reads: pods that have network
+//! identities (IPs from `status.podIPs`, else `status.podIP`), their labels, named
+//! container ports and node; namespace labels; node addresses and pod CIDRs.
+//!
+//! A pod without an IP, or one that has finished (phase Succeeded/Failed, its IP may
+//! already belong to another pod), is not an endpoint at all. A hostNetwork pod is an
+//! endpoint (it can be probed) but is never policed and never matches a pod selector:
+//! its traffic carries its node's address.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::ResourceExt;
+
+use super::selector::Labels;
+use crate::cache::Snapshot;
+use crate::cache::manifests::NAMESPACE_NAME_LABEL;
+
+/// An L4 protocol NetworkPolicy knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
+
+    /// Parses the Kubernetes spelling (`TCP`, `UDP`, `SCTP`).
+    pub fn parse(text: &str) -> Option<Protocol> {
+        match text {
+            "TCP" => Some(Protocol::Tcp),
+            "UDP" => Some(Protocol::Udp),
+            "SCTP" => Some(Protocol::Sctp),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        }
+    }
+
+    /// The nftables spelling.
+    pub fn nft(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One declared container port.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ContainerPort {
+    pub name: Option<String>,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+/// A pod that has an IP address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodEndpoint {
+    pub namespace: String,
+    pub name: String,
+    pub labels: Labels,
+    /// Primary first, as the API lists them.
+    pub ips: Vec<IpAddr>,
+    pub node: Option<String>,
+    pub host_network: bool,
+    pub ports: Vec<ContainerPort>,
+}
+
+impl PodEndpoint {
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// Whether policies apply to this pod and pod selectors can match it.
+    pub fn policed(&self) -> bool {
+        !self.host_network
+    }
+
+    /// The pod's address of `ip`'s family, if it has one.
+    pub fn ip_of_family(&self, like: IpAddr) -> Option<IpAddr> {
+        self.ips
+            .iter()
+            .copied()
+            .find(|ip| ip.is_ipv4() == like.is_ipv4())
+    }
+
+    /// The port number that `name`/`protocol` resolves to on this pod.
+    pub fn named_port(&self, name: &str, protocol: Protocol) -> Option<u16> {
+        self.ports
+            .iter()
+            .find(|p| p.name.as_deref() == Some(name) && p.protocol == protocol)
+            .map(|p| p.port)
+    }
+
+    /// Every distinct (port, protocol) the pod declares, sorted.
+    pub fn served_ports(&self) -> Vec<(u16, Protocol)> {
+        let mut ports: Vec<(u16, Protocol)> =
+            self.ports.iter().map(|p| (p.port, p.protocol)).collect();
+        ports.sort();
+        ports.dedup();
+        ports
+    }
+}
+
+/// A node's addresses (its own traffic is always allowed to its pods) and pod CIDRs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub addresses: Vec<IpAddr>,
+    pub pod_cidrs: Vec<IpNet>,
+}
+
+/// Something in the snapshot that could not be read; the object is skipped or
+/// partially used, the rest of the cluster is not affected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectError {
+    pub object: String,
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ObjectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: {}", self.object, self.field, self.message)
+    }
+}
+
+/// The NetworkPolicy-relevant view of a snapshot.
+#[derive(Clone, Debug, Default)]
+pub struct Cluster {
+    /// Sorted by (namespace, name).
+    pub pods: Vec<PodEndpoint>,
+    pub namespaces: BTreeMap<String, Labels>,
+    pub nodes: BTreeMap<String, NodeInfo>,
+    pub errors: Vec<ObjectError>,
+}
+
+impl Cluster {
+    pub fn from_snapshot(snapshot: &Snapshot) -> Self {
+        let mut cluster = Cluster::default();
+        for namespace in &snapshot.namespaces {
+            cluster
+                .namespaces
+                .insert(namespace.name_any(), namespace.labels().clone());
+        }
+        for node in &snapshot.nodes {
+            let info = node_info(node, &mut cluster.errors);
+            cluster.nodes.insert(node.name_any(), info);
+        }
+        for pod in &snapshot.pods {
+            if let Some(endpoint) = pod_endpoint(pod, &mut cluster.errors) {
+                cluster.pods.push(endpoint);
+            }
+        }
+        cluster
+            .pods
+            .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        cluster
+    }
+
+    /// A namespace's labels; one missing from the snapshot still has its name label.
+    pub fn namespace_labels(&self, namespace: &str) -> Labels {
+        self.namespaces.get(namespace).cloned().unwrap_or_else(|| {
+            Labels::from([(NAMESPACE_NAME_LABEL.to_string(), namespace.to_string())])
+        })
+    }
+
+    pub fn pod(&self, key: &str) -> Option<&PodEndpoint> {
+        let (namespace, name) = key.split_once('/')?;
+        self.pods
+            .iter()
+            .find(|p| p.namespace == namespace && p.name == name)
+    }
+
+    /// The policed pod that owns `ip`, if any.
+    pub fn pod_by_ip(&self, ip: IpAddr) -> Option<&PodEndpoint> {
+        self.pods
+            .iter()
+            .find(|p| p.policed() && p.ips.contains(&ip))
+    }
+
+    /// Whether `ip` is an address of `node`.
+    pub fn is_node_address(&self, node: &str, ip: IpAddr) -> bool {
+        self.nodes
+            .get(node)
+            .is_some_and(|n| n.addresses.contains(&ip))
+    }
+}
+
+fn pod_endpoint(pod: &Pod, errors: &mut Vec<ObjectError>) -> Option<PodEndpoint> {
+    let namespace = pod.namespace().unwrap_or_default();
+    let name = pod.name_any();
+    let object = format!("Pod {namespace}/{name}");
+    let status = pod.status.as_ref()?;
+    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+        return None;
+    }
+    let mut texts: Vec<(String, String)> = status
+        .pod_ips
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, ip)| (format!("status.podIPs[{i}].ip"), ip.ip.clone()))
+        .collect();
+    if texts.is_empty()
+        && let Some(ip) = &status.pod_ip
+    {
+        texts.push(("status.podIP".into(), ip.clone()));
+    }
+    let mut ips = Vec::new();
+    for (field, text) in texts {
+        match text.parse::<IpAddr>() {
+            Ok(ip) if !ips.contains(&ip) => ips.push(ip),
+            Ok(_) => {}
+            Err(err) => errors.push(ObjectError {
+                object: object.clone(),
+                field,
+                message: format!("`{text}` is not an IP address: {err}"),
+            }),
+        }
+    }
+    if ips.is_empty() {
+        return None;
+    }
+    let spec = pod.spec.as_ref();
+    let mut ports = Vec::new();
+    for (c, container) in spec
+        .map(|s| s.containers.iter())
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        for (p, port) in container.ports.iter().flatten().enumerate() {
+            let field = format!("spec.containers[{c}].ports[{p}]");
+            let protocol_text = port.protocol.as_deref().unwrap_or("TCP");
+            let Some(protocol) = Protocol::parse(protocol_text) else {
+                errors.push(ObjectError {
+                    object: object.clone(),
+                    field: format!("{field}.protocol"),
+                    message: format!("unknown protocol `{protocol_text}`"),
+                });
+                continue;
+            };
+            let Some(number) = u16::try_from(port.container_port).ok().filter(|n| *n > 0) else {
+                errors.push(ObjectError {
+                    object: object.clone(),
+                    field: format!("{field}.containerPort"),
+                    message: format!("{} is not a port number", port.container_port),
+                });
+                continue;
+            };
+            ports.push(ContainerPort {
+                name: port.name.clone().filter(|n| !n.is_empty()),
+                port: number,
+                protocol,
+            });
+        }
+    }
+    Some(PodEndpoint {
+        namespace,
+        name,
+        labels: pod.labels().clone(),
+        ips,
+        node: spec.and_then(|s| s.node_name.clone()),
+        host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
+        ports,
+    })
+}
+
+fn node_info(node: &Node, errors: &mut Vec<ObjectError>) -> NodeInfo {
+    let object = format!("Node {}", node.name_any());
+    let mut info = NodeInfo::default();
+    for (i, address) in node
+        .status
+        .iter()
+        .flat_map(|s| s.addresses.iter().flatten())
+        .enumerate()
+    {
+        if address.type_ == "Hostname" {
+            continue;
+        }
+        match address.address.parse::<IpAddr>() {
+            Ok(ip) => info.addresses.push(ip),
+            Err(_) => errors.push(ObjectError {
+                object: object.clone(),
+                field: format!("status.addresses[{i}].address"),
+                message: format!("`{}` is not an IP address", address.address),
+            }),
+        }
+    }
+    let spec = node.spec.as_ref();
+    let cidrs = spec
+        .and_then(|s| s.pod_cidrs.clone())
+        .or_else(|| spec.and_then(|s| s.pod_cidr.clone()).map(|c| vec![c]))
+        .unwrap_or_default();
+    for (i, cidr) in cidrs.iter().enumerate() {
+        match cidr.parse::<IpNet>() {
+            Ok(net) => info.pod_cidrs.push(net.trunc()),
+            Err(err) => errors.push(ObjectError {
+                object: object.clone(),
+                field: format!("spec.podCIDRs[{i}]"),
+                message: format!("`{cidr}`: {err}"),
+            }),
+        }
+    }
+    info
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::manifests;
+
+    fn cluster(yaml: &str) -> Cluster {
+        let objects = manifests::parse_documents(std::path::Path::new("t.yaml"), yaml).unwrap();
+        Cluster::from_snapshot(&manifests::snapshot_from_objects(&objects).unwrap())
+    }
+
+    #[test]
+    fn endpoints_are_pods_with_ips_that_have_not_finished() {
+        let cluster = cluster(
+            "kind: Pod\nmetadata: {name: a, namespace: x, labels: {pod: a}}\n\
+             spec: {nodeName: n1, containers: [{name: c, ports: [{containerPort: 80, name: http}, {containerPort: 53, protocol: UDP}]}]}\n\
+             status: {podIPs: [{ip: 10.0.0.1}, {ip: 'fd00::1'}]}\n---\n\
+             kind: Pod\nmetadata: {name: b, namespace: x}\nspec: {containers: [{name: c}]}\nstatus: {podIP: 10.0.0.2}\n---\n\
+             kind: Pod\nmetadata: {name: pending, namespace: x}\nspec: {containers: [{name: c}]}\n---\n\
+             kind: Pod\nmetadata: {name: done, namespace: x}\nspec: {containers: [{name: c}]}\nstatus: {phase: Succeeded, podIP: 10.0.0.3}\n---\n\
+             kind: Pod\nmetadata: {name: bad, namespace: x}\nspec: {containers: [{name: c}]}\nstatus: {podIP: not-an-ip}\n---\n\
+             kind: Pod\nmetadata: {name: host, namespace: x}\nspec: {hostNetwork: true, containers: [{name: c}]}\nstatus: {podIP: 192.168.0.1}\n",
+        );
+        let keys: Vec<String> = cluster.pods.iter().map(PodEndpoint::key).collect();
+        assert_eq!(keys, ["x/a", "x/b", "x/host"]);
+        let a = &cluster.pods[0];
+        assert_eq!(a.ips.len(), 2);
+        assert_eq!(a.named_port("http", Protocol::Tcp), Some(80));
+        assert_eq!(a.named_port("http", Protocol::Udp), None);
+        assert_eq!(a.served_ports(), [(53, Protocol::Udp), (80, Protocol::Tcp)]);
+        assert!(!cluster.pods[2].policed());
+        assert_eq!(cluster.errors.len(), 1);
+        assert_eq!(
+            cluster.errors[0].to_string(),
+            "Pod x/bad: status.podIP: `not-an-ip` is not an IP address: invalid IP address syntax"
+        );
+        assert_eq!(
+            cluster
+                .namespace_labels("x")
+                .get(NAMESPACE_NAME_LABEL)
+                .map(String::as_str),
+            Some("x")
+        );
+    }
+}

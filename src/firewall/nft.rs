@@ -1,0 +1,164 @@
+//! The thin adapter to the kernel: runs the `nft` CLI (one process per call, a whole
+//! transaction per `nft -f`), reads the table back as JSON, and sets the bridge
+//! netfilter switch. Nothing else in the firewall touches the kernel.
+
+use std::path::Path;
+use std::process::Stdio;
+
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+use super::model::{FAMILY, TABLE};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    #[error("cannot run {program}: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("`{command}` failed: {stderr}")]
+    Failed { command: String, stderr: String },
+    #[error("`{command}` printed JSON that does not parse: {message}")]
+    Json { command: String, message: String },
+    #[error("table {FAMILY} {TABLE} does not exist")]
+    NoTable,
+}
+
+/// How to run `nft`: by default the `nft` on $PATH in the current network namespace.
+#[derive(Clone, Debug)]
+pub struct Nft {
+    argv: Vec<String>,
+}
+
+impl Default for Nft {
+    fn default() -> Self {
+        Self {
+            argv: vec!["nft".into()],
+        }
+    }
+}
+
+impl Nft {
+    /// `nft` inside the named network namespace (`ip netns exec NAME nft`).
+    pub fn in_netns(name: &str) -> Self {
+        Self {
+            argv: ["ip", "netns", "exec", name, "nft"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> (Command, String) {
+        let mut command = Command::new(&self.argv[0]);
+        command.args(&self.argv[1..]).args(args);
+        command.kill_on_drop(true);
+        (command, format!("nft {}", args.join(" ")))
+    }
+
+    /// Runs `text` as one `nft -f` transaction: all of it applies, or none.
+    pub async fn apply(&self, text: &str) -> Result<(), NftError> {
+        let (mut command, label) = self.command(&["-f", "-"]);
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| NftError::Spawn {
+                program: self.argv[0].clone(),
+                source,
+            })?;
+        if let Some(mut stdin) = child.stdin.take() {
+            // A write error means nft exited early; its status and stderr say why.
+            let _ = stdin.write_all(text.as_bytes()).await;
+        }
+        let output = child
+            .wait_with_output()
+            .await
+            .map_err(|source| NftError::Spawn {
+                program: self.argv[0].clone(),
+                source,
+            })?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(NftError::Failed {
+                command: label,
+                stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+            })
+        }
+    }
+
+    /// `nft -j [-t] list table inet kubewire`: `terse` leaves set elements out, which
+    /// is what makes it cheap.
+    pub async fn list_table(&self, terse: bool) -> Result<Value, NftError> {
+        let mut args = vec!["-j"];
+        if terse {
+            args.push("-t");
+        }
+        args.extend(["list", "table", FAMILY, TABLE]);
+        let (mut command, label) = self.command(&args);
+        let output = command
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|source| NftError::Spawn {
+                program: self.argv[0].clone(),
+                source,
+            })?;
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
+            if stderr.contains("No such file or directory") {
+                return Err(NftError::NoTable);
+            }
+            return Err(NftError::Failed {
+                command: label,
+                stderr,
+            });
+        }
+        serde_json::from_slice(&output.stdout).map_err(|err| NftError::Json {
+            command: label,
+            message: err.to_string(),
+        })
+    }
+
+    /// Deletes the table; `Ok(false)` when there was none.
+    pub async fn delete_table(&self) -> Result<bool, NftError> {
+        match self
+            .apply(&format!("delete table {FAMILY} {TABLE}\n"))
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(NftError::Failed { stderr, .. })
+                if stderr.contains("No such file or directory") =>
+            {
+                Ok(false)
+            }
+            Err(err) => Err(err),
+        }
+    }
+}
+
+/// Makes bridged pod-to-pod traffic on this node traverse the inet forward hook
+/// (`net.bridge.bridge-nf-call-ip{,6}tables`), as pods on one bridge never reach the
+/// routing path otherwise. Returns the switches that do not exist (no bridge netfilter
+/// in this kernel or namespace).
+pub fn enable_bridge_netfilter() -> Vec<String> {
+    let mut missing = Vec::new();
+    for name in ["bridge-nf-call-iptables", "bridge-nf-call-ip6tables"] {
+        let path = Path::new("/proc/sys/net/bridge").join(name);
+        let current = std::fs::read_to_string(&path);
+        match current {
+            Ok(value) if value.trim() == "1" => {}
+            Ok(_) => {
+                if let Err(err) = std::fs::write(&path, "1") {
+                    missing.push(format!("{}: {err}", path.display()));
+                }
+            }
+            Err(err) => missing.push(format!("{}: {err}", path.display())),
+        }
+    }
+    missing
+}
