@@ -99,7 +99,7 @@ fn cluster(policies: usize, relabel: bool) -> Snapshot {
                  "ports": [{"port": 9090, "endPort": 9099}]},
             ],
         });
-        if k % 3 == 0 {
+        if k.is_multiple_of(3) {
             spec["egress"] = json!([
                 {"to": [{"namespaceSelector": {"matchLabels": {"team": format!("team{}", n % 10)}}}]},
                 {"ports": [{"port": 53, "protocol": "UDP"}]},
@@ -272,22 +272,24 @@ async fn connection_rates() {
     let big = cluster(1000, false);
     let small = cluster(10, false);
     // The two pods' own small topology: the node with its bridge, and two pod namespaces.
-    let mut pair = Snapshot::default();
-    pair.nodes = big.nodes.clone();
-    pair.namespaces = big.namespaces.clone();
-    pair.pods = big
-        .pods
-        .iter()
-        .filter(|p| {
-            let ip = p
-                .status
-                .as_ref()
-                .and_then(|s| s.pod_ip.clone())
-                .unwrap_or_default();
-            ip == pod_ip(server_index) || ip == pod_ip(client_index)
-        })
-        .cloned()
-        .collect();
+    let pair = Snapshot {
+        nodes: big.nodes.clone(),
+        namespaces: big.namespaces.clone(),
+        pods: big
+            .pods
+            .iter()
+            .filter(|p| {
+                let ip = p
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.pod_ip.clone())
+                    .unwrap_or_default();
+                ip == pod_ip(server_index) || ip == pod_ip(client_index)
+            })
+            .cloned()
+            .collect(),
+        ..Snapshot::default()
+    };
     let pair_input = FirewallInput::from_snapshot(&pair);
     let test_cluster = TestCluster::build(&pair_input);
     let client = test_cluster.pod_netns["ns0/pod1"].clone();
