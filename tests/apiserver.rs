@@ -859,74 +859,113 @@ async fn kubectl_get_create_apply_replace_patch_delete() {
     server.shutdown().await;
 }
 
-#[test]
-fn lab_apiserver_command_serves_until_sigterm() {
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("kubewire-apiserver-cli-{}-", std::process::id()))
-        .tempdir()
-        .unwrap();
-    let manifests = dir.path().join("m.yaml");
-    std::fs::write(
-        &manifests,
-        "kind: Pod\nmetadata: {name: web, namespace: a}\nspec: {containers: [{name: c}]}\n",
-    )
-    .unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kubewire"))
-        .args(["lab", "apiserver", "--manifests"])
-        .arg(&manifests)
-        .arg("--kubeconfig-out")
-        .arg(&kubeconfig)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    struct Kill(u32);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(self.0 as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+/// `kubewire lab apiserver` running as its own process, killed when dropped.
+struct ServerProcess {
+    child: std::process::Child,
+    url: String,
+    kubeconfig: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl ServerProcess {
+    /// Starts the command on `manifests` (YAML text) and waits for its URL on stdout.
+    fn spawn(manifests: &str) -> ServerProcess {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("kubewire-apiserver-cli-{}-", std::process::id()))
+            .tempdir()
+            .unwrap();
+        let path = dir.path().join("m.yaml");
+        std::fs::write(&path, manifests).unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kubewire"))
+            .args(["lab", "apiserver", "--manifests"])
+            .arg(&path)
+            .arg("--kubeconfig-out")
+            .arg(&kubeconfig)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut url = String::new();
+        let stdout = child.stdout.take().unwrap();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut url).unwrap();
+        ServerProcess {
+            child,
+            url: url.trim().to_string(),
+            kubeconfig,
+            _dir: dir,
         }
     }
-    let guard = Kill(child.id());
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert!(line.starts_with("http://127.0.0.1:"), "{line}");
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let pods = runtime.block_on(async {
-        let text = std::fs::read_to_string(&kubeconfig).unwrap();
-        assert!(text.contains(line.trim()), "{text}");
+
+    /// A client built from the kubeconfig the command wrote.
+    async fn client(&self) -> Client {
+        let text = std::fs::read_to_string(&self.kubeconfig).unwrap();
+        assert!(text.contains(&self.url), "{text}");
         let kubeconfig = kube::config::Kubeconfig::from_yaml(&text).unwrap();
         let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
             .await
             .unwrap();
-        let client = Client::try_from(config).unwrap();
-        let pods: Api<Pod> = Api::all(client);
-        names(&pods.list(&ListParams::default()).await.unwrap().items)
-    });
-    assert_eq!(pods, ["a/web"]);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let status = child.wait().unwrap();
-    assert!(status.success(), "{status}");
-    drop(guard);
+        Client::try_from(config).unwrap()
+    }
+
+    fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.id() as i32)
+    }
+
+    /// `VmRSS` and `VmHWM` (peak) in MiB.
+    fn memory_mib(&self) -> (f64, f64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+                .unwrap()
+                / 1024.0
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    fn terminate(mut self) -> std::process::ExitStatus {
+        nix::sys::signal::kill(self.pid(), nix::sys::signal::Signal::SIGTERM).unwrap();
+        self.child.wait().unwrap()
+    }
 }
 
-/// Prints list and watch throughput with 5,000 pods, 1,000 services, 1,000 slices and
-/// 500 policies. Run: `cargo test --release --test apiserver -- --ignored --nocapture`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore]
-async fn benchmark_list_and_watch() {
-    let mut seed = Vec::new();
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = nix::sys::signal::kill(self.pid(), nix::sys::signal::Signal::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[tokio::test]
+async fn lab_apiserver_command_serves_until_sigterm() {
+    let server = ServerProcess::spawn(
+        "kind: Pod\nmetadata: {name: web, namespace: a}\nspec: {containers: [{name: c}]}\n",
+    );
+    assert!(
+        server.url.starts_with("http://127.0.0.1:"),
+        "{}",
+        server.url
+    );
+    let pods: Api<Pod> = Api::all(server.client().await);
+    assert_eq!(
+        names(&pods.list(&ListParams::default()).await.unwrap().items),
+        ["a/web"]
+    );
+    let status = tokio::task::spawn_blocking(move || server.terminate())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
+
+/// 5,000 pods in 50 namespaces on 20 nodes, 1,000 services with one 5-endpoint slice
+/// each, 500 policies.
+fn large_cluster() -> Vec<Value> {
+    let mut objects = Vec::new();
     for i in 0..5000 {
         let mut p = pod(
             &format!("ns{}", i % 50),
@@ -940,54 +979,86 @@ async fn benchmark_list_and_watch() {
             (i / 256) % 256,
             i % 256
         ));
-        seed.push(p);
+        objects.push(p);
     }
     for i in 0..1000 {
-        seed.push(json!({"apiVersion": "v1", "kind": "Service",
+        objects.push(json!({"apiVersion": "v1", "kind": "Service",
             "metadata": {"name": format!("svc-{i}"), "namespace": format!("ns{}", i % 50)},
-            "spec": {"clusterIP": format!("10.96.{}.{}", i / 256, i % 256), "selector": {"app": format!("app{}", i % 100)},
+            "spec": {"clusterIP": format!("10.96.{}.{}", i / 256, i % 256),
+                     "selector": {"app": format!("app{}", i % 100)},
                      "ports": [{"port": 80, "targetPort": 8080, "protocol": "TCP"}]}}));
-        seed.push(json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        let endpoints: Vec<Value> = (0..5)
+            .map(|j| json!({"addresses": [format!("10.200.{}.{}", i % 256, j)], "conditions": {"ready": true}}))
+            .collect();
+        objects.push(
+            json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": {"name": format!("svc-{i}-abc"), "namespace": format!("ns{}", i % 50),
                          "labels": {"kubernetes.io/service-name": format!("svc-{i}")}},
-            "addressType": "IPv4",
-            "endpoints": (0..5).map(|j| json!({"addresses": [format!("10.200.{}.{}", i % 256, j)], "conditions": {"ready": true}})).collect::<Vec<_>>(),
-            "ports": [{"port": 8080, "protocol": "TCP"}]}));
+            "addressType": "IPv4", "endpoints": endpoints,
+            "ports": [{"port": 8080, "protocol": "TCP"}]}),
+        );
     }
     for i in 0..500 {
-        seed.push(
+        objects.push(
             json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
             "metadata": {"name": format!("pol-{i}"), "namespace": format!("ns{}", i % 50)},
             "spec": {"podSelector": {"matchLabels": {"app": format!("app{}", i % 100)}},
                      "ingress": [{"from": [{"podSelector": {}}], "ports": [{"port": 8080}]}]}}),
         );
     }
+    objects
+}
+
+/// Lists every pod, in one request or in pages; returns how many.
+async fn list_all_pods(pods: &Api<Pod>, page: Option<u32>) -> usize {
+    let mut total = 0;
+    let mut token: Option<String> = None;
+    loop {
+        let mut params = ListParams::default();
+        if let Some(page) = page {
+            params = params.limit(page);
+        }
+        if let Some(token) = &token {
+            params = params.continue_token(token);
+        }
+        let list = pods.list(&params).await.unwrap();
+        total += list.items.len();
+        token = list.metadata.continue_;
+        if token.is_none() {
+            return total;
+        }
+    }
+}
+
+/// Prints the server's memory, list times and watch throughput with
+/// [`large_cluster`]. Run:
+/// `cargo test --release --test apiserver benchmark -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn benchmark_list_and_watch() {
+    let objects = large_cluster();
+    // The command, as its own process, for its memory.
+    let manifests: Vec<String> = objects.iter().map(Value::to_string).collect();
     let started = Instant::now();
-    let (server, client) = start(seed, 10_000).await;
-    println!("seeded 7,500 objects in {:?}", started.elapsed());
-    let pods: Api<Pod> = Api::all(client.clone());
+    let process = ServerProcess::spawn(&manifests.join("\n---\n"));
+    println!(
+        "`lab apiserver` loaded 7,500 objects and listens after {:?}",
+        started.elapsed()
+    );
+    let (rss, _) = process.memory_mib();
+    println!("server resident memory, idle: {rss:.1} MiB");
+    let pods: Api<Pod> = Api::all(process.client().await);
     for (label, page) in [("one request", None), ("pages of 500", Some(500))] {
         let started = Instant::now();
-        let mut total = 0;
-        let mut token: Option<String> = None;
-        loop {
-            let mut params = ListParams::default();
-            if let Some(page) = page {
-                params = params.limit(page);
-            }
-            if let Some(token) = &token {
-                params = params.continue_token(token);
-            }
-            let list = pods.list(&params).await.unwrap();
-            total += list.items.len();
-            token = list.metadata.continue_;
-            if token.is_none() {
-                break;
-            }
-        }
-        assert_eq!(total, 5000);
+        assert_eq!(list_all_pods(&pods, page).await, 5000);
         println!("list 5,000 pods ({label}): {:?}", started.elapsed());
     }
+    let (rss, peak) = process.memory_mib();
+    println!("server resident memory after the lists: {rss:.1} MiB (peak {peak:.1} MiB)");
+    drop(process);
+    // In process, for watch throughput.
+    let (server, client) = start(objects, 10_000).await;
+    let pods: Api<Pod> = Api::all(client.clone());
     let rv = server.read(|state| state.resource_version()).to_string();
     let watchers = 4;
     let events = 5000;
@@ -1001,19 +1072,15 @@ async fn benchmark_list_and_watch() {
         );
     }
     let started = Instant::now();
-    let writer = {
-        let pods = pods.clone();
-        tokio::spawn(async move {
-            for i in 0..events {
-                let api: Api<Pod> =
-                    Api::namespaced(pods.clone().into_client(), &format!("ns{}", i % 50));
-                let patch = Patch::Merge(json!({"metadata": {"labels": {"rev": i.to_string()}}}));
-                api.patch(&format!("pod-{i}"), &PatchParams::default(), &patch)
-                    .await
-                    .unwrap();
-            }
-        })
-    };
+    let writer = tokio::spawn(async move {
+        for i in 0..events {
+            let api: Api<Pod> = Api::namespaced(client.clone(), &format!("ns{}", i % 50));
+            let patch = Patch::Merge(json!({"metadata": {"labels": {"rev": i.to_string()}}}));
+            api.patch(&format!("pod-{i}"), &PatchParams::default(), &patch)
+                .await
+                .unwrap();
+        }
+    });
     let readers: Vec<_> = streams
         .into_iter()
         .map(|s| tokio::spawn(async move { collect(s, events, false).await.len() }))

@@ -1,0 +1,367 @@
+//! The firewall benchmark (prints numbers, asserts no timings). Run it with
+//!
+//!     cargo test --release --test firewall_bench -- --ignored --nocapture
+//!
+//! 5,000 pods in 100 namespaces on one node, 1,000 NetworkPolicies: compile time,
+//! full apply into a network namespace, one pod label change (time and transaction
+//! size), the periodic drift check, and the connection rate through a policed pod
+//! with 10 vs 1,000 policies (per-packet cost must not grow with policies).
+
+mod firewall_support;
+
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use firewall_support::cluster::TestCluster;
+use firewall_support::{NetNs, can_use_netns};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kubewire::agent::SyncReason;
+use kubewire::cache::Snapshot;
+use kubewire::firewall::FirewallInput;
+use kubewire::firewall::apply::{Applied, Reconciler};
+use kubewire::firewall::compile::{self, CompileOptions};
+use kubewire::firewall::metrics::FirewallMetrics;
+use kubewire::firewall::nft::Nft;
+use kubewire::firewall::render;
+use serde_json::json;
+
+const NODE: &str = "bench";
+const NAMESPACES: usize = 100;
+const PODS_PER_NAMESPACE: usize = 50;
+const APPS_PER_NAMESPACE: usize = 10;
+
+fn pod_ip(index: usize) -> String {
+    format!("10.128.{}.{}", index / 250, index % 250 + 2)
+}
+
+/// A cluster like a real one: each namespace runs 10 apps of 5 pods (frontend or
+/// backend); its policies let an app be reached from the next app on a numbered and
+/// a named port, from frontends of the same team's namespaces, from an ipBlock, and
+/// restrict some apps' egress to their team and DNS. `relabel` moves pod 0 of
+/// namespace 0 to another app.
+fn cluster(policies: usize, relabel: bool) -> Snapshot {
+    let mut snapshot = Snapshot::default();
+    snapshot.nodes.push(Arc::new(
+        serde_json::from_value::<Node>(json!({
+            "metadata": {"name": NODE},
+            "spec": {"podCIDR": "10.128.0.0/16", "podCIDRs": ["10.128.0.0/16"]},
+            "status": {"addresses": [{"type": "InternalIP", "address": "172.31.0.11"}]}
+        }))
+        .unwrap(),
+    ));
+    for n in 0..NAMESPACES {
+        snapshot.namespaces.push(Arc::new(
+            serde_json::from_value::<Namespace>(json!({
+                "metadata": {"name": format!("ns{n}"), "labels": {
+                    "kubernetes.io/metadata.name": format!("ns{n}"),
+                    "team": format!("team{}", n % 10),
+                    "env": if n % 2 == 0 { "prod" } else { "dev" },
+                }}
+            }))
+            .unwrap(),
+        ));
+        for p in 0..PODS_PER_NAMESPACE {
+            let index = n * PODS_PER_NAMESPACE + p;
+            let mut app = p % APPS_PER_NAMESPACE;
+            if relabel && index == 0 {
+                app = 5;
+            }
+            snapshot.pods.push(Arc::new(
+                serde_json::from_value::<Pod>(json!({
+                    "metadata": {"name": format!("pod{p}"), "namespace": format!("ns{n}"), "labels": {
+                        "app": format!("app{app}"),
+                        "tier": if app < 5 { "frontend" } else { "backend" },
+                    }},
+                    "spec": {"nodeName": NODE, "containers": [{"name": "c", "ports": [
+                        {"containerPort": 8080, "name": "http"},
+                        {"containerPort": 9090, "name": "metrics"},
+                    ]}]},
+                    "status": {"phase": "Running", "podIP": pod_ip(index), "podIPs": [{"ip": pod_ip(index)}]}
+                }))
+                .unwrap(),
+            ));
+        }
+    }
+    for i in 0..policies {
+        let n = i % NAMESPACES;
+        let k = (i / NAMESPACES) % APPS_PER_NAMESPACE;
+        let mut spec = json!({
+            "podSelector": {"matchLabels": {"app": format!("app{k}")}},
+            "ingress": [
+                {"from": [{"podSelector": {"matchLabels": {"app": format!("app{}", (k + 1) % APPS_PER_NAMESPACE)}}}],
+                 "ports": [{"port": 8080}, {"port": "http"}]},
+                {"from": [{"namespaceSelector": {"matchLabels": {"team": format!("team{}", n % 10)}},
+                           "podSelector": {"matchLabels": {"tier": "frontend"}}}],
+                 "ports": [{"port": 8080}]},
+                {"from": [{"ipBlock": {"cidr": "192.168.0.0/16", "except": [format!("192.168.{k}.0/24")]}}],
+                 "ports": [{"port": 9090, "endPort": 9099}]},
+            ],
+        });
+        if k.is_multiple_of(3) {
+            spec["egress"] = json!([
+                {"to": [{"namespaceSelector": {"matchLabels": {"team": format!("team{}", n % 10)}}}]},
+                {"ports": [{"port": 53, "protocol": "UDP"}]},
+            ]);
+        }
+        snapshot.network_policies.push(Arc::new(
+            serde_json::from_value::<NetworkPolicy>(json!({
+                "metadata": {"name": format!("policy{i}"), "namespace": format!("ns{n}")},
+                "spec": spec,
+            }))
+            .unwrap(),
+        ));
+    }
+    snapshot.sorted()
+}
+
+fn options() -> CompileOptions {
+    CompileOptions {
+        node: NODE.into(),
+        default_deny: true,
+        log_group: None,
+    }
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+fn ms(duration: Duration) -> String {
+    format!("{:.1} ms", duration.as_secs_f64() * 1000.0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "benchmark: run with --release -- --ignored --nocapture"]
+async fn firewall_benchmark() {
+    if !can_use_netns() {
+        eprintln!("skipped: needs root and nft");
+        return;
+    }
+    let snapshot = cluster(1000, false);
+    let input = FirewallInput::from_snapshot(&snapshot);
+    assert!(input.errors.is_empty(), "{:?}", input.errors);
+    println!(
+        "cluster: {} pods, {} namespaces, {} policies, all pods on node {NODE}",
+        input.cluster.pods.len(),
+        input.cluster.namespaces.len(),
+        input.policies.len()
+    );
+
+    // Compile (snapshot → input → ruleset), the controller's pure part.
+    let mut samples = Vec::new();
+    let mut ruleset = compile::compile(&input, &options());
+    for _ in 0..7 {
+        let started = Instant::now();
+        let input = FirewallInput::from_snapshot(&snapshot);
+        ruleset = compile::compile(&input, &options());
+        samples.push(started.elapsed());
+    }
+    let (mut reads, mut compiles) = (Vec::new(), Vec::new());
+    for _ in 0..7 {
+        let started = Instant::now();
+        let input = FirewallInput::from_snapshot(&snapshot);
+        reads.push(started.elapsed());
+        let started = Instant::now();
+        compile::compile(&input, &options());
+        compiles.push(started.elapsed());
+    }
+    println!(
+        "compile: {} (median of 7; snapshot to ruleset: reading the snapshot {}, compiling {}): \
+         {} chains, {} rules, {} sets and maps, {} elements",
+        ms(median(samples)),
+        ms(median(reads)),
+        ms(median(compiles)),
+        ruleset.chains.len(),
+        ruleset.rule_count(),
+        ruleset.sets.len(),
+        ruleset.element_count()
+    );
+
+    // Full apply into an empty namespace, then again over an existing table.
+    let ns = NetNs::new("bench");
+    let nft = Nft::in_netns(&ns.name);
+    let full = render::full(&ruleset);
+    println!(
+        "full transaction: {} bytes of nft text, size {}",
+        full.text().len(),
+        full.size()
+    );
+    if let Ok(path) = std::env::var("KUBEWIRE_BENCH_SAVE_PLAN") {
+        std::fs::write(path, full.text()).unwrap();
+    }
+    for label in [
+        "full apply (empty namespace)",
+        "full apply (replacing the table)",
+    ] {
+        let started = Instant::now();
+        nft.apply(&full.text()).await.unwrap();
+        println!("{label}: {}", ms(started.elapsed()));
+    }
+
+    // One pod label change through the reconciler: compile + diff + one nft call.
+    let mut reconciler = Reconciler::new(nft.clone(), FirewallMetrics::default());
+    reconciler
+        .sync(ruleset.clone(), SyncReason::Start)
+        .await
+        .unwrap();
+    let relabelled = cluster(1000, true);
+    let mut totals = Vec::new();
+    let mut applies = Vec::new();
+    let mut last = None;
+    for round in 0..6 {
+        let snapshot = if round % 2 == 0 {
+            &relabelled
+        } else {
+            &snapshot
+        };
+        let started = Instant::now();
+        let desired = compile::compile(&FirewallInput::from_snapshot(snapshot), &options());
+        let compiled = started.elapsed();
+        let applied = reconciler.sync(desired, SyncReason::Change).await.unwrap();
+        totals.push(started.elapsed());
+        applies.push(started.elapsed() - compiled);
+        last = Some(applied);
+    }
+    match last {
+        Some(Applied::Incremental { transaction }) => {
+            println!(
+                "one pod label change: {} total (median of 6: compile + diff + apply), of which nft apply {}; \
+                 transaction: {} commands, size {}, elements only: {}",
+                ms(median(totals)),
+                ms(median(applies)),
+                transaction.commands.len(),
+                transaction.size(),
+                transaction.elements_only()
+            );
+            for command in &transaction.commands {
+                println!("    {}", command.text);
+            }
+        }
+        other => panic!("a label change should be incremental, got {other:?}"),
+    }
+
+    // The periodic drift check: terse (no elements) and full listings.
+    for terse in [true, false] {
+        let started = Instant::now();
+        nft.list_table(terse).await.unwrap();
+        println!(
+            "drift check read ({}): {}",
+            if terse {
+                "terse, every period"
+            } else {
+                "with elements, every 10th period"
+            },
+            ms(started.elapsed())
+        );
+    }
+    drop(ns);
+
+    connection_rates().await;
+}
+
+/// Connections per second from a client pod to a policed server pod with no table,
+/// then with 10 and with 1,000 policies.
+async fn connection_rates() {
+    // ns0/pod0 runs app0, isolated by policy0 (present in both runs), which admits
+    // app1 on 8080: ns0/pod1.
+    let server_index = 0;
+    let client_index = 1;
+    let big = cluster(1000, false);
+    let small = cluster(10, false);
+    // The two pods' own small topology: the node with its bridge, and two pod namespaces.
+    let pair = Snapshot {
+        nodes: big.nodes.clone(),
+        namespaces: big.namespaces.clone(),
+        pods: big
+            .pods
+            .iter()
+            .filter(|p| {
+                let ip = p
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.pod_ip.clone())
+                    .unwrap_or_default();
+                ip == pod_ip(server_index) || ip == pod_ip(client_index)
+            })
+            .cloned()
+            .collect(),
+        ..Snapshot::default()
+    };
+    let pair_input = FirewallInput::from_snapshot(&pair);
+    let test_cluster = TestCluster::build(&pair_input);
+    let client = test_cluster.pod_netns["ns0/pod1"].clone();
+    let server: SocketAddr = format!("{}:8080", pod_ip(server_index)).parse().unwrap();
+    let node = test_cluster.node(NODE);
+    node.exec(&["sysctl", "-qw", "net.netfilter.nf_conntrack_max=1000000"]);
+    let nft = Nft::in_netns(&node.name);
+    for (label, snapshot) in [
+        ("no kubewire table", None),
+        ("10 policies", Some(&small)),
+        ("1,000 policies", Some(&big)),
+    ] {
+        match snapshot {
+            None => {
+                let _ = nft.delete_table().await;
+            }
+            Some(snapshot) => {
+                let input = FirewallInput::from_snapshot(snapshot);
+                let ruleset = compile::compile(&input, &options());
+                let server_verdict =
+                    &ruleset.sets["ingress-dispatch4"].elements[&pod_ip(server_index)];
+                nft.apply(&render::full(&ruleset).text()).await.unwrap();
+                println!(
+                    "  ({label}: server dispatch `{server_verdict}`, {} chains)",
+                    ruleset.chains.len()
+                );
+            }
+        }
+        let rates: Vec<f64> = (0..3)
+            .map(|_| {
+                tokio::task::block_in_place(|| {
+                    connect_rate(&client, server, Duration::from_millis(1500))
+                })
+            })
+            .collect();
+        let mut sorted = rates.clone();
+        sorted.sort_by(f64::total_cmp);
+        println!(
+            "connection rate through the policed pod, {label}: {:.0} connections/s (median of {:?})",
+            sorted[1],
+            rates.iter().map(|r| r.round()).collect::<Vec<_>>()
+        );
+    }
+}
+
+/// New TCP connections per second from namespace `ns` to `to` for `window`.
+fn connect_rate(ns: &str, to: SocketAddr, window: Duration) -> f64 {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let file = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+                nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+                let _ = std::fs::write("/proc/sys/net/ipv4/tcp_tw_reuse", "1");
+                let started = Instant::now();
+                let mut count = 0u64;
+                let mut failures = 0u64;
+                while started.elapsed() < window {
+                    match TcpStream::connect_timeout(&to, Duration::from_secs(1)) {
+                        Ok(stream) => {
+                            drop(stream);
+                            count += 1;
+                        }
+                        Err(_) => failures += 1,
+                    }
+                }
+                assert!(
+                    failures < count / 10 + 1,
+                    "{failures} failed connections, {count} made"
+                );
+                count as f64 / started.elapsed().as_secs_f64()
+            })
+            .join()
+            .unwrap()
+    })
+}
