@@ -1,3 +1,5 @@
+use super::model::{Protocol, ServiceMap};
+use super::services;
 use crate::agent::{self, AgentArgs, ControllerKind};
 use crate::cli::{ManifestsArg, OutputFormat};
 
@@ -44,10 +46,43 @@ pub struct TraceArgs {
 pub async fn dispatch(cmd: ProxyCommand) -> anyhow::Result<()> {
     match cmd {
         ProxyCommand::Run(args) => agent::run(*args, &[ControllerKind::Proxy]).await,
-        ProxyCommand::Plan(_) | ProxyCommand::Trace(_) => {
-            anyhow::bail!(
-                "the proxy's offline verbs are not built yet (no issue has been filed for them)"
-            )
+        ProxyCommand::Plan(_) => {
+            anyhow::bail!("proxy plan is not built yet")
+        }
+        ProxyCommand::Trace(args) => {
+            print!("{}", trace(&args)?);
+            Ok(())
         }
     }
+}
+
+/// Loads the manifests into `node`'s service map, reporting on stderr every object or
+/// field that had to be left out.
+fn load(
+    manifests: &ManifestsArg,
+    node: &str,
+    service_cidrs: &[ipnet::IpNet],
+) -> anyhow::Result<ServiceMap> {
+    let snapshot = manifests.load()?;
+    if snapshot.node(node).is_none() {
+        eprintln!("kubewire: warning: no Node {node}: it has no addresses, so no NodePorts");
+    }
+    let map = services::build(&snapshot, node, service_cidrs);
+    for error in &map.errors {
+        eprintln!("kubewire: warning: {error}");
+    }
+    Ok(map)
+}
+
+/// `proxy trace`, as the text it prints.
+pub fn trace(args: &TraceArgs) -> anyhow::Result<String> {
+    let protocol = Protocol::parse(&args.protocol.to_ascii_uppercase()).ok_or_else(|| {
+        anyhow::anyhow!("--protocol {}: expected TCP, UDP or SCTP", args.protocol)
+    })?;
+    let map = load(&args.manifests, &args.node, &args.service_cluster_ip_range)?;
+    let trace = super::trace::trace(&map, args.from, args.to, args.port, protocol);
+    Ok(match args.format {
+        OutputFormat::Json => format!("{}\n", serde_json::to_string(&trace.verdict)?),
+        OutputFormat::Text => super::trace::render_text(&trace),
+    })
 }

@@ -1,7 +1,12 @@
-//! The service proxy: Services and EndpointSlices rendered into IPVS (or nftables).
+//! The service proxy (a kube-proxy replacement): Services and EndpointSlices read into
+//! one [`model::ServiceMap`] per node by [`services`], which [`trace`] decides single
+//! packets from and [`nftables`] compiles into the `inet kubewire-proxy` table.
 
 mod args;
 pub mod cmd;
+pub mod model;
+pub mod services;
+pub mod trace;
 
 pub use args::{ProxyArgs, ProxyBackend};
 

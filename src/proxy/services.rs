@@ -1,0 +1,830 @@
+//! Builds the [`ServiceMap`] of one node from a snapshot, with kube-proxy's semantics:
+//!
+//! - a Service is skipped when headless (`clusterIP: None` or empty) or ExternalName;
+//!   it is served once per ClusterIP family (`clusterIPs`), and its externalIPs, LB
+//!   ingress IPs (`ipMode: Proxy` ones excluded), source ranges, NodePorts (on the
+//!   node's addresses) and endpoints are taken from that family only;
+//! - endpoints come from the EndpointSlices labelled `kubernetes.io/service-name`
+//!   whose port has the Service port's name and protocol (that is how a named
+//!   `targetPort` is resolved: the slice carries the number); the first address of
+//!   each endpoint; `ready` and `serving` default to true, `terminating` to false;
+//! - Cluster policy uses ready endpoints, else serving-and-terminating ones; Local
+//!   policy uses this node's ready endpoints, else its serving-and-terminating ones;
+//!   topology hints are ignored;
+//! - externalTrafficPolicy only exists for NodePort and LoadBalancer Services.
+//!
+//! Bad fields of one object are reported in [`ServiceMap::errors`] and skipped; they
+//! never stop the others.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::ResourceExt;
+
+use super::model::{DEFAULT_AFFINITY_TIMEOUT, Protocol, ServiceMap, ServicePort};
+use crate::cache::Snapshot;
+
+/// The label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Builds `node`'s service map. `default_service_cidrs` are used when the snapshot
+/// has no ServiceCIDR objects.
+pub fn build(snapshot: &Snapshot, node: &str, default_service_cidrs: &[IpNet]) -> ServiceMap {
+    let mut errors = Vec::new();
+    let node_ips = node_ips(snapshot, node);
+    let pod_cidrs = pod_cidrs(snapshot, &mut errors);
+    let mut service_cidrs: Vec<IpNet> = Vec::new();
+    for object in &snapshot.service_cidrs {
+        let name = object.name_any();
+        for (i, cidr) in object
+            .spec
+            .iter()
+            .flat_map(|s| s.cidrs.iter().flatten())
+            .enumerate()
+        {
+            match cidr.parse::<IpNet>() {
+                Ok(net) => service_cidrs.push(net.trunc()),
+                Err(err) => errors.push(format!(
+                    "ServiceCIDR {name}: spec.cidrs[{i}] {cidr:?}: {err}"
+                )),
+            }
+        }
+    }
+    if snapshot.service_cidrs.is_empty() {
+        service_cidrs = default_service_cidrs.iter().map(IpNet::trunc).collect();
+    }
+    service_cidrs.sort();
+    service_cidrs.dedup();
+
+    let slices = slices_by_service(snapshot);
+    let mut ports = Vec::new();
+    for service in &snapshot.services {
+        let key = format!(
+            "{}/{}",
+            service.namespace().unwrap_or_default(),
+            service.name_any()
+        );
+        let service_slices = slices.get(&key).map(Vec::as_slice).unwrap_or_default();
+        ports.extend(service_ports(
+            service,
+            &key,
+            service_slices,
+            node,
+            &mut errors,
+        ));
+    }
+    ports.sort_by(|a, b| {
+        (&a.service, &a.name, a.protocol, a.is_ipv6()).cmp(&(
+            &b.service,
+            &b.name,
+            b.protocol,
+            b.is_ipv6(),
+        ))
+    });
+    ServiceMap {
+        node: node.to_string(),
+        node_ips,
+        pod_cidrs,
+        service_cidrs,
+        ports,
+        errors,
+    }
+}
+
+/// The node's own addresses: every `status.addresses[]` entry that is an IP.
+fn node_ips(snapshot: &Snapshot, node: &str) -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = snapshot
+        .node(node)
+        .and_then(|n| n.status.as_ref())
+        .and_then(|s| s.addresses.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.address.parse().ok())
+        .collect();
+    ips.sort();
+    ips.dedup();
+    ips
+}
+
+/// The union of every Node's `spec.podCIDRs` (else `spec.podCIDR`).
+fn pod_cidrs(snapshot: &Snapshot, errors: &mut Vec<String>) -> Vec<IpNet> {
+    let mut cidrs = BTreeSet::new();
+    for node in &snapshot.nodes {
+        let Some(spec) = node.spec.as_ref() else {
+            continue;
+        };
+        let (field, list): (&str, Vec<&String>) = match &spec.pod_cidrs {
+            Some(list) if !list.is_empty() => ("spec.podCIDRs", list.iter().collect()),
+            _ => ("spec.podCIDR", spec.pod_cidr.iter().collect()),
+        };
+        for (i, cidr) in list.into_iter().enumerate() {
+            match cidr.parse::<IpNet>() {
+                Ok(net) => {
+                    cidrs.insert(net.trunc());
+                }
+                Err(err) => errors.push(format!(
+                    "Node {}: {field}[{i}] {cidr:?}: {err}",
+                    node.name_any()
+                )),
+            }
+        }
+    }
+    cidrs.into_iter().collect()
+}
+
+fn slices_by_service(snapshot: &Snapshot) -> BTreeMap<String, Vec<&EndpointSlice>> {
+    let mut out: BTreeMap<String, Vec<&EndpointSlice>> = BTreeMap::new();
+    for slice in &snapshot.endpoint_slices {
+        if let Some(service) = slice.labels().get(SERVICE_NAME_LABEL) {
+            let key = format!("{}/{}", slice.namespace().unwrap_or_default(), service);
+            out.entry(key).or_default().push(slice);
+        }
+    }
+    out
+}
+
+/// One endpoint as kube-proxy sees it.
+#[derive(Clone, Debug)]
+struct Endpoint {
+    address: SocketAddr,
+    local: bool,
+    ready: bool,
+    serving: bool,
+    terminating: bool,
+}
+
+fn service_ports(
+    service: &Service,
+    key: &str,
+    slices: &[&EndpointSlice],
+    node: &str,
+    errors: &mut Vec<String>,
+) -> Vec<ServicePort> {
+    let Some(spec) = service.spec.as_ref() else {
+        return Vec::new();
+    };
+    let service_type = spec.type_.as_deref().unwrap_or("ClusterIP");
+    if service_type == "ExternalName" {
+        return Vec::new();
+    }
+    let mut cluster_ips: Vec<IpAddr> = Vec::new();
+    let listed: Vec<&String> = match &spec.cluster_ips {
+        Some(ips) if !ips.is_empty() => ips.iter().collect(),
+        _ => spec.cluster_ip.iter().collect(),
+    };
+    for (i, text) in listed.into_iter().enumerate() {
+        if text.is_empty() || text == "None" {
+            return Vec::new();
+        }
+        match text.parse::<IpAddr>() {
+            Ok(ip) if !cluster_ips.iter().any(|c| c.is_ipv6() == ip.is_ipv6()) => {
+                cluster_ips.push(ip);
+            }
+            Ok(_) => errors.push(format!(
+                "Service {key}: spec.clusterIPs[{i}] {text}: a second address of one family"
+            )),
+            Err(err) => errors.push(format!(
+                "Service {key}: spec.clusterIPs[{i}] {text:?}: {err}"
+            )),
+        }
+    }
+    let external_ips = parse_ips(
+        spec.external_ips.iter().flatten(),
+        key,
+        "spec.externalIPs",
+        errors,
+    );
+    let lb_ips: Vec<IpAddr> = {
+        let ingress = service
+            .status
+            .iter()
+            .filter_map(|s| s.load_balancer.as_ref())
+            .flat_map(|lb| lb.ingress.iter().flatten())
+            .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
+            .filter_map(|i| i.ip.as_ref());
+        parse_ips(ingress, key, "status.loadBalancer.ingress[].ip", errors)
+    };
+    let mut source_ranges = Vec::new();
+    for (i, text) in spec
+        .load_balancer_source_ranges
+        .iter()
+        .flatten()
+        .enumerate()
+    {
+        match text.trim().parse::<IpNet>() {
+            Ok(net) => source_ranges.push(net.trunc()),
+            Err(err) => errors.push(format!(
+                "Service {key}: spec.loadBalancerSourceRanges[{i}] {text:?}: {err}"
+            )),
+        }
+    }
+    let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+    let external_local = matches!(service_type, "NodePort" | "LoadBalancer")
+        && spec.external_traffic_policy.as_deref() == Some("Local");
+    let affinity_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+        spec.session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+            .and_then(|t| u32::try_from(t).ok())
+            .filter(|t| *t > 0)
+            .unwrap_or(DEFAULT_AFFINITY_TIMEOUT)
+    });
+
+    let mut out = Vec::new();
+    for (i, port) in spec.ports.iter().flatten().enumerate() {
+        let protocol = match port.protocol.as_deref().unwrap_or("TCP") {
+            text => match Protocol::parse(text) {
+                Some(p) => p,
+                None => {
+                    errors.push(format!(
+                        "Service {key}: spec.ports[{i}].protocol {text:?} is not TCP, UDP or SCTP"
+                    ));
+                    continue;
+                }
+            },
+        };
+        let Ok(number) = u16::try_from(port.port).map_err(|_| {
+            errors.push(format!(
+                "Service {key}: spec.ports[{i}].port {} is out of range",
+                port.port
+            ))
+        }) else {
+            continue;
+        };
+        let node_port = match port.node_port.filter(|p| *p != 0) {
+            None => None,
+            Some(p) => match u16::try_from(p) {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    errors.push(format!(
+                        "Service {key}: spec.ports[{i}].nodePort {p} is out of range"
+                    ));
+                    None
+                }
+            },
+        };
+        let name = port.name.clone().unwrap_or_default();
+        for cluster_ip in &cluster_ips {
+            let v6 = cluster_ip.is_ipv6();
+            let endpoints = endpoints_for(slices, &name, protocol, v6, node, key, errors);
+            let mut service_port = ServicePort {
+                service: key.to_string(),
+                name: name.clone(),
+                protocol,
+                port: number,
+                cluster_ip: *cluster_ip,
+                node_port,
+                external_ips: same_family(&external_ips, v6),
+                load_balancer_ips: same_family(&lb_ips, v6),
+                source_ranges: source_ranges
+                    .iter()
+                    .filter(|r| matches!(r, IpNet::V6(_)) == v6)
+                    .copied()
+                    .collect(),
+                internal_local,
+                external_local,
+                affinity_timeout,
+                cluster_endpoints: Vec::new(),
+                local_endpoints: Vec::new(),
+                has_endpoints: false,
+            };
+            categorize(&mut service_port, &endpoints);
+            out.push(service_port);
+        }
+    }
+    out
+}
+
+fn parse_ips<'a>(
+    texts: impl Iterator<Item = &'a String>,
+    key: &str,
+    field: &str,
+    errors: &mut Vec<String>,
+) -> Vec<IpAddr> {
+    let mut ips = Vec::new();
+    for text in texts {
+        match text.trim().parse::<IpAddr>() {
+            Ok(ip) if !ips.contains(&ip) => ips.push(ip),
+            Ok(_) => {}
+            Err(err) => errors.push(format!("Service {key}: {field} {text:?}: {err}")),
+        }
+    }
+    ips
+}
+
+fn same_family(ips: &[IpAddr], v6: bool) -> Vec<IpAddr> {
+    ips.iter()
+        .filter(|ip| ip.is_ipv6() == v6)
+        .copied()
+        .collect()
+}
+
+/// The endpoints of one Service port in one family, deduplicated by address.
+fn endpoints_for(
+    slices: &[&EndpointSlice],
+    port_name: &str,
+    protocol: Protocol,
+    v6: bool,
+    node: &str,
+    key: &str,
+    errors: &mut Vec<String>,
+) -> Vec<Endpoint> {
+    let family = if v6 { "IPv6" } else { "IPv4" };
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for slice in slices.iter().filter(|s| s.address_type == family) {
+        let matching = slice.ports.iter().flatten().find(|p| {
+            p.name.as_deref().unwrap_or("") == port_name
+                && p.protocol.as_deref().unwrap_or("TCP") == protocol.as_str()
+        });
+        let Some(number) = matching.and_then(|p| p.port) else {
+            continue;
+        };
+        let Ok(number) = u16::try_from(number) else {
+            errors.push(format!(
+                "EndpointSlice {}/{} (of Service {key}): ports[{port_name:?}].port {number} is out of range",
+                slice.namespace().unwrap_or_default(),
+                slice.name_any()
+            ));
+            continue;
+        };
+        for (i, endpoint) in slice.endpoints.iter().enumerate() {
+            let Some(text) = endpoint.addresses.first() else {
+                continue;
+            };
+            let address = match text.parse::<IpAddr>() {
+                Ok(ip) if ip.is_ipv6() == v6 => ip,
+                Ok(_) | Err(_) => {
+                    errors.push(format!(
+                        "EndpointSlice {}/{}: endpoints[{i}].addresses[0] {text:?} is not an {family} address",
+                        slice.namespace().unwrap_or_default(),
+                        slice.name_any()
+                    ));
+                    continue;
+                }
+            };
+            let address = SocketAddr::new(address, number);
+            if !seen.insert(address) {
+                continue;
+            }
+            let conditions = endpoint.conditions.as_ref();
+            let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
+            out.push(Endpoint {
+                address,
+                local: endpoint.node_name.as_deref() == Some(node),
+                ready,
+                serving: conditions.and_then(|c| c.serving).unwrap_or(ready),
+                terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
+            });
+        }
+    }
+    out
+}
+
+/// kube-proxy's CategorizeEndpoints (topology-less).
+fn categorize(port: &mut ServicePort, endpoints: &[Endpoint]) {
+    let pick = |filter: &dyn Fn(&Endpoint) -> bool| -> Vec<SocketAddr> {
+        let mut picked: Vec<SocketAddr> = endpoints
+            .iter()
+            .filter(|e| filter(e))
+            .map(|e| e.address)
+            .collect();
+        picked.sort_by_key(|a| a.to_string());
+        picked
+    };
+    let fallback = |e: &Endpoint| e.serving && e.terminating;
+    if port.uses_cluster_endpoints() {
+        port.cluster_endpoints = pick(&|e| e.ready);
+        if port.cluster_endpoints.is_empty() {
+            port.cluster_endpoints = pick(&fallback);
+        }
+        port.has_endpoints = !port.cluster_endpoints.is_empty();
+    }
+    if port.uses_local_endpoints() {
+        port.has_endpoints |= endpoints.iter().any(|e| e.ready || fallback(e));
+        port.local_endpoints = pick(&|e| e.ready && e.local);
+        if port.local_endpoints.is_empty() {
+            port.local_endpoints = pick(&|e| fallback(e) && e.local);
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use super::*;
+    use std::sync::Arc;
+
+    /// A snapshot from YAML-ish JSON objects.
+    pub fn snapshot(objects: serde_json::Value) -> Snapshot {
+        let mut snapshot = Snapshot::default();
+        for object in objects.as_array().unwrap() {
+            match object["kind"].as_str().unwrap() {
+                "Node" => snapshot
+                    .nodes
+                    .push(Arc::new(serde_json::from_value(object.clone()).unwrap())),
+                "Service" => snapshot
+                    .services
+                    .push(Arc::new(serde_json::from_value(object.clone()).unwrap())),
+                "EndpointSlice" => snapshot
+                    .endpoint_slices
+                    .push(Arc::new(serde_json::from_value(object.clone()).unwrap())),
+                "ServiceCIDR" => snapshot
+                    .service_cidrs
+                    .push(Arc::new(serde_json::from_value(object.clone()).unwrap())),
+                other => panic!("unexpected kind {other}"),
+            }
+        }
+        snapshot.sorted()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::snapshot;
+    use super::*;
+
+    fn nodes() -> Vec<serde_json::Value> {
+        vec![
+            serde_json::json!({"kind": "Node", "metadata": {"name": "n1"},
+                "spec": {"podCIDRs": ["10.244.1.0/24"]},
+                "status": {"addresses": [{"type": "InternalIP", "address": "192.168.0.1"},
+                                         {"type": "Hostname", "address": "n1"}]}}),
+            serde_json::json!({"kind": "Node", "metadata": {"name": "n2"},
+                "spec": {"podCIDR": "10.244.2.0/24"},
+                "status": {"addresses": [{"type": "InternalIP", "address": "192.168.0.2"}]}}),
+        ]
+    }
+
+    fn service(spec: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({"kind": "Service", "metadata": {"name": "s", "namespace": "x"}, "spec": spec})
+    }
+
+    fn slice(
+        name: &str,
+        family: &str,
+        ports: serde_json::Value,
+        endpoints: serde_json::Value,
+    ) -> serde_json::Value {
+        serde_json::json!({"kind": "EndpointSlice",
+            "metadata": {"name": name, "namespace": "x", "labels": {SERVICE_NAME_LABEL: "s"}},
+            "addressType": family, "ports": ports, "endpoints": endpoints})
+    }
+
+    fn ep(ip: &str, node: &str, conditions: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({"addresses": [ip], "nodeName": node, "conditions": conditions})
+    }
+
+    fn build_with(objects: Vec<serde_json::Value>) -> ServiceMap {
+        let mut all = nodes();
+        all.extend(objects);
+        build(
+            &snapshot(serde_json::Value::Array(all)),
+            "n1",
+            &["10.96.0.0/12".parse().unwrap()],
+        )
+    }
+
+    fn addrs(list: &[SocketAddr]) -> Vec<String> {
+        list.iter().map(|a| a.to_string()).collect()
+    }
+
+    #[test]
+    fn node_ips_pod_cidrs_and_service_cidrs() {
+        let map = build_with(vec![]);
+        assert_eq!(map.node_ips, ["192.168.0.1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            map.pod_cidrs,
+            [
+                "10.244.1.0/24".parse::<IpNet>().unwrap(),
+                "10.244.2.0/24".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            map.service_cidrs,
+            ["10.96.0.0/12".parse::<IpNet>().unwrap()]
+        );
+        let map = build_with(vec![serde_json::json!({"kind": "ServiceCIDR",
+            "metadata": {"name": "k"}, "spec": {"cidrs": ["10.100.0.0/16", "fd00:100::/108"]}})]);
+        assert_eq!(
+            map.service_cidrs,
+            [
+                "10.100.0.0/16".parse::<IpNet>().unwrap(),
+                "fd00:100::/108".parse().unwrap()
+            ]
+        );
+    }
+
+    #[test]
+    fn skipped_services() {
+        let http = serde_json::json!([{"port": 80}]);
+        let cases = [
+            (
+                "headless",
+                serde_json::json!({"clusterIP": "None", "ports": http}),
+            ),
+            ("no clusterIP", serde_json::json!({"ports": http})),
+            (
+                "ExternalName",
+                serde_json::json!({"type": "ExternalName", "externalName": "a.example", "ports": http}),
+            ),
+        ];
+        for (what, spec) in cases {
+            assert!(build_with(vec![service(spec)]).ports.is_empty(), "{what}");
+        }
+    }
+
+    #[test]
+    fn addresses_by_family() {
+        let map = build_with(vec![
+            serde_json::json!({"kind": "Service", "metadata": {"name": "s", "namespace": "x"},
+                "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.1", "clusterIPs": ["10.96.0.1", "fd00::1"],
+                "externalIPs": ["1.1.1.1", "fd01::1"], "loadBalancerSourceRanges": ["5.0.0.0/8", " fd05::/64"],
+                "ports": [{"name": "http", "port": 80, "nodePort": 30080}]},
+                "status": {"loadBalancer": {"ingress": [{"ip": "2.2.2.2"}, {"ip": "3.3.3.3", "ipMode": "Proxy"}, {"hostname": "lb"}]}}}),
+        ]);
+        assert_eq!(map.ports.len(), 2, "{:?}", map.errors);
+        let (v4, v6) = (&map.ports[0], &map.ports[1]);
+        assert_eq!(v4.cluster_ip.to_string(), "10.96.0.1");
+        assert_eq!(v4.external_ips, ["1.1.1.1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(v4.load_balancer_ips, ["2.2.2.2".parse::<IpAddr>().unwrap()]);
+        assert_eq!(v4.source_ranges, ["5.0.0.0/8".parse::<IpNet>().unwrap()]);
+        assert_eq!(v4.node_port, Some(30080));
+        assert_eq!(v6.cluster_ip.to_string(), "fd00::1");
+        assert_eq!(v6.external_ips, ["fd01::1".parse::<IpAddr>().unwrap()]);
+        assert!(v6.load_balancer_ips.is_empty());
+        assert_eq!(v6.source_ranges, ["fd05::/64".parse::<IpNet>().unwrap()]);
+        let frontends: Vec<String> = v4
+            .frontends(&map.node_ips)
+            .iter()
+            .map(|f| format!("{} {}:{}", f.kind.as_str(), f.address, f.port))
+            .collect();
+        assert_eq!(
+            frontends,
+            [
+                "clusterIP 10.96.0.1:80",
+                "externalIP 1.1.1.1:80",
+                "loadBalancer 2.2.2.2:80",
+                "nodePort 192.168.0.1:30080"
+            ]
+        );
+        assert!(
+            v6.frontends(&map.node_ips)
+                .iter()
+                .all(|f| f.kind != super::super::model::FrontendKind::NodePort)
+        );
+    }
+
+    #[test]
+    fn bad_fields_are_reported_and_skipped() {
+        let map = build_with(vec![service(serde_json::json!({"clusterIP": "10.96.0.1",
+            "externalIPs": ["nope"], "ports": [{"port": 80, "protocol": "ICMP"}, {"name": "b", "port": 81}]}))]);
+        assert_eq!(map.ports.len(), 1);
+        assert_eq!(map.ports[0].name, "b");
+        assert_eq!(map.errors.len(), 2, "{:?}", map.errors);
+        assert!(
+            map.errors[0].contains("Service x/s: spec.externalIPs \"nope\""),
+            "{:?}",
+            map.errors
+        );
+        assert!(
+            map.errors[1].contains("spec.ports[0].protocol"),
+            "{:?}",
+            map.errors
+        );
+    }
+
+    /// (what, service spec extras, endpoints, cluster endpoints, local endpoints, has endpoints)
+    #[test]
+    fn endpoint_categories() {
+        let ready = serde_json::json!({"ready": true});
+        let unready = serde_json::json!({"ready": false, "serving": false});
+        let term_serving =
+            serde_json::json!({"ready": false, "serving": true, "terminating": true});
+        let term_dead = serde_json::json!({"ready": false, "serving": false, "terminating": true});
+        let none = serde_json::json!({});
+        type Case<'a> = (
+            &'a str,
+            serde_json::Value,
+            Vec<serde_json::Value>,
+            Vec<&'a str>,
+            Vec<&'a str>,
+            bool,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "ready ones, conditions default to ready",
+                serde_json::json!({}),
+                vec![
+                    ep("10.0.0.1", "n1", ready.clone()),
+                    ep("10.0.0.2", "n2", none.clone()),
+                    ep("10.0.0.3", "n2", unready.clone()),
+                ],
+                vec!["10.0.0.1:8080", "10.0.0.2:8080"],
+                vec![],
+                true,
+            ),
+            (
+                "fall back to serving terminating",
+                serde_json::json!({}),
+                vec![
+                    ep("10.0.0.1", "n1", term_serving.clone()),
+                    ep("10.0.0.2", "n2", term_dead.clone()),
+                    ep("10.0.0.3", "n2", unready.clone()),
+                ],
+                vec!["10.0.0.1:8080"],
+                vec![],
+                true,
+            ),
+            (
+                "no fallback when one is ready",
+                serde_json::json!({}),
+                vec![
+                    ep("10.0.0.1", "n1", term_serving.clone()),
+                    ep("10.0.0.2", "n2", ready.clone()),
+                ],
+                vec!["10.0.0.2:8080"],
+                vec![],
+                true,
+            ),
+            (
+                "nothing usable",
+                serde_json::json!({}),
+                vec![
+                    ep("10.0.0.2", "n2", term_dead.clone()),
+                    ep("10.0.0.3", "n2", unready.clone()),
+                ],
+                vec![],
+                vec![],
+                false,
+            ),
+            (
+                "iTP Local: only local, no cluster set",
+                serde_json::json!({"internalTrafficPolicy": "Local"}),
+                vec![
+                    ep("10.0.0.1", "n1", ready.clone()),
+                    ep("10.0.0.2", "n2", ready.clone()),
+                ],
+                vec![],
+                vec!["10.0.0.1:8080"],
+                true,
+            ),
+            (
+                "iTP Local without local endpoints still has endpoints",
+                serde_json::json!({"internalTrafficPolicy": "Local"}),
+                vec![ep("10.0.0.2", "n2", ready.clone())],
+                vec![],
+                vec![],
+                true,
+            ),
+            (
+                "eTP Local: cluster set kept for short-circuit",
+                serde_json::json!({"type": "NodePort", "externalTrafficPolicy": "Local"}),
+                vec![
+                    ep("10.0.0.1", "n1", ready.clone()),
+                    ep("10.0.0.2", "n2", ready.clone()),
+                ],
+                vec!["10.0.0.1:8080", "10.0.0.2:8080"],
+                vec!["10.0.0.1:8080"],
+                true,
+            ),
+            (
+                "local fallback to serving terminating",
+                serde_json::json!({"type": "NodePort", "externalTrafficPolicy": "Local"}),
+                vec![
+                    ep("10.0.0.1", "n1", term_serving.clone()),
+                    ep("10.0.0.2", "n2", ready.clone()),
+                ],
+                vec!["10.0.0.2:8080"],
+                vec!["10.0.0.1:8080"],
+                true,
+            ),
+            (
+                "eTP Local ignored on ClusterIP services",
+                serde_json::json!({"externalTrafficPolicy": "Local", "externalIPs": ["1.1.1.1"]}),
+                vec![
+                    ep("10.0.0.1", "n1", ready.clone()),
+                    ep("10.0.0.2", "n2", ready.clone()),
+                ],
+                vec!["10.0.0.1:8080", "10.0.0.2:8080"],
+                vec![],
+                true,
+            ),
+        ];
+        for (what, extra, endpoints, cluster, local, has) in cases {
+            let mut spec = serde_json::json!({"clusterIP": "10.96.0.1",
+                "ports": [{"name": "http", "port": 80, "targetPort": "web", "nodePort": 30080}]});
+            for (k, v) in extra.as_object().unwrap() {
+                spec[k] = v.clone();
+            }
+            if spec.get("type").is_none() {
+                spec["ports"][0].as_object_mut().unwrap().remove("nodePort");
+            }
+            let map = build_with(vec![
+                service(spec),
+                slice(
+                    "s-1",
+                    "IPv4",
+                    serde_json::json!([{"name": "http", "port": 8080, "protocol": "TCP"}]),
+                    serde_json::Value::Array(endpoints),
+                ),
+            ]);
+            let port = &map.ports[0];
+            assert_eq!(addrs(&port.cluster_endpoints), cluster, "{what}: cluster");
+            assert_eq!(addrs(&port.local_endpoints), local, "{what}: local");
+            assert_eq!(port.has_endpoints, has, "{what}: has endpoints");
+        }
+    }
+
+    #[test]
+    fn slices_match_by_port_name_protocol_family_and_label() {
+        let ready = serde_json::json!({"ready": true});
+        let mut other = slice(
+            "other",
+            "IPv4",
+            serde_json::json!([{"name": "http", "port": 1}]),
+            serde_json::json!([ep("10.0.0.9", "n1", ready.clone())]),
+        );
+        other["metadata"]["labels"][SERVICE_NAME_LABEL] = "t".into();
+        let map = build_with(vec![
+            service(serde_json::json!({"clusterIP": "10.96.0.1",
+                "ports": [{"name": "http", "port": 80}, {"name": "dns", "port": 53, "protocol": "UDP"}]})),
+            slice(
+                "a",
+                "IPv4",
+                serde_json::json!([{"name": "http", "port": 8080}, {"name": "dns", "port": 5353, "protocol": "UDP"}]),
+                serde_json::json!([
+                    ep("10.0.0.1", "n1", ready.clone()),
+                    ep("10.0.0.2", "n2", ready.clone())
+                ]),
+            ),
+            // a second slice repeating an endpoint, and one with the port under another protocol
+            slice(
+                "b",
+                "IPv4",
+                serde_json::json!([{"name": "http", "port": 8080}]),
+                serde_json::json!([
+                    ep("10.0.0.2", "n2", ready.clone()),
+                    ep("10.0.0.3", "n2", ready.clone())
+                ]),
+            ),
+            slice(
+                "c",
+                "IPv4",
+                serde_json::json!([{"name": "dns", "port": 53, "protocol": "TCP"}]),
+                serde_json::json!([ep("10.0.0.4", "n2", ready.clone())]),
+            ),
+            slice(
+                "d",
+                "IPv6",
+                serde_json::json!([{"name": "http", "port": 8080}]),
+                serde_json::json!([ep("fd00::5", "n2", ready.clone())]),
+            ),
+            other,
+        ]);
+        let dns = &map.ports[0];
+        assert_eq!((dns.name.as_str(), dns.protocol), ("dns", Protocol::Udp));
+        assert_eq!(
+            addrs(&dns.cluster_endpoints),
+            ["10.0.0.1:5353", "10.0.0.2:5353"]
+        );
+        let http = &map.ports[1];
+        assert_eq!(
+            addrs(&http.cluster_endpoints),
+            ["10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.3:8080"]
+        );
+    }
+
+    #[test]
+    fn session_affinity_timeout() {
+        let cases = [
+            (serde_json::json!({}), None),
+            (
+                serde_json::json!({"sessionAffinity": "ClientIP"}),
+                Some(10_800),
+            ),
+            (
+                serde_json::json!({"sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}}}),
+                Some(60),
+            ),
+            (
+                serde_json::json!({"sessionAffinity": "None", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}}}),
+                None,
+            ),
+        ];
+        for (extra, expected) in cases {
+            let mut spec = serde_json::json!({"clusterIP": "10.96.0.1", "ports": [{"port": 80}]});
+            for (k, v) in extra.as_object().unwrap() {
+                spec[k] = v.clone();
+            }
+            assert_eq!(
+                build_with(vec![service(spec)]).ports[0].affinity_timeout,
+                expected,
+                "{extra}"
+            );
+        }
+    }
+}

@@ -1,0 +1,717 @@
+//! The reference decision of one node's proxy for one packet (what `proxy trace`
+//! prints), read straight off the [`ServiceMap`] with kube-proxy's rules:
+//!
+//! - a Service port without any usable endpoint rejects on every address;
+//! - ClusterIP traffic goes to the internal policy's endpoints (none on this node
+//!   under internalTrafficPolicy Local → drop), masqueraded when it does not come from
+//!   a pod CIDR (only when pod CIDRs of that family are known, like kube-proxy's
+//!   `--cluster-cidr` detector);
+//! - external traffic (NodePort on the node's addresses, externalIPs, LB IPs): LB IPs
+//!   drop sources outside loadBalancerSourceRanges; under externalTrafficPolicy Cluster
+//!   it is always masqueraded; under Local, pod traffic goes to every endpoint
+//!   unmasqueraded, the node's own traffic to every endpoint masqueraded, and the rest
+//!   to this node's endpoints unmasqueraded (none → drop);
+//! - a packet from an endpoint that may land on that same endpoint (hairpin) is
+//!   masqueraded;
+//! - a ClusterIP on a port no Service serves rejects; any other address in a service
+//!   CIDR drops; everything else is not the proxy's business (`none`).
+
+use std::net::{IpAddr, SocketAddr};
+
+use ipnet::IpNet;
+use serde::Serialize;
+
+use super::model::{FrontendKind, Protocol, ServiceMap, ServicePort};
+
+/// What the proxy does to the packet (the JSON `proxy trace` prints).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "verdict", rename_all = "lowercase")]
+pub enum Verdict {
+    Forward {
+        /// Every endpoint the packet may go to, sorted (`[fd00::1]:80` for IPv6).
+        backends: Vec<String>,
+        masquerade: bool,
+    },
+    Drop,
+    Reject,
+    None,
+}
+
+/// A verdict and, for people, why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Trace {
+    pub verdict: Verdict,
+    pub reason: String,
+}
+
+/// The packet `from` → `to`:`port`/`protocol` arriving at (or leaving) the node of `map`.
+pub fn trace(map: &ServiceMap, from: IpAddr, to: IpAddr, port: u16, protocol: Protocol) -> Trace {
+    if from.is_ipv6() != to.is_ipv6() {
+        return done(
+            Verdict::None,
+            "source and destination are of different IP families",
+        );
+    }
+    for service_port in map.ports.iter().filter(|p| p.protocol == protocol) {
+        let matched = service_port
+            .frontends(&map.node_ips)
+            .into_iter()
+            .find(|f| f.address == to && f.port == port);
+        if let Some(frontend) = matched {
+            let mut trace = decide(map, service_port, frontend.kind, from);
+            trace.reason = format!(
+                "{} {} {}: {}",
+                service_port.label(),
+                frontend.kind.as_str(),
+                SocketAddr::new(to, port),
+                trace.reason
+            );
+            return trace;
+        }
+    }
+    if let Some(service_port) = map.ports.iter().find(|p| p.cluster_ip == to) {
+        return done(
+            Verdict::Reject,
+            &format!(
+                "{} is the ClusterIP of {}, which serves no {protocol} port {port}",
+                to, service_port.service
+            ),
+        );
+    }
+    if let Some(cidr) = map.service_cidrs.iter().find(|c| c.contains(&to)) {
+        return done(
+            Verdict::Drop,
+            &format!("{to} is in service CIDR {cidr} but is no Service's ClusterIP"),
+        );
+    }
+    done(Verdict::None, "no Service answers on this address and port")
+}
+
+fn done(verdict: Verdict, reason: &str) -> Trace {
+    Trace {
+        verdict,
+        reason: reason.to_string(),
+    }
+}
+
+/// Whether pod CIDRs of `ip`'s family are known and one holds it; `None` when none
+/// of that family are known (traffic cannot be told apart, like kube-proxy without a
+/// local-traffic detector).
+pub fn from_pod(pod_cidrs: &[IpNet], ip: IpAddr) -> Option<bool> {
+    let family: Vec<&IpNet> = pod_cidrs
+        .iter()
+        .filter(|c| matches!(c, IpNet::V6(_)) == ip.is_ipv6())
+        .collect();
+    (!family.is_empty()).then(|| family.iter().any(|c| c.contains(&ip)))
+}
+
+fn decide(map: &ServiceMap, port: &ServicePort, kind: FrontendKind, from: IpAddr) -> Trace {
+    if !port.has_endpoints {
+        return done(Verdict::Reject, "the Service has no usable endpoints");
+    }
+    let pod = from_pod(&map.pod_cidrs, from);
+    let (endpoints, masquerade, why) = match kind {
+        FrontendKind::ClusterIp => {
+            if port.internal_endpoints().is_empty() {
+                return done(
+                    Verdict::Drop,
+                    "internalTrafficPolicy Local and no endpoint on this node",
+                );
+            }
+            let off_cluster = pod == Some(false);
+            let why = if port.internal_local {
+                "to this node's endpoints (internalTrafficPolicy Local)"
+            } else {
+                "to every endpoint"
+            };
+            (port.internal_endpoints(), off_cluster, why)
+        }
+        _ => {
+            if kind == FrontendKind::LoadBalancer && !port.source_allowed(from, &map.node_ips) {
+                return done(
+                    Verdict::Drop,
+                    "the source is outside loadBalancerSourceRanges",
+                );
+            }
+            if !port.external_local {
+                (
+                    port.cluster_endpoints.as_slice(),
+                    true,
+                    "to every endpoint (externalTrafficPolicy Cluster)",
+                )
+            } else if pod == Some(true) {
+                (
+                    port.cluster_endpoints.as_slice(),
+                    false,
+                    "pod traffic to every endpoint (externalTrafficPolicy Local does not apply)",
+                )
+            } else if map.node_ips.contains(&from) {
+                (
+                    port.cluster_endpoints.as_slice(),
+                    true,
+                    "the node's own traffic to every endpoint",
+                )
+            } else if port.local_endpoints.is_empty() {
+                return done(
+                    Verdict::Drop,
+                    "externalTrafficPolicy Local and no endpoint on this node",
+                );
+            } else {
+                (
+                    port.local_endpoints.as_slice(),
+                    false,
+                    "to this node's endpoints (externalTrafficPolicy Local)",
+                )
+            }
+        }
+    };
+    let hairpin = endpoints.iter().any(|e| e.ip() == from);
+    let mut backends: Vec<String> = endpoints.iter().map(SocketAddr::to_string).collect();
+    backends.sort();
+    let mut reason = why.to_string();
+    if masquerade {
+        reason.push_str(", masqueraded");
+    } else if hairpin {
+        reason.push_str(", masqueraded when it lands on its own source (hairpin)");
+    }
+    if let Some(timeout) = port.affinity_timeout {
+        reason.push_str(&format!(", ClientIP affinity for {timeout}s"));
+    }
+    Trace {
+        verdict: Verdict::Forward {
+            backends,
+            masquerade: masquerade || hairpin,
+        },
+        reason,
+    }
+}
+
+/// The text `proxy trace` prints for people.
+pub fn render_text(trace: &Trace) -> String {
+    let head = match &trace.verdict {
+        Verdict::Forward {
+            backends,
+            masquerade,
+        } => format!(
+            "forward to {}{}",
+            backends.join(", "),
+            if *masquerade { " (masqueraded)" } else { "" }
+        ),
+        Verdict::Drop => "drop".to_string(),
+        Verdict::Reject => "reject".to_string(),
+        Verdict::None => "none (the proxy does not touch this packet)".to_string(),
+    };
+    format!("{head}\n  because: {}\n", trace.reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::services::{self, SERVICE_NAME_LABEL};
+    use serde_json::{Value, json};
+
+    const NODE_IP: &str = "192.168.0.1";
+    const OTHER_NODE_IP: &str = "192.168.0.2";
+    const POD: &str = "10.244.2.5";
+    const EXTERNAL: &str = "203.0.113.9";
+
+    fn cluster(extra: Vec<Value>) -> ServiceMap {
+        let mut objects = vec![
+            json!({"kind": "Node", "metadata": {"name": "n1"}, "spec": {"podCIDRs": ["10.244.1.0/24", "fd10:1::/64"]},
+                   "status": {"addresses": [{"type": "InternalIP", "address": NODE_IP}, {"type": "InternalIP", "address": "fd99::1"}]}}),
+            json!({"kind": "Node", "metadata": {"name": "n2"}, "spec": {"podCIDRs": ["10.244.2.0/24", "fd10:2::/64"]},
+                   "status": {"addresses": [{"type": "InternalIP", "address": OTHER_NODE_IP}]}}),
+        ];
+        objects.extend(extra);
+        let snapshot = crate::proxy::services::tests_support::snapshot(Value::Array(objects));
+        services::build(&snapshot, "n1", &["10.96.0.0/16".parse().unwrap()])
+    }
+
+    /// A Service `x/<name>` with `spec`, and a slice with `endpoints` as
+    /// (ip, node, ready) on port 8080 ("http").
+    fn service(
+        name: &str,
+        spec: Value,
+        status: Value,
+        endpoints: &[(&str, &str, bool)],
+    ) -> Vec<Value> {
+        let family = if endpoints.iter().any(|e| e.0.contains(':')) {
+            "IPv6"
+        } else {
+            "IPv4"
+        };
+        let eps: Vec<Value> = endpoints
+            .iter()
+            .map(|(ip, node, ready)| json!({"addresses": [ip], "nodeName": node, "conditions": {"ready": ready}}))
+            .collect();
+        vec![
+            json!({"kind": "Service", "metadata": {"name": name, "namespace": "x"}, "spec": spec, "status": status}),
+            json!({"kind": "EndpointSlice", "metadata": {"name": format!("{name}-1"), "namespace": "x",
+                   "labels": {SERVICE_NAME_LABEL: name}},
+                   "addressType": family, "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}], "endpoints": eps}),
+        ]
+    }
+
+    fn fwd(backends: &[&str], masquerade: bool) -> Verdict {
+        Verdict::Forward {
+            backends: backends.iter().map(|b| b.to_string()).collect(),
+            masquerade,
+        }
+    }
+
+    fn check(map: &ServiceMap, cases: &[(&str, &str, &str, u16, Protocol, Verdict)]) {
+        for (what, from, to, port, protocol, expected) in cases {
+            let got = trace(
+                map,
+                from.parse().unwrap(),
+                to.parse().unwrap(),
+                *port,
+                *protocol,
+            );
+            assert_eq!(&got.verdict, expected, "{what}: {}", got.reason);
+        }
+    }
+
+    const TCP: Protocol = Protocol::Tcp;
+    const UDP: Protocol = Protocol::Udp;
+
+    #[test]
+    fn cluster_ip() {
+        let mut objects = service(
+            "web",
+            json!({"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80, "targetPort": "web"}]}),
+            json!({}),
+            &[
+                ("10.244.1.10", "n1", true),
+                ("10.244.2.10", "n2", true),
+                ("10.244.2.11", "n2", false),
+            ],
+        );
+        objects.extend(service(
+            "empty",
+            json!({"clusterIP": "10.96.0.11", "ports": [{"name": "http", "port": 80}]}),
+            json!({}),
+            &[("10.244.2.12", "n2", false)],
+        ));
+        objects.push(
+            json!({"kind": "Service", "metadata": {"name": "headless", "namespace": "x"},
+            "spec": {"clusterIP": "None", "ports": [{"port": 80}]}}),
+        );
+        let map = cluster(objects);
+        let both = ["10.244.1.10:8080", "10.244.2.10:8080"];
+        check(
+            &map,
+            &[
+                (
+                    "pod to ClusterIP",
+                    POD,
+                    "10.96.0.10",
+                    80,
+                    TCP,
+                    fwd(&both, false),
+                ),
+                (
+                    "node to ClusterIP is off-cluster",
+                    NODE_IP,
+                    "10.96.0.10",
+                    80,
+                    TCP,
+                    fwd(&both, true),
+                ),
+                (
+                    "outside to ClusterIP is masqueraded",
+                    EXTERNAL,
+                    "10.96.0.10",
+                    80,
+                    TCP,
+                    fwd(&both, true),
+                ),
+                (
+                    "hairpin",
+                    "10.244.1.10",
+                    "10.96.0.10",
+                    80,
+                    TCP,
+                    fwd(&both, true),
+                ),
+                (
+                    "wrong protocol",
+                    POD,
+                    "10.96.0.10",
+                    80,
+                    UDP,
+                    Verdict::Reject,
+                ),
+                (
+                    "unknown port of a ClusterIP",
+                    POD,
+                    "10.96.0.10",
+                    81,
+                    TCP,
+                    Verdict::Reject,
+                ),
+                ("no endpoints", POD, "10.96.0.11", 80, TCP, Verdict::Reject),
+                (
+                    "unallocated service address",
+                    POD,
+                    "10.96.0.99",
+                    80,
+                    TCP,
+                    Verdict::Drop,
+                ),
+                (
+                    "not a service",
+                    POD,
+                    "10.244.1.10",
+                    8080,
+                    TCP,
+                    Verdict::None,
+                ),
+                (
+                    "outside the service CIDR",
+                    POD,
+                    "10.97.0.1",
+                    80,
+                    TCP,
+                    Verdict::None,
+                ),
+                (
+                    "families differ",
+                    "fd10:2::5",
+                    "10.96.0.10",
+                    80,
+                    TCP,
+                    Verdict::None,
+                ),
+            ],
+        );
+    }
+
+    #[test]
+    fn internal_traffic_policy_local() {
+        let mut objects = service(
+            "local",
+            json!({"clusterIP": "10.96.0.20", "internalTrafficPolicy": "Local", "ports": [{"name": "http", "port": 80}]}),
+            json!({}),
+            &[("10.244.1.20", "n1", true), ("10.244.2.20", "n2", true)],
+        );
+        objects.extend(service(
+            "remote",
+            json!({"clusterIP": "10.96.0.21", "internalTrafficPolicy": "Local", "ports": [{"name": "http", "port": 80}]}),
+            json!({}),
+            &[("10.244.2.21", "n2", true)],
+        ));
+        objects.extend(service(
+            "nothing",
+            json!({"clusterIP": "10.96.0.22", "internalTrafficPolicy": "Local", "ports": [{"name": "http", "port": 80}]}),
+            json!({}),
+            &[],
+        ));
+        let map = cluster(objects);
+        check(
+            &map,
+            &[
+                (
+                    "only this node's endpoint",
+                    POD,
+                    "10.96.0.20",
+                    80,
+                    TCP,
+                    fwd(&["10.244.1.20:8080"], false),
+                ),
+                (
+                    "no local endpoint drops",
+                    POD,
+                    "10.96.0.21",
+                    80,
+                    TCP,
+                    Verdict::Drop,
+                ),
+                (
+                    "no endpoint at all rejects",
+                    POD,
+                    "10.96.0.22",
+                    80,
+                    TCP,
+                    Verdict::Reject,
+                ),
+            ],
+        );
+    }
+
+    #[test]
+    fn node_port_external_ip_and_load_balancer() {
+        let spec = json!({"type": "LoadBalancer", "clusterIP": "10.96.0.30", "externalIPs": ["198.51.100.1"],
+            "loadBalancerSourceRanges": ["203.0.113.0/24", "192.168.0.0/24"],
+            "ports": [{"name": "http", "port": 80, "nodePort": 30080}]});
+        let status = json!({"loadBalancer": {"ingress": [{"ip": "198.51.100.2"}]}});
+        let map = cluster(service(
+            "lb",
+            spec,
+            status,
+            &[("10.244.1.30", "n1", true), ("10.244.2.30", "n2", true)],
+        ));
+        let both = ["10.244.1.30:8080", "10.244.2.30:8080"];
+        check(
+            &map,
+            &[
+                (
+                    "NodePort on this node",
+                    EXTERNAL,
+                    NODE_IP,
+                    30080,
+                    TCP,
+                    fwd(&both, true),
+                ),
+                (
+                    "NodePort from a pod is masqueraded too",
+                    POD,
+                    NODE_IP,
+                    30080,
+                    TCP,
+                    fwd(&both, true),
+                ),
+                (
+                    "NodePort on another node's IP",
+                    EXTERNAL,
+                    OTHER_NODE_IP,
+                    30080,
+                    TCP,
+                    Verdict::None,
+                ),
+                (
+                    "NodePort, wrong protocol",
+                    EXTERNAL,
+                    NODE_IP,
+                    30080,
+                    UDP,
+                    Verdict::None,
+                ),
+                (
+                    "NodePort on the Service port",
+                    EXTERNAL,
+                    NODE_IP,
+                    80,
+                    TCP,
+                    Verdict::None,
+                ),
+                (
+                    "externalIP",
+                    EXTERNAL,
+                    "198.51.100.1",
+                    80,
+                    TCP,
+                    fwd(&both, true),
+                ),
+                (
+                    "externalIP ignores source ranges",
+                    "8.8.8.8",
+                    "198.51.100.1",
+                    80,
+                    TCP,
+                    fwd(&both, true),
+                ),
+                (
+                    "LB IP from an allowed range",
+                    EXTERNAL,
+                    "198.51.100.2",
+                    80,
+                    TCP,
+                    fwd(&both, true),
+                ),
+                (
+                    "LB IP from elsewhere",
+                    "8.8.8.8",
+                    "198.51.100.2",
+                    80,
+                    TCP,
+                    Verdict::Drop,
+                ),
+                (
+                    "LB IP from itself, a range holds the node",
+                    "198.51.100.2",
+                    "198.51.100.2",
+                    80,
+                    TCP,
+                    fwd(&both, true),
+                ),
+            ],
+        );
+    }
+
+    #[test]
+    fn external_traffic_policy_local() {
+        let mut objects = service(
+            "np",
+            json!({"type": "NodePort", "clusterIP": "10.96.0.40", "externalTrafficPolicy": "Local", "externalIPs": ["198.51.100.4"],
+                   "ports": [{"name": "http", "port": 80, "nodePort": 30040}]}),
+            json!({}),
+            &[("10.244.1.40", "n1", true), ("10.244.2.40", "n2", true)],
+        );
+        objects.extend(service(
+            "far",
+            json!({"type": "NodePort", "clusterIP": "10.96.0.41", "externalTrafficPolicy": "Local",
+                   "ports": [{"name": "http", "port": 80, "nodePort": 30041}]}),
+            json!({}),
+            &[("10.244.2.41", "n2", true)],
+        ));
+        objects.extend(service(
+            "gone",
+            json!({"type": "NodePort", "clusterIP": "10.96.0.42", "externalTrafficPolicy": "Local",
+                   "ports": [{"name": "http", "port": 80, "nodePort": 30042}]}),
+            json!({}),
+            &[("10.244.2.42", "n2", false)],
+        ));
+        let map = cluster(objects);
+        let both = ["10.244.1.40:8080", "10.244.2.40:8080"];
+        check(
+            &map,
+            &[
+                (
+                    "outside: local endpoint, source kept",
+                    EXTERNAL,
+                    NODE_IP,
+                    30040,
+                    TCP,
+                    fwd(&["10.244.1.40:8080"], false),
+                ),
+                (
+                    "externalIP too",
+                    EXTERNAL,
+                    "198.51.100.4",
+                    80,
+                    TCP,
+                    fwd(&["10.244.1.40:8080"], false),
+                ),
+                (
+                    "pod traffic short-circuits to every endpoint",
+                    POD,
+                    NODE_IP,
+                    30040,
+                    TCP,
+                    fwd(&both, false),
+                ),
+                (
+                    "node traffic: every endpoint, masqueraded",
+                    NODE_IP,
+                    NODE_IP,
+                    30040,
+                    TCP,
+                    fwd(&both, true),
+                ),
+                (
+                    "ClusterIP unaffected",
+                    EXTERNAL,
+                    "10.96.0.40",
+                    80,
+                    TCP,
+                    fwd(&both, true),
+                ),
+                (
+                    "outside, no local endpoint: drop",
+                    EXTERNAL,
+                    NODE_IP,
+                    30041,
+                    TCP,
+                    Verdict::Drop,
+                ),
+                (
+                    "pod, no local endpoint: still served",
+                    POD,
+                    NODE_IP,
+                    30041,
+                    TCP,
+                    fwd(&["10.244.2.41:8080"], false),
+                ),
+                (
+                    "no endpoints at all: reject",
+                    EXTERNAL,
+                    NODE_IP,
+                    30042,
+                    TCP,
+                    Verdict::Reject,
+                ),
+            ],
+        );
+    }
+
+    #[test]
+    fn dual_stack_udp_and_sctp() {
+        let spec = json!({"clusterIP": "10.96.0.50", "clusterIPs": ["10.96.0.50", "fd00:96::50"], "type": "NodePort",
+            "ports": [{"name": "http", "port": 53, "protocol": "UDP", "nodePort": 30053},
+                      {"name": "s", "port": 99, "protocol": "SCTP"}]});
+        let mut objects = service("dual", spec, json!({}), &[]);
+        objects.push(json!({"kind": "EndpointSlice", "metadata": {"name": "dual-4", "namespace": "x", "labels": {SERVICE_NAME_LABEL: "dual"}},
+            "addressType": "IPv4", "ports": [{"name": "http", "port": 5353, "protocol": "UDP"}, {"name": "s", "port": 9999, "protocol": "SCTP"}],
+            "endpoints": [{"addresses": ["10.244.1.50"], "nodeName": "n1"}]}));
+        objects.push(json!({"kind": "EndpointSlice", "metadata": {"name": "dual-6", "namespace": "x", "labels": {SERVICE_NAME_LABEL: "dual"}},
+            "addressType": "IPv6", "ports": [{"name": "http", "port": 5353, "protocol": "UDP"}],
+            "endpoints": [{"addresses": ["fd10:2::50"], "nodeName": "n2"}]}));
+        let map = cluster(objects);
+        check(
+            &map,
+            &[
+                (
+                    "v4 UDP",
+                    POD,
+                    "10.96.0.50",
+                    53,
+                    UDP,
+                    fwd(&["10.244.1.50:5353"], false),
+                ),
+                (
+                    "v6 UDP",
+                    "fd10:2::9",
+                    "fd00:96::50",
+                    53,
+                    UDP,
+                    fwd(&["[fd10:2::50]:5353"], false),
+                ),
+                (
+                    "v6 from outside is masqueraded",
+                    "2001:db8::1",
+                    "fd00:96::50",
+                    53,
+                    UDP,
+                    fwd(&["[fd10:2::50]:5353"], true),
+                ),
+                (
+                    "v6 NodePort",
+                    "2001:db8::1",
+                    "fd99::1",
+                    30053,
+                    UDP,
+                    fwd(&["[fd10:2::50]:5353"], true),
+                ),
+                (
+                    "SCTP v4",
+                    POD,
+                    "10.96.0.50",
+                    99,
+                    Protocol::Sctp,
+                    fwd(&["10.244.1.50:9999"], false),
+                ),
+                (
+                    "SCTP v6 has no endpoints",
+                    "fd10:2::9",
+                    "fd00:96::50",
+                    99,
+                    Protocol::Sctp,
+                    Verdict::Reject,
+                ),
+            ],
+        );
+    }
+
+    #[test]
+    fn json_shapes() {
+        let json = |v: &Verdict| serde_json::to_string(v).unwrap();
+        assert_eq!(
+            json(&fwd(&["10.180.0.1:80"], false)),
+            r#"{"verdict":"forward","backends":["10.180.0.1:80"],"masquerade":false}"#
+        );
+        assert_eq!(json(&Verdict::Drop), r#"{"verdict":"drop"}"#);
+        assert_eq!(json(&Verdict::Reject), r#"{"verdict":"reject"}"#);
+        assert_eq!(json(&Verdict::None), r#"{"verdict":"none"}"#);
+    }
+}
