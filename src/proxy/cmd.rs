@@ -21,6 +21,9 @@ pub struct PlanArgs {
     pub node: String,
     #[arg(long, value_enum, default_value_t = super::ProxyBackend::Ipvs)]
     pub backend: super::ProxyBackend,
+    /// Service CIDRs when the manifests have no ServiceCIDR objects.
+    #[arg(long, value_delimiter = ',', default_value = "10.96.0.0/12")]
+    pub service_cluster_ip_range: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -46,8 +49,9 @@ pub struct TraceArgs {
 pub async fn dispatch(cmd: ProxyCommand) -> anyhow::Result<()> {
     match cmd {
         ProxyCommand::Run(args) => agent::run(*args, &[ControllerKind::Proxy]).await,
-        ProxyCommand::Plan(_) => {
-            anyhow::bail!("proxy plan is not built yet")
+        ProxyCommand::Plan(args) => {
+            print!("{}", plan(&args)?);
+            Ok(())
         }
         ProxyCommand::Trace(args) => {
             print!("{}", trace(&args)?);
@@ -72,6 +76,33 @@ fn load(
         eprintln!("kubewire: warning: {error}");
     }
     Ok(map)
+}
+
+/// `proxy plan`, as the text it prints: for nftables, the transaction that replaces
+/// the table.
+pub fn plan(args: &PlanArgs) -> anyhow::Result<String> {
+    if args.backend == super::ProxyBackend::Ipvs {
+        anyhow::bail!(super::IPVS_NOT_BUILT);
+    }
+    let map = load(&args.manifests, &args.node, &args.service_cluster_ip_range)?;
+    let (ruleset, problems) = super::nftables::compile::compile(&map);
+    for problem in &problems {
+        eprintln!("kubewire: warning: {problem}");
+    }
+    let mut text = format!(
+        "# node {}: {} service ports, {} map elements\n",
+        map.node,
+        map.ports.len(),
+        ruleset.element_count()
+    );
+    for port in map.ports.iter().filter(|p| p.affinity_timeout.is_some()) {
+        text.push_str(&format!(
+            "# {}: sessionAffinity ClientIP is not programmed by the nftables backend\n",
+            port.label()
+        ));
+    }
+    text.push_str(&super::nftables::ruleset::full(&ruleset).text());
+    Ok(text)
 }
 
 /// `proxy trace`, as the text it prints.

@@ -52,22 +52,25 @@ pub fn trace(map: &ServiceMap, from: IpAddr, to: IpAddr, port: u16, protocol: Pr
             "source and destination are of different IP families",
         );
     }
-    for service_port in map.ports.iter().filter(|p| p.protocol == protocol) {
-        let matched = service_port
-            .frontends(&map.node_ips)
-            .into_iter()
-            .find(|f| f.address == to && f.port == port);
-        if let Some(frontend) = matched {
-            let mut trace = decide(map, service_port, frontend.kind, from);
-            trace.reason = format!(
-                "{} {} {}: {}",
-                service_port.label(),
-                frontend.kind.as_str(),
-                SocketAddr::new(to, port),
-                trace.reason
-            );
-            return trace;
-        }
+    // A ClusterIP wins over another Service's externalIP, LB IP or NodePort on the
+    // same address and port (as the nftables compiler claims them first).
+    let matched = map
+        .ports
+        .iter()
+        .filter(|p| p.protocol == protocol)
+        .flat_map(|p| p.frontends(&map.node_ips).into_iter().map(move |f| (p, f)))
+        .filter(|(_, f)| f.address == to && f.port == port)
+        .min_by_key(|(_, f)| f.kind != FrontendKind::ClusterIp);
+    if let Some((service_port, frontend)) = matched {
+        let mut trace = decide(map, service_port, frontend.kind, from);
+        trace.reason = format!(
+            "{} {} {}: {}",
+            service_port.label(),
+            frontend.kind.as_str(),
+            SocketAddr::new(to, port),
+            trace.reason
+        );
+        return trace;
     }
     if let Some(service_port) = map.ports.iter().find(|p| p.cluster_ip == to) {
         return done(

@@ -1,0 +1,570 @@
+//! Compiles a [`ServiceMap`] into the `inet kubewire-proxy` table (pure). The layout
+//! has no chain per Service or endpoint: every Service address is a key
+//! `address . protocol . port` in per-family maps, so a cluster change is a change
+//! of elements only.
+//!
+//! - `services`: `service-ips` sends a frontend to one of three fixed chains:
+//!   `cluster-ip` (masquerade-mark sources outside the pod CIDRs), `external`
+//!   (always mark; externalTrafficPolicy Cluster) or `external-local` (pod traffic
+//!   and the node's own traffic (marked) to every endpoint, the rest to this node's
+//!   endpoints, none → drop);
+//! - `cluster-counts` / `local-counts` send a frontend to `endpoints-N` /
+//!   `local-endpoints-N`, whose one rule per family is
+//!   `dnat to <frontend> . numgen random mod N map @endpoints` (slot → endpoint), so
+//!   every endpoint is equally likely. Chains exist for 1..=[`FIXED_COUNTS`]
+//!   endpoints and for any larger count in use;
+//! - the filter chains reject or drop Service ports without usable endpoints
+//!   (`no-endpoint-services`), drop sources outside loadBalancerSourceRanges
+//!   (`firewall-ips` / `firewall-allow`), reject ClusterIPs on unserved ports and drop
+//!   unallocated service-CIDR addresses;
+//! - `nat-postrouting` masquerades marked packets (mark 0x4000, like kube-proxy) and
+//!   hairpin connections (a DNATed packet whose source is its destination).
+//!
+//! sessionAffinity ClientIP is not programmed: the packet path cannot record the
+//! chosen endpoint with a per-Service timeout without a chain per Service.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+
+use ipnet::IpNet;
+
+use super::ruleset::{Chain, Ruleset, Set};
+use crate::proxy::model::{Frontend, FrontendKind, ServiceMap, ServicePort};
+
+/// `endpoints-N` chains that always exist, so that scaling within this range never
+/// changes a chain.
+pub const FIXED_COUNTS: usize = 16;
+
+/// The packet mark that asks `nat-postrouting` to masquerade (kube-proxy's).
+pub const MASQUERADE_MARK: &str = "0x4000";
+
+/// The desired table for `map`, and problems found (a frontend claimed twice).
+pub fn compile(map: &ServiceMap) -> (Ruleset, Vec<String>) {
+    let mut builder = Builder::default();
+    // ClusterIPs are claimed first: one Service's externalIP cannot shadow another's.
+    for cluster_ip in [true, false] {
+        for port in &map.ports {
+            builder.service_port(map, port, cluster_ip);
+        }
+    }
+    let mut ruleset = Ruleset::default();
+    for v6 in [false, true] {
+        let f = Family(v6);
+        let addr = f.addr_type();
+        let frontend = format!("{addr} . inet_proto . inet_service");
+        let declare = |map: bool, declaration: String| Set {
+            map,
+            declaration,
+            elements: BTreeMap::new(),
+        };
+        let mut sets = vec![
+            (
+                "pod-cidrs",
+                declare(false, format!("type {addr}; flags interval;")),
+            ),
+            (
+                "service-cidrs",
+                declare(false, format!("type {addr}; flags interval;")),
+            ),
+            ("cluster-ips", declare(false, format!("type {addr};"))),
+            ("node-ips", declare(false, format!("type {addr};"))),
+            ("hairpin", declare(false, format!("type {addr} . {addr};"))),
+            ("firewall-ips", declare(false, format!("type {frontend};"))),
+            (
+                "firewall-allow",
+                declare(false, format!("type {frontend} . {addr}; flags interval;")),
+            ),
+        ];
+        for name in [
+            "service-ips",
+            "no-endpoint-services",
+            "cluster-counts",
+            "local-counts",
+        ] {
+            sets.push((name, declare(true, format!("type {frontend} : verdict;"))));
+        }
+        let ip = f.ip();
+        for name in ["endpoints", "local-endpoints"] {
+            sets.push((
+                name,
+                declare(
+                    true,
+                    format!(
+                        "typeof {ip} daddr . meta l4proto . th dport . numgen random mod 1 : {ip} daddr . th dport;"
+                    ),
+                ),
+            ));
+        }
+        for (name, mut set) in sets {
+            let name = f.name(name);
+            if let Some(elements) = builder.elements.remove(&name) {
+                set.elements = elements;
+            }
+            ruleset.sets.insert(name, set);
+        }
+        let family_ips = |list: &[IpAddr]| -> Vec<String> {
+            list.iter()
+                .filter(|ip| ip.is_ipv6() == v6)
+                .map(IpAddr::to_string)
+                .collect()
+        };
+        let family_nets = |list: &[IpNet]| -> Vec<String> {
+            list.iter()
+                .filter(|n| matches!(n, IpNet::V6(_)) == v6)
+                .map(IpNet::to_string)
+                .collect()
+        };
+        let fill = |ruleset: &mut Ruleset, name: &str, keys: Vec<String>| {
+            if let Some(set) = ruleset.sets.get_mut(&f.name(name)) {
+                set.elements.extend(keys.into_iter().map(|k| (k, None)));
+            }
+        };
+        fill(&mut ruleset, "pod-cidrs", family_nets(&map.pod_cidrs));
+        fill(
+            &mut ruleset,
+            "service-cidrs",
+            family_nets(&map.service_cidrs),
+        );
+        fill(&mut ruleset, "node-ips", family_ips(&map.node_ips));
+    }
+    let has_pod_cidrs = |v6: bool| {
+        map.pod_cidrs
+            .iter()
+            .any(|n| matches!(n, IpNet::V6(_)) == v6)
+    };
+    ruleset.chains = chains(&builder.counts, [has_pod_cidrs(false), has_pod_cidrs(true)]);
+    (ruleset, builder.problems)
+}
+
+#[derive(Clone, Copy)]
+struct Family(bool);
+
+impl Family {
+    fn of(ip: IpAddr) -> Self {
+        Family(ip.is_ipv6())
+    }
+    fn name(self, base: &str) -> String {
+        format!("{base}{}", if self.0 { 6 } else { 4 })
+    }
+    fn ip(self) -> &'static str {
+        if self.0 { "ip6" } else { "ip" }
+    }
+    fn addr_type(self) -> &'static str {
+        if self.0 { "ipv6_addr" } else { "ipv4_addr" }
+    }
+}
+
+#[derive(Default)]
+struct Builder {
+    /// Set name → elements.
+    elements: BTreeMap<String, BTreeMap<String, Option<String>>>,
+    /// Endpoint counts in use, (local?, N).
+    counts: BTreeSet<(bool, usize)>,
+    claimed: BTreeMap<String, String>,
+    problems: Vec<String>,
+}
+
+impl Builder {
+    fn put(&mut self, set: String, key: String, value: Option<String>) {
+        self.elements.entry(set).or_default().insert(key, value);
+    }
+
+    /// Adds the ClusterIP frontend of `port`, or (`cluster_ip` false) its others.
+    fn service_port(&mut self, map: &ServiceMap, port: &ServicePort, cluster_ip: bool) {
+        let f = Family::of(port.cluster_ip);
+        self.put(f.name("cluster-ips"), port.cluster_ip.to_string(), None);
+        let frontends = port.frontends(&map.node_ips);
+        let wanted = frontends
+            .iter()
+            .filter(|f| (f.kind == FrontendKind::ClusterIp) == cluster_ip);
+        for frontend in wanted {
+            let key = frontend_key(&frontend);
+            if let Some(owner) = self.claimed.get(&key) {
+                self.problems.push(format!(
+                    "Service {}: {} {} is already served by {owner}; ignored",
+                    port.service,
+                    frontend.kind.as_str(),
+                    key
+                ));
+                continue;
+            }
+            self.claimed.insert(key.clone(), port.service.clone());
+            self.frontend(map, port, frontend, key);
+        }
+    }
+
+    fn frontend(&mut self, map: &ServiceMap, port: &ServicePort, frontend: &Frontend, key: String) {
+        let f = Family::of(frontend.address);
+        if !port.has_endpoints {
+            self.put(
+                f.name("no-endpoint-services"),
+                key,
+                Some("goto reject-packet".into()),
+            );
+            return;
+        }
+        if frontend.kind == FrontendKind::ClusterIp {
+            if port.internal_endpoints().is_empty() {
+                self.put(f.name("no-endpoint-services"), key, Some("drop".into()));
+                return;
+            }
+            self.put(
+                f.name("service-ips"),
+                key.clone(),
+                Some("goto cluster-ip".into()),
+            );
+            self.endpoints(f, false, &key, port.internal_endpoints());
+            return;
+        }
+        if frontend.kind == FrontendKind::LoadBalancer && !port.source_ranges.is_empty() {
+            self.put(f.name("firewall-ips"), key.clone(), None);
+            let mut allowed: Vec<String> =
+                port.source_ranges.iter().map(IpNet::to_string).collect();
+            if port.allows_from_node(&map.node_ips) {
+                allowed.extend(port.load_balancer_ips.iter().map(IpAddr::to_string));
+            }
+            for source in allowed {
+                self.put(f.name("firewall-allow"), format!("{key} . {source}"), None);
+            }
+        }
+        if port.external_local {
+            self.put(
+                f.name("service-ips"),
+                key.clone(),
+                Some("goto external-local".into()),
+            );
+            self.endpoints(f, false, &key, &port.cluster_endpoints);
+            if !port.local_endpoints.is_empty() {
+                self.endpoints(f, true, &key, &port.local_endpoints);
+            }
+        } else {
+            self.put(
+                f.name("service-ips"),
+                key.clone(),
+                Some("goto external".into()),
+            );
+            self.endpoints(f, false, &key, &port.cluster_endpoints);
+        }
+    }
+
+    fn endpoints(&mut self, f: Family, local: bool, key: &str, endpoints: &[SocketAddr]) {
+        let (counts, slots, chain) = if local {
+            ("local-counts", "local-endpoints", "local-endpoints")
+        } else {
+            ("cluster-counts", "endpoints", "endpoints")
+        };
+        let n = endpoints.len();
+        self.counts.insert((local, n));
+        self.put(
+            f.name(counts),
+            key.to_string(),
+            Some(format!("goto {chain}-{n}")),
+        );
+        for (slot, endpoint) in endpoints.iter().enumerate() {
+            self.put(
+                f.name(slots),
+                format!("{key} . {slot}"),
+                Some(format!("{} . {}", endpoint.ip(), endpoint.port())),
+            );
+            let ip = endpoint.ip().to_string();
+            self.put(f.name("hairpin"), format!("{ip} . {ip}"), None);
+        }
+    }
+}
+
+fn frontend_key(frontend: &Frontend) -> String {
+    format!(
+        "{} . {} . {}",
+        frontend.address,
+        frontend.protocol.nft(),
+        frontend.port
+    )
+}
+
+fn chain(base: Option<&str>, rules: Vec<String>) -> Chain {
+    Chain {
+        base: base.map(str::to_string),
+        rules,
+    }
+}
+
+fn both(rule: impl Fn(Family) -> String) -> Vec<String> {
+    vec![rule(Family(false)), rule(Family(true))]
+}
+
+/// The fixed chains, plus `endpoints-N` for every count in use.
+fn chains(counts: &BTreeSet<(bool, usize)>, has_pod_cidrs: [bool; 2]) -> BTreeMap<String, Chain> {
+    let frontend = |f: Family| format!("{} daddr . meta l4proto . th dport", f.ip());
+    let mark = format!("meta mark set meta mark | {MASQUERADE_MARK}");
+    let mut out = BTreeMap::new();
+    let mut add = |name: &str, chain: Chain| {
+        out.insert(name.to_string(), chain);
+    };
+    add(
+        "filter-prerouting",
+        chain(
+            Some("type filter hook prerouting priority dstnat - 10; policy accept;"),
+            vec!["ct state new jump service-checks".into()],
+        ),
+    );
+    add(
+        "filter-output",
+        chain(
+            Some("type filter hook output priority -110; policy accept;"),
+            vec!["ct state new jump service-checks".into()],
+        ),
+    );
+    let mut checks = both(|f| format!("{} vmap @{}", frontend(f), f.name("no-endpoint-services")));
+    checks.extend(both(|f| {
+        format!(
+            "{0} @{1} {0} . {2} saddr != @{3} drop",
+            frontend(f),
+            f.name("firewall-ips"),
+            f.ip(),
+            f.name("firewall-allow")
+        )
+    }));
+    add("service-checks", chain(None, checks));
+    add("reject-packet", chain(None, vec!["reject".into()]));
+    for (name, hook) in [
+        ("filter-forward", "forward"),
+        ("filter-output-post-nat", "output"),
+    ] {
+        add(
+            name,
+            chain(
+                Some(&format!(
+                    "type filter hook {hook} priority filter; policy accept;"
+                )),
+                vec!["ct state new jump cluster-ips-check".into()],
+            ),
+        );
+    }
+    let mut check = both(|f| format!("{} daddr @{} reject", f.ip(), f.name("cluster-ips")));
+    check.extend(both(|f| {
+        format!("{} daddr @{} drop", f.ip(), f.name("service-cidrs"))
+    }));
+    add("cluster-ips-check", chain(None, check));
+    for (name, hook) in [("nat-prerouting", "prerouting"), ("nat-output", "output")] {
+        add(
+            name,
+            chain(
+                Some(&format!(
+                    "type nat hook {hook} priority -100; policy accept;"
+                )),
+                vec!["jump services".into()],
+            ),
+        );
+    }
+    let mut postrouting = both(|f| {
+        format!(
+            "ct status dnat {0} saddr . {0} daddr @{1} masquerade",
+            f.ip(),
+            f.name("hairpin")
+        )
+    });
+    postrouting.push(format!(
+        "meta mark & {MASQUERADE_MARK} == {MASQUERADE_MARK} meta mark set meta mark ^ {MASQUERADE_MARK} masquerade"
+    ));
+    add(
+        "nat-postrouting",
+        chain(
+            Some("type nat hook postrouting priority srcnat; policy accept;"),
+            postrouting,
+        ),
+    );
+    add(
+        "services",
+        chain(
+            None,
+            both(|f| format!("{} vmap @{}", frontend(f), f.name("service-ips"))),
+        ),
+    );
+    let to_cluster = |f: Family| format!("{} vmap @{}", frontend(f), f.name("cluster-counts"));
+    let mut cluster_ip = Vec::new();
+    for f in [Family(false), Family(true)] {
+        if has_pod_cidrs[usize::from(f.0)] {
+            cluster_ip.push(format!(
+                "{} saddr != @{} {mark}",
+                f.ip(),
+                f.name("pod-cidrs")
+            ));
+        }
+    }
+    cluster_ip.extend(both(to_cluster));
+    add("cluster-ip", chain(None, cluster_ip));
+    let mut external = vec![mark.clone()];
+    external.extend(both(to_cluster));
+    add("external", chain(None, external));
+    let mut local = Vec::new();
+    for f in [Family(false), Family(true)] {
+        let ip = f.ip();
+        local.push(format!(
+            "{ip} saddr @{} {}",
+            f.name("pod-cidrs"),
+            to_cluster(f)
+        ));
+        local.push(format!("{ip} saddr @{} {mark}", f.name("node-ips")));
+        local.push(format!(
+            "{ip} saddr @{} {}",
+            f.name("node-ips"),
+            to_cluster(f)
+        ));
+        local.push(format!("{} vmap @{}", frontend(f), f.name("local-counts")));
+    }
+    local.push("drop".into());
+    add("external-local", chain(None, local));
+    let wanted: BTreeSet<(bool, usize)> = (1..=FIXED_COUNTS)
+        .flat_map(|n| [(false, n), (true, n)])
+        .chain(counts.iter().copied())
+        .collect();
+    for (is_local, n) in wanted {
+        let name = if is_local {
+            "local-endpoints"
+        } else {
+            "endpoints"
+        };
+        let rules = both(|f| {
+            format!(
+                "dnat {0} to {1} . numgen random mod {n} map @{2}",
+                f.ip(),
+                frontend(f),
+                f.name(name)
+            )
+        });
+        add(&format!("{name}-{n}"), chain(None, rules));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::services;
+    use serde_json::json;
+
+    fn demo_map() -> ServiceMap {
+        let snapshot = crate::proxy::services::tests_support::snapshot(json!([
+            {"kind": "Node", "metadata": {"name": "n1"}, "spec": {"podCIDRs": ["10.244.1.0/24"]},
+             "status": {"addresses": [{"type": "InternalIP", "address": "192.168.0.1"}]}},
+            {"kind": "Service", "metadata": {"name": "web", "namespace": "x"},
+             "spec": {"type": "NodePort", "clusterIP": "10.96.0.10", "externalTrafficPolicy": "Local",
+                      "ports": [{"name": "http", "port": 80, "nodePort": 30080}]}},
+            {"kind": "EndpointSlice", "metadata": {"name": "web-1", "namespace": "x", "labels": {"kubernetes.io/service-name": "web"}},
+             "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}],
+             "endpoints": [{"addresses": ["10.244.1.10"], "nodeName": "n1"}, {"addresses": ["10.244.2.10"], "nodeName": "n2"}]},
+            {"kind": "Service", "metadata": {"name": "empty", "namespace": "x"},
+             "spec": {"clusterIP": "10.96.0.11", "externalIPs": ["10.96.0.10"], "ports": [{"port": 80}]}},
+            {"kind": "Service", "metadata": {"name": "lb", "namespace": "x"},
+             "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.12", "loadBalancerSourceRanges": ["203.0.113.0/24"],
+                      "ports": [{"port": 443, "protocol": "UDP"}]},
+             "status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.1"}]}}},
+            {"kind": "EndpointSlice", "metadata": {"name": "lb-1", "namespace": "x", "labels": {"kubernetes.io/service-name": "lb"}},
+             "addressType": "IPv4", "ports": [{"port": 443, "protocol": "UDP"}],
+             "endpoints": [{"addresses": ["10.244.3.1"], "nodeName": "n3"}]},
+        ]));
+        services::build(&snapshot, "n1", &["10.96.0.0/16".parse().unwrap()])
+    }
+
+    fn elements(ruleset: &Ruleset, set: &str) -> Vec<String> {
+        ruleset.sets[set]
+            .elements
+            .iter()
+            .map(|(k, v)| match v {
+                Some(v) => format!("{k} : {v}"),
+                None => k.clone(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn frontends_become_map_elements() {
+        let (ruleset, problems) = compile(&demo_map());
+        assert_eq!(
+            elements(&ruleset, "service-ips4"),
+            [
+                "10.96.0.10 . tcp . 80 : goto cluster-ip",
+                "10.96.0.12 . udp . 443 : goto cluster-ip",
+                "192.168.0.1 . tcp . 30080 : goto external-local",
+                "198.51.100.1 . udp . 443 : goto external",
+            ]
+        );
+        assert_eq!(
+            elements(&ruleset, "no-endpoint-services4"),
+            ["10.96.0.11 . tcp . 80 : goto reject-packet"]
+        );
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].starts_with(
+            "Service x/empty: externalIP 10.96.0.10 . tcp . 80 is already served by x/web"
+        ));
+        assert_eq!(
+            elements(&ruleset, "cluster-counts4"),
+            [
+                "10.96.0.10 . tcp . 80 : goto endpoints-2",
+                "10.96.0.12 . udp . 443 : goto endpoints-1",
+                "192.168.0.1 . tcp . 30080 : goto endpoints-2",
+                "198.51.100.1 . udp . 443 : goto endpoints-1",
+            ]
+        );
+        assert_eq!(
+            elements(&ruleset, "local-counts4"),
+            ["192.168.0.1 . tcp . 30080 : goto local-endpoints-1"]
+        );
+        assert_eq!(
+            elements(&ruleset, "local-endpoints4"),
+            ["192.168.0.1 . tcp . 30080 . 0 : 10.244.1.10 . 8080"]
+        );
+        assert_eq!(
+            elements(&ruleset, "endpoints4")[..2],
+            [
+                "10.96.0.10 . tcp . 80 . 0 : 10.244.1.10 . 8080",
+                "10.96.0.10 . tcp . 80 . 1 : 10.244.2.10 . 8080",
+            ]
+        );
+        assert_eq!(
+            elements(&ruleset, "firewall-ips4"),
+            ["198.51.100.1 . udp . 443"]
+        );
+        assert_eq!(
+            elements(&ruleset, "firewall-allow4"),
+            ["198.51.100.1 . udp . 443 . 203.0.113.0/24"]
+        );
+        assert_eq!(
+            elements(&ruleset, "cluster-ips4"),
+            ["10.96.0.10", "10.96.0.11", "10.96.0.12"]
+        );
+        assert_eq!(elements(&ruleset, "node-ips4"), ["192.168.0.1"]);
+        assert!(elements(&ruleset, "service-ips6").is_empty());
+    }
+
+    #[test]
+    fn chains_are_fixed_and_counts_beyond_the_fixed_range_add_one() {
+        let (small, _) = compile(&demo_map());
+        let mut map = demo_map();
+        map.ports[2].cluster_endpoints = (1..=20u16)
+            .map(|i| SocketAddr::new("10.244.9.1".parse().unwrap(), i))
+            .collect();
+        let (large, _) = compile(&map);
+        let extra: Vec<&String> = large
+            .chains
+            .keys()
+            .filter(|k| !small.chains.contains_key(*k))
+            .collect();
+        assert_eq!(extra, ["endpoints-20"]);
+        assert_eq!(
+            large.chains["endpoints-20"].rules[0],
+            "dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 20 map @endpoints4"
+        );
+        // No pod CIDRs of IPv6: only the IPv4 masquerade rule for off-cluster sources.
+        assert_eq!(
+            small.chains["cluster-ip"].rules[0],
+            "ip saddr != @pod-cidrs4 meta mark set meta mark | 0x4000"
+        );
+        assert!(
+            !small.chains["cluster-ip"]
+                .rules
+                .iter()
+                .any(|r| r.contains("pod-cidrs6"))
+        );
+    }
+}

@@ -1,0 +1,83 @@
+//! The thin adapter to the kernel for the proxy's table: `nft -f` transactions
+//! (through the firewall's runner), a terse listing of `inet kubewire-proxy`, and its
+//! deletion. Nothing else in the proxy touches nftables.
+
+use std::process::Stdio;
+
+use serde_json::Value;
+
+use super::ruleset::{FAMILY, TABLE};
+use crate::firewall::nft::{Nft, NftError};
+
+/// `nft`, on $PATH in this network namespace or (tests) inside a named one.
+#[derive(Clone, Debug)]
+pub struct ProxyNft {
+    runner: Nft,
+    netns: Option<String>,
+}
+
+impl Default for ProxyNft {
+    fn default() -> Self {
+        Self {
+            runner: Nft::default(),
+            netns: None,
+        }
+    }
+}
+
+impl ProxyNft {
+    pub fn in_netns(name: &str) -> Self {
+        Self {
+            runner: Nft::in_netns(name),
+            netns: Some(name.to_string()),
+        }
+    }
+
+    /// One atomic `nft -f` transaction.
+    pub async fn apply(&self, text: &str) -> Result<(), NftError> {
+        self.runner.apply(text).await
+    }
+
+    /// `nft -j -t list table inet kubewire-proxy` (no set elements: cheap);
+    /// `Ok(None)` when the table does not exist.
+    pub async fn list_terse(&self) -> anyhow::Result<Option<Value>> {
+        let mut command = match &self.netns {
+            Some(netns) => {
+                let mut c = tokio::process::Command::new("ip");
+                c.args(["netns", "exec", netns, "nft"]);
+                c
+            }
+            None => tokio::process::Command::new("nft"),
+        };
+        let output = command
+            .args(["-j", "-t", "list", "table", FAMILY, TABLE])
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await?;
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            if stderr.contains("No such file or directory") {
+                return Ok(None);
+            }
+            anyhow::bail!("nft list table {FAMILY} {TABLE} failed: {}", stderr.trim());
+        }
+        Ok(Some(serde_json::from_slice(&output.stdout)?))
+    }
+
+    /// Deletes the table; `Ok(false)` when there was none.
+    pub async fn delete_table(&self) -> Result<bool, NftError> {
+        match self
+            .apply(&format!("delete table {FAMILY} {TABLE}\n"))
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(NftError::Failed { stderr, .. })
+                if stderr.contains("No such file or directory") =>
+            {
+                Ok(false)
+            }
+            Err(err) => Err(err),
+        }
+    }
+}
