@@ -120,7 +120,10 @@ pub fn full(ruleset: &Ruleset) -> Transaction {
 }
 
 /// The transaction that turns `applied` into `desired` element by element; `None`
-/// when a base chain or a set declaration changed (then the table is replaced).
+/// when a chain was added or its rules or a set declaration changed (then the table
+/// is replaced: nft 1.0.6 cannot add a rule that looks up an existing `typeof ... th
+/// dport` map, "conflicting protocols specified: ip vs. th"). Chains and sets that are
+/// no longer wanted are deleted after their elements.
 pub fn diff(applied: &Ruleset, desired: &Ruleset) -> Option<Transaction> {
     for (name, set) in &desired.sets {
         if let Some(old) = applied.sets.get(name)
@@ -130,10 +133,8 @@ pub fn diff(applied: &Ruleset, desired: &Ruleset) -> Option<Transaction> {
         }
     }
     for (name, chain) in &desired.chains {
-        match applied.chains.get(name) {
-            Some(old) if old.base != chain.base => return None,
-            None if chain.base.is_some() => return None,
-            _ => {}
+        if applied.chains.get(name) != Some(chain) {
+            return None;
         }
     }
     let mut commands = Vec::new();
@@ -144,23 +145,6 @@ pub fn diff(applied: &Ruleset, desired: &Ruleset) -> Option<Transaction> {
                 set.keyword(),
                 set.declaration
             ));
-        }
-    }
-    for name in desired.chains.keys() {
-        if !applied.chains.contains_key(name) {
-            commands.push(format!("add chain {FAMILY} {TABLE} {name}"));
-        }
-    }
-    for (name, chain) in &desired.chains {
-        let old = applied.chains.get(name);
-        if old.map(|c| &c.rules) == Some(&chain.rules) {
-            continue;
-        }
-        if old.is_some_and(|c| !c.rules.is_empty()) {
-            commands.push(format!("flush chain {FAMILY} {TABLE} {name}"));
-        }
-        for rule in &chain.rules {
-            commands.push(format!("add rule {FAMILY} {TABLE} {name} {rule}"));
         }
     }
     let empty = BTreeMap::new();
@@ -246,14 +230,20 @@ mod tests {
         let old = ruleset(&[("1.1.1.1", "goto a"), ("2.2.2.2", "goto a")], &["a"]);
         let new = ruleset(&[("1.1.1.1", "goto b"), ("3.3.3.3", "goto b")], &["b"]);
         assert_eq!(diff(&old, &old), Some(Transaction::default()));
+        assert_eq!(diff(&old, &new), None, "a new chain replaces the table");
+        let fewer = ruleset(&[("1.1.1.1", "goto b"), ("3.3.3.3", "goto b")], &["b"]);
+        let mut more = fewer.clone();
+        more.chains.insert("a".into(), old.chains["a"].clone());
         assert_eq!(
-            diff(&old, &new).unwrap().commands,
+            diff(&more, &fewer).unwrap().commands,
+            ["delete chain inet kubewire-proxy a"]
+        );
+        let moved = ruleset(&[("1.1.1.1", "goto a"), ("4.4.4.4", "goto a")], &["a"]);
+        assert_eq!(
+            diff(&old, &moved).unwrap().commands,
             [
-                "add chain inet kubewire-proxy b",
-                "add rule inet kubewire-proxy b counter comment \"b\"",
-                "delete element inet kubewire-proxy m { 1.1.1.1, 2.2.2.2 }",
-                "add element inet kubewire-proxy m { 1.1.1.1 : goto b, 3.3.3.3 : goto b }",
-                "delete chain inet kubewire-proxy a",
+                "delete element inet kubewire-proxy m { 2.2.2.2 }",
+                "add element inet kubewire-proxy m { 4.4.4.4 : goto a }",
             ]
         );
         let mut redeclared = new.clone();
