@@ -127,7 +127,7 @@ async fn full_load_then_element_diffs_drift_repair_and_cleanup() {
     assert!(!chain_exists(&netns, "endpoints-20"));
     let (ruleset, _) = compile(&map);
 
-    // Someone flushes a chain: the periodic check notices and the table is rewritten.
+    // Someone deletes a chain: the periodic check notices and the table is rewritten.
     common::sh(
         "ip",
         &[
@@ -135,11 +135,11 @@ async fn full_load_then_element_diffs_drift_repair_and_cleanup() {
             "exec",
             &netns.name,
             "nft",
-            "flush",
+            "delete",
             "chain",
             "inet",
             "kubewire-proxy",
-            "services",
+            "endpoints-16",
         ],
     );
     let applied = reconciler

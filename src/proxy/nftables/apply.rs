@@ -2,7 +2,9 @@
 //! first sync (and any after a failure or detected drift) replaces the whole table in
 //! one transaction; every other sync applies the element-level difference from what
 //! was last applied, kept in memory, in one transaction. The table is only read back
-//! by the periodic sync, tersely (chains, rule counts and set names, no elements).
+//! by the periodic sync: its chain names every time (cheap), and every
+//! [`FULL_CHECK_EVERY`]th time a terse listing (rule counts and set names too), which
+//! costs seconds with hundreds of thousands of elements.
 
 use std::collections::BTreeMap;
 
@@ -11,6 +13,9 @@ use serde_json::Value;
 use super::nft::ProxyNft;
 use super::ruleset::{self, Ruleset};
 use crate::agent::SyncReason;
+
+/// One periodic check in this many also compares rule counts and sets.
+pub const FULL_CHECK_EVERY: u64 = 10;
 
 /// What one sync did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,11 +29,16 @@ pub struct Reconciler {
     nft: ProxyNft,
     /// What the kernel holds, as far as we know; `None` forces a full replacement.
     applied: Option<Ruleset>,
+    periodic_checks: u64,
 }
 
 impl Reconciler {
     pub fn new(nft: ProxyNft) -> Self {
-        Self { nft, applied: None }
+        Self {
+            nft,
+            applied: None,
+            periodic_checks: 0,
+        }
     }
 
     /// Brings the kernel to `desired`. On error the next sync replaces the table.
@@ -63,9 +73,14 @@ impl Reconciler {
         let Some(applied) = self.applied.as_ref() else {
             return Ok(());
         };
-        let differences = match self.nft.list_terse().await? {
-            None => vec!["the table is gone".to_string()],
-            Some(listing) => differences(applied, &listing),
+        self.periodic_checks += 1;
+        let differences = if self.periodic_checks.is_multiple_of(FULL_CHECK_EVERY) {
+            match self.nft.list_terse().await? {
+                None => vec!["the table is gone".to_string()],
+                Some(listing) => differences(applied, &listing),
+            }
+        } else {
+            chain_differences(applied, &self.nft.list_chains().await?)
         };
         if !differences.is_empty() {
             tracing::warn!(
@@ -76,6 +91,35 @@ impl Reconciler {
         }
         Ok(())
     }
+}
+
+/// Which of `expected`'s chains are missing from a `nft -j list chains` listing, and
+/// which chains of our table are not expected.
+pub fn chain_differences(expected: &Ruleset, listing: &Value) -> Vec<String> {
+    let items = listing
+        .get("nftables")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let present: Vec<&str> = items
+        .iter()
+        .filter_map(|item| item.get("chain"))
+        .filter(|c| c.get("table").and_then(Value::as_str) == Some(ruleset::TABLE))
+        .filter_map(|c| c.get("name").and_then(Value::as_str))
+        .collect();
+    let mut out: Vec<String> = expected
+        .chains
+        .keys()
+        .filter(|n| !present.contains(&n.as_str()))
+        .map(|n| format!("chain {n} is missing"))
+        .collect();
+    out.extend(
+        present
+            .iter()
+            .filter(|n| !expected.chains.contains_key(**n))
+            .map(|n| format!("unexpected chain {n}")),
+    );
+    out
 }
 
 /// How a terse `nft -j` listing differs from `expected` in chains, rule counts and
@@ -160,6 +204,14 @@ mod tests {
             serde_json::json!({ "nftables": items })
         };
         assert!(differences(&expected, &listing(2, false)).is_empty());
+        let chains = serde_json::json!({"nftables": [
+            {"chain": {"family": "inet", "table": "kubewire-proxy", "name": "intruder"}},
+            {"chain": {"family": "inet", "table": "kubewire", "name": "services"}},
+        ]});
+        assert_eq!(
+            chain_differences(&expected, &chains),
+            ["chain services is missing", "unexpected chain intruder"]
+        );
         assert_eq!(
             differences(&expected, &listing(3, true)),
             [
