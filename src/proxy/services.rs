@@ -236,16 +236,12 @@ fn service_ports(
 
     let mut out = Vec::new();
     for (i, port) in spec.ports.iter().flatten().enumerate() {
-        let protocol = match port.protocol.as_deref().unwrap_or("TCP") {
-            text => match Protocol::parse(text) {
-                Some(p) => p,
-                None => {
-                    errors.push(format!(
-                        "Service {key}: spec.ports[{i}].protocol {text:?} is not TCP, UDP or SCTP"
-                    ));
-                    continue;
-                }
-            },
+        let text = port.protocol.as_deref().unwrap_or("TCP");
+        let Some(protocol) = Protocol::parse(text) else {
+            errors.push(format!(
+                "Service {key}: spec.ports[{i}].protocol {text:?} is not TCP, UDP or SCTP"
+            ));
+            continue;
         };
         let Ok(number) = u16::try_from(port.port).map_err(|_| {
             errors.push(format!(

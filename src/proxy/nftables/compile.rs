@@ -178,7 +178,7 @@ impl Builder {
             .iter()
             .filter(|f| (f.kind == FrontendKind::ClusterIp) == cluster_ip);
         for frontend in wanted {
-            let key = frontend_key(&frontend);
+            let key = frontend_key(frontend);
             if let Some(owner) = self.claimed.get(&key) {
                 self.problems.push(format!(
                     "Service {}: {} {} is already served by {owner}; ignored",

@@ -10,19 +10,10 @@ use super::ruleset::{FAMILY, TABLE};
 use crate::firewall::nft::{Nft, NftError};
 
 /// `nft`, on $PATH in this network namespace or (tests) inside a named one.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct ProxyNft {
     runner: Nft,
     netns: Option<String>,
-}
-
-impl Default for ProxyNft {
-    fn default() -> Self {
-        Self {
-            runner: Nft::default(),
-            netns: None,
-        }
-    }
 }
 
 impl ProxyNft {
