@@ -5,6 +5,7 @@
 //! Service traffic, which `proxy trace` does not model.
 
 mod common;
+mod proxy_support;
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -51,27 +52,8 @@ impl Drop for Lab {
 }
 
 fn trace(manifests: &Path, node: &str, from: &str, to: &str, port: u64, protocol: &str) -> Value {
-    let port = port.to_string();
-    let manifests = manifests.to_str().unwrap();
-    let args = [
-        "proxy",
-        "trace",
-        "--manifests",
-        manifests,
-        "--node",
-        node,
-        "--from",
-        from,
-        "--to",
-        to,
-        "--port",
-        &port,
-        "--protocol",
-        protocol,
-        "--format",
-        "json",
-    ];
-    serde_json::from_str(&success(kubewire(&args), &args.join(" "))).unwrap()
+    let out = proxy_support::trace(manifests.to_str().unwrap(), node, from, to, port, protocol);
+    serde_json::from_str(&out).unwrap()
 }
 
 /// Runs the lab on `manifests` and checks every Service probe against `proxy trace`.

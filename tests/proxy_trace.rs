@@ -2,34 +2,12 @@
 //! Service per kube-proxy rule): every rule's verdict, exactly as CONTRACT.md prints it.
 
 mod common;
+mod proxy_support;
 
 use common::{kubewire, success, temp_dir};
+use proxy_support::trace;
 
 const MANIFESTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/proxy");
-
-/// `proxy trace … --format json` on `manifests`.
-fn trace(manifests: &str, node: &str, from: &str, to: &str, port: u16, protocol: &str) -> String {
-    let port = port.to_string();
-    let args = [
-        "proxy",
-        "trace",
-        "--manifests",
-        manifests,
-        "--node",
-        node,
-        "--from",
-        from,
-        "--to",
-        to,
-        "--port",
-        &port,
-        "--protocol",
-        protocol,
-        "--format",
-        "json",
-    ];
-    success(kubewire(&args), &args.join(" ")).trim().to_string()
-}
 
 fn forward(backends: &[&str], masquerade: bool) -> String {
     format!(
@@ -52,7 +30,7 @@ const N2: &str = "192.168.50.12";
 fn every_rule_of_the_example() {
     let web = ["10.244.1.10:8080", "10.244.2.10:8080"];
     #[rustfmt::skip]
-    let cases: Vec<(&str, &str, &str, &str, u16, &str, String)> = vec![
+    let cases: Vec<(&str, &str, &str, &str, u64, &str, String)> = vec![
         ("ClusterIP, named targetPort, unready endpoint left out", "n1", CLIENT, "10.96.1.10", 80, "TCP", forward(&web, false)),
         ("ClusterIP from off-cluster is masqueraded", "n1", OUTSIDE, "10.96.1.10", 80, "TCP", forward(&web, true)),
         ("ClusterIP from the node is masqueraded", "n1", N1, "10.96.1.10", 80, "TCP", forward(&web, true)),
