@@ -129,7 +129,7 @@ fn resource(
     });
     let is_watch = params.watch || target.legacy_watch;
     match (method.clone(), location) {
-        (Method::GET, _) if is_watch => watch(shared, &target, &params),
+        (Method::GET, _) if is_watch => watch(shared, &target, &params, headers),
         (Method::GET, None) => list(shared, &target, &params, headers),
         (Method::GET, Some(location)) => get(shared, location, &params, headers),
         (Method::POST, None) if scope == Scope::Object => {
@@ -402,7 +402,12 @@ fn list_response(target: &Target, metadata: &Value, items: &[Arc<Value>]) -> Res
         .into_response()
 }
 
-fn watch(shared: &Arc<Shared>, target: &Target, params: &Params) -> Result<Response, ApiError> {
+fn watch(
+    shared: &Arc<Shared>,
+    target: &Target,
+    params: &Params,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     let selection = selection(target, params)?;
     let requested = params.resource_version_number()?;
     let start = match (requested, params.send_initial_events) {
@@ -420,8 +425,11 @@ fn watch(shared: &Arc<Shared>, target: &Target, params: &Params) -> Result<Respo
         },
         (Some(rv), _) => Start::After(rv),
     };
+    let table = table::requested_version(header_str(headers, header::ACCEPT))
+        .map(|version| (version, params.include_object.clone()));
     let request = WatchRequest {
         selection,
+        table,
         start,
         bookmarks: params.bookmarks,
         timeout: params.timeout.unwrap_or(DEFAULT_WATCH_TIMEOUT),
