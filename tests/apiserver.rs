@@ -877,9 +877,14 @@ async fn kubectl_get_create_apply_replace_patch_delete() {
     );
     let (ok, out, _) = run(args(&format!("create -f {manifest}"))).await.unwrap();
     assert!(!ok, "a second create fails: {out}");
+    let (ok, out, err) = run(args("create namespace extra")).await.unwrap();
+    assert!(
+        ok,
+        "kubectl create namespace (a protobuf body): {out} {err}"
+    );
     let (ok, out, err) = run(args("get ns")).await.unwrap();
     assert!(ok, "{err}");
-    for ns in ["a ", "b ", "default ", "shop "] {
+    for ns in ["a ", "b ", "default ", "extra ", "shop "] {
         assert!(out.contains(ns), "{ns:?} in {out}");
     }
     let (ok, out, err) = run(args(

@@ -17,6 +17,7 @@ use super::openapi;
 use super::params::{Continue, DEFAULT_WATCH_TIMEOUT, Params};
 use super::patch::PatchType;
 use super::path::{Route, Target, route};
+use super::protobuf;
 use super::selector::{FieldSelector, LabelSelector};
 use super::server::Shared;
 use super::status::ApiError;
@@ -203,7 +204,9 @@ fn parse_yaml(body: &[u8]) -> Result<Value, ApiError> {
 
 fn parse_body(body: &[u8], headers: &HeaderMap) -> Result<Value, ApiError> {
     let content_type = header_str(headers, header::CONTENT_TYPE);
-    if content_type.contains("yaml") {
+    if content_type.starts_with(protobuf::CONTENT_TYPE) {
+        protobuf::decode(body)
+    } else if content_type.contains("yaml") {
         parse_yaml(body)
     } else if content_type.is_empty() || content_type.contains("json") {
         parse_json(body)

@@ -14,8 +14,8 @@
 //! Not served: graceful deletion (deletes are immediate; a Namespace takes its
 //! contents with it at once), field ownership (server-side apply is a merge of the
 //! applied configuration), deletecollection, ClusterIP allocation and defaulting
-//! beyond what [`crate::cache::manifests::apply_defaults`] does, protobuf, and
-//! authentication.
+//! beyond what [`crate::cache::manifests::apply_defaults`] does, protobuf (but for
+//! the Namespace kubectl's `create namespace` posts), and authentication.
 
 mod discovery;
 mod history;
@@ -25,6 +25,7 @@ mod openapi;
 mod params;
 mod patch;
 mod path;
+mod protobuf;
 mod resource;
 mod selector;
 mod server;
