@@ -579,23 +579,17 @@ impl ApiState {
     /// A store holding the `default` Namespace (kube-apiserver always has it) and
     /// `seed`, in order (a later duplicate replaces an earlier one, as `kubectl apply`
     /// would); each object keeps its status.
-    pub fn seeded(seed: &[ManifestObject], history: usize) -> anyhow::Result<ApiState> {
+    pub fn seeded(seed: Vec<ManifestObject>, history: usize) -> anyhow::Result<ApiState> {
         let mut state = ApiState::new(history);
         let default = json!({"metadata": {"name": "default"}});
         state
             .put(Kind::Namespace, default)
             .map_err(|err| anyhow::anyhow!("creating the default namespace: {}", err.message))?;
-        for object in seed {
+        for ManifestObject { kind, value } in seed {
+            let name = object_name(&value);
             state
-                .put(object.kind, object.value.clone())
-                .map_err(|err| {
-                    anyhow::anyhow!(
-                        "seeding {} {}: {}",
-                        object.kind,
-                        object_name(&object.value),
-                        err.message
-                    )
-                })?;
+                .put(kind, value)
+                .map_err(|err| anyhow::anyhow!("seeding {kind} {name}: {}", err.message))?;
         }
         Ok(state)
     }
