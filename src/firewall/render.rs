@@ -4,6 +4,7 @@
 //! order the kernel accepts). Either is one file, so one atomic transaction.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use super::model::{Chain, ChainKind, FAMILY, Ruleset, Set, TABLE};
 use super::netlink::ElementBatch;
@@ -106,7 +107,11 @@ pub fn full(ruleset: &Ruleset) -> Transaction {
     for (name, set) in ruleset.sets.iter().filter(|(_, s)| !s.kind.is_map()) {
         write_set(&mut text, name, set);
     }
-    let mut chains: Vec<(&String, &Chain)> = ruleset.chains.iter().collect();
+    let mut chains: Vec<(&String, &Chain)> = ruleset
+        .chains
+        .iter()
+        .map(|(n, c)| (n, c.as_ref()))
+        .collect();
     chains.sort_by_key(|(name, chain)| (chain.kind, name.as_str()));
     for (name, chain) in chains
         .iter()
@@ -234,6 +239,9 @@ pub fn diff(old: &Ruleset, new: &Ruleset) -> Option<Transaction> {
         let Some(previous) = old.sets.get(name) else {
             continue;
         };
+        if Arc::ptr_eq(&previous.elements, &set.elements) {
+            continue;
+        }
         let gone: Vec<&String> = previous
             .elements
             .iter()
@@ -258,7 +266,9 @@ pub fn diff(old: &Ruleset, new: &Ruleset) -> Option<Transaction> {
     // 3. Rules of new and changed chains.
     for (name, chain) in &new.chains {
         match old.chains.get(name) {
-            Some(previous) if previous.rules == chain.rules => continue,
+            Some(previous) if Arc::ptr_eq(previous, chain) || previous.rules == chain.rules => {
+                continue;
+            }
             Some(_) => tx.push(CommandKind::Rules, format!("flush chain {t} {name}"), 0),
             None => {}
         }
@@ -269,6 +279,9 @@ pub fn diff(old: &Ruleset, new: &Ruleset) -> Option<Transaction> {
     // 4. Element adds, now that every chain a verdict may jump to exists.
     for (name, set) in &new.sets {
         let previous = old.sets.get(name);
+        if previous.is_some_and(|p| Arc::ptr_eq(&p.elements, &set.elements)) {
+            continue;
+        }
         let added: Vec<(&String, &String)> = set
             .elements
             .iter()
@@ -365,47 +378,52 @@ fn join(keys: &[&String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::firewall::model::{Family, SetKind};
+    use crate::firewall::model::{Family, Members, SetKind};
     use std::collections::BTreeMap;
 
     fn ruleset(peers: &[&str], dispatch: &[(&str, &str)], extra_chain: bool) -> Ruleset {
         let mut r = Ruleset::default();
         r.sets.insert(
             "pods4/p".into(),
-            Set {
-                kind: SetKind::Addr(Family::V4),
-                comment: Some("pods app=a in namespace x".into()),
-                elements: peers
-                    .iter()
-                    .map(|p| (p.to_string(), String::new()))
-                    .collect(),
-            },
+            std::sync::Arc::new(
+                Set::new(
+                    SetKind::Addr(Family::V4),
+                    Some("pods app=a in namespace x".into()),
+                    Members::Other,
+                )
+                .with_elements(
+                    peers
+                        .iter()
+                        .map(|p| (p.to_string(), String::new()))
+                        .collect(),
+                ),
+            ),
         );
         r.sets.insert(
             "ingress-dispatch4".into(),
-            Set {
-                kind: SetKind::Dispatch(Family::V4),
-                comment: None,
-                elements: dispatch
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect::<BTreeMap<_, _>>(),
-            },
+            std::sync::Arc::new(
+                Set::new(SetKind::Dispatch(Family::V4), None, Members::Other).with_elements(
+                    dispatch
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect::<BTreeMap<_, _>>(),
+                ),
+            ),
         );
         r.chains.insert(
             "ingress/x/p".into(),
-            Chain {
+            std::sync::Arc::new(Chain {
                 kind: ChainKind::Policy,
                 rules: vec!["ip saddr @pods4/p accept".into()],
-            },
+            }),
         );
         if extra_chain {
             r.chains.insert(
                 "ingress/x/q".into(),
-                Chain {
+                std::sync::Arc::new(Chain {
                     kind: ChainKind::Policy,
                     rules: vec!["tcp dport 80 accept".into()],
-                },
+                }),
             );
         }
         r
