@@ -1,7 +1,8 @@
 //! Pods, the way a kubelet and its container runtime would run them: a netns per Pod
 //! wired by the node's CNI chain (the conflist the node's agent wrote, plugins run
-//! inside the node netns through [`crate::cni::exec`]), the planned address requested
-//! with host-local's `IP=` argument and checked against the result, the ADD result
+//! inside the node netns through [`crate::cni::exec`]), the planned addresses requested
+//! from host-local through the network config's `args.cni.ips` (its `IP=` CNI_ARGS
+//! takes one address only, so no dual stack) and checked against the result, the ADD result
 //! kept for the DEL on teardown, a responder process answering on the Pod's ports,
 //! and the Pod's status (podIP(s), hostIP, phase Running) written to the API server.
 //! `hostNetwork` Pods skip CNI and run their responder in the node netns.
@@ -27,7 +28,6 @@ const CNI_RESULT: &str = "cni-result.json";
 const POD_IFNAME: &str = "eth0";
 
 fn attachment(pod: &PodPlan, netns_name: &str) -> Attachment {
-    let ips: Vec<String> = pod.ips.iter().map(ToString::to_string).collect();
     Attachment {
         container_id: pod.container_id.clone(),
         netns: netns::path(netns_name),
@@ -39,9 +39,27 @@ fn attachment(pod: &PodPlan, netns_name: &str) -> Attachment {
                 "K8S_POD_INFRA_CONTAINER_ID".into(),
                 pod.container_id.clone(),
             ),
-            ("IP".into(), ips.join(",")),
         ],
         capability_args: Default::default(),
+    }
+}
+
+/// Asks the IPAM of every plugin that has one (host-local) for exactly `ips`, through
+/// the conventional `args.cni.ips` of its network config.
+fn request_ips(conflist: &mut Value, ips: &[IpAddr]) {
+    let ips: Vec<Value> = ips.iter().map(|ip| json!(ip.to_string())).collect();
+    let plugins = conflist
+        .get_mut("plugins")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten();
+    for plugin in plugins.filter(|p| p.get("ipam").is_some()) {
+        if let Some(plugin) = plugin.as_object_mut() {
+            let args = plugin.entry("args").or_insert_with(|| json!({}));
+            if let Some(args) = args.as_object_mut() {
+                args.insert("cni".into(), json!({"ips": ips}));
+            }
+        }
     }
 }
 
@@ -72,7 +90,8 @@ pub async fn wire(
         s.clone()
     })?;
     netns::add(&pod_netns).with_context(|| format!("Pod {key}"))?;
-    let conflist = read_conflist(conflist)?;
+    let mut conflist = read_conflist(conflist)?;
+    request_ips(&mut conflist, &pod.ips);
     let runner = PluginRunner {
         plugin_dirs: plugin_dirs.to_vec(),
         node_netns: Some(node.netns.clone()),
@@ -92,7 +111,7 @@ pub async fn wire(
     let got: BTreeSet<IpAddr> = result.pod_ips().into_iter().collect();
     let wanted: BTreeSet<IpAddr> = pod.ips.iter().copied().collect();
     if got != wanted {
-        bail!("Pod {key}: CNI gave {got:?}, the lab asked for {wanted:?} (host-local IP=)");
+        bail!("Pod {key}: CNI gave {got:?}, the lab asked for {wanted:?} (args.cni.ips)");
     }
     Ok(pod.ips.clone())
 }
@@ -183,4 +202,27 @@ pub async fn report_running(
         .await
         .with_context(|| format!("Pod {}: writing status", pod.key()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_ipam_plugin_is_asked_for_all_planned_addresses() {
+        let mut conflist = json!({"plugins": [
+            {"type": "bridge", "ipam": {"type": "host-local"}},
+            {"type": "portmap", "capabilities": {"portMappings": true}},
+        ]});
+        let ips: Vec<IpAddr> = vec![
+            "10.244.1.10".parse().unwrap(),
+            "fd00:10:244:1::10".parse().unwrap(),
+        ];
+        request_ips(&mut conflist, &ips);
+        assert_eq!(
+            conflist["plugins"][0]["args"],
+            json!({"cni": {"ips": ["10.244.1.10", "fd00:10:244:1::10"]}})
+        );
+        assert_eq!(conflist["plugins"][1].get("args"), None);
+    }
 }

@@ -561,6 +561,8 @@ fn plan_pods(
             if ips.is_empty() {
                 continue;
             }
+            // The manifest's order of status.podIPs decides the primary address.
+            ips.sort_by_key(|ip| wanted.iter().position(|w| w == ip).unwrap_or(usize::MAX));
             ips
         };
         // Namespace names hold no '.', so `<namespace>.<name>` is unambiguous.
@@ -845,6 +847,40 @@ mod tests {
                     port: 80,
                     protocol: Protocol::Tcp
                 }
+            ]
+        );
+    }
+
+    #[test]
+    fn requested_addresses_keep_their_order() {
+        let dual = NODE
+            .replace("NAME", "n1")
+            .replace("ADDR", "192.168.50.11")
+            .replace(
+                "podCIDR: CIDR",
+                "podCIDRs: [10.244.1.0/24, \"fd00:1::/64\"]",
+            );
+        let pod = |name: &str, status: &str| {
+            format!(
+                "kind: Pod\nmetadata: {{name: {name}, namespace: x}}\n\
+                 spec: {{nodeName: n1, containers: [{{name: c}}]}}\nstatus: {status}\n---\n"
+            )
+        };
+        let yaml = dual
+            + &pod("a", r#"{podIPs: [{ip: "fd00:1::5"}, {ip: 10.244.1.5}]}"#)
+            + &pod("b", r#"{podIP: "fd00:1::6"}"#);
+        let plan = plan_of(&yaml);
+        let ips: Vec<Vec<String>> = plan
+            .pods
+            .iter()
+            .map(|p| p.ips.iter().map(ToString::to_string).collect())
+            .collect();
+        // Requested ones first, in the manifest's order; the rest by pod CIDR.
+        assert_eq!(
+            ips,
+            [
+                vec!["fd00:1::5", "10.244.1.5"],
+                vec!["fd00:1::6", "10.244.1.2"]
             ]
         );
     }
