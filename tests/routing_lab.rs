@@ -136,17 +136,23 @@ const POD_PORT: u16 = 8080;
 const TIMEOUT: Duration = Duration::from_secs(1);
 
 /// examples/routing/three-nodes.yaml (dual-stack; n3's pod CIDRs come from the
-/// `kubewire.io/pod-cidrs` annotation) and two pods on each node.
+/// `kubewire.io/pod-cidrs` annotation) and two pods on each node, labelled `app: a`
+/// and `app: b`, with their addresses given (so offline verbs see them too): `a`'s
+/// primary address is IPv4, `b`'s IPv6.
 fn dual_stack_manifests() -> tempfile::TempDir {
     let dir = temp_dir();
     let nodes = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/routing/three-nodes.yaml");
     std::fs::copy(&nodes, dir.path().join("nodes.yaml")).unwrap();
     let mut pods = String::new();
-    for node in ["n1", "n2", "n3"] {
-        for pod in ["a", "b"] {
+    for n in 1..=3 {
+        for (pod, host) in [("a", 10), ("b", 11)] {
+            let v4 = format!("10.244.{n}.{host}");
+            let v6 = format!("fd00:10:244:{n}::{host}");
+            let (first, second) = if pod == "a" { (v4, v6) } else { (v6, v4) };
             pods += &format!(
-                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {node}{pod}, namespace: default}}\n\
-                 spec: {{nodeName: {node}, containers: [{{name: c, ports: [{{containerPort: {POD_PORT}}}]}}]}}\n---\n"
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: n{n}{pod}, namespace: default, labels: {{app: {pod}}}}}\n\
+                 spec: {{nodeName: n{n}, containers: [{{name: c, ports: [{{containerPort: {POD_PORT}}}]}}]}}\n\
+                 status: {{podIP: '{first}', podIPs: [{{ip: '{first}'}}, {{ip: '{second}'}}]}}\n---\n"
             );
         }
     }
@@ -253,6 +259,17 @@ async fn pod_to_pod(plan: &LabPlan) -> BTreeSet<(String, String, &'static str)> 
         }
     }
     assert_eq!(probes.len(), 6 * 5 * 2, "6 dual-stack pods");
+    for pod in &plan.pods {
+        let primary_v4 = pod.name.ends_with('a');
+        assert_eq!(pod.ips.len(), 2, "{}: {:?}", pod.key(), pod.ips);
+        assert_eq!(
+            pod.ips[0].is_ipv4(),
+            primary_v4,
+            "{}: {:?}",
+            pod.key(),
+            pod.ips
+        );
+    }
     let mut failed = BTreeSet::new();
     let mut wrong = Vec::new();
     for outcome in send_all(plan, probes).await {
@@ -495,4 +512,55 @@ async fn routes_follow_nodes_through_the_api_and_drift_is_repaired() {
         "{metrics}"
     );
     assert_eq!(value("kubewire_routing_routes"), 2.0, "{metrics}");
+}
+
+/// `lab probe` and `firewall matrix` agree on a dual-stack cluster: both address a
+/// pair at the destination's primary address from the source's address of that
+/// family. The policy lets into the `b` pods (primary IPv6) only IPv6 from n1's pods
+/// and IPv4 from n2's — so from n2's pods, which reach `b` over IPv6, it is denied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_stack_probe_measures_what_firewall_matrix_predicts() {
+    let manifests = dual_stack_manifests();
+    std::fs::write(
+        manifests.path().join("policy.yaml"),
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: b, namespace: default}\n\
+         spec:\n  podSelector: {matchLabels: {app: b}}\n  ingress: [{from: [{ipBlock: {cidr: 'fd00:10:244:1::/64'}}, {ipBlock: {cidr: '10.244.2.0/24'}}]}]\n",
+    )
+    .unwrap();
+    let path = manifests.path().to_str().unwrap();
+    let predicted = success(
+        kubewire(&[
+            "firewall",
+            "matrix",
+            "--manifests",
+            path,
+            "--format",
+            "json",
+        ]),
+        "firewall matrix",
+    );
+    let lab = Lab::up(manifests.path(), &[]);
+    let mut probe = lab.args("probe");
+    probe.extend(["--format", "json"]);
+    let measured = success(kubewire(&probe), "lab probe");
+    let results = |json: &str| -> serde_json::Value {
+        serde_json::from_str::<serde_json::Value>(json).unwrap()["results"].clone()
+    };
+    assert_eq!(results(&measured), results(&predicted));
+    let allowed = |from: &str, to: &str| {
+        results(&measured)
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["from"] == from && r["to"] == to && r["allowed"] == true)
+    };
+    assert!(
+        allowed("default/n1a", "default/n3b"),
+        "IPv6 from n1: allowed"
+    );
+    assert!(
+        !allowed("default/n2a", "default/n3b"),
+        "IPv6 from n2: denied"
+    );
+    assert!(allowed("default/n2a", "default/n3a"), "a is open");
 }

@@ -2,7 +2,12 @@
 //! namespaces. For every ordered pair of distinct pods and every declared (port,
 //! protocol) of the destination: TCP/SCTP connect + the responder's answer, UDP one
 //! datagram (re-sent twice within the timeout) + the answer. `allowed` is true only
-//! when the destination pod itself answered; nothing is inferred. With `--services`,
+//! when the destination pod itself answered; nothing is inferred. Like `firewall
+//! matrix`, a pair is probed at the destination's primary address (the first of its
+//! podIPs) from the source's address of that family — a dual-stack pair is one row,
+//! and a source without that family cannot connect. [`ask`] (and `lab connect`)
+//! reaches any one address and returns the whole answer, including the source
+//! address the responder saw. With `--services`,
 //! each Service port is probed `--tries` times from every pod (ClusterIP) and from the
 //! external netns (NodePort on every node, externalIPs, LB ingress IPs), recording
 //! who answered. Probes run in parallel, each with a short timeout.

@@ -27,10 +27,11 @@
 //!   nothing in the cluster; when any Node is dual-stack also on the first of
 //!   fd00:0:ffff:ffff::/64, fd00:0:ffff:fffe::/64, … likewise.
 //! - Every Pod is bound to a node (`spec.nodeName`, else round-robin in (namespace,
-//!   name) order) and gets its addresses up front: `status.podIP(s)` when the
-//!   manifest gives them, else the next free host of each of the node's pod CIDRs
-//!   (skipping the network address and the bridge gateway `.1`). `hostNetwork` Pods
-//!   share their node's netns and addresses.
+//!   name) order) and gets one address per pod CIDR of its node, up front: those of
+//!   `status.podIP(s)` that the manifest gives, else the next free host of the CIDR
+//!   (skipping the network address and the bridge gateway `.1`); in pod CIDR order,
+//!   except that the manifest's first address stays first (the primary).
+//!   `hostNetwork` Pods share their node's netns and addresses.
 //! - Bad input for one object (only an IPv6 InternalIP, a podIP outside its node's
 //!   CIDRs, an unknown nodeName) skips that object with a warning naming it and the
 //!   field; the rest of the lab is still planned.
@@ -709,6 +710,14 @@ fn plan_pods(
             if ips.is_empty() {
                 continue;
             }
+            // The manifest's first address stays the primary (status.podIP), as the
+            // offline verbs read it; the others follow in pod CIDR order.
+            ips.sort_by_key(|ip| {
+                wanted
+                    .iter()
+                    .position(|w| w.is_ipv4() == ip.is_ipv4())
+                    .unwrap_or(usize::MAX)
+            });
             ips
         };
         // Namespace names hold no '.', so `<namespace>.<name>` is unambiguous.
@@ -1136,7 +1145,8 @@ mod tests {
             + &dual("d", 4, "192.168.50.14", "fd00:51::14", "")
             + &node("e", "192.168.50.15", "10.244.5.0/24")
             + &pod("p", ", nodeName: c")
-            + &pod("h", ", nodeName: a, hostNetwork: true");
+            + &pod("h", ", nodeName: a, hostNetwork: true")
+            + &pod("q", ", nodeName: b}\nstatus: {podIP: 'fd00:10:244:2::9'");
         let plan = plan_of(&yaml);
         let subnets: Vec<_> = plan
             .subnets
@@ -1202,6 +1212,11 @@ mod tests {
         assert_eq!(
             plan.pod("x/h").unwrap().ips,
             ips(&["192.168.50.11", "fd00:50::1"])
+        );
+        assert_eq!(
+            plan.pod("x/q").unwrap().ips,
+            ips(&["fd00:10:244:2::9", "10.244.2.2"]),
+            "the manifest's podIP stays the primary"
         );
     }
 
