@@ -152,18 +152,20 @@ impl PodPlan {
 impl NodePlan {
     /// The node's underlay addresses: IPv4, then IPv6 when dual-stack.
     pub fn addresses(&self) -> Vec<IpAddr> {
-        std::iter::once(IpAddr::V4(self.address))
-            .chain(self.address6.map(IpAddr::V6))
-            .collect()
+        v4_then_v6(self.address, self.address6)
     }
+}
+
+fn v4_then_v6(v4: Ipv4Addr, v6: Option<Ipv6Addr>) -> Vec<IpAddr> {
+    std::iter::once(IpAddr::V4(v4))
+        .chain(v6.map(IpAddr::V6))
+        .collect()
 }
 
 impl ExternalPlan {
     /// The external netns's addresses: IPv4, then IPv6 when the lab is dual-stack.
     pub fn addresses(&self) -> Vec<IpAddr> {
-        std::iter::once(IpAddr::V4(self.address))
-            .chain(self.address6.map(IpAddr::V6))
-            .collect()
+        v4_then_v6(self.address, self.address6)
     }
 }
 
