@@ -61,7 +61,7 @@ impl Reconciler {
             Some(transaction) if transaction.is_empty() => Ok(Applied::Nothing),
             Some(transaction) => self
                 .nft
-                .apply(&transaction.text())
+                .apply_transaction(&transaction)
                 .await
                 .map(|()| Applied::Incremental { transaction }),
             None => {

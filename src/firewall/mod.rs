@@ -19,6 +19,7 @@ pub mod input;
 pub mod matrix;
 pub mod metrics;
 pub mod model;
+pub mod netlink;
 pub mod nft;
 pub mod policy;
 pub mod render;

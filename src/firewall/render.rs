@@ -6,6 +6,7 @@
 use std::fmt::Write as _;
 
 use super::model::{Chain, ChainKind, FAMILY, Ruleset, Set, TABLE};
+use super::netlink::ElementBatch;
 
 /// One `nft -f` file.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -20,6 +21,8 @@ pub struct Command {
     pub text: String,
     /// Elements added or deleted by this command.
     pub elements: usize,
+    /// For element commands, the same change in structured form (for netlink).
+    pub batch: Option<ElementBatch>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -69,7 +72,19 @@ impl Transaction {
             kind,
             text,
             elements,
+            batch: None,
         });
+    }
+
+    /// The element batches of an elements-only transaction, if netlink can send all.
+    pub fn element_batches(&self) -> Option<Vec<ElementBatch>> {
+        if !self.elements_only() {
+            return None;
+        }
+        self.commands
+            .iter()
+            .map(|c| c.batch.clone().filter(ElementBatch::supported))
+            .collect()
     }
 }
 
@@ -231,6 +246,13 @@ pub fn diff(old: &Ruleset, new: &Ruleset) -> Option<Transaction> {
                 format!("delete element {t} {name} {{ {} }}", join(&gone)),
                 gone.len(),
             );
+            attach(
+                &mut tx,
+                name,
+                set,
+                true,
+                gone.iter().map(|k| ((*k).clone(), String::new())).collect(),
+            );
         }
     }
     // 3. Rules of new and changed chains.
@@ -247,17 +269,27 @@ pub fn diff(old: &Ruleset, new: &Ruleset) -> Option<Transaction> {
     // 4. Element adds, now that every chain a verdict may jump to exists.
     for (name, set) in &new.sets {
         let previous = old.sets.get(name);
-        let added: Vec<String> = set
+        let added: Vec<(&String, &String)> = set
             .elements
             .iter()
             .filter(|(k, v)| previous.and_then(|p| p.elements.get(*k)) != Some(*v))
-            .map(|(k, _)| set.element(k))
             .collect();
         if !added.is_empty() {
+            let text: Vec<String> = added.iter().map(|(k, _)| set.element(k)).collect();
             tx.push(
                 CommandKind::AddElements,
-                format!("add element {t} {name} {{ {} }}", added.join(", ")),
+                format!("add element {t} {name} {{ {} }}", text.join(", ")),
                 added.len(),
+            );
+            attach(
+                &mut tx,
+                name,
+                set,
+                false,
+                added
+                    .iter()
+                    .map(|(k, v)| ((*k).clone(), (*v).clone()))
+                    .collect(),
             );
         }
     }
@@ -303,6 +335,24 @@ pub fn diff(old: &Ruleset, new: &Ruleset) -> Option<Transaction> {
         );
     }
     Some(tx)
+}
+
+/// Gives the last command its structured element batch.
+fn attach(
+    tx: &mut Transaction,
+    name: &str,
+    set: &Set,
+    delete: bool,
+    elements: Vec<(String, String)>,
+) {
+    if let Some(command) = tx.commands.last_mut() {
+        command.batch = Some(ElementBatch {
+            set: name.to_string(),
+            kind: set.kind,
+            delete,
+            elements,
+        });
+    }
 }
 
 fn join(keys: &[&String]) -> String {
