@@ -65,8 +65,8 @@ pub fn load_objects(path: &Path) -> Result<Vec<ManifestObject>, ManifestError> {
 
 /// Parses one multi-document YAML text; `file` only names it in errors.
 pub fn parse_documents(file: &Path, text: &str) -> Result<Vec<ManifestObject>, ManifestError> {
-    let documents: Vec<Value> =
-        serde_saphyr::from_multiple(text).map_err(|err| ManifestError::Yaml {
+    let documents: Vec<Value> = serde_saphyr::from_multiple_with_options(text, yaml_options())
+        .map_err(|err| ManifestError::Yaml {
             path: file.to_path_buf(),
             message: err.to_string(),
         })?;
@@ -80,6 +80,18 @@ pub fn parse_documents(file: &Path, text: &str) -> Result<Vec<ManifestObject>, M
         }
     }
     Ok(objects)
+}
+
+/// Manifests are the operator's own files, often thousands of objects in one file:
+/// lift serde-saphyr's limits for untrusted input (1,024 documents, 250,000 nodes).
+fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_documents: 10_000_000,
+            max_nodes: 500_000_000,
+            max_events: 2_000_000_000,
+        },
+    }
 }
 
 fn flatten_lists(document: Value) -> Vec<Value> {
@@ -393,6 +405,14 @@ mod tests {
                 .contains("`kind`: missing")
         );
         assert!(matches!(parse("a: [1,\n"), Err(ManifestError::Yaml { .. })));
+    }
+
+    #[test]
+    fn thousands_of_documents_in_one_file() {
+        let text: String = (0..5000)
+            .map(|i| format!("kind: Node\nmetadata: {{name: n{i}, labels: {{a: b}}}}\n---\n"))
+            .collect();
+        assert_eq!(parse(&text).unwrap().len(), 5000);
     }
 
     #[test]

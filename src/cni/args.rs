@@ -15,4 +15,15 @@ pub struct CniArgs {
     /// The pod MTU; else the node interface's MTU minus the overlay overhead.
     #[arg(long, env = "KUBEWIRE_MTU")]
     pub mtu: Option<u32>,
+    /// Where host-local keeps its leases (the conflist's ipam.dataDir); else the
+    /// plugin's default, /var/lib/cni/networks.
+    #[arg(long, env = "KUBEWIRE_CNI_IPAM_DATA_DIR")]
+    pub cni_ipam_data_dir: Option<PathBuf>,
+}
+
+impl CniArgs {
+    /// The conflist's path: --cni-conf-dir / --cni-conf-file.
+    pub fn conf_path(&self) -> PathBuf {
+        self.cni_conf_dir.join(&self.cni_conf_file)
+    }
 }

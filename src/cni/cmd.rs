@@ -5,7 +5,8 @@ use crate::cli::ManifestsArg;
 pub enum CniCommand {
     /// Run the CNI config controller alone.
     Run(Box<AgentArgs>),
-    /// The conflist this node would write.
+    /// The conflist this node would write (the node interface's MTU taken as 1500
+    /// unless --mtu is given).
     Plan(PlanArgs),
 }
 
@@ -24,6 +25,22 @@ pub struct PlanArgs {
 pub async fn dispatch(cmd: CniCommand) -> anyhow::Result<()> {
     match cmd {
         CniCommand::Run(args) => agent::run(*args, &[ControllerKind::Cni]).await,
-        CniCommand::Plan(_) => anyhow::bail!("`cni plan` is not built yet (issue 2)"),
+        CniCommand::Plan(args) => {
+            print!("{}", plan(&args)?);
+            Ok(())
+        }
     }
+}
+
+/// The pretty conflist JSON for `kubewire cni plan`.
+pub fn plan(args: &PlanArgs) -> anyhow::Result<String> {
+    let snapshot = args.manifests.load()?;
+    let conflist = super::compile::compile(
+        &snapshot,
+        &args.node,
+        &args.cni,
+        &args.routing,
+        super::compile::DEFAULT_LINK_MTU,
+    )?;
+    Ok(String::from_utf8(conflist.to_bytes())?)
 }

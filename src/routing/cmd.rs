@@ -1,3 +1,13 @@
+//! `kubewire routing run|plan`.
+
+use std::fmt::Write;
+
+use ipnet::IpNet;
+use serde::Serialize;
+
+use super::compile::{self, CompileOptions, HostFacts};
+use super::model::{RoutingPlan, Tunnel};
+use super::ruleset;
 use crate::agent::{self, AgentArgs, ControllerKind};
 use crate::cli::{ManifestsArg, OutputFormat};
 
@@ -5,7 +15,7 @@ use crate::cli::{ManifestsArg, OutputFormat};
 pub enum RoutingCommand {
     /// Run the routing controller alone.
     Run(Box<AgentArgs>),
-    /// The routes, tunnels and BGP paths this node would install and advertise.
+    /// The bridge, routes, tunnels and nftables rules this node would install.
     Plan(RoutingPlanArgs),
 }
 
@@ -19,11 +29,177 @@ pub struct RoutingPlanArgs {
     pub format: OutputFormat,
     #[command(flatten)]
     pub routing: super::RoutingArgs,
+    /// A subnet the node reaches without a router (repeatable). The agent reads these
+    /// from the kernel; without the flag the plan assumes the /24 (IPv4) and /64
+    /// (IPv6) around each node address.
+    #[arg(long = "local-subnet", value_delimiter = ',')]
+    pub local_subnets: Vec<IpNet>,
+    /// The MTU of the node's underlay interface (the agent reads it from the kernel).
+    #[arg(long, default_value_t = 1500)]
+    pub underlay_mtu: u32,
+    /// The pod MTU; else the underlay MTU minus the overlay overhead.
+    #[arg(long)]
+    pub mtu: Option<u32>,
+    /// Service CIDRs when the manifests have no ServiceCIDR objects.
+    #[arg(long, value_delimiter = ',', default_value = "10.96.0.0/12")]
+    pub service_cluster_ip_range: Vec<IpNet>,
 }
 
 pub async fn dispatch(cmd: RoutingCommand) -> anyhow::Result<()> {
     match cmd {
         RoutingCommand::Run(args) => agent::run(*args, &[ControllerKind::Routing]).await,
-        RoutingCommand::Plan(_) => anyhow::bail!("`routing plan` is not built yet (issue 5)"),
+        RoutingCommand::Plan(args) => {
+            print!("{}", plan(&args)?);
+            Ok(())
+        }
     }
+}
+
+/// The JSON form: the plan plus the nftables table as `nft -f` text.
+#[derive(Serialize)]
+struct PlanOutput<'a> {
+    #[serde(flatten)]
+    plan: &'a RoutingPlan,
+    nftables_ruleset: String,
+}
+
+/// `routing plan` output.
+pub fn plan(args: &RoutingPlanArgs) -> anyhow::Result<String> {
+    let snapshot = args.manifests.load()?;
+    let node_ips = compile::node_ips(&snapshot, &args.node, &args.routing)?;
+    let assumed = args.local_subnets.is_empty();
+    let local_subnets = if assumed {
+        node_ips
+            .iter()
+            .filter_map(|ip| IpNet::new(*ip, if ip.is_ipv4() { 24 } else { 64 }).ok())
+            .map(|net| net.trunc())
+            .collect()
+    } else {
+        args.local_subnets.clone()
+    };
+    let host = HostFacts {
+        local_subnets,
+        underlay_mtu: Some(args.underlay_mtu),
+    };
+    let options = CompileOptions {
+        routing: args.routing.clone(),
+        service_cidrs: args.service_cluster_ip_range.clone(),
+        mtu: args.mtu,
+    };
+    let plan = compile::compile(&snapshot, &args.node, &options, &host)?;
+    Ok(match args.format {
+        OutputFormat::Json => {
+            let output = PlanOutput {
+                plan: &plan,
+                nftables_ruleset: ruleset::render(&plan.nftables),
+            };
+            serde_json::to_string_pretty(&output)? + "\n"
+        }
+        OutputFormat::Text => render_text(&plan, assumed),
+    })
+}
+
+fn join<T: ToString>(items: &[T]) -> String {
+    if items.is_empty() {
+        return "none".to_string();
+    }
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The plan for people: one section per kind of kernel object, in `ip` syntax.
+pub fn render_text(plan: &RoutingPlan, subnets_assumed: bool) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "node {} ({})", plan.node, join(&plan.node_ips));
+    let _ = writeln!(out, "pod CIDRs: {}", join(&plan.pod_cidrs));
+    let _ = writeln!(
+        out,
+        "local subnets: {}{}",
+        join(&plan.local_subnets),
+        if subnets_assumed {
+            " (assumed; pass --local-subnet)"
+        } else {
+            ""
+        }
+    );
+
+    let bridge = &plan.bridge;
+    let mtu = bridge.mtu.map(|m| format!(" mtu {m}")).unwrap_or_default();
+    let _ = writeln!(out, "\nbridge {}{mtu}", bridge.name);
+    for address in &bridge.addresses {
+        let _ = writeln!(out, "  address {address}");
+    }
+
+    out.push_str("\nsysctls\n");
+    for sysctl in &plan.sysctls {
+        let _ = writeln!(out, "  {} = {}", sysctl.key, sysctl.value);
+    }
+
+    out.push_str("\ntunnels\n");
+    match &plan.tunnel {
+        None => out.push_str("  none (--overlay-type=none)\n"),
+        Some(Tunnel::Vxlan(vxlan)) => {
+            let mtu = vxlan.mtu.map(|m| format!(" mtu {m}")).unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "  {} vxlan id {} dstport {} local {} nolearning address {}{mtu}",
+                vxlan.name, vxlan.vni, vxlan.port, vxlan.local, vxlan.mac
+            );
+            for address in &vxlan.addresses {
+                let _ = writeln!(out, "    address {address}");
+            }
+            for peer in &plan.vxlan_peers {
+                let _ = writeln!(
+                    out,
+                    "  peer {}: fdb {} dst {} self permanent",
+                    peer.node, peer.mac, peer.underlay
+                );
+                for vtep in &peer.vtep_addresses {
+                    let _ = writeln!(out, "    neigh {vtep} lladdr {} nud permanent", peer.mac);
+                }
+            }
+        }
+        Some(Tunnel::Ipip(ipip)) => {
+            for device in &ipip.devices {
+                let kind = if device.local.is_ipv4() {
+                    "ipip"
+                } else {
+                    "ip6tnl mode ip6ip6"
+                };
+                let mtu = device.mtu.map(|m| format!(" mtu {m}")).unwrap_or_default();
+                let _ = writeln!(out, "  {} {kind} local {}{mtu}", device.name, device.local);
+            }
+        }
+    }
+
+    out.push_str("\nroutes\n");
+    if plan.routes.is_empty() {
+        out.push_str("  none\n");
+    }
+    for route in &plan.routes {
+        let _ = writeln!(out, "  {route}    # {}, {}", route.source, route.path);
+    }
+    if !plan.unrouted.is_empty() {
+        out.push_str("\nnot routed\n");
+        for unrouted in &plan.unrouted {
+            let _ = writeln!(
+                out,
+                "  {} ({}): {}",
+                unrouted.destination, unrouted.source, unrouted.reason
+            );
+        }
+    }
+    if !plan.problems.is_empty() {
+        out.push_str("\nproblems\n");
+        for problem in &plan.problems {
+            let _ = writeln!(out, "  {problem}");
+        }
+    }
+    out.push_str("\nbgp\n  none (no BGP speaker in this build)\n");
+    out.push_str("\nnftables\n");
+    out.push_str(&ruleset::render(&plan.nftables));
+    out
 }

@@ -1,0 +1,666 @@
+//! Makes this node's kernel match a [`RoutingPlan`], changing only what differs and
+//! only what this controller owns. Every sync reads the kernel back (our routes by
+//! `proto`, our devices, their FDB and neighbour entries), so anything deleted by hand
+//! is re-installed on the next sync, whatever triggered it. Each change is atomic on
+//! its own (a netlink replace, one nftables transaction); a failed change is reported
+//! in the sync's error and retried by the agent loop while the rest still applies.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use anyhow::Context;
+use ipnet::IpNet;
+use netlink_packet_route::link::InfoKind;
+
+use super::compile::{self, CompileOptions, HostFacts};
+use super::diff;
+use super::metrics::RoutingMetrics;
+use super::model::*;
+use super::netlink::{Link, Netlink, NetlinkError, RouteSpec};
+use super::nft;
+use super::ruleset;
+use crate::agent::SyncReason;
+use crate::cache::Snapshot;
+
+/// What one sync changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    pub routes_replaced: usize,
+    pub routes_deleted: usize,
+    pub neighbours_changed: usize,
+    pub fdb_changed: usize,
+    pub links_changed: usize,
+    pub addresses_changed: usize,
+    pub sysctls_changed: usize,
+    pub nftables_applied: bool,
+}
+
+impl SyncReport {
+    pub fn changed_anything(&self) -> bool {
+        *self != SyncReport::default()
+    }
+}
+
+/// The routing controller's hold on the kernel: one netlink socket and what it last
+/// applied with `nft`.
+pub struct Reconciler {
+    netlink: Netlink,
+    metrics: RoutingMetrics,
+    applied_nft: Option<String>,
+    reported_problems: Vec<String>,
+}
+
+/// Failed changes of one sync, each counted in the metrics.
+struct Failures<'a> {
+    metrics: &'a RoutingMetrics,
+    messages: Vec<String>,
+}
+
+impl Failures<'_> {
+    fn add(&mut self, object: &str, message: String) {
+        self.metrics.error(object);
+        self.messages.push(message);
+    }
+}
+
+impl Reconciler {
+    /// Connects to the kernel of the calling thread's network namespace (on a tokio
+    /// runtime).
+    pub fn connect(metrics: RoutingMetrics) -> std::io::Result<Reconciler> {
+        Ok(Reconciler {
+            netlink: Netlink::connect()?,
+            metrics,
+            applied_nft: None,
+            reported_problems: Vec::new(),
+        })
+    }
+
+    /// The subnets and MTU of the interfaces holding `node_ips`.
+    pub async fn host_facts(&self, node_ips: &[IpAddr]) -> anyhow::Result<HostFacts> {
+        let addresses = self
+            .netlink
+            .addresses()
+            .await
+            .context("listing addresses")?;
+        let links = self.netlink.links().await.context("listing links")?;
+        let mut facts = HostFacts::default();
+        for (position, ip) in node_ips.iter().enumerate() {
+            let Some(address) = addresses.iter().find(|a| a.address.addr() == *ip) else {
+                continue;
+            };
+            facts.local_subnets.push(address.address.trunc());
+            if position == 0 {
+                facts.underlay_mtu = links
+                    .iter()
+                    .find(|l| l.index == address.index)
+                    .and_then(|l| l.mtu);
+            }
+        }
+        Ok(facts)
+    }
+
+    /// Compiles `node`'s plan from `snapshot` against this kernel and applies it.
+    pub async fn sync(
+        &mut self,
+        snapshot: &Snapshot,
+        node: &str,
+        options: &CompileOptions,
+        reason: SyncReason,
+    ) -> anyhow::Result<SyncReport> {
+        let node_ips = compile::node_ips(snapshot, node, &options.routing)?;
+        let host = self.host_facts(&node_ips).await?;
+        if host.local_subnets.is_empty() {
+            tracing::warn!(node, addresses = ?node_ips, "none of the node's addresses is on an interface: every peer counts as another subnet");
+        }
+        let plan = compile::compile(snapshot, node, options, &host)?;
+        if plan.problems != self.reported_problems {
+            for problem in &plan.problems {
+                tracing::warn!(problem = %problem, "routing ignores part of the cluster state");
+            }
+            self.reported_problems = plan.problems.clone();
+        }
+        self.apply(&plan, reason).await
+    }
+
+    /// Makes the kernel match `plan`.
+    pub async fn apply(
+        &mut self,
+        plan: &RoutingPlan,
+        reason: SyncReason,
+    ) -> anyhow::Result<SyncReport> {
+        let mut report = SyncReport::default();
+        let metrics = self.metrics.clone();
+        let mut failures = Failures {
+            metrics: &metrics,
+            messages: Vec::new(),
+        };
+        let links = self.apply_links(plan, &mut report, &mut failures).await?;
+        // After the links: some sysctls are the bridge's.
+        write_sysctls(&plan.sysctls, &mut report.sysctls_changed, &mut failures);
+        self.apply_addresses(plan, &links, &mut report, &mut failures)
+            .await?;
+        let vxlan_index = match &plan.tunnel {
+            Some(Tunnel::Vxlan(device)) => links.get(&device.name).map(|l| l.index),
+            _ => None,
+        };
+        let neighbour_changes = match vxlan_index {
+            Some(index) => Some(
+                self.add_vxlan_entries(plan, index, &mut report, &mut failures)
+                    .await?,
+            ),
+            None => None,
+        };
+        self.apply_routes(plan, &links, &mut report, &mut failures)
+            .await?;
+        if let (Some(index), Some((neighbours, fdb))) = (vxlan_index, neighbour_changes) {
+            self.delete_vxlan_entries(index, neighbours, fdb, &mut report, &mut failures)
+                .await;
+        }
+        self.apply_nftables(plan, reason, &mut report, &mut failures)
+            .await;
+        if failures.messages.is_empty() {
+            Ok(report)
+        } else {
+            anyhow::bail!(
+                "{} change(s) failed: {}",
+                failures.messages.len(),
+                failures.messages.join("; ")
+            )
+        }
+    }
+
+    /// The bridge and the tunnel devices; returns every link by name afterwards.
+    async fn apply_links(
+        &self,
+        plan: &RoutingPlan,
+        report: &mut SyncReport,
+        failures: &mut Failures<'_>,
+    ) -> anyhow::Result<BTreeMap<String, Link>> {
+        let links = by_name(self.netlink.links().await.context("listing links")?);
+        let before = report.links_changed;
+        let bridge = &plan.bridge;
+        let result = match links.get(&bridge.name) {
+            None => self.add_bridge(plan, failures).await.map(|()| true),
+            Some(link) if !link.up || (bridge.mtu.is_some() && link.mtu != bridge.mtu) => self
+                .netlink
+                .set_link(link.index, bridge.mtu, None)
+                .await
+                .map(|()| true),
+            Some(_) => Ok(false),
+        };
+        count(result, report, failures, "link", || {
+            format!("bridge {}", bridge.name)
+        });
+
+        let wanted: Vec<&str> = plan
+            .tunnel
+            .as_ref()
+            .map(Tunnel::device_names)
+            .unwrap_or_default();
+        for name in TUNNEL_DEVICES.iter().filter(|n| !wanted.contains(n)) {
+            if let Some(link) = links.get(*name) {
+                let result = self.netlink.delete_link(link.index).await.map(|()| true);
+                count(result, report, failures, "link", || {
+                    format!("deleting {name}")
+                });
+            }
+        }
+        match &plan.tunnel {
+            Some(Tunnel::Vxlan(device)) => {
+                let result = self.ensure_vxlan(device, links.get(&device.name)).await;
+                count(result, report, failures, "link", || {
+                    format!("vxlan device {}", device.name)
+                });
+            }
+            Some(Tunnel::Ipip(ipip)) => {
+                for device in &ipip.devices {
+                    let result = self.ensure_ip_tunnel(device, links.get(&device.name)).await;
+                    count(result, report, failures, "link", || {
+                        format!("tunnel device {} ({})", device.name, tunnel_hint(device))
+                    });
+                }
+            }
+            None => {}
+        }
+        if report.links_changed == before {
+            return Ok(links);
+        }
+        Ok(by_name(
+            self.netlink.links().await.context("listing links")?,
+        ))
+    }
+
+    /// Creates the bridge and sets its own sysctls before it comes up (IPv6 DAD
+    /// starts at link up and does not look at `accept_dad` again).
+    async fn add_bridge(
+        &self,
+        plan: &RoutingPlan,
+        failures: &mut Failures<'_>,
+    ) -> Result<(), NetlinkError> {
+        let bridge = &plan.bridge;
+        let index = self.netlink.add_bridge(&bridge.name, BRIDGE_ALIAS).await?;
+        let device = format!(".{}.", bridge.name);
+        let own: Vec<Sysctl> = plan
+            .sysctls
+            .iter()
+            .filter(|s| s.key.contains(&device))
+            .cloned()
+            .collect();
+        write_sysctls(&own, &mut 0, failures);
+        self.netlink.set_link(index, bridge.mtu, None).await
+    }
+
+    async fn ensure_vxlan(
+        &self,
+        device: &VxlanDevice,
+        existing: Option<&Link>,
+    ) -> Result<bool, NetlinkError> {
+        if let Some(link) = existing {
+            let vxlan = link.vxlan.clone().unwrap_or_default();
+            let same = link.kind == Some(InfoKind::Vxlan)
+                && vxlan.vni == Some(device.vni)
+                && vxlan.local == Some(device.local)
+                && vxlan.port == Some(device.port)
+                && vxlan.learning == Some(false);
+            if same {
+                let stale = !link.up
+                    || (device.mtu.is_some() && link.mtu != device.mtu)
+                    || link.mac != Some(device.mac);
+                if stale {
+                    self.netlink
+                        .set_link(link.index, device.mtu, Some(device.mac))
+                        .await?;
+                }
+                return Ok(stale);
+            }
+            self.netlink.delete_link(link.index).await?;
+        }
+        self.netlink.add_vxlan(device).await?;
+        Ok(true)
+    }
+
+    async fn ensure_ip_tunnel(
+        &self,
+        device: &IpipDevice,
+        existing: Option<&Link>,
+    ) -> Result<bool, NetlinkError> {
+        if let Some(link) = existing {
+            let kind = if device.local.is_ipv4() {
+                InfoKind::IpIp
+            } else {
+                InfoKind::Ip6Tnl
+            };
+            let (local, remote) = link.tunnel_endpoints.unwrap_or((None, None));
+            let same = link.kind == Some(kind)
+                && local == Some(device.local)
+                && remote.is_none_or(|r| r.is_unspecified());
+            if same {
+                let stale = !link.up || (device.mtu.is_some() && link.mtu != device.mtu);
+                if stale {
+                    self.netlink.set_link(link.index, device.mtu, None).await?;
+                }
+                return Ok(stale);
+            }
+            self.netlink.delete_link(link.index).await?;
+        }
+        self.netlink.add_ip_tunnel(device).await?;
+        Ok(true)
+    }
+
+    /// Gateway addresses on the bridge, VTEP addresses on the VXLAN device.
+    async fn apply_addresses(
+        &self,
+        plan: &RoutingPlan,
+        links: &BTreeMap<String, Link>,
+        report: &mut SyncReport,
+        failures: &mut Failures<'_>,
+    ) -> anyhow::Result<()> {
+        let mut wanted: Vec<(&str, &[IpNet])> = vec![(&plan.bridge.name, &plan.bridge.addresses)];
+        if let Some(Tunnel::Vxlan(device)) = &plan.tunnel {
+            wanted.push((&device.name, &device.addresses));
+        }
+        let actual = self
+            .netlink
+            .addresses()
+            .await
+            .context("listing addresses")?;
+        for (name, addresses) in wanted {
+            let Some(link) = links.get(name) else {
+                continue;
+            };
+            let changes = diff::addresses(link.index, addresses, &actual);
+            for address in changes.add {
+                let result = self
+                    .netlink
+                    .add_address(link.index, address)
+                    .await
+                    .map(|()| true);
+                count_as(
+                    result,
+                    &mut report.addresses_changed,
+                    failures,
+                    "address",
+                    || format!("adding {address} to {name}"),
+                );
+            }
+            for address in changes.delete {
+                let result = self
+                    .netlink
+                    .delete_address(link.index, address)
+                    .await
+                    .map(|()| true);
+                count_as(
+                    result,
+                    &mut report.addresses_changed,
+                    failures,
+                    "address",
+                    || format!("deleting {address} from {name}"),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds missing FDB and neighbour entries; returns the stale ones to delete once
+    /// the routes no longer use them.
+    async fn add_vxlan_entries(
+        &self,
+        plan: &RoutingPlan,
+        index: u32,
+        report: &mut SyncReport,
+        failures: &mut Failures<'_>,
+    ) -> anyhow::Result<(diff::NeighbourChanges, diff::FdbChanges)> {
+        let wanted_fdb: Vec<(Mac, IpAddr)> = plan
+            .vxlan_peers
+            .iter()
+            .map(|p| (p.mac, p.underlay))
+            .collect();
+        let wanted_neighbours: Vec<(IpAddr, Mac)> = plan
+            .vxlan_peers
+            .iter()
+            .flat_map(|p| p.vtep_addresses.iter().map(|a| (*a, p.mac)))
+            .collect();
+        let fdb = diff::fdb(
+            &wanted_fdb,
+            &self.netlink.fdb(index).await.context("listing the FDB")?,
+        );
+        let neighbours = diff::neighbours(
+            &wanted_neighbours,
+            &self
+                .netlink
+                .neighbours(index)
+                .await
+                .context("listing neighbours")?,
+        );
+        let results = self.netlink.replace_fdb(index, &fdb.replace).await;
+        for ((mac, dst), result) in fdb.replace.iter().zip(results) {
+            count_as(
+                result.map(|()| true),
+                &mut report.fdb_changed,
+                failures,
+                "fdb",
+                || format!("fdb {mac} dst {dst}"),
+            );
+        }
+        let results = self
+            .netlink
+            .replace_neighbours(index, &neighbours.replace)
+            .await;
+        for ((address, mac), result) in neighbours.replace.iter().zip(results) {
+            count_as(
+                result.map(|()| true),
+                &mut report.neighbours_changed,
+                failures,
+                "neighbour",
+                || format!("neighbour {address} lladdr {mac}"),
+            );
+        }
+        Ok((neighbours, fdb))
+    }
+
+    async fn delete_vxlan_entries(
+        &self,
+        index: u32,
+        neighbours: diff::NeighbourChanges,
+        fdb: diff::FdbChanges,
+        report: &mut SyncReport,
+        failures: &mut Failures<'_>,
+    ) {
+        let results = self
+            .netlink
+            .delete_neighbours(index, &neighbours.delete)
+            .await;
+        for (address, result) in neighbours.delete.iter().zip(results) {
+            count_as(
+                result.map(|()| true),
+                &mut report.neighbours_changed,
+                failures,
+                "neighbour",
+                || format!("deleting neighbour {address}"),
+            );
+        }
+        let results = self.netlink.delete_fdb(&fdb.delete).await;
+        for (entry, result) in fdb.delete.iter().zip(results) {
+            count_as(
+                result.map(|()| true),
+                &mut report.fdb_changed,
+                failures,
+                "fdb",
+                || format!("deleting fdb {}", entry.mac),
+            );
+        }
+    }
+
+    async fn apply_routes(
+        &self,
+        plan: &RoutingPlan,
+        links: &BTreeMap<String, Link>,
+        report: &mut SyncReport,
+        failures: &mut Failures<'_>,
+    ) -> anyhow::Result<()> {
+        let mut desired = Vec::with_capacity(plan.routes.len());
+        let mut sources = Vec::with_capacity(plan.routes.len());
+        for route in &plan.routes {
+            let oif = match &route.device {
+                Some(name) => match links.get(name) {
+                    Some(link) => Some(link.index),
+                    None => {
+                        failures.add(
+                            "route",
+                            format!("route {route} ({}): device {name} is missing", route.source),
+                        );
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            desired.push(RouteSpec {
+                destination: route.destination,
+                gateway: route.gateway,
+                oif,
+                onlink: route.onlink(),
+            });
+            sources.push(route);
+        }
+        let actual = self
+            .netlink
+            .routes(ROUTE_PROTOCOL)
+            .await
+            .context("listing routes")?;
+        let changes = diff::routes(&desired, &actual);
+        let mut failed = 0;
+        let results = self.netlink.replace_routes(&changes.replace).await;
+        for (spec, result) in changes.replace.iter().zip(results) {
+            match result {
+                Ok(()) => {
+                    report.routes_replaced += 1;
+                    self.metrics.routes_installed.inc();
+                }
+                Err(err) => {
+                    failed += 1;
+                    let route = sources
+                        .iter()
+                        .find(|r| r.destination == spec.destination)
+                        .map(|r| format!("{r} ({})", r.source))
+                        .unwrap_or_else(|| spec.destination.to_string());
+                    failures.add("route", format!("route {route}: {err}"));
+                }
+            }
+        }
+        let results = self.netlink.delete_routes(&changes.delete).await;
+        for (route, result) in changes.delete.iter().zip(results) {
+            match result {
+                Ok(()) => {
+                    report.routes_deleted += 1;
+                    self.metrics.routes_removed.inc();
+                }
+                // Gone already (e.g. with its device).
+                Err(err) if err.errno() == Some(libc::ESRCH) => {}
+                Err(err) => failures.add(
+                    "route",
+                    format!("deleting route {}: {err}", route.destination),
+                ),
+            }
+        }
+        self.metrics
+            .routes
+            .set(i64::try_from(desired.len() - failed).unwrap_or(i64::MAX));
+        Ok(())
+    }
+
+    /// Replaces the nftables table when its content changed; on a periodic check also
+    /// when someone deleted it.
+    async fn apply_nftables(
+        &mut self,
+        plan: &RoutingPlan,
+        reason: SyncReason,
+        report: &mut SyncReport,
+        failures: &mut Failures<'_>,
+    ) {
+        let script = ruleset::replace_transaction(&plan.nftables);
+        let unchanged = self.applied_nft.as_deref() == Some(script.as_str());
+        let drift_check = reason == SyncReason::Periodic;
+        if unchanged && (!drift_check || table_exists().await) {
+            return;
+        }
+        match nft::apply(&script).await {
+            Ok(()) => {
+                self.applied_nft = Some(script);
+                report.nftables_applied = true;
+            }
+            Err(err) => {
+                self.applied_nft = None;
+                failures.add("nftables", format!("table inet {NFT_TABLE}: {err}"));
+            }
+        }
+    }
+}
+
+async fn table_exists() -> bool {
+    tokio::process::Command::new("nft")
+        .args(["list", "table", "inet", NFT_TABLE])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await
+        .is_ok_and(|status| status.success())
+}
+
+fn write_sysctls(sysctls: &[Sysctl], changed: &mut usize, failures: &mut Failures<'_>) {
+    for sysctl in sysctls {
+        let path = sysctl.path();
+        let current = std::fs::read_to_string(&path);
+        if current.is_ok_and(|c| c.trim() == sysctl.value) {
+            continue;
+        }
+        match std::fs::write(&path, &sysctl.value) {
+            Ok(()) => *changed += 1,
+            Err(err) => failures.add(
+                "sysctl",
+                format!("sysctl {} = {}: {err}", sysctl.key, sysctl.value),
+            ),
+        }
+    }
+}
+
+fn by_name(links: Vec<Link>) -> BTreeMap<String, Link> {
+    links.into_iter().map(|l| (l.name.clone(), l)).collect()
+}
+
+fn tunnel_hint(device: &IpipDevice) -> &'static str {
+    if device.local.is_ipv4() {
+        "ipip; needs the ipip module"
+    } else {
+        "ip6tnl ip6ip6; needs the ip6_tunnel module"
+    }
+}
+
+/// Counts a link change (Ok(true)) or records the failure.
+fn count(
+    result: Result<bool, NetlinkError>,
+    report: &mut SyncReport,
+    failures: &mut Failures<'_>,
+    object: &str,
+    what: impl FnOnce() -> String,
+) {
+    count_as(result, &mut report.links_changed, failures, object, what);
+}
+
+fn count_as(
+    result: Result<bool, NetlinkError>,
+    counter: &mut usize,
+    failures: &mut Failures<'_>,
+    object: &str,
+    what: impl FnOnce() -> String,
+) {
+    match result {
+        Ok(true) => *counter += 1,
+        Ok(false) => {}
+        Err(err) => failures.add(object, format!("{}: {err}", what())),
+    }
+}
+
+/// Removes everything this controller creates: routes with our `proto`, the tunnel
+/// devices, the nftables table, and the bridge if we created it (else only our
+/// addresses on it: the CNI bridge plugin owns it and its pods).
+pub async fn cleanup(netlink: &Netlink) -> anyhow::Result<()> {
+    let mut failures = Vec::new();
+    let routes = netlink
+        .routes(ROUTE_PROTOCOL)
+        .await
+        .context("listing routes")?;
+    for (route, result) in routes.iter().zip(netlink.delete_routes(&routes).await) {
+        match result {
+            Ok(()) => {}
+            Err(err) if err.errno() == Some(libc::ESRCH) => {}
+            Err(err) => failures.push(format!("route {}: {err}", route.destination)),
+        }
+    }
+    let links = by_name(netlink.links().await.context("listing links")?);
+    for name in TUNNEL_DEVICES {
+        if let Some(link) = links.get(name)
+            && let Err(err) = netlink.delete_link(link.index).await
+        {
+            failures.push(format!("deleting {name}: {err}"));
+        }
+    }
+    if let Some(bridge) = links.get(BRIDGE) {
+        if bridge.alias.as_deref() == Some(BRIDGE_ALIAS) {
+            if let Err(err) = netlink.delete_link(bridge.index).await {
+                failures.push(format!("deleting {BRIDGE}: {err}"));
+            }
+        } else {
+            let addresses = netlink.addresses().await.context("listing addresses")?;
+            for address in diff::addresses(bridge.index, &[], &addresses).delete {
+                if let Err(err) = netlink.delete_address(bridge.index, address).await {
+                    failures.push(format!("deleting {address} from {BRIDGE}: {err}"));
+                }
+            }
+        }
+    }
+    if let Err(err) = nft::apply(&ruleset::delete_transaction()).await {
+        failures.push(format!("table inet {NFT_TABLE}: {err}"));
+    }
+    anyhow::ensure!(failures.is_empty(), "{}", failures.join("; "));
+    Ok(())
+}
