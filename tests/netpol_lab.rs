@@ -610,8 +610,12 @@ fn every_case_matches_its_expected_matrix_with_real_packets() {
             })
         })
         .collect();
-    for worker in workers {
-        worker.join().unwrap();
+    // Join every worker before failing, so each brings its labs down.
+    let joined: Vec<_> = workers.into_iter().map(|w| w.join()).collect();
+    for result in joined {
+        if let Err(panic) = result {
+            std::panic::resume_unwind(panic);
+        }
     }
     let mut outcomes = std::mem::take(&mut *outcomes.lock().unwrap());
     outcomes.sort_by(|a, b| a.0.cmp(&b.0));
