@@ -18,7 +18,9 @@
 //! TCP and UDP rows are, and the summary line says which.
 //!
 //! Cases run `KUBEWIRE_NETPOL_LAB_JOBS` at a time (default 2). `KUBEWIRE_NETPOL_CASES`
-//! (a comma list of name prefixes) limits the run to some cases.
+//! (a comma list of name prefixes) limits the run to some cases;
+//! `KUBEWIRE_NETPOL_PROBE_TIMEOUT` (e.g. `3s`) is `lab probe --timeout`, for slow
+//! (emulated) machines.
 
 mod common;
 
@@ -141,12 +143,12 @@ impl Lab {
 
     fn probe(&self) -> Result<Matrix, String> {
         // Every probe at once: a denied one waits out its whole timeout.
-        let output = Self::run(
-            &self.name,
-            &self.state_dir(),
-            "probe",
-            &["--format", "json", "--parallel", "1024"],
-        );
+        let mut args = vec!["--format", "json", "--parallel", "1024"];
+        let timeout = std::env::var("KUBEWIRE_NETPOL_PROBE_TIMEOUT").unwrap_or_default();
+        if !timeout.is_empty() {
+            args.extend(["--timeout", timeout.as_str()]);
+        }
+        let output = Self::run(&self.name, &self.state_dir(), "probe", &args);
         let stdout = String::from_utf8_lossy(&output.stdout);
         if !output.status.success() {
             return Err(format!(
@@ -608,8 +610,12 @@ fn every_case_matches_its_expected_matrix_with_real_packets() {
             })
         })
         .collect();
-    for worker in workers {
-        worker.join().unwrap();
+    // Join every worker before failing, so each brings its labs down.
+    let joined: Vec<_> = workers.into_iter().map(|w| w.join()).collect();
+    for result in joined {
+        if let Err(panic) = result {
+            std::panic::resume_unwind(panic);
+        }
     }
     let mut outcomes = std::mem::take(&mut *outcomes.lock().unwrap());
     outcomes.sort_by(|a, b| a.0.cmp(&b.0));

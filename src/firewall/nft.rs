@@ -164,9 +164,19 @@ impl Nft {
 
 /// Makes bridged pod-to-pod traffic on this node traverse the inet forward hook
 /// (`net.bridge.bridge-nf-call-ip{,6}tables`), as pods on one bridge never reach the
-/// routing path otherwise. Returns the switches that do not exist (no bridge netfilter
-/// in this kernel or namespace).
+/// routing path otherwise. Loads `br_netfilter` first when its switches are absent
+/// (a distribution kernel builds it as a module, loaded by nothing else). Returns the
+/// switches that do not exist (no bridge netfilter in this kernel or namespace).
 pub fn enable_bridge_netfilter() -> Vec<String> {
+    if !Path::new("/proc/sys/net/bridge").exists() {
+        // Best effort: without modprobe (or the module) the switches stay missing
+        // and are reported below.
+        let _ = std::process::Command::new("modprobe")
+            .arg("br_netfilter")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
     let mut missing = Vec::new();
     for name in ["bridge-nf-call-iptables", "bridge-nf-call-ip6tables"] {
         let path = Path::new("/proc/sys/net/bridge").join(name);
