@@ -379,6 +379,40 @@ async fn bookmarks_carry_the_current_version_and_timeouts_end_watches() {
     server.shutdown().await;
 }
 
+/// kube-rs' streaming-list watcher (`sendInitialEvents=true`): the current objects as
+/// ADDED, then the bookmark that ends them, then changes.
+#[tokio::test]
+async fn streaming_list_sends_initial_events_then_the_end_bookmark() {
+    use kube::runtime::watcher::{self, Event};
+    let (server, client) = start(three_pods(), 100).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "a");
+    let config = watcher::Config::default().streaming_lists();
+    let mut events = watcher::watcher(pods.clone(), config).boxed();
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .expect("an event in time")
+            .unwrap()
+            .unwrap()
+    };
+    assert!(matches!(next().await, Event::Init));
+    let mut initial = Vec::new();
+    loop {
+        match next().await {
+            Event::InitApply(pod) => initial.push(pod.name_any()),
+            Event::InitDone => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(initial, ["db", "web"]);
+    pods.delete("db", &DeleteParams::default()).await.unwrap();
+    match next().await {
+        Event::Delete(pod) => assert_eq!(pod.name_any(), "db"),
+        other => panic!("unexpected {other:?}"),
+    }
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn watch_from_a_version_older_than_history_gets_410_expired() {
     let (server, client) = start(three_pods(), 5).await;
@@ -726,6 +760,47 @@ async fn restart_on_the_same_port_keeps_the_state() {
     server.shutdown().await;
 }
 
+/// What `kubectl get` and `kubectl get -w` ask for: Tables of name, kind columns and
+/// age, each row with the object's metadata.
+#[tokio::test]
+async fn table_responses_for_kubectl_get() {
+    let (server, client) = start(three_pods(), 100).await;
+    let accept = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json";
+    let get = |uri: &str| {
+        axum::http::Request::get(uri)
+            .header("Accept", accept)
+            .body(Vec::new())
+            .unwrap()
+    };
+    let list: Value =
+        serde_json::from_str(&client.request_text(get("/api/v1/pods")).await.unwrap()).unwrap();
+    assert_eq!(list["kind"], "Table");
+    let columns: Vec<&str> = list["columnDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(columns, ["Name", "Status", "IP", "Node", "Age"]);
+    assert_eq!(list["rows"][0]["cells"][0], "db");
+    assert_eq!(list["rows"][0]["object"]["metadata"]["namespace"], "a");
+    let watch = client
+        .request_text(get(
+            "/api/v1/namespaces/a/pods?watch=1&resourceVersion=0&timeoutSeconds=1",
+        ))
+        .await
+        .unwrap();
+    let events: Vec<Value> = watch
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 2, "{watch}");
+    assert_eq!(events[1]["type"], "ADDED");
+    assert_eq!(events[1]["object"]["kind"], "Table");
+    assert_eq!(events[1]["object"]["rows"][0]["cells"][0], "web");
+    server.shutdown().await;
+}
+
 fn kubectl() -> Option<&'static str> {
     let path = "/usr/bin/kubectl";
     if std::path::Path::new(path).exists() {
@@ -802,9 +877,14 @@ async fn kubectl_get_create_apply_replace_patch_delete() {
     );
     let (ok, out, _) = run(args(&format!("create -f {manifest}"))).await.unwrap();
     assert!(!ok, "a second create fails: {out}");
+    let (ok, out, err) = run(args("create namespace extra")).await.unwrap();
+    assert!(
+        ok,
+        "kubectl create namespace (a protobuf body): {out} {err}"
+    );
     let (ok, out, err) = run(args("get ns")).await.unwrap();
     assert!(ok, "{err}");
-    for ns in ["a ", "b ", "default ", "shop "] {
+    for ns in ["a ", "b ", "default ", "extra ", "shop "] {
         assert!(out.contains(ns), "{ns:?} in {out}");
     }
     let (ok, out, err) = run(args(

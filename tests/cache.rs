@@ -303,7 +303,7 @@ async fn cache_relists_after_410_gone() {
 
 #[tokio::test]
 async fn wait_synced_names_the_kinds_that_never_sync() {
-    let mut state = ApiState::seeded(&seed(one_of_each("seed-")), 100).unwrap();
+    let mut state = ApiState::seeded(seed(one_of_each("seed-")), 100).unwrap();
     state.disable_kinds(&[Kind::ServiceCIDR, Kind::EndpointSlice]);
     let server = ApiServer::start_with_state(config(100), state)
         .await

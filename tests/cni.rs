@@ -231,7 +231,7 @@ fn wire_and_unwire(setup: &Setup, cidrs: &[&str]) -> CniResult {
     let pod_ips = result.pod_ips();
     assert_eq!(pod_ips.len(), cidrs.len(), "{:?}", result.raw);
     for cidr in &cidrs {
-        let gateway = kubewire::cni::compile::gateway(cidr);
+        let gateway = kubewire::node::gateway(*cidr).unwrap();
         let ip = *pod_ips
             .iter()
             .find(|ip| cidr.contains(*ip))

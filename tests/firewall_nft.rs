@@ -43,8 +43,8 @@ fn every_plan_loads_and_reads_back_unchanged() {
     assert!(loaded > 100);
 }
 
-#[test]
-fn diffs_reach_the_table_a_full_load_gives() {
+#[tokio::test]
+async fn diffs_reach_the_table_a_full_load_gives() {
     if !can_use_netns() {
         eprintln!("skipped: needs root and nft");
         return;
@@ -52,6 +52,7 @@ fn diffs_reach_the_table_a_full_load_gives() {
     let incremental = NetNs::new("incr");
     let fresh = NetNs::new("fresh");
     let mut compared = 0;
+    let mut through_netlink = 0;
     // Every pair of consecutive steps, both ways, plus jumps between unrelated cases
     // (which change chains, sets and counters, not only elements).
     let cases = conformance::cases(&cases_root()).unwrap();
@@ -71,9 +72,14 @@ fn diffs_reach_the_table_a_full_load_gives() {
             let new = ruleset(&to, node);
             incremental.nft(&render::full(&old).text());
             let diff = render::diff(&old, &new).expect("same hooks: a diff exists");
-            if !diff.is_empty() {
-                incremental.nft(&diff.text());
+            if diff.element_batches().is_some() {
+                through_netlink += 1;
             }
+            // Elements-only diffs go over netlink, the others through nft -f.
+            Nft::in_netns(&incremental.name)
+                .apply_transaction(&diff)
+                .await
+                .unwrap_or_else(|err| panic!("{err}\n{}", diff.text()));
             fresh.nft(&render::full(&new).text());
             assert_eq!(
                 incremental.normalized_table(),
@@ -87,6 +93,10 @@ fn diffs_reach_the_table_a_full_load_gives() {
         }
     }
     assert!(compared > 40);
+    assert!(
+        through_netlink > 10,
+        "only {through_netlink} diffs were elements only"
+    );
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 //!
 //! `cargo test --release --test routing_bench -- --ignored --nocapture`
 
+mod common;
 #[path = "routing/support.rs"]
 mod support;
 

@@ -2,6 +2,7 @@
 //! three nodes on two subnets behind a router, pods on every node, an external host.
 //! Each test builds its own underlay from examples/routing/three-nodes.yaml.
 
+mod common;
 #[path = "routing/support.rs"]
 mod support;
 

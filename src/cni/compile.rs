@@ -2,7 +2,7 @@
 //! same conflist. The node interface's MTU is an input (read from the kernel by
 //! [`super::link`] in the agent, 1500 for the offline `cni plan`).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use k8s_openapi::api::core::v1::Node;
@@ -15,12 +15,9 @@ use super::model::{
     LoopbackPlugin, NETWORK_NAME, Plugin, PortmapPlugin, Route,
 };
 use crate::cache::Snapshot;
+use crate::node::{self, FieldProblem, KUBE_ROUTER_POD_CIDRS, KUBEWIRE_POD_CIDRS, PodCidr};
 use crate::routing::RoutingArgs;
 
-/// kubewire's own pod-CIDR override (comma-separated CIDRs); wins over every other source.
-pub const POD_CIDRS_ANNOTATION: &str = "kubewire.io/pod-cidrs";
-/// kube-router's pod-CIDR override, honoured for clusters moving from kube-router.
-pub const KUBE_ROUTER_POD_CIDRS_ANNOTATION: &str = "kube-router.io/pod-cidrs";
 /// The interface MTU assumed when there is no kernel to ask (offline `cni plan`).
 pub const DEFAULT_LINK_MTU: u32 = 1500;
 
@@ -31,8 +28,8 @@ pub enum CniConfigError {
     NodeNotFound { node: String },
     #[error(
         "Node {node} has no pod CIDR: spec.podCIDRs and spec.podCIDR are empty and neither \
-         metadata.annotations[\"{POD_CIDRS_ANNOTATION}\"] nor \
-         metadata.annotations[\"{KUBE_ROUTER_POD_CIDRS_ANNOTATION}\"] is set"
+         metadata.annotations[{KUBEWIRE_POD_CIDRS}] nor \
+         metadata.annotations[{KUBE_ROUTER_POD_CIDRS}] is set"
     )]
     NoPodCidr { node: String },
     #[error("Node {node}: {field}: {message}")]
@@ -66,17 +63,10 @@ pub fn compile(
         .ok_or_else(|| CniConfigError::NodeNotFound {
             node: node_name.to_string(),
         })?;
-    let cidrs = node_pod_cidrs(node)?;
+    let pod_ranges = pod_ranges(node)?;
+    let cidrs: Vec<IpNet> = pod_ranges.iter().map(|r| r.subnet).collect();
     let mtu = pod_mtu(node_name, &cidrs, cni.mtu, link_mtu, routing)?;
-    let ranges = cidrs
-        .iter()
-        .map(|cidr| {
-            vec![IpRange {
-                subnet: *cidr,
-                gateway: gateway(cidr),
-            }]
-        })
-        .collect();
+    let ranges = pod_ranges.into_iter().map(|r| vec![r]).collect();
     let mut routes = Vec::new();
     if cidrs.iter().any(|c| c.addr().is_ipv4()) {
         routes.push(Route {
@@ -120,83 +110,56 @@ pub fn compile(
     })
 }
 
-/// The node's pod CIDRs, in order: the `kubewire.io/pod-cidrs` annotation, else
-/// `kube-router.io/pod-cidrs`, else `spec.podCIDRs`, else `spec.podCIDR`. Each must be
-/// a network address with room for a gateway and a pod, at most one per IP family.
-pub fn node_pod_cidrs(node: &Node) -> Result<Vec<IpNet>, CniConfigError> {
-    let name = node.name_any();
-    let annotations = node.annotations();
-    let spec = node.spec.as_ref();
-    let sources: Vec<(String, String)> = if let Some(list) =
-        [POD_CIDRS_ANNOTATION, KUBE_ROUTER_POD_CIDRS_ANNOTATION]
-            .into_iter()
-            .find_map(|key| annotations.get(key).map(|v| (key, v)))
-    {
-        let (key, value) = list;
-        value
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|s| (format!("metadata.annotations[\"{key}\"]"), s.to_string()))
-            .collect()
-    } else if let Some(list) = spec
-        .and_then(|s| s.pod_cidrs.as_ref())
-        .filter(|l| !l.is_empty())
-    {
-        list.iter()
-            .enumerate()
-            .map(|(i, s)| (format!("spec.podCIDRs[{i}]"), s.clone()))
-            .collect()
-    } else if let Some(cidr) = spec
-        .and_then(|s| s.pod_cidr.as_ref())
-        .filter(|s| !s.is_empty())
-    {
-        vec![("spec.podCIDR".to_string(), cidr.clone())]
-    } else {
-        Vec::new()
-    };
-    if sources.is_empty() {
-        return Err(CniConfigError::NoPodCidr { node: name });
+/// The node's pod CIDRs as every controller reads them ([`crate::node::pod_cidrs`]),
+/// each with its gateway. Stricter than routing, because the conflist must be exactly
+/// right: any malformed value is an error, and each CIDR must leave room for a gateway
+/// and a pod, at most one per IP family.
+pub fn pod_ranges(node: &Node) -> Result<Vec<IpRange>, CniConfigError> {
+    let (cidrs, problems) = node::pod_cidrs(node);
+    if let Some(problem) = problems.into_iter().next() {
+        return Err(bad_pod_cidr(problem));
     }
-    let mut cidrs: Vec<IpNet> = Vec::new();
-    for (field, text) in sources {
-        let bad = |message: String| CniConfigError::BadPodCidr {
-            node: name.clone(),
-            field: field.clone(),
-            message,
+    if cidrs.is_empty() {
+        return Err(CniConfigError::NoPodCidr {
+            node: node.name_any(),
+        });
+    }
+    let mut ranges: Vec<IpRange> = Vec::new();
+    for PodCidr { cidr, field } in cidrs {
+        let bad = |message: String| {
+            bad_pod_cidr(FieldProblem {
+                node: node.name_any(),
+                field: field.clone(),
+                message,
+            })
         };
-        let cidr: IpNet = text
-            .parse()
-            .map_err(|_| bad(format!("`{text}` is not a CIDR")))?;
-        if cidr.trunc() != cidr {
-            return Err(bad(format!(
-                "`{text}` has host bits set (the network is {})",
-                cidr.trunc()
-            )));
-        }
-        if cidr.max_prefix_len() - cidr.prefix_len() < 2 {
-            return Err(bad(format!(
-                "`{text}` leaves no address for a pod after the gateway"
-            )));
-        }
-        if let Some(same) = cidrs
+        let gateway = node::gateway(cidr).ok_or_else(|| {
+            bad(format!(
+                "`{cidr}` leaves no address for a pod after the gateway"
+            ))
+        })?;
+        if let Some(same) = ranges
             .iter()
-            .find(|c| c.addr().is_ipv4() == cidr.addr().is_ipv4())
+            .find(|r| r.subnet.addr().is_ipv4() == cidr.addr().is_ipv4())
         {
             return Err(bad(format!(
-                "`{text}` is a second CIDR of the same family as {same} (one per family)"
+                "`{cidr}` is a second CIDR of the same family as {} (one per family)",
+                same.subnet
             )));
         }
-        cidrs.push(cidr);
+        ranges.push(IpRange {
+            subnet: cidr,
+            gateway,
+        });
     }
-    Ok(cidrs)
+    Ok(ranges)
 }
 
-/// The pods' gateway in `cidr`: its first address, which the bridge carries.
-pub fn gateway(cidr: &IpNet) -> IpAddr {
-    match cidr.network() {
-        IpAddr::V4(net) => IpAddr::V4(Ipv4Addr::from(u32::from(net).wrapping_add(1))),
-        IpAddr::V6(net) => IpAddr::V6(Ipv6Addr::from(u128::from(net).wrapping_add(1))),
+fn bad_pod_cidr(problem: FieldProblem) -> CniConfigError {
+    CniConfigError::BadPodCidr {
+        node: problem.node,
+        field: problem.field,
+        message: problem.message,
     }
 }
 
@@ -282,8 +245,8 @@ mod tests {
     }
 
     fn cidrs_of(value: serde_json::Value) -> Result<Vec<String>, String> {
-        node_pod_cidrs(&node(value))
-            .map(|c| c.iter().map(ToString::to_string).collect())
+        pod_ranges(&node(value))
+            .map(|c| c.iter().map(|r| r.subnet.to_string()).collect())
             .map_err(|e| e.to_string())
     }
 
@@ -336,24 +299,12 @@ mod tests {
             ),
             (
                 json!({"metadata": {"name": "n1", "annotations": {"kubewire.io/pod-cidrs": "nope"}}}),
-                "Node n1: metadata.annotations[\"kubewire.io/pod-cidrs\"]: `nope` is not a CIDR",
+                "Node n1: metadata.annotations[kubewire.io/pod-cidrs]: `nope` is not a CIDR",
             ),
         ];
         for (input, want) in cases {
             let err = cidrs_of(input).unwrap_err();
             assert!(err.starts_with(want), "{err}\n  wanted: {want}");
-        }
-    }
-
-    #[test]
-    fn gateways_are_first_addresses() {
-        let cases = [
-            ("10.244.1.0/24", "10.244.1.1"),
-            ("10.0.0.0/8", "10.0.0.1"),
-            ("fd00:10:244:1::/64", "fd00:10:244:1::1"),
-        ];
-        for (cidr, want) in cases {
-            assert_eq!(gateway(&cidr.parse().unwrap()).to_string(), want, "{cidr}");
         }
     }
 

@@ -61,7 +61,7 @@ impl Reconciler {
             Some(transaction) if transaction.is_empty() => Ok(Applied::Nothing),
             Some(transaction) => self
                 .nft
-                .apply(&transaction.text())
+                .apply_transaction(&transaction)
                 .await
                 .map(|()| Applied::Incremental { transaction }),
             None => {
@@ -347,31 +347,31 @@ fn rule_comment(rule: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::firewall::model::{Chain, ChainKind, Counter, Family, Set};
+    use crate::firewall::model::{Chain, ChainKind, Counter, Family, Members, Set};
 
     fn expected() -> Ruleset {
         let mut r = Ruleset::default();
         r.chains.insert(
             "ingress/x/p".into(),
-            Chain {
+            std::sync::Arc::new(Chain {
                 kind: ChainKind::Policy,
                 rules: vec!["ip saddr @pods4/p accept comment \"ingress[0]\"".into()],
-            },
+            }),
         );
         r.sets.insert(
             "ingress-dispatch4".into(),
-            Set {
-                kind: SetKind::Dispatch(Family::V4),
-                comment: None,
-                elements: [("10.0.0.1".to_string(), "jump ingress/x/p".to_string())].into(),
-            },
+            std::sync::Arc::new(
+                Set::new(SetKind::Dispatch(Family::V4), None, Members::Other).with_elements(
+                    [("10.0.0.1".to_string(), "jump ingress/x/p".to_string())].into(),
+                ),
+            ),
         );
         r.counters.insert(
             "ingress-drops/x/p".into(),
-            Counter {
+            std::sync::Arc::new(Counter {
                 direction: None,
                 policies: vec!["x/p".into()],
-            },
+            }),
         );
         r
     }

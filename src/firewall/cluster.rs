@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -147,8 +148,9 @@ impl fmt::Display for ObjectError {
 /// The NetworkPolicy-relevant view of a snapshot.
 #[derive(Clone, Debug, Default)]
 pub struct Cluster {
-    /// Sorted by (namespace, name).
-    pub pods: Vec<PodEndpoint>,
+    /// Sorted by (namespace, name); shared with the next snapshot's view when the
+    /// pod did not change.
+    pub pods: Vec<Arc<PodEndpoint>>,
     pub namespaces: BTreeMap<String, Labels>,
     pub nodes: BTreeMap<String, NodeInfo>,
     pub errors: Vec<ObjectError>,
@@ -156,6 +158,18 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn from_snapshot(snapshot: &Snapshot) -> Self {
+        Self::from_snapshot_with(snapshot, |pod| {
+            let mut errors = Vec::new();
+            (pod_endpoint(pod, &mut errors).map(Arc::new), errors)
+        })
+    }
+
+    /// Like [`Cluster::from_snapshot`], with pods read by `read_pod` (which may reuse
+    /// earlier results for objects that did not change).
+    pub fn from_snapshot_with(
+        snapshot: &Snapshot,
+        mut read_pod: impl FnMut(&Arc<Pod>) -> (Option<Arc<PodEndpoint>>, Vec<ObjectError>),
+    ) -> Self {
         let mut cluster = Cluster::default();
         for namespace in &snapshot.namespaces {
             cluster
@@ -167,9 +181,9 @@ impl Cluster {
             cluster.nodes.insert(node.name_any(), info);
         }
         for pod in &snapshot.pods {
-            if let Some(endpoint) = pod_endpoint(pod, &mut cluster.errors) {
-                cluster.pods.push(endpoint);
-            }
+            let (endpoint, errors) = read_pod(pod);
+            cluster.errors.extend(errors);
+            cluster.pods.extend(endpoint);
         }
         cluster
             .pods
@@ -189,6 +203,7 @@ impl Cluster {
         self.pods
             .iter()
             .find(|p| p.namespace == namespace && p.name == name)
+            .map(|p| p.as_ref())
     }
 
     /// The policed pod that owns `ip`, if any.
@@ -196,6 +211,7 @@ impl Cluster {
         self.pods
             .iter()
             .find(|p| p.policed() && p.ips.contains(&ip))
+            .map(|p| p.as_ref())
     }
 
     /// Whether `ip` is an address of `node`.
@@ -206,7 +222,8 @@ impl Cluster {
     }
 }
 
-fn pod_endpoint(pod: &Pod, errors: &mut Vec<ObjectError>) -> Option<PodEndpoint> {
+/// Reads one pod; `None` when it is no endpoint (no IP, finished).
+pub fn pod_endpoint(pod: &Pod, errors: &mut Vec<ObjectError>) -> Option<PodEndpoint> {
     let namespace = pod.namespace().unwrap_or_default();
     let name = pod.name_any();
     let object = format!("Pod {namespace}/{name}");
@@ -347,7 +364,7 @@ mod tests {
              kind: Pod\nmetadata: {name: bad, namespace: x}\nspec: {containers: [{name: c}]}\nstatus: {podIP: not-an-ip}\n---\n\
              kind: Pod\nmetadata: {name: host, namespace: x}\nspec: {hostNetwork: true, containers: [{name: c}]}\nstatus: {podIP: 192.168.0.1}\n",
         );
-        let keys: Vec<String> = cluster.pods.iter().map(PodEndpoint::key).collect();
+        let keys: Vec<String> = cluster.pods.iter().map(|p| p.key()).collect();
         assert_eq!(keys, ["x/a", "x/b", "x/host"]);
         let a = &cluster.pods[0];
         assert_eq!(a.ips.len(), 2);

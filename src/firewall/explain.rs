@@ -28,9 +28,13 @@ pub struct Explanation {
 /// Resolves `NS/POD` or an IP; an IP that no pod has is an external peer.
 pub fn resolve<'a>(cluster: &'a Cluster, text: &str) -> anyhow::Result<Endpoint<'a>> {
     if let Ok(ip) = text.parse::<IpAddr>() {
-        let owner = cluster
-            .pod_by_ip(ip)
-            .or_else(|| cluster.pods.iter().find(|p| p.ips.contains(&ip)));
+        let owner = cluster.pod_by_ip(ip).or_else(|| {
+            cluster
+                .pods
+                .iter()
+                .find(|p| p.ips.contains(&ip))
+                .map(|p| p.as_ref())
+        });
         return Ok(owner.map_or(Endpoint::External(ip), Endpoint::Pod));
     }
     if !text.contains('/') {

@@ -19,6 +19,7 @@ pub mod input;
 pub mod matrix;
 pub mod metrics;
 pub mod model;
+pub mod netlink;
 pub mod nft;
 pub mod policy;
 pub mod render;
@@ -46,26 +47,23 @@ pub async fn run_controller(ctx: ControllerContext) -> anyhow::Result<()> {
         tracing::warn!(%problem, "bridge netfilter is unavailable: traffic between pods on one bridge is not policed");
     }
     let metrics = metrics::FirewallMetrics::register(&ctx.metrics);
-    let reconciler = Arc::new(tokio::sync::Mutex::new(apply::Reconciler::new(
-        nft::Nft::default(),
-        metrics.clone(),
-    )));
-    let reported = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let state = Arc::new(tokio::sync::Mutex::new(State {
+        reader: input::InputReader::default(),
+        compiler: compile::IncrementalCompiler::new(options),
+        reconciler: apply::Reconciler::new(nft::Nft::default(), metrics.clone()),
+        reported: Vec::new(),
+    }));
     crate::agent::reconcile_loop(&ctx, &KINDS, move |snapshot, reason| {
-        let (reconciler, reported, metrics, options) = (
-            reconciler.clone(),
-            reported.clone(),
-            metrics.clone(),
-            options.clone(),
-        );
+        let (state, metrics) = (state.clone(), metrics.clone());
         async move {
-            let input = FirewallInput::from_snapshot(&snapshot);
-            report_bad_objects(&input.errors, &reported);
+            let mut state = state.lock().await;
+            let input = state.reader.read(&snapshot);
+            report_bad_objects(&input.errors, &mut state.reported);
             metrics
                 .bad_objects
                 .set(i64::try_from(input.errors.len()).unwrap_or(i64::MAX));
-            let desired = compile::compile(&input, &options);
-            let applied = reconciler.lock().await.sync(desired, reason).await?;
+            let desired = state.compiler.compile(input);
+            let applied = state.reconciler.sync(desired, reason).await?;
             if let apply::Applied::Incremental { transaction } = &applied {
                 tracing::debug!(
                     commands = transaction.commands.len(),
@@ -79,11 +77,17 @@ pub async fn run_controller(ctx: ControllerContext) -> anyhow::Result<()> {
     .await
 }
 
+/// What the controller keeps between syncs.
+struct State {
+    reader: input::InputReader,
+    compiler: compile::IncrementalCompiler,
+    reconciler: apply::Reconciler,
+    /// Bad objects already logged.
+    reported: Vec<String>,
+}
+
 /// Logs each bad object once, when it first appears.
-fn report_bad_objects(errors: &[String], reported: &std::sync::Mutex<Vec<String>>) {
-    let Ok(mut reported) = reported.lock() else {
-        return;
-    };
+fn report_bad_objects(errors: &[String], reported: &mut Vec<String>) {
     for error in errors.iter().filter(|e| !reported.contains(e)) {
         tracing::warn!(%error, "ignoring a bad object");
     }

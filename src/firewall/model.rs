@@ -10,8 +10,9 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
-use super::policy::Direction;
+use super::policy::{Direction, Peer};
 
 /// The table every kubewire firewall rule lives in; nothing else is ever touched.
 pub const TABLE: &str = "kubewire";
@@ -55,14 +56,15 @@ impl Family {
     }
 }
 
-/// The whole table.
+/// The whole table. Its parts are shared (`Arc`) between a ruleset and the next one
+/// compiled from it, so keeping the applied ruleset and diffing against it is cheap.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ruleset {
-    pub chains: BTreeMap<String, Chain>,
+    pub chains: BTreeMap<String, Arc<Chain>>,
     /// Sets and maps, by name.
-    pub sets: BTreeMap<String, Set>,
+    pub sets: BTreeMap<String, Arc<Set>>,
     /// Named counters, by name.
-    pub counters: BTreeMap<String, Counter>,
+    pub counters: BTreeMap<String, Arc<Counter>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,8 +88,45 @@ pub enum ChainKind {
 pub struct Set {
     pub kind: SetKind,
     pub comment: Option<String>,
-    /// Element → value (empty for sets), in nft syntax.
-    pub elements: BTreeMap<String, String>,
+    /// What the elements are derived from (not part of the table).
+    pub members: Members,
+    /// Element → value (empty for sets), in nft syntax. Shared between rulesets
+    /// until one of them changes it, so keeping the previous ruleset is cheap.
+    pub elements: Arc<BTreeMap<String, String>>,
+}
+
+/// What decides a set's elements, so that a pod change can update just that pod's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Members {
+    /// Addresses of the pods a peer selects.
+    Peer(Peer),
+    /// `address . protocol . port` of the pods declaring a port of this name.
+    NamedPort(String),
+    /// Addresses of this node's pods.
+    LocalPods,
+    /// Decided by the policies alone (ipBlock, pod CIDRs) or by dispatch.
+    Other,
+}
+
+impl Set {
+    pub fn new(kind: SetKind, comment: Option<String>, members: Members) -> Self {
+        Self {
+            kind,
+            comment,
+            members,
+            elements: Arc::default(),
+        }
+    }
+
+    pub fn with_elements(mut self, elements: BTreeMap<String, String>) -> Self {
+        self.elements = Arc::new(elements);
+        self
+    }
+
+    /// The elements, for changing (copied first if another ruleset shares them).
+    pub fn elements_mut(&mut self) -> &mut BTreeMap<String, String> {
+        Arc::make_mut(&mut self.elements)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -10,6 +10,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 use super::model::{FAMILY, TABLE};
+use super::netlink;
+use super::render::Transaction;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
@@ -24,18 +26,23 @@ pub enum NftError {
     Json { command: String, message: String },
     #[error("table {FAMILY} {TABLE} does not exist")]
     NoTable,
+    #[error("{0}")]
+    Netlink(String),
 }
 
 /// How to run `nft`: by default the `nft` on $PATH in the current network namespace.
 #[derive(Clone, Debug)]
 pub struct Nft {
     argv: Vec<String>,
+    /// The network namespace file element updates are sent from (netlink).
+    netns: Option<String>,
 }
 
 impl Default for Nft {
     fn default() -> Self {
         Self {
             argv: vec!["nft".into()],
+            netns: None,
         }
     }
 }
@@ -48,7 +55,21 @@ impl Nft {
                 .into_iter()
                 .map(String::from)
                 .collect(),
+            netns: Some(format!("/run/netns/{name}")),
         }
+    }
+
+    /// Applies a transaction: an elements-only one straight over netlink (no process,
+    /// no cache read), anything else through `nft -f`. Either way one transaction.
+    pub async fn apply_transaction(&self, transaction: &Transaction) -> Result<(), NftError> {
+        if let Some(batches) = transaction.element_batches() {
+            let netns = self.netns.clone();
+            return tokio::task::spawn_blocking(move || netlink::apply(netns.as_deref(), &batches))
+                .await
+                .map_err(|err| NftError::Netlink(err.to_string()))?
+                .map_err(|err| NftError::Netlink(err.to_string()));
+        }
+        self.apply(&transaction.text()).await
     }
 
     fn command(&self, args: &[&str]) -> (Command, String) {
@@ -143,9 +164,19 @@ impl Nft {
 
 /// Makes bridged pod-to-pod traffic on this node traverse the inet forward hook
 /// (`net.bridge.bridge-nf-call-ip{,6}tables`), as pods on one bridge never reach the
-/// routing path otherwise. Returns the switches that do not exist (no bridge netfilter
-/// in this kernel or namespace).
+/// routing path otherwise. Loads `br_netfilter` first when its switches are absent
+/// (a distribution kernel builds it as a module, loaded by nothing else). Returns the
+/// switches that do not exist (no bridge netfilter in this kernel or namespace).
 pub fn enable_bridge_netfilter() -> Vec<String> {
+    if !Path::new("/proc/sys/net/bridge").exists() {
+        // Best effort: without modprobe (or the module) the switches stay missing
+        // and are reported below.
+        let _ = std::process::Command::new("modprobe")
+            .arg("br_netfilter")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
     let mut missing = Vec::new();
     for name in ["bridge-nf-call-iptables", "bridge-nf-call-ip6tables"] {
         let path = Path::new("/proc/sys/net/bridge").join(name);

@@ -4,8 +4,10 @@
 //! order the kernel accepts). Either is one file, so one atomic transaction.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use super::model::{Chain, ChainKind, FAMILY, Ruleset, Set, TABLE};
+use super::netlink::ElementBatch;
 
 /// One `nft -f` file.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -20,6 +22,8 @@ pub struct Command {
     pub text: String,
     /// Elements added or deleted by this command.
     pub elements: usize,
+    /// For element commands, the same change in structured form (for netlink).
+    pub batch: Option<ElementBatch>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -69,7 +73,19 @@ impl Transaction {
             kind,
             text,
             elements,
+            batch: None,
         });
+    }
+
+    /// The element batches of an elements-only transaction, if netlink can send all.
+    pub fn element_batches(&self) -> Option<Vec<ElementBatch>> {
+        if !self.elements_only() {
+            return None;
+        }
+        self.commands
+            .iter()
+            .map(|c| c.batch.clone().filter(ElementBatch::supported))
+            .collect()
     }
 }
 
@@ -91,7 +107,11 @@ pub fn full(ruleset: &Ruleset) -> Transaction {
     for (name, set) in ruleset.sets.iter().filter(|(_, s)| !s.kind.is_map()) {
         write_set(&mut text, name, set);
     }
-    let mut chains: Vec<(&String, &Chain)> = ruleset.chains.iter().collect();
+    let mut chains: Vec<(&String, &Chain)> = ruleset
+        .chains
+        .iter()
+        .map(|(n, c)| (n, c.as_ref()))
+        .collect();
     chains.sort_by_key(|(name, chain)| (chain.kind, name.as_str()));
     for (name, chain) in chains
         .iter()
@@ -219,6 +239,9 @@ pub fn diff(old: &Ruleset, new: &Ruleset) -> Option<Transaction> {
         let Some(previous) = old.sets.get(name) else {
             continue;
         };
+        if Arc::ptr_eq(&previous.elements, &set.elements) {
+            continue;
+        }
         let gone: Vec<&String> = previous
             .elements
             .iter()
@@ -231,12 +254,21 @@ pub fn diff(old: &Ruleset, new: &Ruleset) -> Option<Transaction> {
                 format!("delete element {t} {name} {{ {} }}", join(&gone)),
                 gone.len(),
             );
+            attach(
+                &mut tx,
+                name,
+                set,
+                true,
+                gone.iter().map(|k| ((*k).clone(), String::new())).collect(),
+            );
         }
     }
     // 3. Rules of new and changed chains.
     for (name, chain) in &new.chains {
         match old.chains.get(name) {
-            Some(previous) if previous.rules == chain.rules => continue,
+            Some(previous) if Arc::ptr_eq(previous, chain) || previous.rules == chain.rules => {
+                continue;
+            }
             Some(_) => tx.push(CommandKind::Rules, format!("flush chain {t} {name}"), 0),
             None => {}
         }
@@ -247,17 +279,30 @@ pub fn diff(old: &Ruleset, new: &Ruleset) -> Option<Transaction> {
     // 4. Element adds, now that every chain a verdict may jump to exists.
     for (name, set) in &new.sets {
         let previous = old.sets.get(name);
-        let added: Vec<String> = set
+        if previous.is_some_and(|p| Arc::ptr_eq(&p.elements, &set.elements)) {
+            continue;
+        }
+        let added: Vec<(&String, &String)> = set
             .elements
             .iter()
             .filter(|(k, v)| previous.and_then(|p| p.elements.get(*k)) != Some(*v))
-            .map(|(k, _)| set.element(k))
             .collect();
         if !added.is_empty() {
+            let text: Vec<String> = added.iter().map(|(k, _)| set.element(k)).collect();
             tx.push(
                 CommandKind::AddElements,
-                format!("add element {t} {name} {{ {} }}", added.join(", ")),
+                format!("add element {t} {name} {{ {} }}", text.join(", ")),
                 added.len(),
+            );
+            attach(
+                &mut tx,
+                name,
+                set,
+                false,
+                added
+                    .iter()
+                    .map(|(k, v)| ((*k).clone(), (*v).clone()))
+                    .collect(),
             );
         }
     }
@@ -305,6 +350,24 @@ pub fn diff(old: &Ruleset, new: &Ruleset) -> Option<Transaction> {
     Some(tx)
 }
 
+/// Gives the last command its structured element batch.
+fn attach(
+    tx: &mut Transaction,
+    name: &str,
+    set: &Set,
+    delete: bool,
+    elements: Vec<(String, String)>,
+) {
+    if let Some(command) = tx.commands.last_mut() {
+        command.batch = Some(ElementBatch {
+            set: name.to_string(),
+            kind: set.kind,
+            delete,
+            elements,
+        });
+    }
+}
+
 fn join(keys: &[&String]) -> String {
     keys.iter()
         .map(|k| k.as_str())
@@ -315,47 +378,52 @@ fn join(keys: &[&String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::firewall::model::{Family, SetKind};
+    use crate::firewall::model::{Family, Members, SetKind};
     use std::collections::BTreeMap;
 
     fn ruleset(peers: &[&str], dispatch: &[(&str, &str)], extra_chain: bool) -> Ruleset {
         let mut r = Ruleset::default();
         r.sets.insert(
             "pods4/p".into(),
-            Set {
-                kind: SetKind::Addr(Family::V4),
-                comment: Some("pods app=a in namespace x".into()),
-                elements: peers
-                    .iter()
-                    .map(|p| (p.to_string(), String::new()))
-                    .collect(),
-            },
+            std::sync::Arc::new(
+                Set::new(
+                    SetKind::Addr(Family::V4),
+                    Some("pods app=a in namespace x".into()),
+                    Members::Other,
+                )
+                .with_elements(
+                    peers
+                        .iter()
+                        .map(|p| (p.to_string(), String::new()))
+                        .collect(),
+                ),
+            ),
         );
         r.sets.insert(
             "ingress-dispatch4".into(),
-            Set {
-                kind: SetKind::Dispatch(Family::V4),
-                comment: None,
-                elements: dispatch
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect::<BTreeMap<_, _>>(),
-            },
+            std::sync::Arc::new(
+                Set::new(SetKind::Dispatch(Family::V4), None, Members::Other).with_elements(
+                    dispatch
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect::<BTreeMap<_, _>>(),
+                ),
+            ),
         );
         r.chains.insert(
             "ingress/x/p".into(),
-            Chain {
+            std::sync::Arc::new(Chain {
                 kind: ChainKind::Policy,
                 rules: vec!["ip saddr @pods4/p accept".into()],
-            },
+            }),
         );
         if extra_chain {
             r.chains.insert(
                 "ingress/x/q".into(),
-                Chain {
+                std::sync::Arc::new(Chain {
                     kind: ChainKind::Policy,
                     rules: vec!["tcp dport 80 accept".into()],
-                },
+                }),
             );
         }
         r

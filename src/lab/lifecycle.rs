@@ -4,13 +4,14 @@
 //! remove everything. A failed `up` tears down what it built before returning.
 //!
 //! Order of `up`: fabric, external and node namespaces with their veths and
-//! addresses → the API server (seeded with the completed manifests) → one agent per
+//! addresses → the external netns's responder → the API server (seeded with the completed manifests) → one agent per
 //! node → wait for each node's conflist → pods (netns, CNI ADD, responder, status)
 //! → wait until every agent is healthy. `down` reverses it: agents and responders
 //! (and any other process found inside the lab's namespaces) stop, CNI DEL for every
 //! wired pod, the API server stops, namespaces go (pods, nodes, external, fabric),
 //! then the state dir.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,9 @@ use super::state::{self, LabState, SharedState};
 use super::topology::{self, LabPlan, NodePlan};
 use super::{agents, netns, pods};
 use crate::cache::manifests;
+
+/// The role of the process answering in the external netns.
+pub const EXTERNAL_RESPONDER: &str = "responder external";
 
 /// Flags naming a lab, shared by every `lab` verb.
 #[derive(Clone, Debug, clap::Args)]
@@ -156,6 +160,16 @@ async fn build(
     let plugin_dirs = plugin_dirs(&args.cni_bin_dirs);
     underlay(shared, plan)?;
     let dir = shared.snapshot()?.dir;
+    pods::spawn_responder(
+        shared,
+        &plan.external.netns,
+        super::probe::EXTERNAL,
+        &topology::EXTERNAL_PORTS,
+        EXTERNAL_RESPONDER,
+        &dir.join("external-responder.log"),
+        &exe,
+    )
+    .await?;
     control_plane::write_seed(&dir, &topology::seed_objects(plan, objects))?;
     start_control_plane(shared, &exe).await?;
 
@@ -218,7 +232,9 @@ pub async fn kube_client(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
     Ok(kube::Client::try_from(config)?)
 }
 
-/// The `ip -batch` lines of the underlay, per netns (pure; see [`underlay`]).
+/// The `ip -batch` lines of the underlay, per netns (pure; see [`underlay`]). IPv6
+/// addresses skip DAD (`nodad`): the lab's links are new and their addresses planned
+/// unique, as on a long-settled underlay.
 pub fn underlay_commands(plan: &LabPlan) -> Vec<(String, Vec<String>)> {
     let mut fabric = Vec::new();
     for subnet in &plan.subnets {
@@ -229,45 +245,80 @@ pub fn underlay_commands(plan: &LabPlan) -> Vec<(String, Vec<String>)> {
             subnet.subnet.prefix_len(),
             subnet.bridge
         ));
+        if let (Some(gateway), Some(net)) = (subnet.gateway6, subnet.subnet6) {
+            fabric.push(format!(
+                "addr add {gateway}/{} dev {} nodad",
+                net.prefix_len(),
+                subnet.bridge
+            ));
+        }
         fabric.push(format!("link set {} up", subnet.bridge));
     }
-    let mut hosts: Vec<(String, std::net::Ipv4Addr, usize, String)> = plan
+    let mut hosts: Vec<(String, Vec<IpAddr>, usize, String)> = plan
         .nodes
         .iter()
-        .map(|n| (n.netns.clone(), n.address, n.subnet, n.fabric_port.clone()))
+        .map(|n| {
+            (
+                n.netns.clone(),
+                n.addresses(),
+                n.subnet,
+                n.fabric_port.clone(),
+            )
+        })
         .collect();
     hosts.push((
         plan.external.netns.clone(),
-        plan.external.address,
+        plan.external.addresses(),
         plan.external.subnet,
         plan.external.fabric_port.clone(),
     ));
     let mut per_netns = Vec::new();
-    for (netns_name, address, subnet_index, port) in hosts {
+    for (netns_name, addresses, subnet_index, port) in hosts {
         let subnet = &plan.subnets[subnet_index];
         fabric.push(format!(
             "link add {port} type veth peer name eth0 netns {netns_name}"
         ));
         fabric.push(format!("link set {port} master {} up", subnet.bridge));
-        per_netns.push((
-            netns_name,
-            vec![
-                format!("addr add {address}/{} dev eth0", subnet.subnet.prefix_len()),
-                "link set eth0 up".to_string(),
-                format!("route add default via {}", subnet.gateway),
-            ],
-        ));
+        let mut lines = Vec::new();
+        let mut routes = Vec::new();
+        for address in addresses {
+            match (address, subnet.subnet6, subnet.gateway6) {
+                (IpAddr::V4(_), _, _) => {
+                    lines.push(format!(
+                        "addr add {address}/{} dev eth0",
+                        subnet.subnet.prefix_len()
+                    ));
+                    routes.push(format!("route add default via {}", subnet.gateway));
+                }
+                (IpAddr::V6(_), Some(net), Some(gateway)) => {
+                    lines.push(format!(
+                        "addr add {address}/{} dev eth0 nodad",
+                        net.prefix_len()
+                    ));
+                    routes.push(format!("route add default via {gateway}"));
+                }
+                (IpAddr::V6(_), _, _) => {}
+            }
+        }
+        lines.push("link set eth0 up".to_string());
+        lines.extend(routes);
+        per_netns.push((netns_name, lines));
     }
     for vip in &plan.service_vips {
-        let hops: Vec<String> = plan
+        let hops: Vec<IpAddr> = plan
             .nodes
             .iter()
-            .map(|n| format!("nexthop via {}", n.address))
+            .flat_map(|n| n.addresses())
+            .filter(|a| a.is_ipv4() == vip.is_ipv4())
             .collect();
-        if hops.len() == 1 {
-            fabric.push(format!("route add {vip}/32 via {}", plan.nodes[0].address));
-        } else {
-            fabric.push(format!("route add {vip}/32 {}", hops.join(" ")));
+        let prefix = if vip.is_ipv4() { 32 } else { 128 };
+        match hops.as_slice() {
+            [] => {}
+            [hop] => fabric.push(format!("route add {vip}/{prefix} via {hop}")),
+            hops => {
+                let hops: Vec<String> = hops.iter().map(|h| format!("nexthop via {h}")).collect();
+                fabric.push(format!("route add {vip}/{prefix} {}", hops.join(" ")));
+            }
         }
     }
     let mut commands = vec![(plan.fabric_netns.clone(), fabric)];
@@ -275,7 +326,8 @@ pub fn underlay_commands(plan: &LabPlan) -> Vec<(String, Vec<String>)> {
     commands
 }
 
-/// Creates the fabric, external and node namespaces and wires them.
+/// Creates the fabric, external and node namespaces and wires them. The fabric and
+/// the nodes forward both families; no lab namespace runs IPv6 DAD on its links.
 fn underlay(shared: &SharedState, plan: &LabPlan) -> anyhow::Result<()> {
     let mut names = vec![plan.fabric_netns.clone(), plan.external.netns.clone()];
     names.extend(plan.nodes.iter().map(|n| n.netns.clone()));
@@ -284,13 +336,16 @@ fn underlay(shared: &SharedState, plan: &LabPlan) -> anyhow::Result<()> {
         netns::add(name)?;
     }
     for name in &names {
-        let forwarding = name != &plan.external.netns;
-        netns::sysctl(
-            name,
-            "net/ipv4/ip_forward",
-            if forwarding { "1" } else { "0" },
-        )?;
-        if forwarding {
+        let forwarding = if name == &plan.external.netns {
+            "0"
+        } else {
+            "1"
+        };
+        netns::sysctl(name, "net/ipv4/ip_forward", forwarding)?;
+        if netns::ipv6_available() {
+            netns::sysctl(name, "net/ipv6/conf/all/forwarding", forwarding)?;
+        }
+        if forwarding == "1" {
             netns::sysctl(name, "net/ipv4/conf/all/rp_filter", "0")?;
             netns::sysctl(name, "net/ipv4/conf/default/rp_filter", "0")?;
         }
@@ -418,5 +473,47 @@ mod tests {
             )
         );
         assert_eq!(commands[3].0, "kw-t-ext");
+    }
+
+    #[test]
+    fn dual_stack_underlay_adds_ipv6_addresses_and_routes() {
+        let yaml = "kind: Node\nmetadata: {name: a}\nspec: {podCIDRs: [10.244.1.0/24, 'fd00:1::/64']}\n\
+                    status: {addresses: [{type: InternalIP, address: 192.168.50.11}, {type: InternalIP, address: 'fd00:50::11'}]}\n---\n\
+                    kind: Service\nmetadata: {name: s}\nspec: {externalIPs: [192.0.2.7, '2001:db8::7'], ports: [{port: 80}]}\n";
+        let objects = parse_documents(Path::new("t.yaml"), yaml).unwrap();
+        let plan = topology::plan("t", &snapshot_from_objects(&objects).unwrap()).unwrap();
+        let commands = underlay_commands(&plan);
+        let fabric = &commands[0].1;
+        for line in [
+            "addr add fd00:50::1/64 dev br0 nodad",
+            "addr add fd00:0:ffff:ffff::1/64 dev br1 nodad",
+            "route add 192.0.2.7/32 via 192.168.50.11",
+            "route add 2001:db8::7/128 via fd00:50::11",
+        ] {
+            assert!(fabric.iter().any(|l| l == line), "{line} in {fabric:#?}");
+        }
+        assert_eq!(
+            commands[1].1,
+            [
+                "addr add 192.168.50.11/24 dev eth0",
+                "addr add fd00:50::11/64 dev eth0 nodad",
+                "link set eth0 up",
+                "route add default via 192.168.50.1",
+                "route add default via fd00:50::1",
+            ]
+        );
+        assert_eq!(
+            commands[2],
+            (
+                "kw-t-ext".to_string(),
+                vec![
+                    "addr add 172.30.255.2/24 dev eth0".to_string(),
+                    "addr add fd00:0:ffff:ffff::2/64 dev eth0 nodad".to_string(),
+                    "link set eth0 up".to_string(),
+                    "route add default via 172.30.255.1".to_string(),
+                    "route add default via fd00:0:ffff:ffff::1".to_string(),
+                ]
+            )
+        );
     }
 }

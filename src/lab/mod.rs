@@ -40,6 +40,9 @@ pub enum LabCommand {
     Down(LabArg),
     /// Measure pod-to-pod reachability (and Services) with real packets.
     Probe(ProbeArgs),
+    /// Connect from a pod, a node or the external netns to one address and print the
+    /// answer: who answered and the source address they saw.
+    Connect(ConnectArgs),
     /// up, probe, down in one command.
     Run(RunArgs),
     /// Print the path of a kubeconfig for the lab's API server (usable from the host).
@@ -64,6 +67,28 @@ pub struct ProbeArgs {
     pub options: ProbeOptions,
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub format: OutputFormat,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ConnectArgs {
+    #[command(flatten)]
+    pub lab: LabArg,
+    /// Where the connection starts: `namespace/pod`, `external` or `node/<name>`.
+    #[arg(long)]
+    pub from: String,
+    /// The address to connect to, `10.244.2.5:80` or `[fd00::5]:80`.
+    #[arg(long)]
+    pub to: std::net::SocketAddr,
+    #[arg(long, default_value = "TCP", value_parser = parse_protocol)]
+    pub protocol: topology::Protocol,
+    /// How long to wait for the answer.
+    #[arg(long, default_value = "1s", value_parser = crate::agent::parse_duration)]
+    pub timeout: Duration,
+}
+
+fn parse_protocol(text: &str) -> Result<topology::Protocol, String> {
+    topology::Protocol::parse(&text.to_ascii_uppercase())
+        .ok_or_else(|| format!("`{text}`: the protocol is TCP, UDP or SCTP"))
 }
 
 #[derive(Debug, clap::Args)]
@@ -105,6 +130,16 @@ pub async fn dispatch(cmd: LabCommand) -> anyhow::Result<()> {
             let lab = args.lab.load_up()?;
             let report = probe(&lab, &args.options).await?;
             print_report(&report, args.format, args.options.tries)
+        }
+        LabCommand::Connect(args) => {
+            init_logging();
+            let lab = args.lab.load_up()?;
+            let reply = connect(&lab, &args.from, args.to, args.protocol, args.timeout).await?;
+            match reply.peer {
+                Some(peer) => println!("{} from {peer}", reply.who),
+                None => println!("{}", reply.who),
+            }
+            Ok(())
         }
         LabCommand::Run(args) => {
             init_logging();
@@ -154,6 +189,37 @@ pub async fn probe(lab: &LabState, options: &ProbeOptions) -> anyhow::Result<Pro
         None
     };
     Ok(probe::run(matrix, services, options).await)
+}
+
+/// One connection from `from` (see [`probe::source_netns`]) to `to`; an error when
+/// nobody answered within `timeout`.
+pub async fn connect(
+    lab: &LabState,
+    from: &str,
+    to: std::net::SocketAddr,
+    protocol: topology::Protocol,
+    timeout: Duration,
+) -> anyhow::Result<probe::Reply> {
+    let plan = lab.plan()?;
+    let netns = probe::source_netns(plan, from).with_context(|| {
+        format!(
+            "--from {from}: not a pod of lab {}, `{}` or `node/<name>`",
+            lab.name,
+            probe::EXTERNAL
+        )
+    })?;
+    let probe = probe::Probe {
+        from: from.to_string(),
+        netns: netns.to_string(),
+        to,
+        protocol,
+    };
+    probe::ask(&probe, timeout).await.with_context(|| {
+        format!(
+            "{from}: no answer from {to} ({}) within {timeout:?}",
+            protocol.as_str()
+        )
+    })
 }
 
 fn print_report(report: &ProbeReport, format: OutputFormat, tries: u32) -> anyhow::Result<()> {
@@ -214,6 +280,11 @@ async fn controller_activity(lab: &LabState) -> Vec<agents::NodeActivity> {
     per_node
 }
 
+fn join(ips: &[std::net::IpAddr]) -> String {
+    let texts: Vec<String> = ips.iter().map(ToString::to_string).collect();
+    texts.join(",")
+}
+
 async fn status(lab: &LabState) -> anyhow::Result<String> {
     use std::fmt::Write;
     let plan = lab.plan()?;
@@ -256,7 +327,7 @@ async fn status(lab: &LabState) -> anyhow::Result<String> {
             out,
             "  {:<12} {:<15} pods {:<28} netns {}  {health}",
             node.name,
-            node.address,
+            join(&node.addresses()),
             cidrs.join(","),
             node.netns
         );
@@ -289,10 +360,25 @@ async fn status(lab: &LabState) -> anyhow::Result<String> {
             }
         );
     }
+    let responder = lab
+        .processes
+        .iter()
+        .find(|p| p.role == lifecycle::EXTERNAL_RESPONDER);
+    let ports: Vec<String> = topology::EXTERNAL_PORTS
+        .iter()
+        .map(responder::format_port)
+        .collect();
     let _ = writeln!(
         out,
-        "external: {} in netns {}",
-        plan.external.address, plan.external.netns
+        "external: {} in netns {}, {} on {}",
+        join(&plan.external.addresses()),
+        plan.external.netns,
+        match responder {
+            Some(p) if p.is_alive() => "answering",
+            Some(_) => "responder not running",
+            None => "no responder",
+        },
+        ports.join(",")
     );
     if let Some(kubeconfig) = &lab.kubeconfig {
         let _ = writeln!(out, "kubeconfig: {}", kubeconfig.display());

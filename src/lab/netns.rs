@@ -22,10 +22,24 @@ pub fn exists(name: &str) -> bool {
     path(name).exists()
 }
 
-/// Creates the named netns with its loopback up.
+/// Creates the named netns with its loopback up and IPv6 duplicate address
+/// detection off for every link made in it later: the lab plans its addresses
+/// unique, and DAD would only hold each new one back for seconds (a forwarding node
+/// cannot even solicit neighbours until its link-local address is through it).
 pub fn add(name: &str) -> anyhow::Result<()> {
     run_ip(&["netns", "add", name]).with_context(|| format!("creating netns {name}"))?;
-    batch(name, &["link set lo up".to_string()])
+    batch(name, &["link set lo up".to_string()])?;
+    if ipv6_available() {
+        for scope in ["all", "default"] {
+            sysctl(name, &format!("net/ipv6/conf/{scope}/accept_dad"), "0")?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether this kernel has IPv6 (it may be compiled out or disabled at boot).
+pub fn ipv6_available() -> bool {
+    std::path::Path::new("/proc/sys/net/ipv6").exists()
 }
 
 /// Deletes the named netns; a missing one is not an error.

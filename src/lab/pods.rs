@@ -1,7 +1,8 @@
 //! Pods, the way a kubelet and its container runtime would run them: a netns per Pod
 //! wired by the node's CNI chain (the conflist the node's agent wrote, plugins run
-//! inside the node netns through [`crate::cni::exec`]), the planned address requested
-//! with host-local's `IP=` argument and checked against the result, the ADD result
+//! inside the node netns through [`crate::cni::exec`]), the planned addresses
+//! requested from host-local the CNI way (`"args": {"cni": {"ips": [...]}}` in the
+//! network config, one per family) and checked against the result, the ADD result
 //! kept for the DEL on teardown, a responder process answering on the Pod's ports,
 //! and the Pod's status (podIP(s), hostIP, phase Running) written to the API server.
 //! `hostNetwork` Pods skip CNI and run their responder in the node netns.
@@ -20,14 +21,13 @@ use super::netns;
 use super::process::{self, ProcessRecord};
 use super::responder::format_port;
 use super::state::{LabState, SharedState};
-use super::topology::{LabPlan, PodPlan};
+use super::topology::{LabPlan, PodPlan, PodPort};
 use crate::cni::exec::{Attachment, CniResult, PluginRunner};
 
 const CNI_RESULT: &str = "cni-result.json";
 const POD_IFNAME: &str = "eth0";
 
 fn attachment(pod: &PodPlan, netns_name: &str) -> Attachment {
-    let ips: Vec<String> = pod.ips.iter().map(ToString::to_string).collect();
     Attachment {
         container_id: pod.container_id.clone(),
         netns: netns::path(netns_name),
@@ -39,10 +39,27 @@ fn attachment(pod: &PodPlan, netns_name: &str) -> Attachment {
                 "K8S_POD_INFRA_CONTAINER_ID".into(),
                 pod.container_id.clone(),
             ),
-            ("IP".into(), ips.join(",")),
         ],
         capability_args: Default::default(),
     }
+}
+
+/// `conflist` with the pod's planned addresses requested from every plugin that has
+/// an IPAM section (CNI's `args.cni.ips` convention, which host-local honours for
+/// several addresses at once; `CNI_ARGS` `IP=` takes only one).
+fn request_ips(mut conflist: Value, ips: &[IpAddr]) -> Value {
+    let ips: Vec<String> = ips.iter().map(ToString::to_string).collect();
+    let plugins = conflist
+        .get_mut("plugins")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten();
+    for plugin in plugins.filter(|p| p.get("ipam").is_some()) {
+        if let Some(plugin) = plugin.as_object_mut() {
+            plugin.insert("args".into(), json!({"cni": {"ips": ips}}));
+        }
+    }
+    conflist
 }
 
 fn read_conflist(path: &Path) -> anyhow::Result<Value> {
@@ -72,7 +89,7 @@ pub async fn wire(
         s.clone()
     })?;
     netns::add(&pod_netns).with_context(|| format!("Pod {key}"))?;
-    let conflist = read_conflist(conflist)?;
+    let conflist = request_ips(read_conflist(conflist)?, &pod.ips);
     let runner = PluginRunner {
         plugin_dirs: plugin_dirs.to_vec(),
         node_netns: Some(node.netns.clone()),
@@ -92,7 +109,9 @@ pub async fn wire(
     let got: BTreeSet<IpAddr> = result.pod_ips().into_iter().collect();
     let wanted: BTreeSet<IpAddr> = pod.ips.iter().copied().collect();
     if got != wanted {
-        bail!("Pod {key}: CNI gave {got:?}, the lab asked for {wanted:?} (host-local IP=)");
+        bail!(
+            "Pod {key}: CNI gave {got:?}, the lab asked for {wanted:?} (host-local args.cni.ips)"
+        );
     }
     Ok(pod.ips.clone())
 }
@@ -143,18 +162,33 @@ pub async fn start_responder(
     let netns_name = plan
         .pod_netns(pod)
         .with_context(|| format!("Pod {key}: no netns"))?;
-    let lab = state.snapshot()?;
+    let log = state.snapshot()?.pod_dir(&key).join("responder.log");
+    let role = format!("responder {key}");
+    let record = spawn_responder(state, netns_name, &key, &pod.ports, &role, &log, exe).await?;
+    Ok(Some(record))
+}
+
+/// Starts `kubewire lab responder` in `netns`, answering as `who` on `ports`, records
+/// it as `role` and waits until it has bound every port.
+pub async fn spawn_responder(
+    state: &SharedState,
+    netns_name: &str,
+    who: &str,
+    ports: &[PodPort],
+    role: &str,
+    log: &Path,
+    exe: &Path,
+) -> anyhow::Result<ProcessRecord> {
     let mut command = netns::command_in(netns_name, exe);
-    command.args(["lab", "responder", "--pod", &key]);
-    for port in &pod.ports {
+    command.args(["lab", "responder", "--pod", who]);
+    for port in ports {
         command.arg("--port").arg(format_port(port));
     }
-    let log = lab.pod_dir(&key).join("responder.log");
-    let (record, mut child) =
-        process::spawn(&lab.name, &format!("responder {key}"), command, &log, true)?;
+    let lab_name = state.snapshot()?.name;
+    let (record, mut child) = process::spawn(&lab_name, role, command, log, true)?;
     state.update(|s| s.processes.push(record.clone()))?;
     process::wait_ready(&record, &mut child, Duration::from_secs(10)).await?;
-    Ok(Some(record))
+    Ok(record)
 }
 
 /// Writes the pod's status like a kubelet once its sandbox and responder run.
@@ -164,16 +198,15 @@ pub async fn report_running(
     pod: &PodPlan,
     ips: &[IpAddr],
 ) -> anyhow::Result<()> {
-    let host_ip = plan
+    let node = plan
         .node(&pod.node)
-        .map(|n| n.address.to_string())
-        .unwrap_or_default();
+        .with_context(|| format!("Pod {}: node {} is not in the lab", pod.key(), pod.node))?;
     let ips: Vec<String> = ips.iter().map(ToString::to_string).collect();
     let patch = json!({
         "status": {
             "phase": "Running",
-            "hostIP": host_ip,
-            "hostIPs": [{"ip": host_ip}],
+            "hostIP": node.address.to_string(),
+            "hostIPs": super::topology::host_ips(node),
             "podIP": ips.first(),
             "podIPs": ips.iter().map(|ip| json!({"ip": ip})).collect::<Vec<_>>(),
         }

@@ -2,7 +2,12 @@
 //! namespaces. For every ordered pair of distinct pods and every declared (port,
 //! protocol) of the destination: TCP/SCTP connect + the responder's answer, UDP one
 //! datagram (re-sent twice within the timeout) + the answer. `allowed` is true only
-//! when the destination pod itself answered; nothing is inferred. With `--services`,
+//! when the destination pod itself answered; nothing is inferred. Like `firewall
+//! matrix`, a pair is probed at the destination's primary address (the first of its
+//! podIPs) from the source's address of that family — a dual-stack pair is one row,
+//! and a source without that family cannot connect. [`ask`] (and `lab connect`)
+//! reaches any one address and returns the whole answer, including the source
+//! address the responder saw. With `--services`,
 //! each Service port is probed `--tries` times from every pod (ClusterIP) and from the
 //! external netns (NodePort on every node, externalIPs, LB ingress IPs), recording
 //! who answered. Probes run in parallel, each with a short timeout.
@@ -214,14 +219,16 @@ pub fn service_probes(plan: &LabPlan, services: &[Service]) -> Vec<(Probe, Servi
             let external = plan.external.netns.as_str();
             if let Some(node_port) = port.node_port.and_then(|p| u16::try_from(p).ok()) {
                 for node in &plan.nodes {
-                    add(
-                        EXTERNAL,
-                        external,
-                        IpAddr::V4(node.address),
-                        node_port,
-                        ServiceKind::NodePort,
-                        Some(&node.name),
-                    );
+                    for address in node.addresses() {
+                        add(
+                            EXTERNAL,
+                            external,
+                            address,
+                            node_port,
+                            ServiceKind::NodePort,
+                            Some(&node.name),
+                        );
+                    }
                 }
             }
             for ip in &external_ips {
@@ -254,14 +261,45 @@ fn dedup(ips: &mut Vec<IpAddr>) {
     ips.retain(|ip| seen.insert(*ip));
 }
 
-/// Sends one probe; the first word of the answer (who answered), if any came.
+/// A responder's answer to one probe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// Who answered: a pod's `namespace/name`, or [`EXTERNAL`].
+    pub who: String,
+    /// The source address the responder saw the probe come from.
+    pub peer: Option<IpAddr>,
+}
+
+/// Sends one probe; who answered (the answer's first word), if anyone did.
 pub async fn send(probe: &Probe, timeout: Duration) -> Option<String> {
+    ask(probe, timeout).await.map(|reply| reply.who)
+}
+
+/// Sends one probe and returns the whole answer: who answered and the source address
+/// they saw (so a test can tell masqueraded traffic from traffic that kept its
+/// source). `None` when nothing answered within `timeout`.
+pub async fn ask(probe: &Probe, timeout: Duration) -> Option<Reply> {
     let answer = match probe.protocol {
         Protocol::Tcp => tcp(&probe.netns, probe.to, timeout).await,
         Protocol::Udp => udp(&probe.netns, probe.to, timeout).await,
         Protocol::Sctp => sctp(&probe.netns, probe.to, timeout).await,
     }?;
-    parse_answer(&answer).map(|(who, _)| who.to_string())
+    parse_answer(&answer).map(|(who, peer)| Reply {
+        who: who.to_string(),
+        peer,
+    })
+}
+
+/// The netns a probe `from` leaves: a pod's (`namespace/name`), [`EXTERNAL`]'s, or a
+/// node's (`node/<name>`).
+pub fn source_netns<'a>(plan: &'a LabPlan, from: &str) -> Option<&'a str> {
+    if from == EXTERNAL {
+        return Some(&plan.external.netns);
+    }
+    if let Some(node) = from.strip_prefix("node/") {
+        return plan.node(node).map(|n| n.netns.as_str());
+    }
+    plan.pod_netns(plan.pod(from)?)
 }
 
 async fn tcp(netns: &str, to: SocketAddr, timeout: Duration) -> Option<String> {

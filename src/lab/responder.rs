@@ -119,14 +119,113 @@ async fn serve_tcp(listener: tokio::net::TcpListener, pod: String) -> anyhow::Re
     }
 }
 
+/// Answers each datagram from the address it was sent to. A socket bound to the
+/// wildcard address would otherwise reply from whatever source the route to the peer
+/// picks — for a node address reached from one of the node's own pods, the pod
+/// bridge's gateway — and the client's connected socket would drop that answer.
 async fn serve_udp(socket: tokio::net::UdpSocket, pod: String) -> anyhow::Result<()> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let ipv6 = socket.local_addr()?.is_ipv6();
+    if ipv6 {
+        // Also reports IPv4 destinations, v4-mapped, on a dual-stack socket.
+        setsockopt(&socket, sockopt::Ipv6RecvPacketInfo, &true)?;
+    } else {
+        setsockopt(&socket, sockopt::Ipv4PacketInfo, &true)?;
+    }
     let mut buf = [0u8; 1500];
     loop {
-        let (_, peer) = socket.recv_from(&mut buf).await?;
-        let _ = socket
-            .send_to(answer(&pod, peer.ip()).as_bytes(), peer)
-            .await;
+        socket.readable().await?;
+        let (peer, local) = match socket.try_io(tokio::io::Interest::READABLE, || {
+            receive(socket.as_raw_fd(), &mut buf)
+        }) {
+            Ok(received) => received,
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(err) => return Err(err.into()),
+        };
+        let line = answer(&pod, peer.ip());
+        socket.writable().await?;
+        let _ = socket.try_io(tokio::io::Interest::WRITABLE, || {
+            reply(socket.as_raw_fd(), line.as_bytes(), peer, local)
+        });
     }
+}
+
+/// One datagram: who sent it and the local address it was sent to.
+fn receive(
+    fd: std::os::fd::RawFd,
+    buf: &mut [u8],
+) -> std::io::Result<(SocketAddr, Option<IpAddr>)> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg};
+    let mut space = nix::cmsg_space!(libc::in6_pktinfo, libc::in_pktinfo);
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let message = recvmsg::<SockaddrStorage>(fd, &mut iov, Some(&mut space), MsgFlags::empty())?;
+    let peer = message.address.and_then(|address| {
+        if let Some(v4) = address.as_sockaddr_in() {
+            Some(SocketAddr::V4((*v4).into()))
+        } else {
+            address
+                .as_sockaddr_in6()
+                .map(|v6| SocketAddr::V6((*v6).into()))
+        }
+    });
+    let peer = peer.ok_or_else(|| std::io::Error::other("a datagram without a sender"))?;
+    let mut local = None;
+    for cmsg in message.cmsgs()? {
+        match cmsg {
+            ControlMessageOwned::Ipv6PacketInfo(info) => {
+                local = Some(IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr)));
+            }
+            ControlMessageOwned::Ipv4PacketInfo(info) => {
+                local = Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                    info.ipi_addr.s_addr,
+                ))));
+            }
+            _ => {}
+        }
+    }
+    Ok((peer, local))
+}
+
+/// Sends `data` to `peer` from `local` (when known).
+fn reply(
+    fd: std::os::fd::RawFd,
+    data: &[u8],
+    peer: SocketAddr,
+    local: Option<IpAddr>,
+) -> std::io::Result<usize> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, SockaddrStorage, sendmsg};
+    let v6_info;
+    let v4_info;
+    let cmsgs: Vec<ControlMessage> = match local {
+        Some(IpAddr::V6(address)) => {
+            v6_info = libc::in6_pktinfo {
+                ipi6_addr: libc::in6_addr {
+                    s6_addr: address.octets(),
+                },
+                ipi6_ifindex: 0,
+            };
+            vec![ControlMessage::Ipv6PacketInfo(&v6_info)]
+        }
+        Some(IpAddr::V4(address)) => {
+            v4_info = libc::in_pktinfo {
+                ipi_ifindex: 0,
+                ipi_spec_dst: libc::in_addr {
+                    s_addr: u32::from(address).to_be(),
+                },
+                ipi_addr: libc::in_addr { s_addr: 0 },
+            };
+            vec![ControlMessage::Ipv4PacketInfo(&v4_info)]
+        }
+        None => Vec::new(),
+    };
+    let to = SockaddrStorage::from(peer);
+    Ok(sendmsg(
+        fd,
+        &[std::io::IoSlice::new(data)],
+        &cmsgs,
+        MsgFlags::empty(),
+        Some(&to),
+    )?)
 }
 
 /// An SCTP one-to-one socket behaves like TCP for accept/read/write, so std's TCP
@@ -231,6 +330,25 @@ mod tests {
         client.send_to(b"?", udp).await.unwrap();
         let mut buf = [0u8; 100];
         let n = client.recv(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"ns/a from 127.0.0.1\n");
+    }
+
+    /// The route back to 127.0.0.1 prefers source 127.0.0.1, so a wildcard socket
+    /// that let the route choose would answer a datagram sent to 127.0.0.2 from the
+    /// wrong address, and the client's connected socket would never see it.
+    #[tokio::test]
+    async fn udp_answers_from_the_address_it_was_sent_to() {
+        let socket = bind_udp(0).await.unwrap();
+        let port = socket.local_addr().unwrap().port();
+        tokio::spawn(serve_udp(socket, "ns/a".into()));
+        let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        client.connect(("127.0.0.2", port)).await.unwrap();
+        client.send(b"?").await.unwrap();
+        let mut buf = [0u8; 100];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), client.recv(&mut buf))
+            .await
+            .expect("no answer from 127.0.0.2")
+            .unwrap();
         assert_eq!(&buf[..n], b"ns/a from 127.0.0.1\n");
     }
 }

@@ -4,33 +4,42 @@
 //!
 //! Guarantees:
 //! - Every Node gets a netns `kw-<lab>-node-<node>` whose `eth0` has the Node's
-//!   InternalIP (IPv4) in its underlay subnet: the annotation
-//!   [`SUBNET_ANNOTATION`] when given, else the /24 around the address. Nodes without
-//!   an InternalIP get one from [`DEFAULT_NODE_SUBNET`]; Nodes without pod CIDRs get
-//!   `10.244.<n>.0/24`, the way the controller-manager's node IPAM would. With no Node
-//!   at all, `n1` and `n2` are made up (pod CIDRs 10.244.1.0/24 and 10.244.2.0/24).
-//! - Each distinct underlay subnet is one bridge in the fabric netns, holding the
-//!   subnet's gateway (`.1`, else `.254` when a Node uses `.1`, else the first free
-//!   host); the fabric routes between its bridges and nothing else. It never routes
-//!   pod CIDRs: crossing nodes is the routing controller's job. Service externalIPs
-//!   and LoadBalancer ingress IPs are routed (ECMP) to every node, like an upstream
-//!   router in front of kube-proxy's nodes.
-//! - The external netns (client for NodePorts, externalIPs, LB IPs) sits on its own
-//!   subnet, the first of 172.30.255.0/24, 172.30.254.0/24, … that overlaps nothing
-//!   in the cluster.
+//!   InternalIPs — its first IPv4 one and, when it has one, its first IPv6 one
+//!   (dual-stack) — in its underlay subnets: the annotation [`SUBNET_ANNOTATION`]
+//!   when given (one subnet per family, comma-separated), else the /24 (IPv4) or /64
+//!   (IPv6) around the address. A Node needs an IPv4 InternalIP (the control plane is
+//!   reached over IPv4). Nodes without an InternalIP get one from
+//!   [`DEFAULT_NODE_SUBNET`]; Nodes without pod CIDRs get `10.244.<n>.0/24`, the way
+//!   the controller-manager's node IPAM would. With no Node at all, `n1` and `n2` are
+//!   made up (pod CIDRs 10.244.1.0/24 and 10.244.2.0/24). Pod CIDRs are read as every
+//!   controller reads them ([`crate::node::pod_cidrs`], annotations included).
+//! - Each distinct IPv4 underlay subnet is one L2 segment: a bridge in the fabric
+//!   netns holding the subnet's gateway (`.1`, else `.254` when a Node uses `.1`, else
+//!   the first free host) and, when its Nodes are dual-stack, the IPv6 subnet's
+//!   gateway (`::1`, else the first free address). The Nodes of one segment share
+//!   one IPv6 subnet. The fabric routes between its bridges and nothing else. It
+//!   never routes pod CIDRs: crossing nodes is the routing controller's job. Service
+//!   externalIPs and LoadBalancer ingress IPs are routed (ECMP) to every node of
+//!   their family, like an upstream router in front of kube-proxy's nodes.
+//! - The external netns (client for NodePorts, externalIPs, LB IPs, and the server
+//!   pods reach outside the cluster: it answers on [`EXTERNAL_PORTS`]) sits on its
+//!   own subnet, the first of 172.30.255.0/24, 172.30.254.0/24, … that overlaps
+//!   nothing in the cluster; when any Node is dual-stack also on the first of
+//!   fd00:0:ffff:ffff::/64, fd00:0:ffff:fffe::/64, … likewise.
 //! - Every Pod is bound to a node (`spec.nodeName`, else round-robin in (namespace,
-//!   name) order) and gets its addresses up front: `status.podIP(s)` when the
-//!   manifest gives them, else the next free host of each of the node's pod CIDRs
-//!   (skipping the network address and the bridge gateway `.1`). `hostNetwork` Pods
-//!   share their node's netns and address.
-//! - Bad input for one object (an IPv6 InternalIP, a podIP outside its node's
+//!   name) order) and gets one address per pod CIDR of its node, up front: those of
+//!   `status.podIP(s)` that the manifest gives, else the next free host of the CIDR
+//!   (skipping the network address and the bridge gateway `.1`); in pod CIDR order,
+//!   except that the manifest's first address stays first (the primary).
+//!   `hostNetwork` Pods share their node's netns and addresses.
+//! - Bad input for one object (only an IPv6 InternalIP, a podIP outside its node's
 //!   CIDRs, an unknown nodeName) skips that object with a warning naming it and the
 //!   field; the rest of the lab is still planned.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
@@ -40,14 +49,29 @@ use crate::cache::manifests::{ManifestObject, apply_defaults};
 use crate::cache::{Kind, Snapshot};
 /// The Kubernetes L4 protocol, shared with the firewall (same spelling in JSON).
 pub use crate::firewall::cluster::Protocol;
+use crate::node;
 
-/// A Node annotation giving the Node's underlay subnet (`192.168.50.0/24`); without it
-/// the lab assumes the /24 around the InternalIP.
+/// A Node annotation giving the Node's underlay subnets, one per family
+/// (`192.168.50.0/24` or `192.168.50.0/24,fd00:50::/64`); without it the lab assumes
+/// the /24 around the IPv4 InternalIP and the /64 around the IPv6 one.
 pub const SUBNET_ANNOTATION: &str = "lab.kubewire.io/subnet";
 /// Where Nodes without an InternalIP get their address (`.11`, `.12`, …).
 pub const DEFAULT_NODE_SUBNET: &str = "192.168.200.0/24";
 /// The port the API server answers on inside the fabric netns, on every gateway.
 pub const FABRIC_APISERVER_PORT: u16 = 6443;
+/// What the external netns answers on (a responder, like a pod's, answering
+/// `external from <peer>`): so a pod's connection out of the cluster shows the source
+/// address it arrived with.
+pub const EXTERNAL_PORTS: [PodPort; 2] = [
+    PodPort {
+        port: 80,
+        protocol: Protocol::Tcp,
+    },
+    PodPort {
+        port: 80,
+        protocol: Protocol::Udp,
+    },
+];
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LabPlan {
@@ -60,7 +84,7 @@ pub struct LabPlan {
     pub external: ExternalPlan,
     pub pods: Vec<PodPlan>,
     /// Service externalIPs and LoadBalancer ingress IPs the fabric routes to every node.
-    pub service_vips: Vec<Ipv4Addr>,
+    pub service_vips: Vec<IpAddr>,
     /// Problems with single objects; each skipped only that object.
     pub warnings: Vec<String>,
 }
@@ -71,6 +95,11 @@ pub struct UnderlaySubnet {
     pub bridge: String,
     pub subnet: Ipv4Net,
     pub gateway: Ipv4Addr,
+    /// The segment's IPv6 subnet and gateway when its Nodes are dual-stack.
+    #[serde(default)]
+    pub subnet6: Option<Ipv6Net>,
+    #[serde(default)]
+    pub gateway6: Option<Ipv6Addr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +107,9 @@ pub struct NodePlan {
     pub name: String,
     pub netns: String,
     pub address: Ipv4Addr,
+    /// The Node's IPv6 InternalIP, when it is dual-stack.
+    #[serde(default)]
+    pub address6: Option<Ipv6Addr>,
     /// Index into [`LabPlan::subnets`].
     pub subnet: usize,
     /// The veth end in the fabric netns (the node's end is `eth0`).
@@ -89,6 +121,9 @@ pub struct NodePlan {
 pub struct ExternalPlan {
     pub netns: String,
     pub address: Ipv4Addr,
+    /// Present when any Node is dual-stack.
+    #[serde(default)]
+    pub address6: Option<Ipv6Addr>,
     pub subnet: usize,
     pub fabric_port: String,
 }
@@ -111,6 +146,26 @@ pub struct PodPlan {
 impl PodPlan {
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+impl NodePlan {
+    /// The node's underlay addresses: IPv4, then IPv6 when dual-stack.
+    pub fn addresses(&self) -> Vec<IpAddr> {
+        v4_then_v6(self.address, self.address6)
+    }
+}
+
+fn v4_then_v6(v4: Ipv4Addr, v6: Option<Ipv6Addr>) -> Vec<IpAddr> {
+    std::iter::once(IpAddr::V4(v4))
+        .chain(v6.map(IpAddr::V6))
+        .collect()
+}
+
+impl ExternalPlan {
+    /// The external netns's addresses: IPv4, then IPv6 when the lab is dual-stack.
+    pub fn addresses(&self) -> Vec<IpAddr> {
+        v4_then_v6(self.address, self.address6)
     }
 }
 
@@ -179,22 +234,11 @@ pub fn plan(name: &str, snapshot: &Snapshot) -> Result<LabPlan, String> {
     let mut subnets: Vec<UnderlaySubnet> = Vec::new();
     let mut placed = Vec::new();
     for (index, node) in nodes.into_iter().enumerate() {
-        let subnet_index = match subnets.iter().position(|s| s.subnet == node.subnet) {
-            Some(i) => i,
-            None => {
-                if let Some(other) = subnets.iter().find(|s| overlaps(s.subnet, node.subnet)) {
-                    warnings.push(format!(
-                        "Node {}: underlay subnet {} overlaps {} of another Node; skipped",
-                        node.name, node.subnet, other.subnet
-                    ));
-                    continue;
-                }
-                subnets.push(UnderlaySubnet {
-                    bridge: format!("br{}", subnets.len()),
-                    subnet: node.subnet,
-                    gateway: Ipv4Addr::UNSPECIFIED,
-                });
-                subnets.len() - 1
+        let subnet_index = match join_segment(&mut subnets, &node) {
+            Ok(index) => index,
+            Err(message) => {
+                warnings.push(format!("Node {}: {message}; skipped", node.name));
+                continue;
             }
         };
         placed.push(NodePlan {
@@ -202,15 +246,16 @@ pub fn plan(name: &str, snapshot: &Snapshot) -> Result<LabPlan, String> {
             fabric_port: format!("kwn{index}"),
             name: node.name,
             address: node.address,
+            address6: node.address6.map(|(address, _)| address),
             subnet: subnet_index,
             pod_cidrs: node.pod_cidrs,
         });
     }
     for (index, subnet) in subnets.iter_mut().enumerate() {
-        let used: BTreeSet<Ipv4Addr> = placed
+        let used: BTreeSet<IpAddr> = placed
             .iter()
             .filter(|n| n.subnet == index)
-            .map(|n| n.address)
+            .flat_map(NodePlan::addresses)
             .collect();
         subnet.gateway = pick_gateway(subnet.subnet, &used).ok_or_else(|| {
             format!(
@@ -218,8 +263,14 @@ pub fn plan(name: &str, snapshot: &Snapshot) -> Result<LabPlan, String> {
                 subnet.subnet
             )
         })?;
+        if let Some(subnet6) = subnet.subnet6 {
+            subnet.gateway6 = Some(pick_gateway6(subnet6, &used).ok_or_else(|| {
+                format!("underlay subnet {subnet6}: no free address for the gateway")
+            })?);
+        }
     }
-    let external_subnet = pick_external_subnet(snapshot, &subnets, &placed);
+    let in_use = addresses_in_use(snapshot, &subnets, &placed);
+    let external_subnet = pick_external_subnet(&in_use);
     let external_gateway = external_subnet
         .hosts()
         .next()
@@ -228,14 +279,24 @@ pub fn plan(name: &str, snapshot: &Snapshot) -> Result<LabPlan, String> {
         .hosts()
         .nth(1)
         .ok_or("external subnet has no second host")?;
+    let dual_stack = placed.iter().any(|n| n.address6.is_some());
+    let external_subnet6 = if dual_stack {
+        Some(pick_external_subnet6(&in_use).ok_or("no free IPv6 subnet for the external netns")?)
+    } else {
+        None
+    };
+    let host6 = |n| external_subnet6.and_then(|s| nth_address6(s, n));
     subnets.push(UnderlaySubnet {
         bridge: format!("br{}", subnets.len()),
         subnet: external_subnet,
         gateway: external_gateway,
+        subnet6: external_subnet6,
+        gateway6: host6(1),
     });
     let external = ExternalPlan {
         netns: format!("kw-{name}-ext"),
         address: external_address,
+        address6: host6(2),
         subnet: subnets.len() - 1,
         fabric_port: "kwext".into(),
     };
@@ -252,10 +313,65 @@ pub fn plan(name: &str, snapshot: &Snapshot) -> Result<LabPlan, String> {
     })
 }
 
+/// The segment `node` joins — the one of its IPv4 subnet, created when new — or why
+/// it cannot join any (its subnets overlap another segment's, or its IPv6 subnet is
+/// not the one the segment's other Nodes share).
+fn join_segment(subnets: &mut Vec<UnderlaySubnet>, node: &NodeInput) -> Result<usize, String> {
+    let existing = subnets.iter().position(|s| s.subnet == node.subnet);
+    if existing.is_none()
+        && let Some(other) = subnets
+            .iter()
+            .find(|s| overlaps(IpNet::V4(s.subnet), IpNet::V4(node.subnet)))
+    {
+        return Err(format!(
+            "underlay subnet {} overlaps {} of another Node",
+            node.subnet, other.subnet
+        ));
+    }
+    if let Some((_, subnet6)) = node.address6 {
+        if let Some(shared) = existing.and_then(|i| subnets[i].subnet6)
+            && shared != subnet6
+        {
+            return Err(format!(
+                "underlay subnet {subnet6} is not {shared}, which the other Nodes on {} use",
+                node.subnet
+            ));
+        }
+        let others = subnets
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != existing)
+            .filter_map(|(_, s)| s.subnet6);
+        if let Some(other) = others
+            .into_iter()
+            .find(|s| overlaps(IpNet::V6(*s), IpNet::V6(subnet6)))
+        {
+            return Err(format!(
+                "underlay subnet {subnet6} overlaps {other} of another Node"
+            ));
+        }
+    }
+    let index = existing.unwrap_or_else(|| {
+        subnets.push(UnderlaySubnet {
+            bridge: format!("br{}", subnets.len()),
+            subnet: node.subnet,
+            gateway: Ipv4Addr::UNSPECIFIED,
+            subnet6: None,
+            gateway6: None,
+        });
+        subnets.len() - 1
+    });
+    if let Some((_, subnet6)) = node.address6 {
+        subnets[index].subnet6 = Some(subnet6);
+    }
+    Ok(index)
+}
+
 struct NodeInput {
     name: String,
     address: Ipv4Addr,
     subnet: Ipv4Net,
+    address6: Option<(Ipv6Addr, Ipv6Net)>,
     pod_cidrs: Vec<IpNet>,
 }
 
@@ -270,6 +386,7 @@ fn plan_nodes(lab: &str, snapshot: &Snapshot, warnings: &mut Vec<String>) -> Vec
                     name: name.to_string(),
                     address: default_subnet.hosts().nth(10 + i)?,
                     subnet: default_subnet,
+                    address6: None,
                     pod_cidrs: vec![default_pod_cidr(i + 1)?],
                 })
             })
@@ -278,16 +395,21 @@ fn plan_nodes(lab: &str, snapshot: &Snapshot, warnings: &mut Vec<String>) -> Vec
     let taken: BTreeSet<Ipv4Addr> = snapshot
         .nodes
         .iter()
-        .filter_map(|n| internal_ip(n).ok().flatten())
+        .filter_map(|n| internal_ips(n).ok()?.0)
         .collect();
-    let taken_cidrs: BTreeSet<IpNet> = snapshot.nodes.iter().flat_map(|n| pod_cidrs(n)).collect();
+    let taken_cidrs: BTreeSet<IpNet> = snapshot
+        .nodes
+        .iter()
+        .flat_map(|n| node::pod_cidrs(n).0)
+        .map(|c| c.cidr)
+        .collect();
     let mut spare_addresses = default_subnet
         .hosts()
         .skip(10)
         .filter(|a| !taken.contains(a));
     let mut spare_cidrs = (1..=255)
         .filter_map(default_pod_cidr)
-        .filter(|c| !taken_cidrs.iter().any(|t| overlaps_ip(*t, *c)));
+        .filter(|c| !taken_cidrs.iter().any(|t| overlaps(*t, *c)));
     let mut nodes = Vec::new();
     for node in &snapshot.nodes {
         let name = node.name_any();
@@ -297,47 +419,29 @@ fn plan_nodes(lab: &str, snapshot: &Snapshot, warnings: &mut Vec<String>) -> Vec
             ));
             continue;
         }
-        let (address, given) = match internal_ip(node) {
-            Ok(Some(address)) => (address, true),
-            Ok(None) => match spare_addresses.next() {
-                Some(address) => (address, false),
-                None => {
-                    warnings.push(format!(
-                        "Node {name}: no InternalIP and no spare address; skipped"
-                    ));
-                    continue;
-                }
+        let addresses = match internal_ips(node) {
+            Ok((Some(v4), v6)) => {
+                underlay_subnets(node, v4, v6).map(|(subnet, v6)| (v4, subnet, v6))
+            }
+            Ok((None, None)) => match spare_addresses.next() {
+                Some(v4) => Ok((v4, default_subnet, None)),
+                None => Err("no InternalIP and no spare address".to_string()),
             },
+            Ok((None, Some(v6))) => Err(format!(
+                "status.addresses: InternalIP {v6} is IPv6 and there is no IPv4 one; lab Nodes need one (the control plane is reached over IPv4)"
+            )),
+            Err(message) => Err(format!("status.addresses: {message}")),
+        };
+        let (address, subnet, address6) = match addresses {
+            Ok(addresses) => addresses,
             Err(message) => {
-                warnings.push(format!("Node {name}: status.addresses: {message}; skipped"));
+                warnings.push(format!("Node {name}: {message}; skipped"));
                 continue;
             }
         };
-        let subnet = if !given {
-            default_subnet
-        } else {
-            match node.annotations().get(SUBNET_ANNOTATION) {
-                Some(text) => match text.parse::<Ipv4Net>() {
-                    Ok(net) if net.contains(&address) && net.prefix_len() <= 30 => net.trunc(),
-                    _ => {
-                        warnings.push(format!(
-                            "Node {name}: metadata.annotations[{SUBNET_ANNOTATION}] `{text}` is not an IPv4 subnet (/30 or wider) holding {address}; skipped"
-                        ));
-                        continue;
-                    }
-                },
-                None => Ipv4Net::new(address, 24)
-                    .map(|n| n.trunc())
-                    .unwrap_or_default(),
-            }
-        };
-        if address == subnet.network() || address == subnet.broadcast() {
-            warnings.push(format!(
-                "Node {name}: InternalIP {address} is not a host address of {subnet}; skipped"
-            ));
-            continue;
-        }
-        let mut cidrs = pod_cidrs(node);
+        let (cidrs, problems) = node::pod_cidrs(node);
+        warnings.extend(problems.iter().map(ToString::to_string));
+        let mut cidrs: Vec<IpNet> = cidrs.into_iter().map(|c| c.cidr).collect();
         if cidrs.is_empty() {
             match spare_cidrs.next() {
                 Some(cidr) => cidrs.push(cidr),
@@ -353,6 +457,7 @@ fn plan_nodes(lab: &str, snapshot: &Snapshot, warnings: &mut Vec<String>) -> Vec
             name,
             address,
             subnet,
+            address6,
             pod_cidrs: cidrs,
         });
     }
@@ -366,81 +471,112 @@ fn default_pod_cidr(index: usize) -> Option<IpNet> {
     ))
 }
 
-/// The Node's IPv4 InternalIP; an error for an address that is not IPv4.
-fn internal_ip(node: &Node) -> Result<Option<Ipv4Addr>, String> {
+/// The Node's first IPv4 and first IPv6 InternalIP; an error when an InternalIP is
+/// not an address and there is no IPv4 one.
+fn internal_ips(node: &Node) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>), String> {
     let addresses = node
         .status
         .as_ref()
         .and_then(|s| s.addresses.as_ref())
         .map(Vec::as_slice)
         .unwrap_or_default();
-    let mut first_error = None;
+    let (mut v4, mut v6, mut bad) = (None, None, None);
     for address in addresses.iter().filter(|a| a.type_ == "InternalIP") {
         match address.address.parse::<IpAddr>() {
-            Ok(IpAddr::V4(v4)) => return Ok(Some(v4)),
-            Ok(IpAddr::V6(_)) => {
-                first_error.get_or_insert(format!(
-                    "InternalIP {} is IPv6; the lab underlay is IPv4",
-                    address.address
-                ));
+            Ok(IpAddr::V4(ip)) => {
+                v4.get_or_insert(ip);
+            }
+            Ok(IpAddr::V6(ip)) => {
+                v6.get_or_insert(ip);
             }
             Err(_) => {
-                first_error.get_or_insert(format!(
-                    "InternalIP `{}` is not an IP address",
-                    address.address
-                ));
+                bad.get_or_insert(address.address.as_str());
             }
         }
     }
-    match first_error {
-        Some(error) => Err(error),
-        None => Ok(None),
+    match (v4, bad) {
+        (None, Some(text)) => Err(format!("InternalIP `{text}` is not an IP address")),
+        _ => Ok((v4, v6)),
     }
 }
 
-fn pod_cidrs(node: &Node) -> Vec<IpNet> {
-    let Some(spec) = node.spec.as_ref() else {
-        return Vec::new();
-    };
-    let mut texts: Vec<&str> = spec
-        .pod_cidrs
-        .iter()
-        .flatten()
-        .map(String::as_str)
-        .collect();
-    if texts.is_empty() {
-        texts.extend(spec.pod_cidr.as_deref());
+/// The Node's underlay subnets around its addresses: [`SUBNET_ANNOTATION`] when
+/// given, else the /24 around the IPv4 and the /64 around the IPv6 address.
+fn underlay_subnets(
+    node: &Node,
+    v4: Ipv4Addr,
+    v6: Option<Ipv6Addr>,
+) -> Result<(Ipv4Net, Option<(Ipv6Addr, Ipv6Net)>), String> {
+    let mut subnet = Ipv4Net::new(v4, 24).unwrap_or_default().trunc();
+    let mut subnet6 = v6.map(|ip| Ipv6Net::new(ip, 64).unwrap_or_default().trunc());
+    if let Some(text) = node.annotations().get(SUBNET_ANNOTATION) {
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part.parse::<IpNet>() {
+                Ok(IpNet::V4(net)) if net.contains(&v4) && net.prefix_len() <= 30 => {
+                    subnet = net.trunc();
+                }
+                Ok(IpNet::V6(net))
+                    if v6.is_some_and(|ip| net.contains(&ip)) && net.prefix_len() <= 126 =>
+                {
+                    subnet6 = Some(net.trunc());
+                }
+                _ => {
+                    return Err(format!(
+                        "metadata.annotations[{SUBNET_ANNOTATION}]: `{part}` is not a subnet (IPv4 /30 or wider, IPv6 /126 or wider) holding the Node's InternalIP of its family"
+                    ));
+                }
+            }
+        }
     }
-    texts
-        .into_iter()
-        .filter_map(|t| t.parse::<IpNet>().ok())
-        .map(|n| n.trunc())
-        .collect()
+    if v4 == subnet.network() || v4 == subnet.broadcast() {
+        return Err(format!("InternalIP {v4} is not a host address of {subnet}"));
+    }
+    match (v6, subnet6) {
+        (Some(ip), Some(net)) if ip == net.network() => Err(format!(
+            "InternalIP {ip} is the subnet-router address of {net}, not a host's"
+        )),
+        (Some(ip), Some(net)) => Ok((subnet, Some((ip, net)))),
+        _ => Ok((subnet, None)),
+    }
 }
 
-fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
+fn overlaps(a: IpNet, b: IpNet) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
 
-fn overlaps_ip(a: IpNet, b: IpNet) -> bool {
-    a.contains(&b.network()) || b.contains(&a.network())
-}
-
-fn pick_gateway(subnet: Ipv4Net, used: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+fn pick_gateway(subnet: Ipv4Net, used: &BTreeSet<IpAddr>) -> Option<Ipv4Addr> {
     let first = subnet.hosts().next()?;
     let preferred = [first, Ipv4Addr::from(u32::from(subnet.broadcast()) - 1)];
     preferred
         .into_iter()
         .chain(subnet.hosts())
-        .find(|a| subnet.contains(a) && *a != subnet.network() && !used.contains(a))
+        .find(|a| subnet.contains(a) && *a != subnet.network() && !used.contains(&IpAddr::V4(*a)))
 }
 
-fn pick_external_subnet(
+/// `::1` of the subnet, else the next address nobody uses.
+fn pick_gateway6(subnet: Ipv6Net, used: &BTreeSet<IpAddr>) -> Option<Ipv6Addr> {
+    (1..=u128::from(u16::MAX))
+        .map_while(|n| nth_address6(subnet, n))
+        .find(|a| !used.contains(&IpAddr::V6(*a)))
+}
+
+fn nth_address6(subnet: Ipv6Net, n: u128) -> Option<Ipv6Addr> {
+    match nth_address(IpNet::V6(subnet), n)? {
+        IpAddr::V6(ip) => Some(ip),
+        IpAddr::V4(_) => None,
+    }
+}
+
+/// Every address range of the cluster: underlay subnets, pod CIDRs, Service IPs.
+fn addresses_in_use(
     snapshot: &Snapshot,
     subnets: &[UnderlaySubnet],
     nodes: &[NodePlan],
-) -> Ipv4Net {
-    let mut in_use: Vec<IpNet> = subnets.iter().map(|s| IpNet::V4(s.subnet)).collect();
+) -> Vec<IpNet> {
+    let mut in_use: Vec<IpNet> = subnets
+        .iter()
+        .flat_map(|s| std::iter::once(IpNet::V4(s.subnet)).chain(s.subnet6.map(IpNet::V6)))
+        .collect();
     in_use.extend(nodes.iter().flat_map(|n| n.pod_cidrs.iter().copied()));
     for service in &snapshot.services {
         let ips = service.spec.iter().flat_map(|s| {
@@ -454,18 +590,33 @@ fn pick_external_subnet(
                 .map(IpNet::from),
         );
     }
+    in_use
+}
+
+fn pick_external_subnet(in_use: &[IpNet]) -> Ipv4Net {
     (0..=255u8)
         .rev()
         .filter_map(|third| Ipv4Net::new(Ipv4Addr::new(172, 30, third, 0), 24).ok())
         .find(|candidate| {
             !in_use
                 .iter()
-                .any(|used| overlaps_ip(*used, IpNet::V4(*candidate)))
+                .any(|used| overlaps(*used, IpNet::V4(*candidate)))
         })
         .unwrap_or_else(|| Ipv4Net::new(Ipv4Addr::new(172, 31, 255, 0), 24).unwrap_or_default())
 }
 
-fn service_vips(snapshot: &Snapshot) -> Vec<Ipv4Addr> {
+fn pick_external_subnet6(in_use: &[IpNet]) -> Option<Ipv6Net> {
+    (0..=u16::MAX)
+        .rev()
+        .filter_map(|n| Ipv6Net::new(Ipv6Addr::new(0xfd00, 0, 0xffff, n, 0, 0, 0, 0), 64).ok())
+        .find(|candidate| {
+            !in_use
+                .iter()
+                .any(|used| overlaps(*used, IpNet::V6(*candidate)))
+        })
+}
+
+fn service_vips(snapshot: &Snapshot) -> Vec<IpAddr> {
     let mut vips = BTreeSet::new();
     for service in &snapshot.services {
         let external = service
@@ -478,11 +629,11 @@ fn service_vips(snapshot: &Snapshot) -> Vec<Ipv4Addr> {
             .filter_map(|s| s.load_balancer.as_ref())
             .flat_map(|lb| lb.ingress.iter().flatten())
             .filter_map(|i| i.ip.clone());
-        for text in external.chain(ingress) {
-            if let Ok(IpAddr::V4(ip)) = text.parse::<IpAddr>() {
-                vips.insert(ip);
-            }
-        }
+        vips.extend(
+            external
+                .chain(ingress)
+                .filter_map(|t| t.parse::<IpAddr>().ok()),
+        );
     }
     vips.into_iter().collect()
 }
@@ -526,7 +677,7 @@ fn plan_pods(
         let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
         let ports = pod_ports(pod);
         let ips = if host_network {
-            vec![IpAddr::V4(node.address)]
+            node.addresses()
         } else {
             let wanted = requested_ips(pod);
             if let Some(bad) = wanted
@@ -561,6 +712,14 @@ fn plan_pods(
             if ips.is_empty() {
                 continue;
             }
+            // The manifest's first address stays the primary (status.podIP), as the
+            // offline verbs read it; the others follow in pod CIDR order.
+            ips.sort_by_key(|ip| {
+                wanted
+                    .iter()
+                    .position(|w| w.is_ipv4() == ip.is_ipv4())
+                    .unwrap_or(usize::MAX)
+            });
             ips
         };
         // Namespace names hold no '.', so `<namespace>.<name>` is unambiguous.
@@ -765,6 +924,16 @@ fn complete_node(value: &mut Value, node: &NodePlan) {
     }
 }
 
+/// A Pod's `status.hostIPs` on `node`.
+pub fn host_ips(node: &NodePlan) -> Value {
+    Value::Array(
+        node.addresses()
+            .iter()
+            .map(|ip| json!({"ip": ip.to_string()}))
+            .collect(),
+    )
+}
+
 fn bind_pod(value: &mut Value, pod: &PodPlan, node: &NodePlan) {
     if let Some(spec) = object_mut(value, "spec") {
         spec.insert("nodeName".into(), json!(pod.node));
@@ -773,7 +942,7 @@ fn bind_pod(value: &mut Value, pod: &PodPlan, node: &NodePlan) {
         let ips: Vec<String> = pod.ips.iter().map(ToString::to_string).collect();
         status.insert("phase".into(), json!("Pending"));
         status.insert("hostIP".into(), json!(node.address.to_string()));
-        status.insert("hostIPs".into(), json!([{"ip": node.address.to_string()}]));
+        status.insert("hostIPs".into(), host_ips(node));
         status.insert("podIP".into(), json!(ips[0]));
         status.insert(
             "podIPs".into(),
@@ -845,6 +1014,40 @@ mod tests {
                     port: 80,
                     protocol: Protocol::Tcp
                 }
+            ]
+        );
+    }
+
+    #[test]
+    fn requested_addresses_keep_their_order() {
+        let dual = NODE
+            .replace("NAME", "n1")
+            .replace("ADDR", "192.168.50.11")
+            .replace(
+                "podCIDR: CIDR",
+                "podCIDRs: [10.244.1.0/24, \"fd00:1::/64\"]",
+            );
+        let pod = |name: &str, status: &str| {
+            format!(
+                "kind: Pod\nmetadata: {{name: {name}, namespace: x}}\n\
+                 spec: {{nodeName: n1, containers: [{{name: c}}]}}\nstatus: {status}\n---\n"
+            )
+        };
+        let yaml = dual
+            + &pod("a", r#"{podIPs: [{ip: "fd00:1::5"}, {ip: 10.244.1.5}]}"#)
+            + &pod("b", r#"{podIP: "fd00:1::6"}"#);
+        let plan = plan_of(&yaml);
+        let ips: Vec<Vec<String>> = plan
+            .pods
+            .iter()
+            .map(|p| p.ips.iter().map(ToString::to_string).collect())
+            .collect();
+        // Requested ones first, in the manifest's order; the rest by pod CIDR.
+        assert_eq!(
+            ips,
+            [
+                vec!["fd00:1::5", "10.244.1.5"],
+                vec!["fd00:1::6", "10.244.1.2"]
             ]
         );
     }
@@ -948,6 +1151,123 @@ mod tests {
             plan.warnings
                 .iter()
                 .any(|w| w.starts_with("Node b: underlay subnet 192.168.50.128/25 overlaps"))
+        );
+    }
+
+    const DUAL: &str = "kind: Node\nmetadata: {name: NAME, annotations: {lab.kubewire.io/subnet: 'NET'}}\n\
+        spec: {podCIDRs: [10.244.N.0/24, 'fd00:10:244:N::/64']}\n\
+        status: {addresses: [{type: InternalIP, address: V4}, {type: InternalIP, address: 'V6'}]}\n---\n";
+
+    fn dual(name: &str, n: u8, v4: &str, v6: &str, net: &str) -> String {
+        DUAL.replace("NAME", name)
+            .replace("N.", &format!("{n}."))
+            .replace("N::", &format!("{n}::"))
+            .replace("V4", v4)
+            .replace("V6", v6)
+            .replace("NET", net)
+    }
+
+    #[test]
+    fn dual_stack_nodes_share_a_segment_per_ipv4_subnet() {
+        let yaml = dual("a", 1, "192.168.50.11", "fd00:50::1", "")
+            + &dual("b", 2, "192.168.50.12", "fd00:50::12", "")
+            + &dual(
+                "c",
+                3,
+                "192.168.60.13",
+                "fd00:60::13",
+                "192.168.60.0/24,fd00:60::/64",
+            )
+            + &dual("d", 4, "192.168.50.14", "fd00:51::14", "")
+            + &node("e", "192.168.50.15", "10.244.5.0/24")
+            + &pod("p", ", nodeName: c")
+            + &pod("h", ", nodeName: a, hostNetwork: true")
+            + &pod("q", ", nodeName: b}\nstatus: {podIP: 'fd00:10:244:2::9'");
+        let plan = plan_of(&yaml);
+        let subnets: Vec<_> = plan
+            .subnets
+            .iter()
+            .map(|s| {
+                (
+                    s.subnet.to_string(),
+                    s.subnet6.map(|n| n.to_string()),
+                    s.gateway6.map(|g| g.to_string()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            subnets,
+            [
+                (
+                    "192.168.50.0/24".into(),
+                    Some("fd00:50::/64".into()),
+                    Some("fd00:50::2".into())
+                ),
+                (
+                    "192.168.60.0/24".into(),
+                    Some("fd00:60::/64".into()),
+                    Some("fd00:60::1".into())
+                ),
+                (
+                    "172.30.255.0/24".into(),
+                    Some("fd00:0:ffff:ffff::/64".into()),
+                    Some("fd00:0:ffff:ffff::1".into())
+                ),
+            ]
+        );
+        let nodes: Vec<_> = plan
+            .nodes
+            .iter()
+            .map(|n| (n.name.as_str(), n.addresses(), n.subnet))
+            .collect();
+        let ips =
+            |list: &[&str]| -> Vec<IpAddr> { list.iter().map(|a| a.parse().unwrap()).collect() };
+        assert_eq!(
+            nodes,
+            [
+                ("a", ips(&["192.168.50.11", "fd00:50::1"]), 0),
+                ("b", ips(&["192.168.50.12", "fd00:50::12"]), 0),
+                ("c", ips(&["192.168.60.13", "fd00:60::13"]), 1),
+                ("e", ips(&["192.168.50.15"]), 0),
+            ]
+        );
+        assert_eq!(
+            plan.warnings,
+            [
+                "Node d: underlay subnet fd00:51::/64 is not fd00:50::/64, which the other Nodes on 192.168.50.0/24 use; skipped"
+            ]
+        );
+        assert_eq!(
+            plan.external.addresses(),
+            ips(&["172.30.255.2", "fd00:0:ffff:ffff::2"])
+        );
+        assert_eq!(
+            plan.pod("x/p").unwrap().ips,
+            ips(&["10.244.3.2", "fd00:10:244:3::2"])
+        );
+        assert_eq!(
+            plan.pod("x/h").unwrap().ips,
+            ips(&["192.168.50.11", "fd00:50::1"])
+        );
+        assert_eq!(
+            plan.pod("x/q").unwrap().ips,
+            ips(&["fd00:10:244:2::9", "10.244.2.2"]),
+            "the manifest's podIP stays the primary"
+        );
+    }
+
+    #[test]
+    fn a_bad_subnet_annotation_skips_its_node() {
+        let yaml = dual("a", 1, "192.168.50.11", "fd00:50::11", "fd00:51::/64")
+            + &node("b", "192.168.50.12", "10.244.2.0/24");
+        let plan = plan_of(&yaml);
+        assert_eq!(plan.nodes.len(), 1);
+        assert!(
+            plan.warnings[0].starts_with(
+                "Node a: metadata.annotations[lab.kubewire.io/subnet]: `fd00:51::/64` is not a subnet"
+            ),
+            "{:?}",
+            plan.warnings
         );
     }
 

@@ -26,8 +26,9 @@ use ipnet::IpNet;
 
 use super::args::{OverlayEncap, OverlayType, RoutingArgs};
 use super::model::*;
-use super::nodes::{NodeFacts, gateway};
+use super::nodes::NodeFacts;
 use crate::cache::Snapshot;
+use crate::node::gateway;
 
 /// The controller's settings that shape the plan.
 #[derive(Clone, Debug)]

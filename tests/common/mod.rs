@@ -1,6 +1,8 @@
 //! Helpers shared by the root-only integration tests: unique names, the kubewire
-//! binary, named network namespaces that delete themselves, and a snapshot of what a
-//! test could leave behind on the host (namespaces, interfaces, processes, files).
+//! binary, named network namespaces that delete themselves (and run code, commands
+//! and sysctls inside), the routing controller's routes in a namespace, and a
+//! snapshot of what a test could leave behind on the host (namespaces, interfaces,
+//! processes, files).
 #![allow(dead_code)]
 
 use std::collections::BTreeSet;
@@ -71,6 +73,84 @@ impl Netns {
         all.extend_from_slice(args);
         sh("ip", &all)
     }
+
+    /// Runs `program args…` inside the namespace.
+    pub fn exec(&self, program: &str, args: &[&str]) -> String {
+        let mut all = vec!["netns", "exec", self.name.as_str(), program];
+        all.extend_from_slice(args);
+        sh("ip", &all)
+    }
+
+    pub fn sysctl(&self, key: &str, value: &str) {
+        self.exec("sysctl", &["-qw", &format!("{key}={value}")]);
+    }
+
+    /// Runs `f` on a thread that has entered this namespace.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    enter(&path);
+                    f()
+                })
+                .join()
+                .expect("thread in netns panicked")
+        })
+    }
+
+    /// Runs an async block on a current-thread runtime inside this namespace.
+    pub fn block_on<T: Send, F: std::future::Future<Output = T>>(
+        &self,
+        f: impl FnOnce() -> F + Send,
+    ) -> T {
+        self.run(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(f())
+        })
+    }
+
+    /// The routes the routing controller owns here; see [`our_routes`].
+    pub fn our_routes(&self) -> Vec<String> {
+        our_routes(&self.name)
+    }
+}
+
+/// Moves the calling thread into the network namespace at `path`.
+pub fn enter(path: &str) {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+        .unwrap_or_else(|e| panic!("setns {path}: {e}"));
+}
+
+/// The routes of `proto 44` (the routing controller's) in the named netns, both
+/// families, as `dst via gateway dev device [onlink]` lines.
+pub fn our_routes(netns: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    for family in ["-4", "-6"] {
+        let json = sh(
+            "ip",
+            &["-n", netns, "-j", family, "route", "show", "proto", "44"],
+        );
+        let routes: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap_or_default();
+        for route in routes {
+            let text = |key: &str| route[key].as_str().unwrap_or("").to_string();
+            let onlink = route["flags"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|x| x == "onlink"));
+            lines.push(format!(
+                "{} via {} dev {}{}",
+                text("dst"),
+                text("gateway"),
+                text("dev"),
+                if onlink { " onlink" } else { "" }
+            ));
+        }
+    }
+    lines
 }
 
 impl Drop for Netns {

@@ -292,6 +292,7 @@ impl Drop for TestCluster {
 }
 
 const PROBE_TIMEOUT: Duration = Duration::from_millis(400);
+static NEXT_UDP_PORT: AtomicUsize = AtomicUsize::new(0);
 
 /// Runs `f` on a thread that has entered network namespace `ns`.
 fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
@@ -315,10 +316,19 @@ fn probe_once(ns: &str, to: SocketAddr, protocol: Protocol) -> bool {
     in_netns(ns, || match protocol {
         Protocol::Tcp => TcpStream::connect_timeout(&to, PROBE_TIMEOUT).is_ok(),
         Protocol::Udp => {
-            let local: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
-                .parse()
-                .unwrap();
-            let socket = UdpSocket::bind(local).unwrap();
+            // A source port never used before: a conntrack entry left by an earlier
+            // probe of the same pair (when policies allowed it) must not answer.
+            let port = 20000 + (NEXT_UDP_PORT.fetch_add(1, Ordering::Relaxed) % 40000) as u16;
+            let local: SocketAddr = if to.is_ipv4() {
+                format!("0.0.0.0:{port}")
+            } else {
+                format!("[::]:{port}")
+            }
+            .parse()
+            .unwrap();
+            let Ok(socket) = UdpSocket::bind(local) else {
+                return false;
+            };
             socket.set_read_timeout(Some(PROBE_TIMEOUT)).unwrap();
             let _ = socket.send_to(b"probe", to);
             let mut buffer = [0u8; 64];

@@ -2,14 +2,14 @@
 //! router namespace, an "external" namespace beyond the router, pod namespaces wired
 //! into each node's kube-bridge, and helpers to run the routing apply layer inside a
 //! node and to probe TCP reachability between namespaces. Every name carries the
-//! process id; everything is deleted on drop, also when a test panics.
+//! process id; everything is deleted on drop, also when a test panics. Namespaces
+//! themselves are tests/common's [`Netns`].
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use kubewire::agent::SyncReason;
@@ -18,6 +18,8 @@ use kubewire::routing::apply::{Reconciler, SyncReport};
 use kubewire::routing::compile::CompileOptions;
 use kubewire::routing::metrics::RoutingMetrics;
 use kubewire::routing::{OverlayEncap, OverlayType, RoutingArgs};
+
+pub use crate::common::{Netns, enter};
 
 /// The manifests the underlay is built for (addresses must agree).
 pub const MANIFESTS: &str = concat!(
@@ -33,127 +35,6 @@ pub fn require_root() {
         nix::unistd::geteuid().is_root(),
         "the routing netns tests need root (they create network namespaces)"
     );
-}
-
-fn unique(prefix: &str) -> String {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    format!(
-        "{prefix}{}x{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// Runs a command and returns stdout; panics with stderr when it fails.
-pub fn sh(program: &str, args: &[&str]) -> String {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running {program}: {e}"));
-    assert!(
-        output.status.success(),
-        "{program} {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// A named network namespace, deleted on drop.
-pub struct Netns {
-    pub name: String,
-}
-
-impl Netns {
-    pub fn new(prefix: &str) -> Netns {
-        let name = unique(prefix);
-        sh("ip", &["netns", "add", &name]);
-        let ns = Netns { name };
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    pub fn ip(&self, args: &[&str]) -> String {
-        let mut all = vec!["-n", self.name.as_str()];
-        all.extend_from_slice(args);
-        sh("ip", &all)
-    }
-
-    /// Runs `program args…` inside the namespace.
-    pub fn exec(&self, program: &str, args: &[&str]) -> String {
-        let mut all = vec!["netns", "exec", self.name.as_str(), program];
-        all.extend_from_slice(args);
-        sh("ip", &all)
-    }
-
-    pub fn sysctl(&self, key: &str, value: &str) {
-        self.exec("sysctl", &["-qw", &format!("{key}={value}")]);
-    }
-
-    /// Runs `f` on a thread that has entered this namespace.
-    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    enter(&path);
-                    f()
-                })
-                .join()
-                .expect("thread in netns panicked")
-        })
-    }
-
-    /// Runs an async block on a current-thread runtime inside this namespace.
-    pub fn block_on<T: Send, F: std::future::Future<Output = T>>(
-        &self,
-        f: impl FnOnce() -> F + Send,
-    ) -> T {
-        self.run(|| {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime")
-                .block_on(f())
-        })
-    }
-
-    /// `ip -j route show proto 44` as `dst via gateway dev device [onlink]` lines.
-    pub fn our_routes(&self) -> Vec<String> {
-        let mut lines = Vec::new();
-        for family in ["-4", "-6"] {
-            let json = self.ip(&["-j", family, "route", "show", "proto", "44"]);
-            let routes: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap_or_default();
-            for route in routes {
-                let text = |key: &str| route[key].as_str().unwrap_or("").to_string();
-                let onlink = route["flags"]
-                    .as_array()
-                    .is_some_and(|f| f.iter().any(|x| x == "onlink"));
-                lines.push(format!(
-                    "{} via {} dev {}{}",
-                    text("dst"),
-                    text("gateway"),
-                    text("dev"),
-                    if onlink { " onlink" } else { "" }
-                ));
-            }
-        }
-        lines
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &self.name])
-            .status();
-    }
-}
-
-fn enter(path: &str) {
-    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
-        .unwrap_or_else(|e| panic!("setns {path}: {e}"));
 }
 
 /// A node of the underlay: its namespace and addresses.

@@ -17,6 +17,7 @@ use super::openapi;
 use super::params::{Continue, DEFAULT_WATCH_TIMEOUT, Params};
 use super::patch::PatchType;
 use super::path::{Route, Target, route};
+use super::protobuf;
 use super::selector::{FieldSelector, LabelSelector};
 use super::server::Shared;
 use super::status::ApiError;
@@ -129,7 +130,7 @@ fn resource(
     });
     let is_watch = params.watch || target.legacy_watch;
     match (method.clone(), location) {
-        (Method::GET, _) if is_watch => watch(shared, &target, &params),
+        (Method::GET, _) if is_watch => watch(shared, &target, &params, headers),
         (Method::GET, None) => list(shared, &target, &params, headers),
         (Method::GET, Some(location)) => get(shared, location, &params, headers),
         (Method::POST, None) if scope == Scope::Object => {
@@ -203,7 +204,9 @@ fn parse_yaml(body: &[u8]) -> Result<Value, ApiError> {
 
 fn parse_body(body: &[u8], headers: &HeaderMap) -> Result<Value, ApiError> {
     let content_type = header_str(headers, header::CONTENT_TYPE);
-    if content_type.contains("yaml") {
+    if content_type.starts_with(protobuf::CONTENT_TYPE) {
+        protobuf::decode(body)
+    } else if content_type.contains("yaml") {
         parse_yaml(body)
     } else if content_type.is_empty() || content_type.contains("json") {
         parse_json(body)
@@ -402,7 +405,12 @@ fn list_response(target: &Target, metadata: &Value, items: &[Arc<Value>]) -> Res
         .into_response()
 }
 
-fn watch(shared: &Arc<Shared>, target: &Target, params: &Params) -> Result<Response, ApiError> {
+fn watch(
+    shared: &Arc<Shared>,
+    target: &Target,
+    params: &Params,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     let selection = selection(target, params)?;
     let requested = params.resource_version_number()?;
     let start = match (requested, params.send_initial_events) {
@@ -420,8 +428,11 @@ fn watch(shared: &Arc<Shared>, target: &Target, params: &Params) -> Result<Respo
         },
         (Some(rv), _) => Start::After(rv),
     };
+    let table = table::requested_version(header_str(headers, header::ACCEPT))
+        .map(|version| (version, params.include_object.clone()));
     let request = WatchRequest {
         selection,
+        table,
         start,
         bookmarks: params.bookmarks,
         timeout: params.timeout.unwrap_or(DEFAULT_WATCH_TIMEOUT),

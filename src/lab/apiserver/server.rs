@@ -71,8 +71,8 @@ pub struct ApiServer {
 
 impl ApiServer {
     /// Seeds a store from `config.seed` and serves it.
-    pub async fn start(config: ApiServerConfig) -> anyhow::Result<ApiServer> {
-        let state = ApiState::seeded(&config.seed, config.history)?;
+    pub async fn start(mut config: ApiServerConfig) -> anyhow::Result<ApiServer> {
+        let state = ApiState::seeded(std::mem::take(&mut config.seed), config.history)?;
         Self::start_with_state(config, state).await
     }
 

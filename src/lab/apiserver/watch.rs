@@ -24,6 +24,7 @@ use super::resource::Resource;
 use super::selector::{FieldSelector, LabelSelector};
 use super::server::Shared;
 use super::status::ApiError;
+use super::table;
 
 /// Synthetic ADDED events sent per chunk when a watch starts with the current state.
 const INITIAL_EVENTS_PER_CHUNK: usize = 200;
@@ -43,7 +44,7 @@ impl Selection {
     }
 
     /// How `event` looks to this selection, if it sees it at all.
-    fn view<'e>(&self, event: &'e Event) -> Option<(EventType, &'e Value)> {
+    fn view<'e>(&self, event: &'e Event) -> Option<(EventType, &'e Arc<Value>)> {
         if event.kind != self.resource.kind
             || self.namespace.as_ref().is_some_and(|ns| *ns != event.key.0)
         {
@@ -79,6 +80,9 @@ pub enum Start {
 #[derive(Clone, Debug)]
 pub struct WatchRequest {
     pub selection: Selection,
+    /// Send objects as one-row Tables of this apiVersion (`kubectl get -w`), with
+    /// `includeObject`.
+    pub table: Option<(&'static str, Option<String>)>,
     pub start: Start,
     pub bookmarks: bool,
     pub timeout: Duration,
@@ -106,6 +110,7 @@ enum Wake {
 struct Session {
     shared: Arc<Shared>,
     selection: Selection,
+    table: Option<(&'static str, Option<String>)>,
     initial: VecDeque<Arc<Value>>,
     end_bookmark: bool,
     last_rv: u64,
@@ -152,6 +157,7 @@ pub fn stream(
     let session = Session {
         shared,
         selection: request.selection,
+        table: request.table,
         initial,
         end_bookmark,
         last_rv,
@@ -223,8 +229,9 @@ impl Session {
         }
         let mut out = Vec::new();
         let count = self.initial.len().min(INITIAL_EVENTS_PER_CHUNK);
-        for object in self.initial.drain(..count) {
-            push_line(&mut out, EventType::Added.as_str(), &object);
+        let objects: Vec<Arc<Value>> = self.initial.drain(..count).collect();
+        for object in &objects {
+            self.push_object(&mut out, EventType::Added, object);
         }
         Some(out.into())
     }
@@ -244,10 +251,27 @@ impl Session {
         let mut out = Vec::new();
         for event in &events {
             if let Some((event_type, object)) = self.selection.view(event) {
-                push_line(&mut out, event_type.as_str(), object);
+                self.push_object(&mut out, event_type, object);
             }
         }
         Ok((!out.is_empty()).then(|| out.into()))
+    }
+
+    fn push_object(&self, out: &mut Vec<u8>, event_type: EventType, object: &Arc<Value>) {
+        match &self.table {
+            None => push_line(out, event_type.as_str(), object),
+            Some((version, include_object)) => {
+                let rv = object.pointer("/metadata/resourceVersion").cloned();
+                let table = table::table(
+                    version,
+                    self.selection.resource.kind,
+                    std::slice::from_ref(object),
+                    json!({"resourceVersion": rv}),
+                    include_object.as_deref(),
+                );
+                push_line(out, event_type.as_str(), &table);
+            }
+        }
     }
 
     fn bookmark(&self, initial_events_end: bool) -> Bytes {

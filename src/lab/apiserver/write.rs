@@ -232,8 +232,9 @@ fn validate(
 }
 
 /// Creates an object. `seed` marks the server's own seed: the API drops the status of a
-/// new Pod or Service (only its subresource sets it) and refuses a resourceVersion, a
-/// seed keeps both as written.
+/// new Pod or Service (only its subresource sets it), refuses a resourceVersion and
+/// assigns uid and creation time; a seed keeps status, uid and creation time as
+/// written (and ignores a resourceVersion).
 pub fn create(
     state: &mut ApiState,
     resource: &'static Resource,
@@ -288,8 +289,12 @@ pub fn create(
     }
     let uid = state.ids.uid();
     let metadata = metadata_mut(&mut body);
-    metadata.insert("uid".into(), Value::String(uid));
-    metadata.insert("creationTimestamp".into(), now());
+    // A seed keeps the identity its manifest gives, as the offline verbs see it.
+    for (field, value) in [("uid", Value::String(uid)), ("creationTimestamp", now())] {
+        if !(seed && metadata.get(field).is_some_and(Value::is_string)) {
+            metadata.insert(field.into(), value);
+        }
+    }
     metadata.insert("generation".into(), json!(1));
     metadata.remove("deletionTimestamp");
     metadata.remove("deletionGracePeriodSeconds");
@@ -579,23 +584,17 @@ impl ApiState {
     /// A store holding the `default` Namespace (kube-apiserver always has it) and
     /// `seed`, in order (a later duplicate replaces an earlier one, as `kubectl apply`
     /// would); each object keeps its status.
-    pub fn seeded(seed: &[ManifestObject], history: usize) -> anyhow::Result<ApiState> {
+    pub fn seeded(seed: Vec<ManifestObject>, history: usize) -> anyhow::Result<ApiState> {
         let mut state = ApiState::new(history);
         let default = json!({"metadata": {"name": "default"}});
         state
             .put(Kind::Namespace, default)
             .map_err(|err| anyhow::anyhow!("creating the default namespace: {}", err.message))?;
-        for object in seed {
+        for ManifestObject { kind, value } in seed {
+            let name = object_name(&value);
             state
-                .put(object.kind, object.value.clone())
-                .map_err(|err| {
-                    anyhow::anyhow!(
-                        "seeding {} {}: {}",
-                        object.kind,
-                        object_name(&object.value),
-                        err.message
-                    )
-                })?;
+                .put(kind, value)
+                .map_err(|err| anyhow::anyhow!("seeding {kind} {name}: {}", err.message))?;
         }
         Ok(state)
     }
