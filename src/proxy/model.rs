@@ -19,7 +19,8 @@ pub struct ServiceMap {
     pub node: String,
     /// The node's own addresses (its Node's status.addresses): where NodePorts listen.
     pub node_ips: Vec<IpAddr>,
-    /// The union of every Node's spec.podCIDRs: what counts as pod traffic.
+    /// The union of every Node's pod CIDRs (spec.podCIDRs, or kubewire's annotation
+    /// override): what counts as pod traffic.
     pub pod_cidrs: Vec<IpNet>,
     /// ServiceCIDR objects' ranges, else `--service-cluster-ip-range`.
     pub service_cidrs: Vec<IpNet>,

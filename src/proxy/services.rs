@@ -109,28 +109,15 @@ fn node_ips(snapshot: &Snapshot, node: &str) -> Vec<IpAddr> {
     ips
 }
 
-/// The union of every Node's `spec.podCIDRs` (else `spec.podCIDR`).
+/// The union of every Node's pod CIDRs, read as every controller reads them
+/// ([`crate::node::pod_cidrs`]: kubewire's annotation overrides, else
+/// `spec.podCIDRs`, else `spec.podCIDR`).
 fn pod_cidrs(snapshot: &Snapshot, errors: &mut Vec<String>) -> Vec<IpNet> {
     let mut cidrs = BTreeSet::new();
     for node in &snapshot.nodes {
-        let Some(spec) = node.spec.as_ref() else {
-            continue;
-        };
-        let (field, list): (&str, Vec<&String>) = match &spec.pod_cidrs {
-            Some(list) if !list.is_empty() => ("spec.podCIDRs", list.iter().collect()),
-            _ => ("spec.podCIDR", spec.pod_cidr.iter().collect()),
-        };
-        for (i, cidr) in list.into_iter().enumerate() {
-            match cidr.parse::<IpNet>() {
-                Ok(net) => {
-                    cidrs.insert(net.trunc());
-                }
-                Err(err) => errors.push(format!(
-                    "Node {}: {field}[{i}] {cidr:?}: {err}",
-                    node.name_any()
-                )),
-            }
-        }
+        let (found, problems) = crate::node::pod_cidrs(node);
+        cidrs.extend(found.into_iter().map(|c| c.cidr));
+        errors.extend(problems.iter().map(ToString::to_string));
     }
     cidrs.into_iter().collect()
 }
