@@ -1,13 +1,14 @@
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum ProxyBackend {
-    #[default]
     Ipvs,
+    /// The default until the IPVS backend is built.
+    #[default]
     Nftables,
 }
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct ProxyArgs {
-    #[arg(long, env = "KUBEWIRE_PROXY_BACKEND", value_enum, default_value_t = ProxyBackend::Ipvs)]
+    #[arg(long, env = "KUBEWIRE_PROXY_BACKEND", value_enum, default_value_t = ProxyBackend::Nftables)]
     pub proxy_backend: ProxyBackend,
     /// Service CIDRs (comma-separated) when the cluster has no ServiceCIDR objects.
     #[arg(

@@ -19,7 +19,7 @@ pub struct PlanArgs {
     pub manifests: ManifestsArg,
     #[arg(long)]
     pub node: String,
-    #[arg(long, value_enum, default_value_t = super::ProxyBackend::Ipvs)]
+    #[arg(long, value_enum, default_value_t = super::ProxyBackend::Nftables)]
     pub backend: super::ProxyBackend,
     /// Service CIDRs when the manifests have no ServiceCIDR objects.
     #[arg(long, value_delimiter = ',', default_value = "10.96.0.0/12")]
