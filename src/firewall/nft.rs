@@ -120,7 +120,13 @@ impl Nft {
             args.push("-t");
         }
         args.extend(["list", "table", FAMILY, TABLE]);
-        let (mut command, label) = self.command(&args);
+        self.list_json(&args).await?.ok_or(NftError::NoTable)
+    }
+
+    /// Runs a JSON listing (`args` include `-j`); `Ok(None)` when what it lists does
+    /// not exist.
+    pub async fn list_json(&self, args: &[&str]) -> Result<Option<Value>, NftError> {
+        let (mut command, label) = self.command(args);
         let output = command
             .stdin(Stdio::null())
             .output()
@@ -132,23 +138,30 @@ impl Nft {
         if !output.status.success() {
             let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
             if stderr.contains("No such file or directory") {
-                return Err(NftError::NoTable);
+                return Ok(None);
             }
             return Err(NftError::Failed {
                 command: label,
                 stderr,
             });
         }
-        serde_json::from_slice(&output.stdout).map_err(|err| NftError::Json {
-            command: label,
-            message: err.to_string(),
-        })
+        serde_json::from_slice(&output.stdout)
+            .map(Some)
+            .map_err(|err| NftError::Json {
+                command: label,
+                message: err.to_string(),
+            })
     }
 
-    /// Deletes the table; `Ok(false)` when there was none.
+    /// Deletes the firewall's table; `Ok(false)` when there was none.
     pub async fn delete_table(&self) -> Result<bool, NftError> {
+        self.delete_named_table(FAMILY, TABLE).await
+    }
+
+    /// Deletes `table` of `family`; `Ok(false)` when there was none.
+    pub async fn delete_named_table(&self, family: &str, table: &str) -> Result<bool, NftError> {
         match self
-            .apply(&format!("delete table {FAMILY} {TABLE}\n"))
+            .apply(&format!("delete table {family} {table}\n"))
             .await
         {
             Ok(()) => Ok(true),

@@ -2,8 +2,6 @@
 //! (through the firewall's runner), a terse listing of `inet kubewire-proxy`, and its
 //! deletion. Nothing else in the proxy touches nftables.
 
-use std::process::Stdio;
-
 use serde_json::Value;
 
 use super::ruleset::{FAMILY, TABLE};
@@ -13,14 +11,12 @@ use crate::firewall::nft::{Nft, NftError};
 #[derive(Clone, Debug, Default)]
 pub struct ProxyNft {
     runner: Nft,
-    netns: Option<String>,
 }
 
 impl ProxyNft {
     pub fn in_netns(name: &str) -> Self {
         Self {
             runner: Nft::in_netns(name),
-            netns: Some(name.to_string()),
         }
     }
 
@@ -46,43 +42,11 @@ impl ProxyNft {
     }
 
     async fn list(&self, args: &[&str]) -> anyhow::Result<Option<Value>> {
-        let mut command = match &self.netns {
-            Some(netns) => {
-                let mut c = tokio::process::Command::new("ip");
-                c.args(["netns", "exec", netns, "nft"]);
-                c
-            }
-            None => tokio::process::Command::new("nft"),
-        };
-        let output = command
-            .args(args)
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output()
-            .await?;
-        if !output.status.success() {
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            if stderr.contains("No such file or directory") {
-                return Ok(None);
-            }
-            anyhow::bail!("nft {} failed: {}", args.join(" "), stderr.trim());
-        }
-        Ok(Some(serde_json::from_slice(&output.stdout)?))
+        Ok(self.runner.list_json(args).await?)
     }
 
     /// Deletes the table; `Ok(false)` when there was none.
     pub async fn delete_table(&self) -> Result<bool, NftError> {
-        match self
-            .apply(&format!("delete table {FAMILY} {TABLE}\n"))
-            .await
-        {
-            Ok(()) => Ok(true),
-            Err(NftError::Failed { stderr, .. })
-                if stderr.contains("No such file or directory") =>
-            {
-                Ok(false)
-            }
-            Err(err) => Err(err),
-        }
+        self.runner.delete_named_table(FAMILY, TABLE).await
     }
 }
