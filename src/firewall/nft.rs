@@ -1,6 +1,7 @@
 //! The thin adapter to the kernel: runs the `nft` CLI (one process per call, a whole
 //! transaction per `nft -f`), reads the table back as JSON, and sets the bridge
-//! netfilter switch. Nothing else in the firewall touches the kernel.
+//! netfilter switch. Nothing else in the firewall touches the kernel; the routing and
+//! proxy controllers run their own tables' transactions through the same [`Nft`].
 
 use std::path::Path;
 use std::process::Stdio;

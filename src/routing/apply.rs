@@ -17,10 +17,10 @@ use super::diff;
 use super::metrics::RoutingMetrics;
 use super::model::*;
 use super::netlink::{Link, Netlink, NetlinkError, RouteSpec};
-use super::nft;
 use super::ruleset;
 use crate::agent::SyncReason;
 use crate::cache::Snapshot;
+use crate::firewall::nft::Nft;
 
 /// What one sync changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -543,7 +543,7 @@ impl Reconciler {
         if unchanged && (!drift_check || table_exists().await) {
             return;
         }
-        match nft::apply(&script).await {
+        match Nft::default().apply(&script).await {
             Ok(()) => {
                 self.applied_nft = Some(script);
                 report.nftables_applied = true;
@@ -557,13 +557,10 @@ impl Reconciler {
 }
 
 async fn table_exists() -> bool {
-    tokio::process::Command::new("nft")
-        .args(["list", "table", "inet", NFT_TABLE])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
+    Nft::default()
+        .list_json(&["-j", "-t", "list", "table", "inet", NFT_TABLE])
         .await
-        .is_ok_and(|status| status.success())
+        .is_ok_and(|listing| listing.is_some())
 }
 
 fn write_sysctls(sysctls: &[Sysctl], changed: &mut usize, failures: &mut Failures<'_>) {
@@ -658,7 +655,7 @@ pub async fn cleanup(netlink: &Netlink) -> anyhow::Result<()> {
             }
         }
     }
-    if let Err(err) = nft::apply(&ruleset::delete_transaction()).await {
+    if let Err(err) = Nft::default().apply(&ruleset::delete_transaction()).await {
         failures.push(format!("table inet {NFT_TABLE}: {err}"));
     }
     anyhow::ensure!(failures.is_empty(), "{}", failures.join("; "));

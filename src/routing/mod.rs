@@ -15,7 +15,6 @@ pub mod diff;
 pub mod metrics;
 pub mod model;
 pub mod netlink;
-pub mod nft;
 pub mod nodes;
 pub mod ruleset;
 
