@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::metrics::{FirewallMetrics, PolicyLabel, TransactionLabel};
 use super::model::{Ruleset, SetKind};
-use super::nft::{Nft, NftError};
+use super::nft::{Nft, NftError, listing_items};
 use super::render::{self, Transaction};
 use crate::agent::SyncReason;
 
@@ -190,11 +190,7 @@ pub struct Observed {
 impl Observed {
     pub fn from_json(listing: &Value) -> Self {
         let mut observed = Observed::default();
-        let items = listing
-            .get("nftables")
-            .and_then(Value::as_array)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
+        let items = listing_items(listing);
         for item in items {
             if let Some(chain) = item.get("chain") {
                 if let Some(name) = chain.get("name").and_then(Value::as_str) {

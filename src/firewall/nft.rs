@@ -176,6 +176,15 @@ impl Nft {
     }
 }
 
+/// The objects of an `nft -j` listing (its `nftables` array); empty when it has none.
+pub fn listing_items(listing: &Value) -> &[Value] {
+    listing
+        .get("nftables")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+}
+
 /// Makes bridged pod-to-pod traffic on this node traverse the inet forward hook
 /// (`net.bridge.bridge-nf-call-ip{,6}tables`), as pods on one bridge never reach the
 /// routing path otherwise. Loads `br_netfilter` first when its switches are absent

@@ -13,6 +13,7 @@ use serde_json::Value;
 use super::nft::ProxyNft;
 use super::ruleset::{self, Ruleset};
 use crate::agent::SyncReason;
+use crate::firewall::nft::listing_items;
 
 /// One periodic check in this many also compares rule counts and sets.
 pub const FULL_CHECK_EVERY: u64 = 10;
@@ -96,11 +97,7 @@ impl Reconciler {
 /// Which of `expected`'s chains are missing from a `nft -j list chains` listing, and
 /// which chains of our table are not expected.
 pub fn chain_differences(expected: &Ruleset, listing: &Value) -> Vec<String> {
-    let items = listing
-        .get("nftables")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
+    let items = listing_items(listing);
     let present: Vec<&str> = items
         .iter()
         .filter_map(|item| item.get("chain"))
@@ -127,11 +124,7 @@ pub fn chain_differences(expected: &Ruleset, listing: &Value) -> Vec<String> {
 pub fn differences(expected: &Ruleset, listing: &Value) -> Vec<String> {
     let mut chains: BTreeMap<String, usize> = BTreeMap::new();
     let mut sets = Vec::new();
-    let items = listing
-        .get("nftables")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
+    let items = listing_items(listing);
     for item in items {
         if let Some(name) = item.pointer("/chain/name").and_then(Value::as_str) {
             chains.entry(name.to_string()).or_default();
