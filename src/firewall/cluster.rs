@@ -324,21 +324,15 @@ fn node_info(node: &Node, errors: &mut Vec<ObjectError>) -> NodeInfo {
             }),
         }
     }
-    let spec = node.spec.as_ref();
-    let cidrs = spec
-        .and_then(|s| s.pod_cidrs.clone())
-        .or_else(|| spec.and_then(|s| s.pod_cidr.clone()).map(|c| vec![c]))
-        .unwrap_or_default();
-    for (i, cidr) in cidrs.iter().enumerate() {
-        match cidr.parse::<IpNet>() {
-            Ok(net) => info.pod_cidrs.push(net.trunc()),
-            Err(err) => errors.push(ObjectError {
-                object: object.clone(),
-                field: format!("spec.podCIDRs[{i}]"),
-                message: format!("`{cidr}`: {err}"),
-            }),
-        }
-    }
+    // Pod CIDRs are read the one way every controller reads them (annotation
+    // overrides included); a dropped or corrected value is reported, not fatal.
+    let (cidrs, problems) = crate::node::pod_cidrs(node);
+    info.pod_cidrs = cidrs.into_iter().map(|c| c.cidr).collect();
+    errors.extend(problems.into_iter().map(|problem| ObjectError {
+        object: object.clone(),
+        field: problem.field,
+        message: problem.message,
+    }));
     info
 }
 
