@@ -44,7 +44,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         match cli.command {
             Command::Run(args) => agent::run(*args, &ControllerKind::ALL).await,
             Command::Routing(cmd) => crate::routing::cmd::dispatch(cmd).await,
@@ -54,7 +54,11 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Command::Cleanup(args) => agent::cleanup(*args).await,
             Command::Lab(cmd) => crate::lab::dispatch(cmd).await,
         }
-    })
+    });
+    // A blocking task stuck in the kernel or a resolver must not keep the process
+    // alive after the command has its answer.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    result
 }
 
 /// `--format text|json` of the offline verbs.

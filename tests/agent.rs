@@ -188,9 +188,13 @@ async fn agent_syncs_serves_health_and_metrics_and_follows_changes() {
 fn start_up_fails_naming_the_kinds_that_never_synced() {
     let dir = common::temp_dir();
     let kubeconfig = dir.path().join("kubeconfig");
-    // Nothing listens on this port: no kind can ever list.
-    write_kubeconfig(&format!("http://{}", free_port()), &kubeconfig).unwrap();
-    let output = Command::new(common::kubewire_bin())
+    // Held, never accepted: every list hangs, and no other test can take this port
+    // (a freed port could be reused by a concurrent test's API server, which would
+    // let the agent sync and run forever).
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    write_kubeconfig(&format!("http://{}", silent.local_addr().unwrap()), &kubeconfig).unwrap();
+    let mut command = Command::new(common::kubewire_bin());
+    command
         .args([
             "cni",
             "run",
@@ -201,14 +205,8 @@ fn start_up_fails_naming_the_kinds_that_never_synced() {
         ])
         .arg("--kubeconfig")
         .arg(&kubeconfig)
-        .args([
-            "--metrics-addr",
-            &free_port().to_string(),
-            "--health-addr",
-            &free_port().to_string(),
-        ])
-        .output()
-        .unwrap();
+        .args(["--metrics-addr", "127.0.0.1:0", "--health-addr", "127.0.0.1:0"]);
+    let output = common::output_within(command, Duration::from_secs(30));
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -218,6 +216,7 @@ fn start_up_fails_naming_the_kinds_that_never_synced() {
             ),
         "{stderr}"
     );
+    drop(silent);
 }
 
 fn resident_kib(pid: u32) -> u64 {

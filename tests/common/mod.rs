@@ -7,7 +7,9 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::io::Read;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// A name no other test (in this or another process) uses: `<prefix><pid>x<n>`.
@@ -27,10 +29,50 @@ pub fn kubewire_bin() -> PathBuf {
 
 /// Runs `kubewire args…` and returns its output (never panics on a failed exit).
 pub fn kubewire(args: &[&str]) -> Output {
-    Command::new(kubewire_bin())
-        .args(args)
-        .output()
-        .expect("running kubewire")
+    let mut command = Command::new(kubewire_bin());
+    command.args(args);
+    output_within(command, Duration::from_secs(300))
+}
+
+/// Like `Command::output`, but a child still running after `limit` is killed and the
+/// test fails with what it printed, so a hang fails one test instead of the suite.
+pub fn output_within(mut command: Command, limit: Duration) -> Output {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|err| panic!("spawning {command:?}: {err}"));
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().expect("piped stdout")));
+    let stderr = drain(Box::new(child.stderr.take().expect("piped stderr")));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for a child") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{command:?} still running after {limit:?}; it printed:\n{}\n{}",
+                String::from_utf8_lossy(&stdout.join().unwrap_or_default()),
+                String::from_utf8_lossy(&stderr.join().unwrap_or_default())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    }
 }
 
 /// Panics with stdout and stderr unless the command succeeded; returns stdout.
