@@ -192,7 +192,11 @@ fn start_up_fails_naming_the_kinds_that_never_synced() {
     // (a freed port could be reused by a concurrent test's API server, which would
     // let the agent sync and run forever).
     let silent = TcpListener::bind("127.0.0.1:0").unwrap();
-    write_kubeconfig(&format!("http://{}", silent.local_addr().unwrap()), &kubeconfig).unwrap();
+    write_kubeconfig(
+        &format!("http://{}", silent.local_addr().unwrap()),
+        &kubeconfig,
+    )
+    .unwrap();
     let mut command = Command::new(common::kubewire_bin());
     command
         .args([
@@ -205,7 +209,12 @@ fn start_up_fails_naming_the_kinds_that_never_synced() {
         ])
         .arg("--kubeconfig")
         .arg(&kubeconfig)
-        .args(["--metrics-addr", "127.0.0.1:0", "--health-addr", "127.0.0.1:0"]);
+        .args([
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--health-addr",
+            "127.0.0.1:0",
+        ]);
     let output = common::output_within(command, Duration::from_secs(30));
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
