@@ -24,6 +24,7 @@ use kubewire::firewall::apply::{Applied, Reconciler};
 use kubewire::firewall::compile::{self, CompileOptions, IncrementalCompiler};
 use kubewire::firewall::input::InputReader;
 use kubewire::firewall::metrics::FirewallMetrics;
+use kubewire::firewall::netlink::{self, ElementBatch};
 use kubewire::firewall::nft::Nft;
 use kubewire::firewall::render;
 use serde_json::json;
@@ -229,10 +230,10 @@ async fn firewall_benchmark() {
     let desired = compiler.compile(reader.read(&snapshot));
     reconciler.sync(desired, SyncReason::Start).await.unwrap();
     let relabelled = relabel_one_pod(&snapshot);
-    let (mut totals, mut reads, mut compiles, mut applies) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut totals, mut reads, mut compiles, mut diffs, mut kernels) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut last = None;
-    for round in 0..10 {
+    for round in 0..20 {
         let snapshot = if round % 2 == 0 {
             &relabelled
         } else {
@@ -247,18 +248,21 @@ async fn firewall_benchmark() {
         totals.push(started.elapsed());
         reads.push(read);
         compiles.push(compiled - read);
-        applies.push(started.elapsed() - compiled);
+        diffs.push(reconciler.last_sync().diff);
+        kernels.push(reconciler.last_sync().kernel);
         last = Some(applied);
     }
     match last {
         Some(Applied::Incremental { transaction }) => {
             println!(
-                "one pod label change: {} total (median of 10: read {}, incremental compile {}, diff + apply {}); \
-                 transaction: {} commands, size {}, elements only: {}, sent over netlink: {}",
+                "one pod label change: {} total (median of 20: read {}, incremental compile {}, \
+                 diff {}, kernel {}); transaction: {} commands, size {}, elements only: {}, \
+                 sent over netlink: {}",
                 ms(median(totals)),
                 ms(median(reads)),
                 ms(median(compiles)),
-                ms(median(applies)),
+                ms(median(diffs)),
+                ms(median(kernels)),
                 transaction.commands.len(),
                 transaction.size(),
                 transaction.elements_only(),
@@ -270,40 +274,72 @@ async fn firewall_benchmark() {
         }
         other => panic!("a label change should be incremental, got {other:?}"),
     }
-    // For comparison: the same change through nft -f (process start, cache read).
+    drop(reconciler);
+    // The kernel part alone, three ways: `nft -f` (a process, which reads the table's
+    // cache first); netlink from a socket per transaction (closing a socket waits for
+    // the RCU grace period after which the kernel frees deleted elements); netlink
+    // from one socket kept open (what the reconciler does).
     let full_now = compile::compile(&FirewallInput::from_snapshot(&snapshot), &options());
     let changed = compile::compile(&FirewallInput::from_snapshot(&relabelled), &options());
+    let forth = render::diff(&full_now, &changed).unwrap();
+    let back = render::diff(&changed, &full_now).unwrap();
+    let batches = [
+        forth.element_batches().unwrap(),
+        back.element_batches().unwrap(),
+    ];
+    // New keys of plain sets: adding them is all the change does there.
+    let adds_only: Vec<ElementBatch> = batches[0]
+        .iter()
+        .filter(|b| !b.delete && !b.kind.is_map())
+        .cloned()
+        .collect();
+    let undo_adds: Vec<ElementBatch> = adds_only
+        .iter()
+        .map(|b| ElementBatch {
+            delete: true,
+            ..b.clone()
+        })
+        .collect();
+    let netns = nft.netns().map(String::from);
     let mut cli = Vec::new();
     for round in 0..6 {
-        let (from, to) = if round % 2 == 0 {
-            (&full_now, &changed)
-        } else {
-            (&changed, &full_now)
-        };
-        let diff = render::diff(from, to).unwrap();
+        let diff = if round % 2 == 0 { &forth } else { &back };
         let started = Instant::now();
         nft.apply(&diff.text()).await.unwrap();
         cli.push(started.elapsed());
     }
+    let (per_transaction, kept_open, adds_per_transaction) = tokio::task::block_in_place(|| {
+        let (mut per_transaction, mut kept_open, mut adds) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..20 {
+            let started = Instant::now();
+            netlink::apply(netns.as_deref(), &batches[round % 2]).unwrap();
+            per_transaction.push(started.elapsed());
+        }
+        let mut session = netlink::Session::new(netns.as_deref());
+        for round in 0..20 {
+            let started = Instant::now();
+            session.apply(&batches[round % 2]).unwrap();
+            kept_open.push(started.elapsed());
+        }
+        for _ in 0..10 {
+            // Let the kernel free what the last delete released first.
+            std::thread::sleep(Duration::from_millis(100));
+            let started = Instant::now();
+            netlink::apply(netns.as_deref(), &adds_only).unwrap();
+            adds.push(started.elapsed());
+            session.apply(&undo_adds).unwrap();
+        }
+        (per_transaction, kept_open, adds)
+    });
     println!(
-        "the same change through `nft -f`: {} (median of 6)",
-        ms(median(cli))
-    );
-    let mut netlink_times = Vec::new();
-    for round in 0..6 {
-        let (from, to) = if round % 2 == 0 {
-            (&full_now, &changed)
-        } else {
-            (&changed, &full_now)
-        };
-        let diff = render::diff(from, to).unwrap();
-        let started = Instant::now();
-        nft.apply_transaction(&diff).await.unwrap();
-        netlink_times.push(started.elapsed());
-    }
-    println!(
-        "the same change over netlink alone: {} (median of 6)",
-        ms(median(netlink_times))
+        "the same change, kernel only (median): `nft -f` {}; netlink from a socket per \
+         transaction {} (its {} set adds alone, no delete: {}); netlink from one socket kept \
+         open {}",
+        ms(median(cli)),
+        ms(median(per_transaction)),
+        adds_only.iter().map(|b| b.elements.len()).sum::<usize>(),
+        ms(median(adds_per_transaction)),
+        ms(median(kept_open))
     );
 
     // The periodic drift check: terse (no elements) and full listings.
@@ -453,3 +489,4 @@ fn thread_cpu() -> Duration {
     assert_eq!(result, 0);
     Duration::new(time.tv_sec as u64, time.tv_nsec as u32)
 }
+

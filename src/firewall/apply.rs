@@ -5,13 +5,19 @@
 //! table is never read back on that path; the periodic sync checks it instead: every
 //! time without set elements (cheap), and every [`FULL_CHECK_EVERY`]th time in full.
 //! The periodic read also collects the drop counters for the metrics.
+//!
+//! Incremental transactions that only change set elements (every pod event) go over
+//! one netlink socket kept open for the reconciler's life ([`netlink::Session`]);
+//! everything else through `nft -f`.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use super::metrics::{FirewallMetrics, PolicyLabel, TransactionLabel};
 use super::model::{Ruleset, SetKind};
+use super::netlink;
 use super::nft::{Nft, NftError, listing_items};
 use super::render::{self, Transaction};
 use crate::agent::SyncReason;
@@ -29,23 +35,42 @@ pub enum Applied {
 
 pub struct Reconciler {
     nft: Nft,
+    /// Element changes go here.
+    session: netlink::Session,
     metrics: FirewallMetrics,
     /// What the kernel holds, as far as we know; `None` forces a full replacement.
     applied: Option<Ruleset>,
     periodic_checks: u64,
     /// Last counter values read, to turn them into monotonic metric increments.
     counter_values: BTreeMap<String, u64>,
+    last_sync: SyncTimes,
+}
+
+/// Where the time of the last sync went.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncTimes {
+    /// Finding the difference from what was applied (or rendering the whole table).
+    pub diff: Duration,
+    /// Sending it to the kernel until it was committed.
+    pub kernel: Duration,
 }
 
 impl Reconciler {
     pub fn new(nft: Nft, metrics: FirewallMetrics) -> Self {
         Self {
+            session: netlink::Session::new(nft.netns()),
             nft,
             metrics,
             applied: None,
             periodic_checks: 0,
             counter_values: BTreeMap::new(),
+            last_sync: SyncTimes::default(),
         }
+    }
+
+    /// Where the time of the last sync went (the periodic check not included).
+    pub fn last_sync(&self) -> SyncTimes {
+        self.last_sync
     }
 
     /// Brings the kernel to `desired`. On error the next sync replaces the table.
@@ -53,25 +78,29 @@ impl Reconciler {
         if reason == SyncReason::Periodic {
             self.check().await?;
         }
+        let started = Instant::now();
         let incremental = match &self.applied {
             Some(applied) => render::diff(applied, &desired),
             None => None,
         };
+        let mut diffed = Instant::now();
         let result = match incremental {
             Some(transaction) if transaction.is_empty() => Ok(Applied::Nothing),
             Some(transaction) => self
-                .nft
-                .apply_transaction(&transaction)
+                .apply_incremental(&transaction)
                 .await
                 .map(|()| Applied::Incremental { transaction }),
             None => {
                 let transaction = render::full(&desired);
                 let size = transaction.size();
-                self.nft
-                    .apply(&transaction.text())
-                    .await
-                    .map(|()| Applied::Full { size })
+                let text = transaction.text();
+                diffed = Instant::now();
+                self.nft.apply(&text).await.map(|()| Applied::Full { size })
             }
+        };
+        self.last_sync = SyncTimes {
+            diff: diffed - started,
+            kernel: diffed.elapsed(),
         };
         match result {
             Ok(applied) => {
@@ -100,6 +129,21 @@ impl Reconciler {
                 self.applied = None;
                 Err(err.into())
             }
+        }
+    }
+
+    /// Sends an incremental transaction: over the netlink session when it only
+    /// changes elements, through `nft -f` otherwise. The session is used in place:
+    /// the kernel runs the whole batch, commit included, within the send call, so
+    /// this blocks for the commit: about a millisecond, longer only while another
+    /// nf_tables client of this network namespace holds the commit lock.
+    async fn apply_incremental(&mut self, transaction: &Transaction) -> Result<(), NftError> {
+        match transaction.element_batches() {
+            Some(batches) => self
+                .session
+                .apply(&batches)
+                .map_err(|err| NftError::Netlink(err.to_string())),
+            None => self.nft.apply(&transaction.text()).await,
         }
     }
 
@@ -358,7 +402,7 @@ mod tests {
             "ingress-dispatch4".into(),
             std::sync::Arc::new(
                 Set::new(SetKind::Dispatch(Family::V4), None, Members::Other).with_elements(
-                    [("10.0.0.1".to_string(), "jump ingress/x/p".to_string())].into(),
+                    BTreeMap::from([("10.0.0.1".to_string(), "jump ingress/x/p".to_string())]),
                 ),
             ),
         );

@@ -18,7 +18,9 @@ use std::sync::Arc;
 
 use super::cluster::{PodEndpoint, Protocol};
 use super::input::FirewallInput;
-use super::model::{Chain, ChainKind, Counter, Family, Members, Ruleset, Set, SetKind};
+use super::model::{
+    Chain, ChainKind, Counter, Elements, Family, Members, Ruleset, Set, SetKind,
+};
 use super::policy::{Direction, IpBlockMatch, NamespaceScope, Peer, Policy, PortSpec, Rule};
 
 /// What, besides the cluster, decides the ruleset.
@@ -214,25 +216,15 @@ impl<'a> Compiler<'a> {
     /// Takes a pod's addresses out of every set and map.
     fn remove_pod(&mut self, pod: &PodEndpoint) {
         let ips: Vec<String> = pod.ips.iter().map(|ip| ip.to_string()).collect();
-        let prefixes: Vec<String> = ips.iter().map(|ip| format!("{ip} . ")).collect();
         for set in self.ruleset.sets.values_mut() {
-            match &set.members {
-                Members::NamedPort(_) => {
-                    let named = |k: &String| prefixes.iter().any(|p| k.starts_with(p));
-                    if set.elements.keys().any(named) {
-                        Arc::make_mut(set).elements_mut().retain(|k, _| !named(k));
-                    }
-                }
-                Members::Peer(_) | Members::LocalPods | Members::Other => {
-                    let holds_pods = !matches!(set.members, Members::Other) || set.kind.is_map();
-                    if holds_pods && ips.iter().any(|ip| set.elements.contains_key(ip)) {
-                        let elements = Arc::make_mut(set).elements_mut();
-                        for ip in &ips {
-                            if let Some(value) = elements.remove(ip) {
-                                self.released.insert(reference(&value).to_string());
-                            }
-                        }
-                    }
+            let holds_pods = !matches!(set.members, Members::Other) || set.kind.is_map();
+            if !holds_pods || !ips.iter().any(|ip| set.elements.has_address(ip)) {
+                continue;
+            }
+            let set = Arc::make_mut(set);
+            for ip in &ips {
+                for value in set.elements.remove_address(ip) {
+                    self.released.insert(reference(&value).to_string());
                 }
             }
         }
@@ -267,8 +259,8 @@ impl<'a> Compiler<'a> {
                     .collect(),
                 _ => continue,
             };
-            if !entries.is_empty() {
-                let elements = Arc::make_mut(set).elements_mut();
+            if entries.iter().any(|entry| !set.elements.contains_key(entry)) {
+                let elements = &mut Arc::make_mut(set).elements;
                 for entry in entries {
                     elements.insert(entry, String::new());
                 }
@@ -379,7 +371,9 @@ impl<'a> Compiler<'a> {
 
     fn insert(&mut self, set: &str, key: String, value: String) {
         if let Some(set) = self.ruleset.sets.get_mut(set) {
-            Arc::make_mut(set).elements_mut().insert(key, value);
+            if set.elements.get(&key) != Some(&value) {
+                Arc::make_mut(set).elements.insert(key, value);
+            }
         }
     }
 
@@ -571,7 +565,7 @@ impl<'a> Compiler<'a> {
         let description = block.to_string();
         let name = format!("block{}/{}", family.suffix(), hash(&description));
         if !self.ruleset.sets.contains_key(&name) {
-            let elements = ranges(block)
+            let elements: Elements = ranges(block)
                 .into_iter()
                 .map(|(start, end)| (range_element(start, end), String::new()))
                 .collect();
@@ -635,7 +629,7 @@ impl<'a> Compiler<'a> {
             if cidr_elements.is_empty() {
                 continue;
             }
-            let local_elements = local
+            let local_elements: Elements = local
                 .iter()
                 .flat_map(|p| p.ips.iter())
                 .filter(|ip| Family::of(**ip) == family)

@@ -60,6 +60,11 @@ impl Nft {
         }
     }
 
+    /// The network namespace file this runs in; `None`: the current namespace.
+    pub fn netns(&self) -> Option<&str> {
+        self.netns.as_deref()
+    }
+
     /// Applies a transaction: an elements-only one straight over netlink (no process,
     /// no cache read), anything else through `nft -f`. Either way one transaction.
     pub async fn apply_transaction(&self, transaction: &Transaction) -> Result<(), NftError> {

@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use super::model::{Chain, ChainKind, FAMILY, Ruleset, Set, TABLE};
+use super::model::{Chain, ChainKind, ElementChanges, Elements, FAMILY, Ruleset, Set, TABLE};
 use super::netlink::ElementBatch;
 
 /// One `nft -f` file.
@@ -235,23 +235,27 @@ pub fn diff(old: &Ruleset, new: &Ruleset) -> Option<Transaction> {
         tx.push(CommandKind::AddObject, text, 0);
     }
     // 2. Element deletes (a changed map value is a delete and an add).
-    for (name, set) in &new.sets {
-        let Some(previous) = old.sets.get(name) else {
-            continue;
-        };
-        if Arc::ptr_eq(&previous.elements, &set.elements) {
-            continue;
-        }
-        let gone: Vec<&String> = previous
-            .elements
-            .iter()
-            .filter(|(k, v)| set.elements.get(*k) != Some(*v))
-            .map(|(k, _)| k)
-            .collect();
+    let empty = Elements::default();
+    let changes: Vec<(&String, &Set, ElementChanges)> = new
+        .sets
+        .iter()
+        .filter_map(|(name, set)| {
+            let previous = match old.sets.get(name) {
+                Some(previous) if Arc::ptr_eq(previous, set) => return None,
+                Some(previous) => &previous.elements,
+                None => &empty,
+            };
+            let changes = previous.changes(&set.elements);
+            let changed = !changes.gone.is_empty() || !changes.added.is_empty();
+            changed.then_some((name, set.as_ref(), changes))
+        })
+        .collect();
+    for (name, set, changes) in &changes {
+        let gone = &changes.gone;
         if !gone.is_empty() {
             tx.push(
                 CommandKind::DeleteElements,
-                format!("delete element {t} {name} {{ {} }}", join(&gone)),
+                format!("delete element {t} {name} {{ {} }}", join(gone)),
                 gone.len(),
             );
             attach(
@@ -277,16 +281,8 @@ pub fn diff(old: &Ruleset, new: &Ruleset) -> Option<Transaction> {
         }
     }
     // 4. Element adds, now that every chain a verdict may jump to exists.
-    for (name, set) in &new.sets {
-        let previous = old.sets.get(name);
-        if previous.is_some_and(|p| Arc::ptr_eq(&p.elements, &set.elements)) {
-            continue;
-        }
-        let added: Vec<(&String, &String)> = set
-            .elements
-            .iter()
-            .filter(|(k, v)| previous.and_then(|p| p.elements.get(*k)) != Some(*v))
-            .collect();
+    for (name, set, changes) in &changes {
+        let added = &changes.added;
         if !added.is_empty() {
             let text: Vec<String> = added.iter().map(|(k, _)| set.element(k)).collect();
             tx.push(
@@ -395,7 +391,7 @@ mod tests {
                     peers
                         .iter()
                         .map(|p| (p.to_string(), String::new()))
-                        .collect(),
+                        .collect::<Elements>(),
                 ),
             ),
         );
