@@ -216,11 +216,18 @@ impl<'a> Compiler<'a> {
     /// Takes a pod's addresses out of every set and map.
     fn remove_pod(&mut self, pod: &PodEndpoint) {
         let ips: Vec<String> = pod.ips.iter().map(|ip| ip.to_string()).collect();
-        for set in self.ruleset.sets.values_mut() {
-            let holds_pods = !matches!(set.members, Members::Other) || set.kind.is_map();
-            if !holds_pods || !ips.iter().any(|ip| set.elements.has_address(ip)) {
+        let holding: Vec<String> = self
+            .ruleset
+            .sets
+            .iter()
+            .filter(|(_, set)| !matches!(set.members, Members::Other) || set.kind.is_map())
+            .filter(|(_, set)| ips.iter().any(|ip| set.elements.has_address(ip)))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in holding {
+            let Some(set) = self.ruleset.sets.get_mut(&name) else {
                 continue;
-            }
+            };
             let set = Arc::make_mut(set);
             for ip in &ips {
                 for value in set.elements.remove_address(ip) {
@@ -238,7 +245,8 @@ impl<'a> Compiler<'a> {
         }
         let local = self.is_local(pod);
         let namespace_labels = self.input.cluster.namespace_labels(&pod.namespace);
-        for set in self.ruleset.sets.values_mut() {
+        let mut additions: Vec<(String, Vec<String>)> = Vec::new();
+        for (name, set) in self.ruleset.sets.iter() {
             let family = match set.kind {
                 SetKind::Addr(f) | SetKind::NamedPort(f) => f,
                 _ => continue,
@@ -260,6 +268,11 @@ impl<'a> Compiler<'a> {
                 _ => continue,
             };
             if entries.iter().any(|entry| !set.elements.contains_key(entry)) {
+                additions.push((name.clone(), entries));
+            }
+        }
+        for (name, entries) in additions {
+            if let Some(set) = self.ruleset.sets.get_mut(&name) {
                 let elements = &mut Arc::make_mut(set).elements;
                 for entry in entries {
                     elements.insert(entry, String::new());
@@ -370,10 +383,9 @@ impl<'a> Compiler<'a> {
     }
 
     fn insert(&mut self, set: &str, key: String, value: String) {
-        if let Some(set) = self.ruleset.sets.get_mut(set) {
-            if set.elements.get(&key) != Some(&value) {
-                Arc::make_mut(set).elements.insert(key, value);
-            }
+        let unchanged = self.ruleset.sets.get(set).map(|s| s.elements.get(&key)) == Some(Some(&value));
+        if !unchanged && let Some(set) = self.ruleset.sets.get_mut(set) {
+            Arc::make_mut(set).elements.insert(key, value);
         }
     }
 
@@ -390,15 +402,15 @@ impl<'a> Compiler<'a> {
             [key] => bounded(format!("{direction}-drops/{key}")),
             _ => format!("{direction}-drops/group-{}", hash(&keys.join(" "))),
         };
-        self.ruleset
-            .counters
-            .entry(name.clone())
-            .or_insert_with(|| {
+        if !self.ruleset.counters.contains_key(&name) {
+            self.ruleset.counters.insert(
+                name.clone(),
                 Arc::new(Counter {
                     direction: Some(direction),
                     policies: keys,
-                })
-            });
+                }),
+            );
+        }
         name
     }
 

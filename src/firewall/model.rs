@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::ops::Index;
+use std::ops::{Deref, DerefMut, Index};
 use std::sync::Arc;
 
 use super::policy::{Direction, Peer};
@@ -61,11 +61,59 @@ impl Family {
 /// compiled from it, so keeping the applied ruleset and diffing against it is cheap.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ruleset {
-    pub chains: BTreeMap<String, Arc<Chain>>,
+    pub chains: Objects<Chain>,
     /// Sets and maps, by name.
-    pub sets: BTreeMap<String, Arc<Set>>,
+    pub sets: Objects<Set>,
     /// Named counters, by name.
-    pub counters: BTreeMap<String, Arc<Counter>>,
+    pub counters: Objects<Counter>,
+}
+
+/// Objects of one kind by name, shared between rulesets until one of them changes:
+/// any mutable access copies the map first (not the objects) if another ruleset
+/// holds it too, so two versions that share it are known equal without a look.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Objects<T>(Arc<BTreeMap<String, Arc<T>>>);
+
+impl<T> Objects<T> {
+    /// Whether both are the very same map (so they are equal).
+    pub fn same(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl<T> Clone for Objects<T> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<T> Default for Objects<T> {
+    fn default() -> Self {
+        Self(Arc::default())
+    }
+}
+
+impl<'a, T> IntoIterator for &'a Objects<T> {
+    type Item = (&'a String, &'a Arc<T>);
+    type IntoIter = std::collections::btree_map::Iter<'a, String, Arc<T>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl<T> Deref for Objects<T> {
+    type Target = BTreeMap<String, Arc<T>>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl<T> DerefMut for Objects<T> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        Arc::make_mut(&mut self.0)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -384,5 +432,102 @@ impl Index<&str> for Elements {
             Some(value) => value,
             None => panic!("no element {key}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn elements(keys: &[&str]) -> Elements {
+        keys.iter()
+            .map(|k| (k.to_string(), String::new()))
+            .collect()
+    }
+
+    #[test]
+    fn elements_behave_like_a_sorted_map() {
+        let mut e = elements(&["10.0.0.2", "10.0.0.1"]);
+        assert_eq!(e.insert("10.0.0.3".into(), "jump a".into()), None);
+        assert_eq!(
+            e.insert("10.0.0.3".into(), "jump b".into()),
+            Some("jump a".into())
+        );
+        assert_eq!(e.len(), 3);
+        assert_eq!(e["10.0.0.3"], "jump b");
+        assert_eq!(e.keys().collect::<Vec<_>>(), ["10.0.0.1", "10.0.0.2", "10.0.0.3"]);
+        assert_eq!(e.remove("10.0.0.2"), Some(String::new()));
+        assert_eq!(e.remove("10.0.0.2"), None);
+        assert_eq!(e, elements(&["10.0.0.1", "10.0.0.3"]).with_value("10.0.0.3", "jump b"));
+        assert_ne!(e, elements(&["10.0.0.1", "10.0.0.3"]));
+        assert!(Elements::default() == elements(&[]));
+    }
+
+    impl Elements {
+        fn with_value(mut self, key: &str, value: &str) -> Self {
+            self.insert(key.into(), value.into());
+            self
+        }
+    }
+
+    #[test]
+    fn an_address_takes_its_concatenations_along() {
+        let mut e = elements(&[
+            "10.0.0.1",
+            "10.0.0.1 . tcp . 80",
+            "10.0.0.1 . udp . 53",
+            "10.0.0.10 . tcp . 80",
+            "10.0.0.10",
+        ]);
+        assert!(e.has_address("10.0.0.1"));
+        assert_eq!(e.remove_address("10.0.0.1").len(), 3);
+        assert!(!e.has_address("10.0.0.1"));
+        assert_eq!(e, elements(&["10.0.0.10", "10.0.0.10 . tcp . 80"]));
+        assert!(e.remove_address("10.0.0.1").is_empty());
+    }
+
+    #[test]
+    fn a_change_copies_and_diffs_one_shard() {
+        let keys: Vec<String> = (0..5000)
+            .map(|i| format!("10.1.{}.{}", i / 250, i % 250))
+            .collect();
+        let old: Elements = keys.iter().map(|k| (k.clone(), "accept".into())).collect();
+        let mut new = old.clone();
+        new.insert("10.1.0.0".into(), "drop".into());
+        new.insert("10.9.9.9".into(), "accept".into());
+        new.remove("10.1.3.3");
+        let unshared = old
+            .shards
+            .iter()
+            .zip(&new.shards)
+            .filter(|(a, b)| !Arc::ptr_eq(a, b))
+            .count();
+        assert!(unshared <= 3, "{unshared} shards copied");
+        let changes = old.changes(&new);
+        assert_eq!(changes.gone, ["10.1.0.0", "10.1.3.3"]);
+        let added: Vec<(&str, &str)> = changes
+            .added
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(added, [("10.1.0.0", "drop"), ("10.9.9.9", "accept")]);
+        assert_eq!(old.changes(&old.clone()), ElementChanges::default());
+    }
+
+    #[test]
+    fn objects_are_copied_on_write() {
+        let mut a: Objects<Counter> = Objects::default();
+        a.insert(
+            "c".into(),
+            Arc::new(Counter {
+                direction: None,
+                policies: Vec::new(),
+            }),
+        );
+        let mut b = a.clone();
+        assert!(a.same(&b));
+        b.remove("c");
+        assert!(!a.same(&b));
+        assert_eq!((a.len(), b.len()), (1, 0));
     }
 }

@@ -3,10 +3,13 @@
 //! deletes, changed chains flushed and refilled, objects added and removed in an
 //! order the kernel accepts). Either is one file, so one atomic transaction.
 
+use std::cmp::Ordering;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use super::model::{Chain, ChainKind, ElementChanges, Elements, FAMILY, Ruleset, Set, TABLE};
+use super::model::{
+    Chain, ChainKind, ElementChanges, Elements, FAMILY, Objects, Ruleset, Set, TABLE,
+};
 use super::netlink::ElementBatch;
 
 /// One `nft -f` file.
@@ -184,34 +187,29 @@ fn sanitize(comment: &str) -> String {
 }
 
 /// The minimal transaction turning `old` (what the kernel has) into `new`, or `None`
-/// when only a full replacement can do it (a base chain's hook changed).
+/// when only a full replacement can do it (a base chain's hook changed). Looks only
+/// at what the two do not share: a pod change costs what it changed.
 pub fn diff(old: &Ruleset, new: &Ruleset) -> Option<Transaction> {
     let t = table();
     let mut tx = Transaction::default();
-    for (name, chain) in &new.chains {
-        if let Some(previous) = old.chains.get(name)
-            && previous.kind != chain.kind
-        {
-            return None;
-        }
-    }
-    for (name, set) in &new.sets {
-        if let Some(previous) = old.sets.get(name)
-            && previous.kind != set.kind
-        {
-            return None;
-        }
+    let chains = differing(&old.chains, &new.chains);
+    let sets = differing(&old.sets, &new.sets);
+    let counters = differing(&old.counters, &new.counters);
+    let kind_changed = chains
+        .iter()
+        .any(|(_, old, new)| matches!((old, new), (Some(o), Some(n)) if o.kind != n.kind))
+        || sets
+            .iter()
+            .any(|(_, old, new)| matches!((old, new), (Some(o), Some(n)) if o.kind != n.kind));
+    if kind_changed {
+        return None;
     }
     // 1. New objects: counters, sets (with their elements unless they are maps, which
     //    may point at chains that do not exist yet), chains (empty).
-    for name in new
-        .counters
-        .keys()
-        .filter(|n| !old.counters.contains_key(*n))
-    {
+    for (name, _, _) in counters.iter().filter(|(_, old, _)| old.is_none()) {
         tx.push(CommandKind::AddObject, format!("add counter {t} {name}"), 0);
     }
-    for (name, set) in new.sets.iter().filter(|(n, _)| !old.sets.contains_key(*n)) {
+    for (name, set) in added(&sets) {
         let keyword = if set.kind.is_map() { "map" } else { "set" };
         let mut body = set.kind.declaration();
         if let Some(comment) = &set.comment {
@@ -223,11 +221,7 @@ pub fn diff(old: &Ruleset, new: &Ruleset) -> Option<Transaction> {
             0,
         );
     }
-    for (name, chain) in new
-        .chains
-        .iter()
-        .filter(|(n, _)| !old.chains.contains_key(*n))
-    {
+    for (name, chain) in added(&chains) {
         let text = match hook(chain) {
             Some(hook) => format!("add chain {t} {name} {{ {hook} }}"),
             None => format!("add chain {t} {name}"),
@@ -236,18 +230,13 @@ pub fn diff(old: &Ruleset, new: &Ruleset) -> Option<Transaction> {
     }
     // 2. Element deletes (a changed map value is a delete and an add).
     let empty = Elements::default();
-    let changes: Vec<(&String, &Set, ElementChanges)> = new
-        .sets
+    let changes: Vec<(&String, &Set, ElementChanges)> = sets
         .iter()
-        .filter_map(|(name, set)| {
-            let previous = match old.sets.get(name) {
-                Some(previous) if Arc::ptr_eq(previous, set) => return None,
-                Some(previous) => &previous.elements,
-                None => &empty,
-            };
-            let changes = previous.changes(&set.elements);
+        .filter_map(|(name, old, new)| {
+            let new = new.as_ref()?;
+            let changes = old.map_or(&empty, |o| &o.elements).changes(&new.elements);
             let changed = !changes.gone.is_empty() || !changes.added.is_empty();
-            changed.then_some((name, set.as_ref(), changes))
+            changed.then_some((*name, new.as_ref(), changes))
         })
         .collect();
     for (name, set, changes) in &changes {
@@ -268,11 +257,10 @@ pub fn diff(old: &Ruleset, new: &Ruleset) -> Option<Transaction> {
         }
     }
     // 3. Rules of new and changed chains.
-    for (name, chain) in &new.chains {
-        match old.chains.get(name) {
-            Some(previous) if Arc::ptr_eq(previous, chain) || previous.rules == chain.rules => {
-                continue;
-            }
+    for (name, old, new) in &chains {
+        let Some(chain) = new else { continue };
+        match old {
+            Some(previous) if previous.rules == chain.rules => continue,
             Some(_) => tx.push(CommandKind::Rules, format!("flush chain {t} {name}"), 0),
             None => {}
         }
@@ -305,11 +293,7 @@ pub fn diff(old: &Ruleset, new: &Ruleset) -> Option<Transaction> {
     // 5. Removed objects: chains emptied first (they may jump to each other and use
     //    sets), then sets and maps (whose elements may jump to chains), then the
     //    chains, then counters, which nothing references any more.
-    let removed_chains: Vec<&String> = old
-        .chains
-        .keys()
-        .filter(|n| !new.chains.contains_key(*n))
-        .collect();
+    let removed_chains: Vec<&String> = removed(&chains).map(|(name, _)| name).collect();
     for name in &removed_chains {
         tx.push(
             CommandKind::DeleteObject,
@@ -317,7 +301,7 @@ pub fn diff(old: &Ruleset, new: &Ruleset) -> Option<Transaction> {
             0,
         );
     }
-    for (name, set) in old.sets.iter().filter(|(n, _)| !new.sets.contains_key(*n)) {
+    for (name, set) in removed(&sets) {
         let keyword = if set.kind.is_map() { "map" } else { "set" };
         tx.push(
             CommandKind::DeleteObject,
@@ -332,11 +316,7 @@ pub fn diff(old: &Ruleset, new: &Ruleset) -> Option<Transaction> {
             0,
         );
     }
-    for name in old
-        .counters
-        .keys()
-        .filter(|n| !new.counters.contains_key(*n))
-    {
+    for (name, _) in removed(&counters) {
         tx.push(
             CommandKind::DeleteObject,
             format!("delete counter {t} {name}"),
@@ -344,6 +324,61 @@ pub fn diff(old: &Ruleset, new: &Ruleset) -> Option<Transaction> {
         );
     }
     Some(tx)
+}
+
+/// (name, old, new) of each object the two do not share, in name order; `None` on
+/// the side that does not have it.
+type Differing<'a, T> = Vec<(&'a String, Option<&'a Arc<T>>, Option<&'a Arc<T>>)>;
+
+/// Walks both name orders side by side, skipping what they share.
+fn differing<'a, T>(old: &'a Objects<T>, new: &'a Objects<T>) -> Differing<'a, T> {
+    let mut out = Vec::new();
+    if old.same(new) {
+        return out;
+    }
+    let (mut old, mut new) = (old.iter().peekable(), new.iter().peekable());
+    loop {
+        let order = match (old.peek(), new.peek()) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some((a, _)), Some((b, _))) => a.cmp(b),
+        };
+        match order {
+            Ordering::Less => {
+                if let Some((name, object)) = old.next() {
+                    out.push((name, Some(object), None));
+                }
+            }
+            Ordering::Greater => {
+                if let Some((name, object)) = new.next() {
+                    out.push((name, None, Some(object)));
+                }
+            }
+            Ordering::Equal => {
+                if let (Some((name, a)), Some((_, b))) = (old.next(), new.next())
+                    && !Arc::ptr_eq(a, b)
+                {
+                    out.push((name, Some(a), Some(b)));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn added<'a, T>(objects: &'a Differing<'a, T>) -> impl Iterator<Item = (&'a String, &'a T)> {
+    objects.iter().filter_map(|(name, old, new)| match (old, new) {
+        (None, Some(new)) => Some((*name, new.as_ref())),
+        _ => None,
+    })
+}
+
+fn removed<'a, T>(objects: &'a Differing<'a, T>) -> impl Iterator<Item = (&'a String, &'a T)> {
+    objects.iter().filter_map(|(name, old, new)| match (old, new) {
+        (Some(old), None) => Some((*name, old.as_ref())),
+        _ => None,
+    })
 }
 
 /// Gives the last command its structured element batch.
