@@ -12,6 +12,7 @@
 //! only pods changed since its last run it updates the previous ruleset pod by pod
 //! instead of starting over: a pod event costs microseconds, not a full compile.
 
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
@@ -48,7 +49,7 @@ pub const NEIGHBOR_DISCOVERY: &str = "icmpv6 type { nd-neighbor-solicit, nd-neig
 pub const INVALID_COUNTER: &str = "invalid-drops";
 
 pub fn compile(input: &FirewallInput, options: &CompileOptions) -> Ruleset {
-    Compiler::new(input, options, Ruleset::default()).run()
+    Compiler::new(input, options, families(input), Ruleset::default()).run()
 }
 
 /// Compiles one snapshot after another, reusing the previous ruleset when only pods
@@ -56,7 +57,8 @@ pub fn compile(input: &FirewallInput, options: &CompileOptions) -> Ruleset {
 #[derive(Debug)]
 pub struct IncrementalCompiler {
     options: CompileOptions,
-    previous: Option<(FirewallInput, Ruleset)>,
+    /// The last input, the address families of its pods, and what it compiled to.
+    previous: Option<(FirewallInput, Vec<Family>, Ruleset)>,
 }
 
 impl IncrementalCompiler {
@@ -68,14 +70,17 @@ impl IncrementalCompiler {
     }
 
     pub fn compile(&mut self, input: FirewallInput) -> Ruleset {
+        let families = families(&input);
         let ruleset = match self.previous.take() {
-            Some((old_input, old_ruleset))
-                if old_input.policies == input.policies
+            Some((old_input, old_families, old_ruleset))
+                if (Arc::ptr_eq(&old_input.policies, &input.policies)
+                    || old_input.policies == input.policies)
                     && old_input.cluster.namespaces == input.cluster.namespaces
                     && old_input.cluster.nodes == input.cluster.nodes
-                    && families(&old_input) == families(&input) =>
+                    && old_families == families =>
             {
-                let mut compiler = Compiler::new(&input, &self.options, old_ruleset);
+                let mut compiler =
+                    Compiler::new(&input, &self.options, families.clone(), old_ruleset);
                 let changed = changed_pods(&old_input.cluster.pods, &input.cluster.pods);
                 // Every removal first: a new pod may have taken a removed pod's address.
                 for old in changed.iter().filter_map(|(old, _)| *old) {
@@ -89,9 +94,9 @@ impl IncrementalCompiler {
                 }
                 compiler.ruleset
             }
-            _ => compile(&input, &self.options),
+            _ => Compiler::new(&input, &self.options, families.clone(), Ruleset::default()).run(),
         };
-        self.previous = Some((input, ruleset.clone()));
+        self.previous = Some((input, families, ruleset.clone()));
         ruleset
     }
 }
@@ -149,23 +154,22 @@ struct Compiler<'a> {
     released: BTreeSet<String>,
     options: &'a CompileOptions,
     families: Vec<Family>,
-    /// Policed pods by namespace.
-    pods_by_namespace: BTreeMap<&'a str, Vec<&'a PodEndpoint>>,
+    /// Policed pods by namespace, gathered when first needed (a pod change that
+    /// compiles no new set never needs it).
+    pods_by_namespace: OnceCell<BTreeMap<&'a str, Vec<&'a PodEndpoint>>>,
     policies_by_namespace: BTreeMap<&'a str, Vec<&'a Policy>>,
     ruleset: Ruleset,
 }
 
 impl<'a> Compiler<'a> {
-    fn new(input: &'a FirewallInput, options: &'a CompileOptions, ruleset: Ruleset) -> Self {
-        let mut pods_by_namespace: BTreeMap<&str, Vec<&PodEndpoint>> = BTreeMap::new();
-        for pod in input.cluster.pods.iter().filter(|p| p.policed()) {
-            pods_by_namespace
-                .entry(&pod.namespace)
-                .or_default()
-                .push(pod.as_ref());
-        }
+    fn new(
+        input: &'a FirewallInput,
+        options: &'a CompileOptions,
+        families: Vec<Family>,
+        ruleset: Ruleset,
+    ) -> Self {
         let mut policies_by_namespace: BTreeMap<&str, Vec<&Policy>> = BTreeMap::new();
-        for policy in &input.policies {
+        for policy in input.policies.iter() {
             policies_by_namespace
                 .entry(&policy.namespace)
                 .or_default()
@@ -175,11 +179,24 @@ impl<'a> Compiler<'a> {
             input,
             released: BTreeSet::new(),
             options,
-            families: families(input),
-            pods_by_namespace,
+            families,
+            pods_by_namespace: OnceCell::new(),
             policies_by_namespace,
             ruleset,
         }
+    }
+
+    fn pods_by_namespace(&self) -> &BTreeMap<&'a str, Vec<&'a PodEndpoint>> {
+        self.pods_by_namespace.get_or_init(|| {
+            let mut by_namespace: BTreeMap<&str, Vec<&PodEndpoint>> = BTreeMap::new();
+            for pod in self.input.cluster.pods.iter().filter(|p| p.policed()) {
+                by_namespace
+                    .entry(&pod.namespace)
+                    .or_default()
+                    .push(pod.as_ref());
+            }
+            by_namespace
+        })
     }
 
     fn is_local(&self, pod: &PodEndpoint) -> bool {
@@ -329,8 +346,15 @@ impl<'a> Compiler<'a> {
 
     /// Whether a map entry or a group chain refers to the chain or counter `name`.
     fn referenced(&self, name: &str) -> bool {
+        // Verdict maps refer to chains, counter maps to counters.
+        let is_chain = self.ruleset.chains.contains_key(name);
         let by_map = self.ruleset.sets.values().any(|set| {
-            set.kind.is_map() && set.elements.values().any(|value| reference(value) == name)
+            let refers = match set.kind {
+                SetKind::Dispatch(_) => is_chain,
+                SetKind::CounterMap(_) => !is_chain,
+                _ => false,
+            };
+            refers && set.elements.values().any(|value| reference(value) == name)
         });
         by_map
             || self.ruleset.chains.values().any(|chain| {
@@ -546,7 +570,7 @@ impl<'a> Compiler<'a> {
         let namespace_names: Vec<&str> = match namespaces {
             NamespaceScope::Policy(ns) => vec![ns.as_str()],
             NamespaceScope::Matching(selector) => self
-                .pods_by_namespace
+                .pods_by_namespace()
                 .keys()
                 .copied()
                 .filter(|ns| selector.matches(&self.input.cluster.namespace_labels(ns)))
@@ -554,7 +578,7 @@ impl<'a> Compiler<'a> {
         };
         let mut elements = BTreeMap::new();
         for ns in namespace_names {
-            for pod in self.pods_by_namespace.get(ns).into_iter().flatten() {
+            for pod in self.pods_by_namespace().get(ns).into_iter().flatten() {
                 if pods.matches(&pod.labels) {
                     for ip in pod.ips.iter().filter(|ip| Family::of(**ip) == family) {
                         elements.insert(ip.to_string(), String::new());
@@ -594,7 +618,7 @@ impl<'a> Compiler<'a> {
         let name = format!("port{}/{port}", family.suffix());
         if !self.ruleset.sets.contains_key(&name) {
             let mut elements = BTreeMap::new();
-            for pod in self.pods_by_namespace.values().flatten() {
+            for pod in self.pods_by_namespace().values().flatten() {
                 for declared in pod.ports.iter().filter(|p| p.name.as_deref() == Some(port)) {
                     for ip in pod.ips.iter().filter(|ip| Family::of(**ip) == family) {
                         elements.insert(
@@ -1096,7 +1120,7 @@ spec: {podSelector: {matchLabels: {app: web}}, egress: [{to: [{ipBlock: {cidr: 1
                     );
                 }
                 // A policy change falls back to a full compile, and still agrees.
-                input.policies.pop();
+                Arc::make_mut(&mut input.policies).pop();
                 assert_eq!(
                     incremental.compile(input.clone()),
                     compile(&input, &options)

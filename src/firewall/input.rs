@@ -3,6 +3,7 @@
 //! stream of snapshots, converting only the objects that changed.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -15,7 +16,9 @@ use crate::cache::Snapshot;
 #[derive(Clone, Debug, Default)]
 pub struct FirewallInput {
     pub cluster: Cluster,
-    pub policies: Vec<Policy>,
+    /// Shared with the previous read when no policy object changed, so comparing and
+    /// dropping them costs nothing then.
+    pub policies: Arc<Vec<Policy>>,
     /// Human-readable problems: policies left out, object fields ignored.
     pub errors: Vec<String>,
 }
@@ -29,7 +32,7 @@ impl FirewallInput {
         errors.extend(policy_errors.iter().map(|e| e.to_string()));
         Self {
             cluster,
-            policies,
+            policies: Arc::new(policies),
             errors,
         }
     }
@@ -43,16 +46,21 @@ type PodEntry = (Arc<Pod>, Option<Arc<PodEndpoint>>, Vec<ObjectError>);
 
 /// Reads snapshot after snapshot, reusing the previous conversion of every pod and
 /// policy whose object is the same (the watch cache hands out the same `Arc` for an
-/// object that did not change).
+/// object that did not change), and the whole policy list when none changed.
 #[derive(Default)]
 pub struct InputReader {
-    pods: HashMap<ObjectKey, PodEntry>,
-    policies: HashMap<ObjectKey, (Arc<NetworkPolicy>, Result<Policy, PolicyError>)>,
+    pods: ObjectMap<PodEntry>,
+    policies: ObjectMap<(Arc<NetworkPolicy>, Result<Policy, PolicyError>)>,
+    /// The policy objects of the last read, in order, and what they gave.
+    last_policies: Vec<ObjectKey>,
+    last_read: (Arc<Vec<Policy>>, Vec<String>),
 }
+
+type ObjectMap<V> = HashMap<ObjectKey, V, BuildHasherDefault<AddressHasher>>;
 
 impl InputReader {
     pub fn read(&mut self, snapshot: &Snapshot) -> FirewallInput {
-        let mut pods = HashMap::with_capacity(snapshot.pods.len());
+        let mut pods = ObjectMap::with_capacity_and_hasher(snapshot.pods.len(), Default::default());
         let cluster = Cluster::from_snapshot_with(snapshot, |pod| {
             let key = Arc::as_ptr(pod) as usize;
             let entry = match self.pods.remove(&key) {
@@ -68,9 +76,31 @@ impl InputReader {
             result
         });
         self.pods = pods;
-        let mut policies = HashMap::with_capacity(snapshot.network_policies.len());
-        let mut good = Vec::new();
         let mut errors: Vec<String> = cluster.errors.iter().map(|e| e.to_string()).collect();
+        let keys: Vec<ObjectKey> = snapshot
+            .network_policies
+            .iter()
+            .map(|p| Arc::as_ptr(p) as usize)
+            .collect();
+        if keys != self.last_policies {
+            self.last_read = self.read_policies(snapshot);
+            self.last_policies = keys;
+        }
+        errors.extend(self.last_read.1.iter().cloned());
+        FirewallInput {
+            cluster,
+            policies: self.last_read.0.clone(),
+            errors,
+        }
+    }
+
+    /// The policies that parse, and the errors of those that do not.
+    fn read_policies(&mut self, snapshot: &Snapshot) -> (Arc<Vec<Policy>>, Vec<String>) {
+        let mut policies = ObjectMap::with_capacity_and_hasher(
+            snapshot.network_policies.len(),
+            Default::default(),
+        );
+        let (mut good, mut errors) = (Vec::new(), Vec::new());
         for object in &snapshot.network_policies {
             let key = Arc::as_ptr(object) as usize;
             let entry = match self.policies.remove(&key) {
@@ -84,11 +114,28 @@ impl InputReader {
             policies.insert(key, entry);
         }
         self.policies = policies;
-        FirewallInput {
-            cluster,
-            policies: good,
-            errors,
+        (Arc::new(good), errors)
+    }
+}
+
+/// Hashes object addresses (one `usize`) with a multiply and a rotate: they are
+/// distinct already, and SipHash would cost more than the rest of a lookup.
+#[derive(Default)]
+struct AddressHasher(u64);
+
+impl Hasher for AddressHasher {
+    fn finish(&self) -> u64 {
+        self.0.rotate_left(26)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0 ^ u64::from(*byte)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         }
+    }
+
+    fn write_usize(&mut self, value: usize) {
+        self.0 = (self.0 ^ value as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
 }
 
@@ -107,6 +154,11 @@ mod tests {
             "s15-bad-policy-is-skipped/1",
         ] {
             let snapshot = manifests::load_snapshot(&root.join(case)).unwrap();
+            let first = reader.read(&snapshot);
+            assert!(
+                Arc::ptr_eq(&first.policies, &reader.read(&snapshot).policies),
+                "{case}: unchanged policies are shared"
+            );
             for _ in 0..2 {
                 let read = reader.read(&snapshot);
                 let fresh = FirewallInput::from_snapshot(&snapshot);

@@ -320,24 +320,21 @@ impl Elements {
     pub fn has_address(&self, address: &str) -> bool {
         self.shards
             .get(Self::shard(address))
-            .is_some_and(|shard| shard.keys().any(|key| of_address(key, address)))
+            .is_some_and(|shard| of_address(shard, address).next().is_some())
     }
 
     /// Removes every element of `address`: the address itself and each
     /// concatenation that starts with it. Returns their values.
     pub fn remove_address(&mut self, address: &str) -> Vec<String> {
-        if !self.has_address(address) {
+        let Some(shard) = self.shards.get_mut(Self::shard(address)) else {
+            return Vec::new();
+        };
+        let keys: Vec<String> = of_address(shard, address).cloned().collect();
+        if keys.is_empty() {
             return Vec::new();
         }
-        let shard = &mut self.shards[Self::shard(address)];
-        let mut removed = Vec::new();
-        Arc::make_mut(shard).retain(|key, value| {
-            let keep = !of_address(key, address);
-            if !keep {
-                removed.push(std::mem::take(value));
-            }
-            keep
-        });
+        let shard = Arc::make_mut(shard);
+        let removed: Vec<String> = keys.iter().filter_map(|key| shard.remove(key)).collect();
         self.len -= removed.len();
         removed
     }
@@ -388,9 +385,19 @@ impl Elements {
     }
 }
 
-fn of_address(key: &str, address: &str) -> bool {
-    key.strip_prefix(address)
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with(" . "))
+/// The keys of `address` in a shard: the address, then its concatenations (` . `
+/// sorts before any character an address continues with), all in one run.
+fn of_address<'a>(
+    shard: &'a BTreeMap<String, String>,
+    address: &'a str,
+) -> impl Iterator<Item = &'a String> {
+    shard
+        .range::<str, _>((std::ops::Bound::Included(address), std::ops::Bound::Unbounded))
+        .map(|(key, _)| key)
+        .take_while(move |key| {
+            key.strip_prefix(address)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(" . "))
+        })
 }
 
 impl PartialEq for Elements {
