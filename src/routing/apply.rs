@@ -20,7 +20,7 @@ use super::netlink::{Link, Netlink, NetlinkError, RouteSpec};
 use super::ruleset;
 use crate::agent::SyncReason;
 use crate::cache::Snapshot;
-use crate::firewall::nft::Nft;
+use crate::nft::Nft;
 
 /// What one sync changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -558,9 +558,9 @@ impl Reconciler {
 
 async fn table_exists() -> bool {
     Nft::default()
-        .list_json(&["-j", "-t", "list", "table", "inet", NFT_TABLE])
+        .list_table("inet", NFT_TABLE, true)
         .await
-        .is_ok_and(|listing| listing.is_some())
+        .is_ok()
 }
 
 fn write_sysctls(sysctls: &[Sysctl], changed: &mut usize, failures: &mut Failures<'_>) {
