@@ -667,3 +667,137 @@ pub async fn cleanup(netlink: &Netlink) -> anyhow::Result<()> {
     anyhow::ensure!(failures.is_empty(), "{}", failures.join("; "));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::netlink::VxlanInfo;
+
+    fn link(kind: InfoKind) -> Link {
+        Link {
+            index: 7,
+            name: "kubewire-x".into(),
+            kind: Some(kind),
+            mtu: Some(1450),
+            up: true,
+            mac: None,
+            alias: None,
+            vxlan: None,
+            tunnel_endpoints: None,
+        }
+    }
+
+    #[test]
+    fn a_vxlan_device_is_kept_only_with_its_creation_settings() {
+        let device = VxlanDevice {
+            name: "kubewire-vx".into(),
+            vni: 4096,
+            port: 4789,
+            local: "192.168.1.11".parse().unwrap(),
+            mac: Mac([6, 0x6b, 192, 168, 1, 11]),
+            mtu: Some(1450),
+            addresses: Vec::new(),
+        };
+        let info = VxlanInfo {
+            vni: Some(4096),
+            local: Some(device.local),
+            port: Some(4789),
+            learning: Some(false),
+        };
+        let with = |kind, info: VxlanInfo| Link {
+            vxlan: Some(info),
+            ..link(kind)
+        };
+        let cases = [
+            (with(InfoKind::Vxlan, info.clone()), true),
+            (with(InfoKind::Dummy, info.clone()), false),
+            (
+                with(
+                    InfoKind::Vxlan,
+                    VxlanInfo {
+                        vni: Some(1),
+                        ..info.clone()
+                    },
+                ),
+                false,
+            ),
+            (
+                with(
+                    InfoKind::Vxlan,
+                    VxlanInfo {
+                        port: Some(8472),
+                        ..info.clone()
+                    },
+                ),
+                false,
+            ),
+            (
+                with(
+                    InfoKind::Vxlan,
+                    VxlanInfo {
+                        learning: Some(true),
+                        ..info.clone()
+                    },
+                ),
+                false,
+            ),
+            (
+                with(
+                    InfoKind::Vxlan,
+                    VxlanInfo {
+                        local: Some("192.168.1.12".parse().unwrap()),
+                        ..info
+                    },
+                ),
+                false,
+            ),
+            (link(InfoKind::Vxlan), false),
+        ];
+        for (link, expected) in cases {
+            assert_eq!(is_vxlan_device(&link, &device), expected, "{link:?}");
+        }
+    }
+
+    #[test]
+    fn an_ip_tunnel_is_kept_only_with_its_local_end_and_no_fixed_remote() {
+        let v4 = IpipDevice {
+            name: "kubewire-tun".into(),
+            local: "192.168.1.11".parse().unwrap(),
+            mtu: Some(1480),
+        };
+        let v6 = IpipDevice {
+            name: "kubewire-tun6".into(),
+            local: "fd00:1::11".parse().unwrap(),
+            mtu: Some(1460),
+        };
+        let ends = |kind, local: &str, remote: Option<&str>| Link {
+            tunnel_endpoints: Some((local.parse().ok(), remote.map(|r| r.parse().unwrap()))),
+            ..link(kind)
+        };
+        let cases = [
+            (&v4, ends(InfoKind::IpIp, "192.168.1.11", None), true),
+            (
+                &v4,
+                ends(InfoKind::IpIp, "192.168.1.11", Some("0.0.0.0")),
+                true,
+            ),
+            (
+                &v4,
+                ends(InfoKind::IpIp, "192.168.1.11", Some("192.168.1.12")),
+                false,
+            ),
+            (&v4, ends(InfoKind::IpIp, "192.168.1.12", None), false),
+            (&v4, ends(InfoKind::Ip6Tnl, "192.168.1.11", None), false),
+            (&v6, ends(InfoKind::Ip6Tnl, "fd00:1::11", Some("::")), true),
+            (&v6, ends(InfoKind::IpIp, "fd00:1::11", None), false),
+            (&v6, link(InfoKind::Ip6Tnl), false),
+        ];
+        for (device, link, expected) in cases {
+            assert_eq!(
+                is_ip_tunnel_device(&link, device),
+                expected,
+                "{device:?} {link:?}"
+            );
+        }
+    }
+}
