@@ -71,6 +71,13 @@ impl Nft {
         (command, format!("nft {}", args.join(" ")))
     }
 
+    fn cannot_run(&self, source: std::io::Error) -> NftError {
+        NftError::Spawn {
+            program: self.argv[0].clone(),
+            source,
+        }
+    }
+
     /// Runs `text` as one `nft -f` transaction: all of it applies, or none.
     pub async fn apply(&self, text: &str) -> Result<(), NftError> {
         let (mut command, label) = self.command(&["-f", "-"]);
@@ -79,10 +86,7 @@ impl Nft {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|source| NftError::Spawn {
-                program: self.argv[0].clone(),
-                source,
-            })?;
+            .map_err(|source| self.cannot_run(source))?;
         if let Some(mut stdin) = child.stdin.take() {
             // A write error means nft exited early; its status and stderr say why.
             let _ = stdin.write_all(text.as_bytes()).await;
@@ -90,10 +94,7 @@ impl Nft {
         let output = child
             .wait_with_output()
             .await
-            .map_err(|source| NftError::Spawn {
-                program: self.argv[0].clone(),
-                source,
-            })?;
+            .map_err(|source| self.cannot_run(source))?;
         if output.status.success() {
             Ok(())
         } else {
@@ -133,10 +134,7 @@ impl Nft {
             .stdin(Stdio::null())
             .output()
             .await
-            .map_err(|source| NftError::Spawn {
-                program: self.argv[0].clone(),
-                source,
-            })?;
+            .map_err(|source| self.cannot_run(source))?;
         if !output.status.success() {
             let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
             if stderr.contains("No such file or directory") {
