@@ -24,8 +24,9 @@ use kubewire::firewall::apply::{Applied, Reconciler};
 use kubewire::firewall::compile::{self, CompileOptions, IncrementalCompiler};
 use kubewire::firewall::input::InputReader;
 use kubewire::firewall::metrics::FirewallMetrics;
-use kubewire::firewall::nft::Nft;
-use kubewire::firewall::render;
+use kubewire::firewall::model::{FAMILY, TABLE};
+use kubewire::firewall::{kernel, render};
+use kubewire::nft::Nft;
 use serde_json::json;
 
 const NODE: &str = "bench";
@@ -298,7 +299,7 @@ async fn firewall_benchmark() {
         };
         let diff = render::diff(from, to).unwrap();
         let started = Instant::now();
-        nft.apply_transaction(&diff).await.unwrap();
+        kernel::apply_transaction(&nft, &diff).await.unwrap();
         netlink_times.push(started.elapsed());
     }
     println!(
@@ -309,7 +310,7 @@ async fn firewall_benchmark() {
     // The periodic drift check: terse (no elements) and full listings.
     for terse in [true, false] {
         let started = Instant::now();
-        nft.list_table(terse).await.unwrap();
+        nft.list_table(FAMILY, TABLE, terse).await.unwrap();
         println!(
             "drift check read ({}): {}",
             if terse {
@@ -381,7 +382,7 @@ async fn connection_rates() {
         for (i, (_, text)) in configs.iter().enumerate() {
             match text {
                 None => {
-                    let _ = nft.delete_table().await;
+                    let _ = nft.delete_table(FAMILY, TABLE).await;
                 }
                 Some(text) => nft.apply(text).await.unwrap(),
             }

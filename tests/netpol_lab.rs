@@ -42,9 +42,10 @@ use kubewire::firewall::cluster::Protocol;
 use kubewire::firewall::compile::{self, CompileOptions};
 use kubewire::firewall::conformance::{self, Case};
 use kubewire::firewall::matrix::{self, Matrix, MatrixResult};
-use kubewire::firewall::nft::Nft;
+use kubewire::firewall::model::{FAMILY, TABLE};
 use kubewire::lab::agents;
 use kubewire::lab::state::LabState;
+use kubewire::nft::Nft;
 use serde_json::Value;
 
 /// How long the agents may take to bring the dataplane to a changed cluster.
@@ -351,7 +352,7 @@ async fn table_differences(input: &FirewallInput, node: &str, netns: &str) -> Ve
         log_group: None,
     };
     let desired = compile::compile(input, &options);
-    match Nft::in_netns(netns).list_table(false).await {
+    match Nft::in_netns(netns).list_table(FAMILY, TABLE, false).await {
         Ok(listing) => differences(&desired, &Observed::from_json(&listing), true),
         Err(err) => vec![format!("listing the table: {err}")],
     }

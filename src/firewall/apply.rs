@@ -10,11 +10,12 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
+use super::kernel;
 use super::metrics::{FirewallMetrics, PolicyLabel, TransactionLabel};
-use super::model::{Ruleset, SetKind};
-use super::nft::{Nft, NftError, listing_items};
+use super::model::{FAMILY, Ruleset, SetKind, TABLE};
 use super::render::{self, Transaction};
 use crate::agent::SyncReason;
+use crate::nft::{Nft, NftError, listing_items};
 
 /// One periodic check in this many also compares set elements.
 pub const FULL_CHECK_EVERY: u64 = 10;
@@ -59,9 +60,7 @@ impl Reconciler {
         };
         let result = match incremental {
             Some(transaction) if transaction.is_empty() => Ok(Applied::Nothing),
-            Some(transaction) => self
-                .nft
-                .apply_transaction(&transaction)
+            Some(transaction) => kernel::apply_transaction(&self.nft, &transaction)
                 .await
                 .map(|()| Applied::Incremental { transaction }),
             None => {
@@ -111,9 +110,9 @@ impl Reconciler {
         };
         self.periodic_checks += 1;
         let with_elements = self.periodic_checks.is_multiple_of(FULL_CHECK_EVERY);
-        let listing = match self.nft.list_table(!with_elements).await {
+        let listing = match self.nft.list_table(FAMILY, TABLE, !with_elements).await {
             Ok(listing) => listing,
-            Err(NftError::NoTable) => {
+            Err(NftError::NoTable { .. }) => {
                 tracing::warn!("the kubewire nftables table is gone; recreating it");
                 self.metrics.drift_repairs.inc();
                 return Ok(());

@@ -434,7 +434,7 @@ fn plan_nodes(lab: &str, snapshot: &Snapshot, warnings: &mut Vec<String>) -> Vec
             Ok((None, Some(v6))) => Err(format!(
                 "status.addresses: InternalIP {v6} is IPv6 and there is no IPv4 one; lab Nodes need one (the control plane is reached over IPv4)"
             )),
-            Err(message) => Err(format!("status.addresses: {message}")),
+            Err(message) => Err(message),
         };
         let (address, subnet, address6) = match addresses {
             Ok(addresses) => addresses,
@@ -475,31 +475,21 @@ fn default_pod_cidr(index: usize) -> Option<IpNet> {
     ))
 }
 
-/// The Node's first IPv4 and first IPv6 InternalIP; an error when an InternalIP is
-/// not an address and there is no IPv4 one.
+/// The Node's first IPv4 and first IPv6 InternalIP, chosen as every controller
+/// chooses them ([`node::internal_ip_like`]); an error naming the field when an
+/// address is not an IP and there is no IPv4 InternalIP.
 fn internal_ips(node: &Node) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>), String> {
-    let addresses = node
-        .status
-        .as_ref()
-        .and_then(|s| s.addresses.as_ref())
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    let (mut v4, mut v6, mut bad) = (None, None, None);
-    for address in addresses.iter().filter(|a| a.type_ == "InternalIP") {
-        match address.address.parse::<IpAddr>() {
-            Ok(IpAddr::V4(ip)) => {
-                v4.get_or_insert(ip);
-            }
-            Ok(IpAddr::V6(ip)) => {
-                v6.get_or_insert(ip);
-            }
-            Err(_) => {
-                bad.get_or_insert(address.address.as_str());
-            }
-        }
-    }
-    match (v4, bad) {
-        (None, Some(text)) => Err(format!("InternalIP `{text}` is not an IP address")),
+    let (addresses, problems) = node::ip_addresses(node);
+    let v4 = match node::internal_ip_like(&addresses, Ipv4Addr::UNSPECIFIED.into()) {
+        Some(IpAddr::V4(ip)) => Some(ip),
+        _ => None,
+    };
+    let v6 = match node::internal_ip_like(&addresses, Ipv6Addr::UNSPECIFIED.into()) {
+        Some(IpAddr::V6(ip)) => Some(ip),
+        _ => None,
+    };
+    match (v4, problems.first()) {
+        (None, Some(problem)) => Err(format!("{}: {}", problem.field, problem.message)),
         _ => Ok((v4, v6)),
     }
 }
