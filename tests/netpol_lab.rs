@@ -7,7 +7,8 @@
 //! One lab per case, brought up with step 1. A later step is applied through the
 //! lab's API server, like `kubectl apply` would (objects gone: delete; new: create;
 //! changed: update), and the agents must react to the watch; only a step that adds,
-//! removes or moves a pod (the lab wires pods once, at `up`) gets a fresh lab. Before
+//! removes or moves a pod gets a fresh lab (so a pod's address never depends on the
+//! steps before it; tests/lab.rs covers pods added to a running lab). Before
 //! each probe every node's `inet kubewire` table must equal what the firewall
 //! compiles from what the API server holds, and the firewall must have synced since
 //! the change: the probe measures the converged state, not a race with it.
