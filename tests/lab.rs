@@ -100,11 +100,22 @@ impl TestLab {
             Some(state) => state.path().to_path_buf(),
             None => Path::new("/run/kubewire").to_path_buf(),
         };
-        HostSnapshot::take(
+        let mut snapshot = HostSnapshot::take(
             &format!("kw-{}-", self.name),
             ("KUBEWIRE_LAB", &self.name),
             &[&parent],
-        )
+        );
+        // Labs of other tests (or people) may come and go under the shared default
+        // dir meanwhile; only this lab's own files are this test's business.
+        let labs = Path::new("/run/kubewire/lab");
+        snapshot.files.retain(|path| match path.strip_prefix(labs) {
+            Ok(rest) => rest
+                .components()
+                .next()
+                .is_none_or(|lab| lab.as_os_str() == self.name.as_str()),
+            Err(_) => true,
+        });
+        snapshot
     }
 }
 
