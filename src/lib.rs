@@ -10,6 +10,7 @@ pub mod cli;
 pub mod cni;
 pub mod firewall;
 pub mod lab;
+pub mod nft;
 pub mod node;
 pub mod proxy;
 pub mod routing;

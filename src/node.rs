@@ -1,5 +1,7 @@
 //! What more than one controller reads from a Node, read one way: its pod CIDRs (with
-//! the annotation overrides) and the pod gateway of a pod CIDR. Pure. A malformed
+//! the annotation overrides), the pod gateway of a pod CIDR, its InternalIP and
+//! ExternalIP addresses, and which of them is the node's address on the underlay
+//! ([`underlay_ips`], with `--node-ip`). Pure. A malformed
 //! value becomes a [`FieldProblem`] naming the Node and the field; only that value is
 //! dropped (a CIDR with host bits set is kept as its network), and each caller
 //! decides whether a problem is a warning (routing, the lab) or an error (CNI).
@@ -99,6 +101,75 @@ fn sources(node: &Node) -> Vec<(String, String)> {
         .collect()
 }
 
+/// `status.addresses[].type` of the addresses the cluster reaches a Node at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddressType {
+    InternalIP,
+    ExternalIP,
+}
+
+/// One IP address of a Node's `status.addresses`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeAddress {
+    pub type_: AddressType,
+    pub ip: IpAddr,
+}
+
+/// The Node's InternalIP and ExternalIP addresses in the order of `status.addresses`
+/// (the kubelet lists the preferred address of a type first). An entry that is not
+/// an IP address is a problem and dropped; other types (Hostname, InternalDNS, ...)
+/// are skipped.
+pub fn ip_addresses(node: &Node) -> (Vec<NodeAddress>, Vec<FieldProblem>) {
+    let mut addresses = Vec::new();
+    let mut problems = Vec::new();
+    let listed = node
+        .status
+        .as_ref()
+        .and_then(|status| status.addresses.as_deref())
+        .unwrap_or_default();
+    for (index, address) in listed.iter().enumerate() {
+        let type_ = match address.type_.as_str() {
+            "InternalIP" => AddressType::InternalIP,
+            "ExternalIP" => AddressType::ExternalIP,
+            _ => continue,
+        };
+        match address.address.parse::<IpAddr>() {
+            Ok(ip) => addresses.push(NodeAddress { type_, ip }),
+            Err(_) => problems.push(FieldProblem {
+                node: node.name_any(),
+                field: format!("status.addresses[{index}].address"),
+                message: format!("`{}` is not an IP address", address.address),
+            }),
+        }
+    }
+    (addresses, problems)
+}
+
+/// The Node's first InternalIP of the family of `like` (IPv4 or IPv6): its address
+/// in that family on the underlay.
+pub fn internal_ip_like(addresses: &[NodeAddress], like: IpAddr) -> Option<IpAddr> {
+    internal_ips(addresses).find(|ip| ip.is_ipv4() == like.is_ipv4())
+}
+
+/// This node's addresses on the underlay, primary first: `node_ip` (the `--node-ip`
+/// flag) or else the first InternalIP, then the first InternalIP of the other family
+/// (dual-stack). Empty when there is neither a flag nor an InternalIP: ExternalIPs
+/// never count (they may be NATed to the node, not held by it).
+pub fn underlay_ips(addresses: &[NodeAddress], node_ip: Option<IpAddr>) -> Vec<IpAddr> {
+    let Some(primary) = node_ip.or_else(|| internal_ips(addresses).next()) else {
+        return Vec::new();
+    };
+    let other = internal_ips(addresses).find(|ip| ip.is_ipv4() != primary.is_ipv4());
+    std::iter::once(primary).chain(other).collect()
+}
+
+fn internal_ips(addresses: &[NodeAddress]) -> impl Iterator<Item = IpAddr> + '_ {
+    addresses
+        .iter()
+        .filter(|a| a.type_ == AddressType::InternalIP)
+        .map(|a| a.ip)
+}
+
 /// The pod gateway of a pod CIDR: its first host address (what the CNI bridge
 /// plugin's host-local IPAM hands pods as their gateway, and kube-bridge holds). None
 /// when the CIDR is too small to hold a gateway and a pod.
@@ -187,6 +258,134 @@ mod tests {
                 "Node n7: metadata.annotations[kubewire.io/pod-cidrs]: `10.8.0.5/24` has host bits set (the network is 10.8.0.0/24)",
             ]
         );
+    }
+
+    #[test]
+    fn ip_addresses_keep_order_and_name_bad_entries() {
+        let (addresses, problems) = ip_addresses(&node(serde_json::json!({
+            "metadata": {"name": "n1"},
+            "status": {"addresses": [
+                {"type": "Hostname", "address": "n1"},
+                {"type": "InternalDNS", "address": "n1.example"},
+                {"type": "ExternalIP", "address": "203.0.113.1"},
+                {"type": "InternalIP", "address": "fd00::1"},
+                {"type": "InternalIP", "address": "bogus"},
+                {"type": "InternalIP", "address": "192.168.1.1"}]}})));
+        let got: Vec<String> = addresses
+            .iter()
+            .map(|a| format!("{:?} {}", a.type_, a.ip))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "ExternalIP 203.0.113.1",
+                "InternalIP fd00::1",
+                "InternalIP 192.168.1.1"
+            ]
+        );
+        assert_eq!(
+            problems.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["Node n1: status.addresses[4].address: `bogus` is not an IP address"]
+        );
+    }
+
+    #[test]
+    fn underlay_ips_primary_first_then_the_other_family() {
+        // (status.addresses as "type address", --node-ip) -> underlay_ips
+        let cases: &[(&[&str], Option<&str>, &[&str])] = &[
+            (&["InternalIP 192.168.1.1"], None, &["192.168.1.1"]),
+            (
+                &["InternalIP 192.168.1.1", "InternalIP 192.168.1.2"],
+                None,
+                &["192.168.1.1"],
+            ),
+            // status.addresses order decides the primary family.
+            (
+                &["InternalIP fd00::1", "InternalIP 192.168.1.1"],
+                None,
+                &["fd00::1", "192.168.1.1"],
+            ),
+            (
+                &[
+                    "InternalIP 192.168.1.1",
+                    "InternalIP fd00::1",
+                    "InternalIP fd00::2",
+                ],
+                None,
+                &["192.168.1.1", "fd00::1"],
+            ),
+            // --node-ip is the primary; the other family still comes from the Node.
+            (
+                &["InternalIP 192.168.1.1", "InternalIP fd00::1"],
+                Some("fd00::99"),
+                &["fd00::99", "192.168.1.1"],
+            ),
+            (
+                &["InternalIP 192.168.1.1"],
+                Some("192.168.1.9"),
+                &["192.168.1.9"],
+            ),
+            (&[], Some("192.168.1.9"), &["192.168.1.9"]),
+            // An ExternalIP is never the node's underlay address.
+            (
+                &["ExternalIP 203.0.113.1", "InternalIP 192.168.1.1"],
+                None,
+                &["192.168.1.1"],
+            ),
+            (&["ExternalIP 203.0.113.1"], None, &[]),
+            (&[], None, &[]),
+        ];
+        for (listed, node_ip, expected) in cases {
+            let got = underlay_ips(&addresses(listed), node_ip.map(|ip| ip.parse().unwrap()));
+            assert_eq!(got, ips(expected), "{listed:?} --node-ip {node_ip:?}");
+        }
+    }
+
+    #[test]
+    fn internal_ip_like_is_the_first_internal_ip_of_the_family() {
+        let listed = [
+            "ExternalIP 203.0.113.1",
+            "ExternalIP 2001:db8::1",
+            "InternalIP fd00::1",
+            "InternalIP 192.168.1.1",
+            "InternalIP 192.168.1.2",
+            "InternalIP fd00::2",
+        ];
+        let cases = [
+            (&listed[..], "10.0.0.1", Some("192.168.1.1")),
+            (&listed[..], "fd99::1", Some("fd00::1")),
+            (&listed[..2], "10.0.0.1", None),
+            (&listed[3..5], "fd99::1", None),
+        ];
+        for (listed, like, expected) in cases {
+            assert_eq!(
+                internal_ip_like(&addresses(listed), like.parse().unwrap()),
+                expected.map(|ip| ip.parse().unwrap()),
+                "{listed:?} like {like}"
+            );
+        }
+    }
+
+    /// "InternalIP 192.168.1.1" -> NodeAddress.
+    fn addresses(listed: &[&str]) -> Vec<NodeAddress> {
+        listed
+            .iter()
+            .map(|entry| {
+                let (type_, ip) = entry.split_once(' ').unwrap();
+                NodeAddress {
+                    type_: match type_ {
+                        "InternalIP" => AddressType::InternalIP,
+                        "ExternalIP" => AddressType::ExternalIP,
+                        other => panic!("{other}"),
+                    },
+                    ip: ip.parse().unwrap(),
+                }
+            })
+            .collect()
+    }
+
+    fn ips(list: &[&str]) -> Vec<IpAddr> {
+        list.iter().map(|ip| ip.parse().unwrap()).collect()
     }
 
     #[test]

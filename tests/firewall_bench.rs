@@ -24,9 +24,10 @@ use kubewire::firewall::apply::{Applied, Reconciler};
 use kubewire::firewall::compile::{self, CompileOptions, IncrementalCompiler};
 use kubewire::firewall::input::InputReader;
 use kubewire::firewall::metrics::FirewallMetrics;
+use kubewire::firewall::model::{FAMILY, TABLE};
 use kubewire::firewall::netlink::{self, ElementBatch};
-use kubewire::firewall::nft::Nft;
 use kubewire::firewall::render;
+use kubewire::nft::Nft;
 use serde_json::json;
 
 const NODE: &str = "bench";
@@ -345,7 +346,7 @@ async fn firewall_benchmark() {
     // The periodic drift check: terse (no elements) and full listings.
     for terse in [true, false] {
         let started = Instant::now();
-        nft.list_table(terse).await.unwrap();
+        nft.list_table(FAMILY, TABLE, terse).await.unwrap();
         println!(
             "drift check read ({}): {}",
             if terse {
@@ -417,7 +418,7 @@ async fn connection_rates() {
         for (i, (_, text)) in configs.iter().enumerate() {
             match text {
                 None => {
-                    let _ = nft.delete_table().await;
+                    let _ = nft.delete_table(FAMILY, TABLE).await;
                 }
                 Some(text) => nft.apply(text).await.unwrap(),
             }
@@ -489,5 +490,3 @@ fn thread_cpu() -> Duration {
     assert_eq!(result, 0);
     Duration::new(time.tv_sec as u64, time.tv_nsec as u32)
 }
-
-

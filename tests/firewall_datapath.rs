@@ -13,8 +13,8 @@ use kubewire::firewall::cluster::Protocol;
 use kubewire::firewall::compile;
 use kubewire::firewall::matrix::{self, MatrixResult};
 use kubewire::firewall::metrics::FirewallMetrics;
-use kubewire::firewall::nft::Nft;
 use kubewire::firewall::render;
+use kubewire::nft::Nft;
 
 /// Applies every node's plan for `step`, probes, and returns the disagreements.
 fn run_step(cluster: &TestCluster, step: &std::path::Path) -> Vec<String> {

@@ -9,8 +9,9 @@ use kubewire::agent::SyncReason;
 use kubewire::firewall::apply::{Applied, Observed, Reconciler, differences};
 use kubewire::firewall::conformance;
 use kubewire::firewall::metrics::FirewallMetrics;
-use kubewire::firewall::nft::Nft;
-use kubewire::firewall::render;
+use kubewire::firewall::model::{FAMILY, TABLE};
+use kubewire::firewall::{kernel, render};
+use kubewire::nft::Nft;
 
 #[test]
 fn every_plan_loads_and_reads_back_unchanged() {
@@ -76,8 +77,7 @@ async fn diffs_reach_the_table_a_full_load_gives() {
                 through_netlink += 1;
             }
             // Elements-only diffs go over netlink, the others through nft -f.
-            Nft::in_netns(&incremental.name)
-                .apply_transaction(&diff)
+            kernel::apply_transaction(&Nft::in_netns(&incremental.name), &diff)
                 .await
                 .unwrap_or_else(|err| panic!("{err}\n{}", diff.text()));
             fresh.nft(&render::full(&new).text());
@@ -179,8 +179,9 @@ async fn reconciler_applies_fully_then_incrementally_and_repairs_drift() {
 
     // Other tables are never touched, also not by cleanup.
     ns.nft("table inet someone-else {\n chain c {\n  type filter hook forward priority 0; policy accept;\n }\n}\n");
-    assert!(Nft::in_netns(&ns.name).delete_table().await.unwrap());
-    assert!(!Nft::in_netns(&ns.name).delete_table().await.unwrap());
+    let nft = Nft::in_netns(&ns.name);
+    assert!(nft.delete_table(FAMILY, TABLE).await.unwrap());
+    assert!(!nft.delete_table(FAMILY, TABLE).await.unwrap());
     let left = ns.exec(&["nft", "list", "tables"]);
     assert_eq!(left.trim(), "table inet someone-else");
 }

@@ -7,7 +7,8 @@
 //! One lab per case, brought up with step 1. A later step is applied through the
 //! lab's API server, like `kubectl apply` would (objects gone: delete; new: create;
 //! changed: update), and the agents must react to the watch; only a step that adds,
-//! removes or moves a pod (the lab wires pods once, at `up`) gets a fresh lab. Before
+//! removes or moves a pod gets a fresh lab (so a pod's address never depends on the
+//! steps before it; tests/lab.rs covers pods added to a running lab). Before
 //! each probe every node's `inet kubewire` table must equal what the firewall
 //! compiles from what the API server holds, and the firewall must have synced since
 //! the change: the probe measures the converged state, not a race with it.
@@ -42,9 +43,10 @@ use kubewire::firewall::cluster::Protocol;
 use kubewire::firewall::compile::{self, CompileOptions};
 use kubewire::firewall::conformance::{self, Case};
 use kubewire::firewall::matrix::{self, Matrix, MatrixResult};
-use kubewire::firewall::nft::Nft;
+use kubewire::firewall::model::{FAMILY, TABLE};
 use kubewire::lab::agents;
 use kubewire::lab::state::LabState;
+use kubewire::nft::Nft;
 use serde_json::Value;
 
 /// How long the agents may take to bring the dataplane to a changed cluster.
@@ -351,7 +353,7 @@ async fn table_differences(input: &FirewallInput, node: &str, netns: &str) -> Ve
         log_group: None,
     };
     let desired = compile::compile(input, &options);
-    match Nft::in_netns(netns).list_table(false).await {
+    match Nft::in_netns(netns).list_table(FAMILY, TABLE, false).await {
         Ok(listing) => differences(&desired, &Observed::from_json(&listing), true),
         Err(err) => vec![format!("listing the table: {err}")],
     }

@@ -87,6 +87,11 @@ pub async fn run(args: AgentArgs, wanted: &[ControllerKind]) -> anyhow::Result<(
     let args = Arc::new(args);
     tracing::info!(node = %node_name, controllers = ?controllers.iter().map(|c| c.name()).collect::<Vec<_>>(), "kubewire starting");
 
+    // Enrolled before /healthz is served: until every controller has synced, the
+    // agent is not healthy (an empty set would read as healthy).
+    for controller in &controllers {
+        health.enroll(controller.name());
+    }
     let mut tasks = tokio::task::JoinSet::new();
     {
         let (metrics, health) = (metrics.clone(), health.clone());
@@ -103,7 +108,6 @@ pub async fn run(args: AgentArgs, wanted: &[ControllerKind]) -> anyhow::Result<(
         .context("cannot start")?;
     tracing::info!("watch cache synced");
     for controller in controllers {
-        health.enroll(controller.name());
         let ctx = ControllerContext {
             name: controller.name(),
             node_name: node_name.clone(),

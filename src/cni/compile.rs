@@ -163,19 +163,14 @@ fn bad_pod_cidr(problem: FieldProblem) -> CniConfigError {
     }
 }
 
-/// The address that identifies the node on the underlay: `--node-ip`, else the first
-/// InternalIP in its status.
+/// The address that identifies the node on the underlay: the primary of
+/// [`node::underlay_ips`] (`--node-ip`, else the first InternalIP), as routing
+/// chooses it.
 pub fn node_ip(node: &Node, routing: &RoutingArgs) -> Result<IpAddr, CniConfigError> {
-    if let Some(ip) = routing.node_ip {
-        return Ok(ip);
-    }
-    node.status
-        .as_ref()
-        .and_then(|s| s.addresses.as_ref())
-        .into_iter()
-        .flatten()
-        .filter(|a| a.type_ == "InternalIP")
-        .find_map(|a| a.address.parse().ok())
+    let (addresses, _) = node::ip_addresses(node);
+    node::underlay_ips(&addresses, routing.node_ip)
+        .first()
+        .copied()
         .ok_or_else(|| CniConfigError::NoNodeIp {
             node: node.name_any(),
         })

@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::metrics::{FirewallMetrics, PolicyLabel, TransactionLabel};
-use super::model::{Ruleset, SetKind};
+use super::model::{FAMILY, Ruleset, SetKind, TABLE};
 use super::netlink;
-use super::nft::{Nft, NftError, listing_items};
 use super::render::{self, Transaction};
 use crate::agent::SyncReason;
+use crate::nft::{Nft, NftError, listing_items};
 
 /// One periodic check in this many also compares set elements.
 pub const FULL_CHECK_EVERY: u64 = 10;
@@ -155,9 +155,9 @@ impl Reconciler {
         };
         self.periodic_checks += 1;
         let with_elements = self.periodic_checks.is_multiple_of(FULL_CHECK_EVERY);
-        let listing = match self.nft.list_table(!with_elements).await {
+        let listing = match self.nft.list_table(FAMILY, TABLE, !with_elements).await {
             Ok(listing) => listing,
-            Err(NftError::NoTable) => {
+            Err(NftError::NoTable { .. }) => {
                 tracing::warn!("the kubewire nftables table is gone; recreating it");
                 self.metrics.drift_repairs.inc();
                 return Ok(());

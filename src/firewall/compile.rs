@@ -19,9 +19,7 @@ use std::sync::Arc;
 
 use super::cluster::{PodEndpoint, Protocol};
 use super::input::FirewallInput;
-use super::model::{
-    Chain, ChainKind, Counter, Elements, Family, Members, Ruleset, Set, SetKind,
-};
+use super::model::{Chain, ChainKind, Counter, Elements, Family, Members, Ruleset, Set, SetKind};
 use super::policy::{Direction, IpBlockMatch, NamespaceScope, Peer, Policy, PortSpec, Rule};
 
 /// What, besides the cluster, decides the ruleset.
@@ -284,7 +282,10 @@ impl<'a> Compiler<'a> {
                     .collect(),
                 _ => continue,
             };
-            if entries.iter().any(|entry| !set.elements.contains_key(entry)) {
+            if entries
+                .iter()
+                .any(|entry| !set.elements.contains_key(entry))
+            {
                 additions.push((name.clone(), entries));
             }
         }
@@ -407,7 +408,8 @@ impl<'a> Compiler<'a> {
     }
 
     fn insert(&mut self, set: &str, key: String, value: String) {
-        let unchanged = self.ruleset.sets.get(set).map(|s| s.elements.get(&key)) == Some(Some(&value));
+        let unchanged =
+            self.ruleset.sets.get(set).map(|s| s.elements.get(&key)) == Some(Some(&value));
         if !unchanged && let Some(set) = self.ruleset.sets.get_mut(set) {
             Arc::make_mut(set).elements.insert(key, value);
         }

@@ -4,8 +4,9 @@
 //! [`policy`] and [`cluster`] read a snapshot into validated NetworkPolicy semantics;
 //! [`evaluate`] is the reference decision for one connection (what `matrix` and
 //! `explain` print); [`compile`] turns the same semantics into the [`model`] of one
-//! node's table, [`render`] into `nft -f` transactions, and [`apply`] keeps the kernel
-//! equal to it through the [`nft`] adapter.
+//! node's table, [`render`] into transactions, and [`apply`] keeps the kernel equal
+//! to it, sending them through [`kernel`] ([`crate::nft`], or [`netlink`] for set
+//! elements).
 
 pub mod apply;
 mod args;
@@ -16,11 +17,11 @@ pub mod conformance;
 pub mod evaluate;
 pub mod explain;
 pub mod input;
+pub mod kernel;
 pub mod matrix;
 pub mod metrics;
 pub mod model;
 pub mod netlink;
-pub mod nft;
 pub mod policy;
 pub mod render;
 pub mod selector;
@@ -43,14 +44,14 @@ pub async fn run_controller(ctx: ControllerContext) -> anyhow::Result<()> {
         default_deny: ctx.args.firewall.firewall_default_deny,
         log_group: ctx.args.firewall.firewall_log_group,
     };
-    for problem in nft::enable_bridge_netfilter() {
+    for problem in crate::nft::enable_bridge_netfilter() {
         tracing::warn!(%problem, "bridge netfilter is unavailable: traffic between pods on one bridge is not policed");
     }
     let metrics = metrics::FirewallMetrics::register(&ctx.metrics);
     let state = Arc::new(tokio::sync::Mutex::new(State {
         reader: input::InputReader::default(),
         compiler: compile::IncrementalCompiler::new(options),
-        reconciler: apply::Reconciler::new(nft::Nft::default(), metrics.clone()),
+        reconciler: apply::Reconciler::new(crate::nft::Nft::default(), metrics.clone()),
         reported: Vec::new(),
     }));
     crate::agent::reconcile_loop(&ctx, &KINDS, move |snapshot, reason| {
@@ -96,7 +97,10 @@ fn report_bad_objects(errors: &[String], reported: &mut Vec<String>) {
 
 /// Removes the firewall's nftables table (and nothing else).
 pub async fn cleanup(_args: &AgentArgs) -> anyhow::Result<()> {
-    if nft::Nft::default().delete_table().await? {
+    if crate::nft::Nft::default()
+        .delete_table(model::FAMILY, model::TABLE)
+        .await?
+    {
         tracing::info!("deleted table {} {}", model::FAMILY, model::TABLE);
     }
     Ok(())

@@ -392,7 +392,10 @@ fn of_address<'a>(
     address: &'a str,
 ) -> impl Iterator<Item = &'a String> {
     shard
-        .range::<str, _>((std::ops::Bound::Included(address), std::ops::Bound::Unbounded))
+        .range::<str, _>((
+            std::ops::Bound::Included(address),
+            std::ops::Bound::Unbounded,
+        ))
         .map(|(key, _)| key)
         .take_while(move |key| {
             key.strip_prefix(address)
@@ -462,10 +465,16 @@ mod tests {
         );
         assert_eq!(e.len(), 3);
         assert_eq!(e["10.0.0.3"], "jump b");
-        assert_eq!(e.keys().collect::<Vec<_>>(), ["10.0.0.1", "10.0.0.2", "10.0.0.3"]);
+        assert_eq!(
+            e.keys().collect::<Vec<_>>(),
+            ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+        );
         assert_eq!(e.remove("10.0.0.2"), Some(String::new()));
         assert_eq!(e.remove("10.0.0.2"), None);
-        assert_eq!(e, elements(&["10.0.0.1", "10.0.0.3"]).with_value("10.0.0.3", "jump b"));
+        assert_eq!(
+            e,
+            elements(&["10.0.0.1", "10.0.0.3"]).with_value("10.0.0.3", "jump b")
+        );
         assert_ne!(e, elements(&["10.0.0.1", "10.0.0.3"]));
         assert!(Elements::default() == elements(&[]));
     }

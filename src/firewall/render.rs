@@ -368,17 +368,21 @@ fn differing<'a, T>(old: &'a Objects<T>, new: &'a Objects<T>) -> Differing<'a, T
 }
 
 fn added<'a, T>(objects: &'a Differing<'a, T>) -> impl Iterator<Item = (&'a String, &'a T)> {
-    objects.iter().filter_map(|(name, old, new)| match (old, new) {
-        (None, Some(new)) => Some((*name, new.as_ref())),
-        _ => None,
-    })
+    objects
+        .iter()
+        .filter_map(|(name, old, new)| match (old, new) {
+            (None, Some(new)) => Some((*name, new.as_ref())),
+            _ => None,
+        })
 }
 
 fn removed<'a, T>(objects: &'a Differing<'a, T>) -> impl Iterator<Item = (&'a String, &'a T)> {
-    objects.iter().filter_map(|(name, old, new)| match (old, new) {
-        (Some(old), None) => Some((*name, old.as_ref())),
-        _ => None,
-    })
+    objects
+        .iter()
+        .filter_map(|(name, old, new)| match (old, new) {
+            (Some(old), None) => Some((*name, old.as_ref())),
+            _ => None,
+        })
 }
 
 /// Gives the last command its structured element batch.

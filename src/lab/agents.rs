@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::netns;
 use super::process::{self, ProcessRecord};
-use super::state::SharedState;
+use super::state::LabStateFile;
 use super::topology::NodePlan;
 
 /// Inside each node netns (loopback is per namespace, so every node uses the same).
@@ -37,7 +37,7 @@ pub fn conflist(node_dir: &Path) -> PathBuf {
 
 /// Starts the node's agent and records it.
 pub fn start(
-    state: &SharedState,
+    state: &LabStateFile,
     node: &NodePlan,
     exe: &Path,
     agent_args: &[String],

@@ -1,5 +1,5 @@
-//! `kubewire lab control-plane` (hidden): the lab's API server, run in the
-//! background by `lab up`.
+//! `kubewire lab control-plane` (hidden): the lab's API server and its
+//! [`kubelet`](super::kubelet), run in the background by `lab up`.
 //!
 //! How the API server is reached. The server itself listens on 127.0.0.1 (a free
 //! port) in the **host** namespace, so `kubectl --kubeconfig $(kubewire lab
@@ -12,7 +12,9 @@
 //! host's namespace thus gets no interface, route or address at all.
 //!
 //! Writes `<state>/kubeconfig` (host) and `<state>/nodes/<node>/kubeconfig`, then
-//! prints `ready` on stdout; runs until SIGTERM.
+//! prints `ready` on stdout; runs until SIGTERM. The kubelet, a client of the API
+//! server like any other, starts and stops the Pods created and deleted after `lab
+//! up` finished; it logs to this process's log (`<state>/apiserver.log`).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -20,15 +22,17 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde_json::Value;
 
-use super::agents;
 use super::netns;
-use super::state::LabState;
+use super::state::{LabState, LabStateFile};
 use super::topology::FABRIC_APISERVER_PORT;
+use super::{agents, kubelet, lifecycle};
 use crate::cache::Kind;
 use crate::cache::manifests::ManifestObject;
 use crate::lab::apiserver::{ApiServer, ApiServerConfig, write_kubeconfig};
 
 pub const SEED_FILE: &str = "seed.json";
+/// This process's role in the lab state.
+pub const ROLE: &str = "apiserver";
 pub const HOST_KUBECONFIG: &str = "kubeconfig";
 
 #[derive(Debug, clap::Args)]
@@ -99,6 +103,12 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     .context("listening in the fabric netns")?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let upstream = server.addr();
+    let client = lifecycle::kube_client(&host_kubeconfig).await?;
+    let kubelet = tokio::spawn(async move {
+        if let Err(err) = kubelet::run(LabStateFile::new(&state.dir), client).await {
+            tracing::error!(error = %format!("{err:#}"), "the kubelet stopped");
+        }
+    });
     println!("ready");
     use std::io::Write;
     std::io::stdout().flush()?;
@@ -106,6 +116,7 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
         result = relay(listener, upstream) => result?,
         _ = terminated() => {}
     }
+    kubelet.abort();
     server.shutdown().await;
     Ok(())
 }

@@ -4,12 +4,15 @@
 //! remove everything. A failed `up` tears down what it built before returning.
 //!
 //! Order of `up`: fabric, external and node namespaces with their veths and
-//! addresses → the external netns's responder → the API server (seeded with the completed manifests) → one agent per
-//! node → wait for each node's conflist → pods (netns, CNI ADD, responder, status)
-//! → wait until every agent is healthy. `down` reverses it: agents and responders
-//! (and any other process found inside the lab's namespaces) stop, CNI DEL for every
-//! wired pod, the API server stops, namespaces go (pods, nodes, external, fabric),
-//! then the state dir.
+//! addresses → the external netns's responder → the control plane (the API server,
+//! seeded with the completed manifests, and the lab's kubelet) → one agent per node
+//! → wait for each node's conflist → the manifests' pods ([`pods::start`]: netns,
+//! CNI ADD, responder, status) → wait until every agent is healthy → the state is
+//! marked complete, and from then on the kubelet starts and stops the Pods created
+//! and deleted through the API server. `down` reverses it: the control plane stops
+//! first (so the kubelet changes nothing more), then agents and responders (and any
+//! other process found inside the lab's namespaces), CNI DEL for every wired pod,
+//! namespaces (pods, nodes, external, fabric), then the state dir.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -20,7 +23,7 @@ use futures::StreamExt;
 
 use super::control_plane::{self, HOST_KUBECONFIG};
 use super::process::{self, ProcessRecord};
-use super::state::{self, LabState, SharedState};
+use super::state::{self, LabState, LabStateFile};
 use super::topology::{self, LabPlan, NodePlan};
 use super::{agents, netns, pods};
 use crate::cache::manifests;
@@ -104,7 +107,7 @@ pub async fn up(args: &UpArgs) -> anyhow::Result<LabState> {
     lab.plan = Some(plan.clone());
     lab.cni_bin_dirs = plugin_dirs(&args.cni_bin_dirs);
     lab.save()?;
-    let shared = SharedState::new(lab);
+    let shared = LabStateFile::new(&dir);
     match build(&shared, &plan, &objects, args).await {
         Ok(()) => {
             shared.update(|s| s.complete = true)?;
@@ -151,7 +154,7 @@ async fn clear_previous(name: &str, dir: &Path) -> anyhow::Result<()> {
 }
 
 async fn build(
-    shared: &SharedState,
+    shared: &LabStateFile,
     plan: &LabPlan,
     objects: &[manifests::ManifestObject],
     args: &UpArgs,
@@ -188,20 +191,23 @@ async fn build(
     }))
     .await?;
 
-    let client = kube_client(&lab.dir.join(HOST_KUBECONFIG)).await?;
+    let runtime = pods::PodRuntime {
+        state: shared.clone(),
+        client: kube_client(&lab.dir.join(HOST_KUBECONFIG)).await?,
+        exe,
+        plugin_dirs,
+    };
     let results: Vec<anyhow::Result<()>> = futures::stream::iter(plan.pods.iter())
         .map(|pod| {
             let conflist = conflists
                 .iter()
                 .find(|(node, _)| *node == pod.node)
                 .map(|(_, path)| path.clone());
-            let (client, exe, plugin_dirs) = (&client, &exe, &plugin_dirs);
+            let runtime = &runtime;
             async move {
                 let conflist =
                     conflist.with_context(|| format!("no conflist for node {}", pod.node))?;
-                let ips = pods::wire(shared, plan, pod, &conflist, plugin_dirs).await?;
-                pods::start_responder(shared, plan, pod, exe).await?;
-                pods::report_running(client, plan, pod, &ips).await
+                pods::start(runtime, plan, pod, &conflist).await
             }
         })
         .buffer_unordered(4)
@@ -328,7 +334,7 @@ pub fn underlay_commands(plan: &LabPlan) -> Vec<(String, Vec<String>)> {
 
 /// Creates the fabric, external and node namespaces and wires them. The fabric and
 /// the nodes forward both families; no lab namespace runs IPv6 DAD on its links.
-fn underlay(shared: &SharedState, plan: &LabPlan) -> anyhow::Result<()> {
+fn underlay(shared: &LabStateFile, plan: &LabPlan) -> anyhow::Result<()> {
     let mut names = vec![plan.fabric_netns.clone(), plan.external.netns.clone()];
     names.extend(plan.nodes.iter().map(|n| n.netns.clone()));
     for name in &names {
@@ -356,7 +362,7 @@ fn underlay(shared: &SharedState, plan: &LabPlan) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn start_control_plane(shared: &SharedState, exe: &Path) -> anyhow::Result<()> {
+async fn start_control_plane(shared: &LabStateFile, exe: &Path) -> anyhow::Result<()> {
     let lab = shared.snapshot()?;
     let mut command = std::process::Command::new(exe);
     command
@@ -364,7 +370,7 @@ async fn start_control_plane(shared: &SharedState, exe: &Path) -> anyhow::Result
         .arg(&lab.dir);
     let (record, mut child) = process::spawn(
         &lab.name,
-        "apiserver",
+        control_plane::ROLE,
         command,
         &lab.dir.join("apiserver.log"),
         true,
@@ -378,13 +384,24 @@ async fn start_control_plane(shared: &SharedState, exe: &Path) -> anyhow::Result
 /// Removes everything `state` records (see the module doc for the order).
 pub async fn teardown(state: &LabState, plugin_dirs: &[PathBuf]) -> anyhow::Result<()> {
     let started = Instant::now();
-    let inodes: Vec<u64> = state.netns.iter().filter_map(|n| netns::inode(n)).collect();
-    let in_lab = netns::processes_in(&inodes);
-    let (control, others): (Vec<ProcessRecord>, Vec<ProcessRecord>) = state
+    // The control plane first: its kubelet starts and stops pods, recording them in
+    // the state; once it is gone the state on disk is final.
+    let control: Vec<ProcessRecord> = state
         .processes
         .iter()
+        .filter(|p| p.role == control_plane::ROLE)
         .cloned()
-        .partition(|p| p.role == "apiserver");
+        .collect();
+    process::terminate(&control, &[], Duration::from_secs(3));
+    let state = &LabState::load(&state.dir)?.unwrap_or_else(|| state.clone());
+    let inodes: Vec<u64> = state.netns.iter().filter_map(|n| netns::inode(n)).collect();
+    let in_lab = netns::processes_in(&inodes);
+    let others: Vec<ProcessRecord> = state
+        .processes
+        .iter()
+        .filter(|p| p.role != control_plane::ROLE)
+        .cloned()
+        .collect();
     process::terminate(&others, &in_lab, Duration::from_secs(3));
     let mut problems = Vec::new();
     if let Ok(plan) = state.plan() {
@@ -401,7 +418,6 @@ pub async fn teardown(state: &LabState, plugin_dirs: &[PathBuf]) -> anyhow::Resu
             }
         }
     }
-    process::terminate(&control, &[], Duration::from_secs(3));
     for name in state.netns.iter().rev() {
         if let Err(err) = netns::delete(name) {
             problems.push(format!("{err:#}"));

@@ -5,12 +5,17 @@
 //! [`topology`] plans it (pure), [`lifecycle`] builds and removes it, recording every
 //! namespace and process in [`state`]; [`netns`] is the only module that touches
 //! namespaces, [`process`] the only one that starts or signals processes.
-//! [`control_plane`] and [`responder`] are the hidden subcommands the lab runs in the
-//! background; [`probe`] measures and [`report`] prints for people.
+//! [`pods`] starts and stops one pod (netns, CNI, responder, status) — for the
+//! manifests' pods during `lab up`, and afterwards for [`kubelet`], which keeps the
+//! lab's pods equal to the API server's Pods as they are created and deleted.
+//! [`control_plane`] (the API server and the kubelet) and [`responder`] are the hidden
+//! subcommands the lab runs in the background; [`probe`] measures and [`report`]
+//! prints for people.
 
 pub mod agents;
 pub mod apiserver;
 pub mod control_plane;
+pub mod kubelet;
 pub mod lifecycle;
 pub mod netns;
 pub mod pods;

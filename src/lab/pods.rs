@@ -6,6 +6,11 @@
 //! kept for the DEL on teardown, a responder process answering on the Pod's ports,
 //! and the Pod's status (podIP(s), hostIP, phase Running) written to the API server.
 //! `hostNetwork` Pods skip CNI and run their responder in the node netns.
+//!
+//! [`start`] and [`stop`] are the one way a pod of the lab starts and stops, for the
+//! manifests' pods in `lab up` and for the Pods [`super::kubelet`] picks up later:
+//! each step is recorded in the state as it happens, so `lab down` undoes a pod
+//! whatever point it reached.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -20,7 +25,7 @@ use serde_json::{Value, json};
 use super::netns;
 use super::process::{self, ProcessRecord};
 use super::responder::format_port;
-use super::state::{LabState, SharedState};
+use super::state::{LabState, LabStateFile};
 use super::topology::{LabPlan, PodPlan, PodPort};
 use crate::cni::exec::{Attachment, CniResult, PluginRunner};
 
@@ -71,7 +76,7 @@ fn read_conflist(path: &Path) -> anyhow::Result<Value> {
 /// Creates the pod's netns and runs CNI ADD with the node's conflist; returns the
 /// pod's addresses (the node's for hostNetwork pods).
 pub async fn wire(
-    state: &SharedState,
+    state: &LabStateFile,
     plan: &LabPlan,
     pod: &PodPlan,
     conflist: &Path,
@@ -150,7 +155,7 @@ pub async fn unwire(
 
 /// Starts the pod's responder and waits until it has bound every port.
 pub async fn start_responder(
-    state: &SharedState,
+    state: &LabStateFile,
     plan: &LabPlan,
     pod: &PodPlan,
     exe: &Path,
@@ -171,7 +176,7 @@ pub async fn start_responder(
 /// Starts `kubewire lab responder` in `netns`, answering as `who` on `ports`, records
 /// it as `role` and waits until it has bound every port.
 pub async fn spawn_responder(
-    state: &SharedState,
+    state: &LabStateFile,
     netns_name: &str,
     who: &str,
     ports: &[PodPort],
@@ -191,18 +196,19 @@ pub async fn spawn_responder(
     Ok(record)
 }
 
-/// Writes the pod's status like a kubelet once its sandbox and responder run.
+/// Writes the pod's status like a kubelet once its sandbox and responder run;
+/// returns the Pod's uid.
 pub async fn report_running(
     client: &kube::Client,
     plan: &LabPlan,
     pod: &PodPlan,
     ips: &[IpAddr],
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<String>> {
     let node = plan
         .node(&pod.node)
         .with_context(|| format!("Pod {}: node {} is not in the lab", pod.key(), pod.node))?;
     let ips: Vec<String> = ips.iter().map(ToString::to_string).collect();
-    let patch = json!({
+    let mut patch = json!({
         "status": {
             "phase": "Running",
             "hostIP": node.address.to_string(),
@@ -211,9 +217,115 @@ pub async fn report_running(
             "podIPs": ips.iter().map(|ip| json!({"ip": ip})).collect::<Vec<_>>(),
         }
     });
-    Api::<Pod>::namespaced(client.clone(), &pod.namespace)
+    with_uid_precondition(&mut patch, pod);
+    let written = Api::<Pod>::namespaced(client.clone(), &pod.namespace)
         .patch_status(&pod.name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .with_context(|| format!("Pod {}: writing status", pod.key()))?;
+    Ok(written.metadata.uid)
+}
+
+/// Adds the pod's uid, when known, to a merge patch: the API server then refuses it
+/// for another Pod made since under the same name.
+pub fn with_uid_precondition(patch: &mut Value, pod: &PodPlan) {
+    if let Some(uid) = &pod.uid {
+        patch["metadata"] = json!({"uid": uid});
+    }
+}
+
+/// What starting and stopping pods takes, in `lab up` and in the kubelet alike.
+#[derive(Clone)]
+pub struct PodRuntime {
+    pub state: LabStateFile,
+    /// A client of the lab's API server, for Pod status.
+    pub client: kube::Client,
+    /// The kubewire binary, run as each pod's responder.
+    pub exe: PathBuf,
+    pub plugin_dirs: Vec<PathBuf>,
+}
+
+/// Starts a pod of `plan`: its netns and CNI ADD with `conflist` (the pod's node's),
+/// its responder, its status Running with its addresses, and its uid in the state.
+/// A failure leaves what was done recorded; [`stop`] undoes it.
+pub async fn start(
+    runtime: &PodRuntime,
+    plan: &LabPlan,
+    pod: &PodPlan,
+    conflist: &Path,
+) -> anyhow::Result<()> {
+    let ips = wire(&runtime.state, plan, pod, conflist, &runtime.plugin_dirs).await?;
+    start_responder(&runtime.state, plan, pod, &runtime.exe).await?;
+    let uid = report_running(&runtime.client, plan, pod, &ips).await?;
+    let key = pod.key();
+    runtime.state.update(|s| {
+        let planned = s
+            .plan
+            .as_mut()
+            .and_then(|plan| plan.pods.iter_mut().find(|p| p.key() == key));
+        if let Some(planned) = planned {
+            planned.uid = uid;
+        }
+    })?;
+    Ok(())
+}
+
+/// Stops a pod the lab runs and forgets it: its responder (and anything else left in
+/// its netns), CNI DEL, its netns and files, and its place in the plan. A failed
+/// CNI DEL or netns deletion does not stop the other steps; they are reported after.
+pub async fn stop(runtime: &PodRuntime, pod: &PodPlan) -> anyhow::Result<()> {
+    let key = pod.key();
+    let role = format!("responder {key}");
+    let lab = runtime.state.snapshot()?;
+    let responders: Vec<ProcessRecord> = lab
+        .processes
+        .iter()
+        .filter(|p| p.role == role)
+        .cloned()
+        .collect();
+    let inside = pod
+        .netns
+        .as_deref()
+        .and_then(netns::inode)
+        .map(|inode| netns::processes_in(&[inode]))
+        .unwrap_or_default();
+    tokio::task::spawn_blocking(move || {
+        process::terminate(&responders, &inside, Duration::from_secs(3));
+    })
+    .await?;
+    runtime
+        .state
+        .update(|s| s.processes.retain(|p| p.role != role))?;
+    let mut problems = Vec::new();
+    if lab.wired_pods.contains(&key) {
+        if let Err(err) = unwire(&lab, pod, &runtime.plugin_dirs).await {
+            problems.push(format!("{err:#}"));
+        }
+        runtime
+            .state
+            .update(|s| s.wired_pods.retain(|k| *k != key))?;
+    }
+    if let Some(pod_netns) = &pod.netns {
+        match netns::delete(pod_netns) {
+            Ok(()) => runtime
+                .state
+                .update(|s| s.netns.retain(|n| n != pod_netns))?,
+            Err(err) => problems.push(format!("Pod {key}: {err:#}")),
+        }
+    }
+    let dir = lab.pod_dir(&key);
+    match std::fs::remove_dir_all(&dir) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            problems.push(format!("removing {}: {err}", dir.display()));
+        }
+        _ => {}
+    }
+    runtime.state.update(|s| {
+        if let Some(plan) = s.plan.as_mut() {
+            plan.pods.retain(|p| p.key() != key);
+        }
+    })?;
+    if !problems.is_empty() {
+        bail!("{}", problems.join("; "));
+    }
     Ok(())
 }

@@ -91,7 +91,7 @@ pub fn spawn(
 }
 
 /// Waits until a child started with a piped stdout prints `ready` as its first
-/// line; else fails with the end of its log.
+/// line; else kills it and fails with the end of its log.
 pub async fn wait_ready(
     record: &ProcessRecord,
     child: &mut Child,
@@ -110,11 +110,17 @@ pub async fn wait_ready(
     });
     match tokio::time::timeout(timeout, ready).await {
         Ok(Ok(Ok(line))) if line.trim() == "ready" => Ok(()),
-        _ => anyhow::bail!(
-            "{} did not start; its log ends:\n{}",
-            record.role,
-            tail(&record.log, 15)
-        ),
+        _ => {
+            // Neither left running nor left a zombie of a long-lived caller (the
+            // control plane's kubelet).
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!(
+                "{} did not start; its log ends:\n{}",
+                record.role,
+                tail(&record.log, 15)
+            )
+        }
     }
 }
 

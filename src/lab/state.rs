@@ -3,10 +3,11 @@
 //! namespace is created and right after each process starts, so that `lab down` — and
 //! `lab up` after a crash — removes exactly what this lab made and nothing else. All
 //! other files of the lab (logs, kubeconfigs, CNI conf and IPAM dirs) live inside the
-//! state dir; parent directories the lab had to create are recorded too.
+//! state dir; parent directories the lab had to create are recorded too. Writers
+//! (`lab up` and the control plane's kubelet) change it only through
+//! [`LabStateFile::update`], under a lock, so none loses another's change.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
@@ -127,31 +128,53 @@ pub fn remove_dir(state: &LabState) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The state shared by `up`'s concurrent steps; every change is saved at once.
-#[derive(Clone)]
-pub struct SharedState(Arc<Mutex<LabState>>);
+/// The lab's state file as several writers share it — `lab up`'s concurrent steps
+/// and the control plane's [`super::kubelet`]: every [`LabStateFile::update`] reads
+/// `state.json`, changes it and writes it back under an exclusive `flock` on
+/// [`LOCK_FILE`], so no writer loses another's change. Readers need no lock (the file
+/// is replaced by rename).
+#[derive(Clone, Debug)]
+pub struct LabStateFile {
+    dir: PathBuf,
+}
 
-impl SharedState {
-    pub fn new(state: LabState) -> Self {
-        Self(Arc::new(Mutex::new(state)))
+/// The lock file beside `state.json`.
+pub const LOCK_FILE: &str = ".state.lock";
+
+impl LabStateFile {
+    /// The state in `dir`, which must exist (see [`create_dir`]).
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+        }
     }
 
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Applies `f` to the current state and saves it, holding the lock throughout.
     pub fn update<T>(&self, f: impl FnOnce(&mut LabState) -> T) -> anyhow::Result<T> {
-        let mut state = self
-            .0
-            .lock()
-            .map_err(|_| anyhow::anyhow!("lab state lock poisoned"))?;
+        let path = self.dir.join(LOCK_FILE);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        let _lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, errno)| errno)
+            .with_context(|| format!("locking {}", path.display()))?;
+        let mut state = self.snapshot()?;
         let result = f(&mut state);
         state.save()?;
         Ok(result)
     }
 
+    /// The state as last saved.
     pub fn snapshot(&self) -> anyhow::Result<LabState> {
-        Ok(self
-            .0
-            .lock()
-            .map_err(|_| anyhow::anyhow!("lab state lock poisoned"))?
-            .clone())
+        LabState::load(&self.dir)?
+            .with_context(|| format!("no lab state in {}", self.dir.display()))
     }
 }
 
@@ -190,5 +213,25 @@ mod tests {
         };
         remove_dir(&state).unwrap();
         assert!(root.path().exists());
+    }
+
+    #[test]
+    fn concurrent_updates_lose_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("lab");
+        create_dir("lab", &dir).unwrap();
+        let file = LabStateFile::new(&dir);
+        std::thread::scope(|scope| {
+            for writer in 0..4 {
+                let file = file.clone();
+                scope.spawn(move || {
+                    for n in 0..25 {
+                        file.update(|s| s.netns.push(format!("{writer}-{n}")))
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(file.snapshot().unwrap().netns.len(), 100);
     }
 }

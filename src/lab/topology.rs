@@ -141,6 +141,10 @@ pub struct PodPlan {
     pub ports: Vec<PodPort>,
     /// The CNI container ID.
     pub container_id: String,
+    /// The Pod's `metadata.uid` once the lab has started it: a Pod deleted and made
+    /// again under the same name is another Pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
 }
 
 impl PodPlan {
@@ -430,7 +434,7 @@ fn plan_nodes(lab: &str, snapshot: &Snapshot, warnings: &mut Vec<String>) -> Vec
             Ok((None, Some(v6))) => Err(format!(
                 "status.addresses: InternalIP {v6} is IPv6 and there is no IPv4 one; lab Nodes need one (the control plane is reached over IPv4)"
             )),
-            Err(message) => Err(format!("status.addresses: {message}")),
+            Err(message) => Err(message),
         };
         let (address, subnet, address6) = match addresses {
             Ok(addresses) => addresses,
@@ -471,31 +475,21 @@ fn default_pod_cidr(index: usize) -> Option<IpNet> {
     ))
 }
 
-/// The Node's first IPv4 and first IPv6 InternalIP; an error when an InternalIP is
-/// not an address and there is no IPv4 one.
+/// The Node's first IPv4 and first IPv6 InternalIP, chosen as every controller
+/// chooses them ([`node::internal_ip_like`]); an error naming the field when an
+/// address is not an IP and there is no IPv4 InternalIP.
 fn internal_ips(node: &Node) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>), String> {
-    let addresses = node
-        .status
-        .as_ref()
-        .and_then(|s| s.addresses.as_ref())
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    let (mut v4, mut v6, mut bad) = (None, None, None);
-    for address in addresses.iter().filter(|a| a.type_ == "InternalIP") {
-        match address.address.parse::<IpAddr>() {
-            Ok(IpAddr::V4(ip)) => {
-                v4.get_or_insert(ip);
-            }
-            Ok(IpAddr::V6(ip)) => {
-                v6.get_or_insert(ip);
-            }
-            Err(_) => {
-                bad.get_or_insert(address.address.as_str());
-            }
-        }
-    }
-    match (v4, bad) {
-        (None, Some(text)) => Err(format!("InternalIP `{text}` is not an IP address")),
+    let (addresses, problems) = node::ip_addresses(node);
+    let v4 = match node::internal_ip_like(&addresses, Ipv4Addr::UNSPECIFIED.into()) {
+        Some(IpAddr::V4(ip)) => Some(ip),
+        _ => None,
+    };
+    let v6 = match node::internal_ip_like(&addresses, Ipv6Addr::UNSPECIFIED.into()) {
+        Some(IpAddr::V6(ip)) => Some(ip),
+        _ => None,
+    };
+    match (v4, problems.first()) {
+        (None, Some(problem)) => Err(format!("{}: {}", problem.field, problem.message)),
         _ => Ok((v4, v6)),
     }
 }
@@ -654,88 +648,182 @@ fn plan_pods(
     let mut round_robin = 0usize;
     let mut pods = Vec::new();
     for pod in &snapshot.pods {
-        let namespace = pod.namespace().unwrap_or_default();
-        let name = pod.name_any();
-        let label = format!("Pod {namespace}/{name}");
-        let spec = pod.spec.as_ref();
-        let node = match spec.and_then(|s| s.node_name.as_deref()) {
-            Some(node_name) => match nodes.iter().find(|n| n.name == node_name) {
-                Some(node) => node,
-                None => {
-                    warnings.push(format!(
-                        "{label}: spec.nodeName `{node_name}` is not a Node of the lab; skipped"
-                    ));
-                    continue;
-                }
-            },
-            None => {
+        let node = match bound_node(pod, nodes) {
+            Ok(Some(node)) => node,
+            Ok(None) => {
                 let node = &nodes[round_robin % nodes.len()];
                 round_robin += 1;
                 node
             }
-        };
-        let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
-        let ports = pod_ports(pod);
-        let ips = if host_network {
-            node.addresses()
-        } else {
-            let wanted = requested_ips(pod);
-            if let Some(bad) = wanted
-                .iter()
-                .find(|ip| !node.pod_cidrs.iter().any(|c| c.contains(*ip)))
-            {
-                warnings.push(format!(
-                    "{label}: status.podIP {bad} is outside the pod CIDRs of Node {} ({}); skipped",
-                    node.name,
-                    node.pod_cidrs
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
+            Err(message) => {
+                warnings.push(format!("{message}; skipped"));
                 continue;
             }
-            let mut ips = Vec::new();
-            for cidr in &node.pod_cidrs {
-                if let Some(ip) = wanted.iter().find(|ip| cidr.contains(*ip)) {
-                    ips.push(*ip);
-                    continue;
-                }
-                match next_free(*cidr, &mut next_host, &requested) {
-                    Some(ip) => ips.push(ip),
-                    None => warnings.push(format!(
-                        "{label}: pod CIDR {cidr} of Node {} is full",
-                        node.name
-                    )),
-                }
-            }
-            if ips.is_empty() {
-                continue;
-            }
-            // The manifest's first address stays the primary (status.podIP), as the
-            // offline verbs read it; the others follow in pod CIDR order.
-            ips.sort_by_key(|ip| {
-                wanted
-                    .iter()
-                    .position(|w| w.is_ipv4() == ip.is_ipv4())
-                    .unwrap_or(usize::MAX)
-            });
-            ips
         };
-        // Namespace names hold no '.', so `<namespace>.<name>` is unambiguous.
-        let id = sanitize(&format!("{namespace}.{name}"));
-        pods.push(PodPlan {
-            netns: (!host_network).then(|| format!("kw-{lab}-pod-{id}")),
-            container_id: format!("kw-{lab}-{id}"),
-            namespace,
-            name,
-            node: node.name.clone(),
-            host_network,
-            ips,
-            ports,
-        });
+        let wanted = requested_ips(pod);
+        match plan_pod(
+            lab,
+            pod,
+            node,
+            &wanted,
+            &requested,
+            &mut next_host,
+            warnings,
+        ) {
+            Ok(planned) => pods.push(planned),
+            Err(message) => warnings.push(format!("{message}; skipped")),
+        }
     }
     pods
+}
+
+fn pod_label(pod: &Pod) -> String {
+    format!(
+        "Pod {}/{}",
+        pod.namespace().unwrap_or_default(),
+        pod.name_any()
+    )
+}
+
+/// The lab node `spec.nodeName` names (`None` when the Pod is not bound yet), or why
+/// the Pod is not the lab's.
+fn bound_node<'a>(pod: &Pod, nodes: &'a [NodePlan]) -> Result<Option<&'a NodePlan>, String> {
+    let Some(node_name) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) else {
+        return Ok(None);
+    };
+    match nodes.iter().find(|n| n.name == node_name) {
+        Some(node) => Ok(Some(node)),
+        None => Err(format!(
+            "{}: spec.nodeName `{node_name}` is not a Node of the lab",
+            pod_label(pod)
+        )),
+    }
+}
+
+/// One Pod on `node`: its netns, CNI container ID and ports, and one address per pod
+/// CIDR — the one of `wanted` in that CIDR, else the next free host after the cursor
+/// in `next_host` that is not in `reserved` (the cursor moves past it). A pod CIDR
+/// that is full is a warning; an error when `wanted` lies outside the node's CIDRs
+/// or no CIDR has room.
+fn plan_pod(
+    lab: &str,
+    pod: &Pod,
+    node: &NodePlan,
+    wanted: &[IpAddr],
+    reserved: &BTreeSet<IpAddr>,
+    next_host: &mut BTreeMap<IpNet, u128>,
+    warnings: &mut Vec<String>,
+) -> Result<PodPlan, String> {
+    let namespace = pod.namespace().unwrap_or_default();
+    let name = pod.name_any();
+    let label = pod_label(pod);
+    let host_network = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.host_network)
+        .unwrap_or(false);
+    let ips = if host_network {
+        node.addresses()
+    } else {
+        if let Some(bad) = wanted
+            .iter()
+            .find(|ip| !node.pod_cidrs.iter().any(|c| c.contains(*ip)))
+        {
+            return Err(format!(
+                "{label}: status.podIP {bad} is outside the pod CIDRs of Node {} ({})",
+                node.name,
+                node.pod_cidrs
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        let mut ips = Vec::new();
+        for cidr in &node.pod_cidrs {
+            if let Some(ip) = wanted.iter().find(|ip| cidr.contains(*ip)) {
+                ips.push(*ip);
+                continue;
+            }
+            match next_free(*cidr, next_host, reserved) {
+                Some(ip) => ips.push(ip),
+                None => warnings.push(format!(
+                    "{label}: pod CIDR {cidr} of Node {} is full",
+                    node.name
+                )),
+            }
+        }
+        if ips.is_empty() {
+            return Err(format!(
+                "{label}: no pod CIDR of Node {} has a free address",
+                node.name
+            ));
+        }
+        // The manifest's first address stays the primary (status.podIP), as the
+        // offline verbs read it; the others follow in pod CIDR order.
+        ips.sort_by_key(|ip| {
+            wanted
+                .iter()
+                .position(|w| w.is_ipv4() == ip.is_ipv4())
+                .unwrap_or(usize::MAX)
+        });
+        ips
+    };
+    // Namespace names hold no '.', so `<namespace>.<name>` is unambiguous.
+    let id = sanitize(&format!("{namespace}.{name}"));
+    Ok(PodPlan {
+        netns: (!host_network).then(|| format!("kw-{lab}-pod-{id}")),
+        container_id: format!("kw-{lab}-{id}"),
+        ports: pod_ports(pod),
+        namespace,
+        name,
+        node: node.name.clone(),
+        host_network,
+        ips,
+        uid: None,
+    })
+}
+
+/// Places a Pod created while the lab runs, as a scheduler and the node's IPAM
+/// would: on its `spec.nodeName`, else on the lab node running the fewest pods
+/// (the first in plan order on a tie); its `status.podIP(s)` when free, else the
+/// lowest free host of each pod CIDR that no pod of `plan` holds; with the Pod's uid.
+/// Pure; the caller adds the result to the plan.
+pub fn place_pod(plan: &LabPlan, pod: &Pod) -> Result<PodPlan, String> {
+    let node = match bound_node(pod, &plan.nodes)? {
+        Some(node) => node,
+        None => plan
+            .nodes
+            .iter()
+            .min_by_key(|n| plan.pods.iter().filter(|p| p.node == n.name).count())
+            .ok_or_else(|| format!("{}: the lab has no node", pod_label(pod)))?,
+    };
+    let held: BTreeSet<IpAddr> = plan
+        .pods
+        .iter()
+        .filter(|p| !p.host_network)
+        .flat_map(|p| p.ips.iter().copied())
+        .collect();
+    let wanted: Vec<IpAddr> = requested_ips(pod)
+        .into_iter()
+        .filter(|ip| !held.contains(ip))
+        .collect();
+    let mut warnings = Vec::new();
+    let mut placed = plan_pod(
+        &plan.name,
+        pod,
+        node,
+        &wanted,
+        &held,
+        &mut BTreeMap::new(),
+        &mut warnings,
+    )?;
+    placed.uid = pod.metadata.uid.clone();
+    match warnings.first() {
+        // A dual-stack pod with one family's CIDR full would run single-stack.
+        Some(warning) => Err(warning.clone()),
+        None => Ok(placed),
+    }
 }
 
 fn sanitize(text: &str) -> String {
@@ -1015,6 +1103,57 @@ mod tests {
                     protocol: Protocol::Tcp
                 }
             ]
+        );
+    }
+
+    fn api_pod(yaml: &str) -> Pod {
+        let objects = objects(yaml);
+        crate::cache::manifests::typed(&objects[0].value).unwrap()
+    }
+
+    #[test]
+    fn a_later_pod_is_placed_like_a_scheduler_and_node_ipam_would() {
+        let mut plan = plan_of(&(pod("a", ", nodeName: n1") + &pod("b", ", nodeName: n1")));
+        // Unbound: the node with the fewest pods; the lowest host no pod holds.
+        let c = place_pod(&plan, &api_pod(&pod("c", ""))).unwrap();
+        assert_eq!(
+            (c.node.as_str(), c.ips.clone()),
+            ("n2", vec![IpAddr::from([10, 244, 2, 2])])
+        );
+        assert_eq!(c.netns.as_deref(), Some("kw-t-pod-x.c"));
+        assert_eq!(c.uid, None);
+        // Bound: its node; an address freed by a deleted pod is handed out again.
+        plan.pods.retain(|p| p.name != "a");
+        let d = place_pod(&plan, &api_pod(&pod("d", ", nodeName: n1"))).unwrap();
+        assert_eq!(d.ips, [IpAddr::from([10, 244, 1, 2])]);
+        // A free status.podIP is kept; one another pod holds is not.
+        let with_ip = |ip: &str| {
+            pod("e", ", nodeName: n1").replace("---", &format!("status: {{podIP: {ip}}}\n---"))
+        };
+        let e = place_pod(&plan, &api_pod(&with_ip("10.244.1.9"))).unwrap();
+        assert_eq!(e.ips, [IpAddr::from([10, 244, 1, 9])]);
+        let e = place_pod(&plan, &api_pod(&with_ip("10.244.1.3"))).unwrap();
+        assert_eq!(e.ips, [IpAddr::from([10, 244, 1, 2])]);
+        // hostNetwork: the node's addresses.
+        let h = place_pod(
+            &plan,
+            &api_pod(&pod("h", ", nodeName: n2, hostNetwork: true")),
+        )
+        .unwrap();
+        assert_eq!(
+            (h.netns, h.ips),
+            (None, vec![IpAddr::from([192, 168, 200, 12])])
+        );
+        // Errors name the pod and the field.
+        let err = place_pod(&plan, &api_pod(&pod("f", ", nodeName: gone"))).unwrap_err();
+        assert_eq!(
+            err,
+            "Pod x/f: spec.nodeName `gone` is not a Node of the lab"
+        );
+        let err = place_pod(&plan, &api_pod(&with_ip("10.9.9.9"))).unwrap_err();
+        assert!(
+            err.starts_with("Pod x/e: status.podIP 10.9.9.9 is outside"),
+            "{err}"
         );
     }
 

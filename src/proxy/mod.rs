@@ -33,7 +33,7 @@ pub async fn run_controller(ctx: ControllerContext) -> anyhow::Result<()> {
     if ctx.args.proxy.proxy_backend == ProxyBackend::Ipvs {
         anyhow::bail!(IPVS_NOT_BUILT);
     }
-    for problem in crate::firewall::nft::enable_bridge_netfilter() {
+    for problem in crate::nft::enable_bridge_netfilter() {
         tracing::warn!(%problem, "bridge netfilter is unavailable: replies between pods on one bridge bypass the Service NAT");
     }
     let reconciler = Arc::new(tokio::sync::Mutex::new(nftables::apply::Reconciler::new(

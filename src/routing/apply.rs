@@ -20,7 +20,7 @@ use super::netlink::{Link, Netlink, NetlinkError, RouteSpec};
 use super::ruleset;
 use crate::agent::SyncReason;
 use crate::cache::Snapshot;
-use crate::firewall::nft::Nft;
+use crate::nft::Nft;
 
 /// What one sync changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -179,15 +179,17 @@ impl Reconciler {
         let links = by_name(self.netlink.links().await.context("listing links")?);
         let before = report.links_changed;
         let bridge = &plan.bridge;
-        let result = match links.get(&bridge.name) {
-            None => self.add_bridge(plan, failures).await.map(|()| true),
-            Some(link) if !link.up || (bridge.mtu.is_some() && link.mtu != bridge.mtu) => self
-                .netlink
-                .set_link(link.index, bridge.mtu, None)
-                .await
-                .map(|()| true),
-            Some(_) => Ok(false),
-        };
+        // Any link of the bridge's name is used as it is (the CNI bridge plugin may
+        // have created it).
+        let result = self
+            .ensure_link(
+                links.get(&bridge.name),
+                |_| true,
+                bridge.mtu,
+                None,
+                self.add_bridge(plan, failures),
+            )
+            .await;
         count(result, report, failures, "link", || {
             format!("bridge {}", bridge.name)
         });
@@ -207,14 +209,30 @@ impl Reconciler {
         }
         match &plan.tunnel {
             Some(Tunnel::Vxlan(device)) => {
-                let result = self.ensure_vxlan(device, links.get(&device.name)).await;
+                let result = self
+                    .ensure_link(
+                        links.get(&device.name),
+                        |link| is_vxlan_device(link, device),
+                        device.mtu,
+                        Some(device.mac),
+                        self.netlink.add_vxlan(device),
+                    )
+                    .await;
                 count(result, report, failures, "link", || {
                     format!("vxlan device {}", device.name)
                 });
             }
             Some(Tunnel::Ipip(ipip)) => {
                 for device in &ipip.devices {
-                    let result = self.ensure_ip_tunnel(device, links.get(&device.name)).await;
+                    let result = self
+                        .ensure_link(
+                            links.get(&device.name),
+                            |link| is_ip_tunnel_device(link, device),
+                            device.mtu,
+                            None,
+                            self.netlink.add_ip_tunnel(device),
+                        )
+                        .await;
                     count(result, report, failures, "link", || {
                         format!("tunnel device {} ({})", device.name, tunnel_hint(device))
                     });
@@ -250,60 +268,31 @@ impl Reconciler {
         self.netlink.set_link(index, bridge.mtu, None).await
     }
 
-    async fn ensure_vxlan(
+    /// Brings one of our devices to what the plan wants: a link of its name that
+    /// `is_wanted` accepts is kept, and only brought up and given `mtu` (and `mac`)
+    /// where they differ; any other link of its name is deleted and `add` creates the
+    /// device anew. `Ok(true)` when anything changed.
+    async fn ensure_link(
         &self,
-        device: &VxlanDevice,
         existing: Option<&Link>,
+        is_wanted: impl FnOnce(&Link) -> bool,
+        mtu: Option<u32>,
+        mac: Option<Mac>,
+        add: impl Future<Output = Result<(), NetlinkError>>,
     ) -> Result<bool, NetlinkError> {
         if let Some(link) = existing {
-            let vxlan = link.vxlan.clone().unwrap_or_default();
-            let same = link.kind == Some(InfoKind::Vxlan)
-                && vxlan.vni == Some(device.vni)
-                && vxlan.local == Some(device.local)
-                && vxlan.port == Some(device.port)
-                && vxlan.learning == Some(false);
-            if same {
+            if is_wanted(link) {
                 let stale = !link.up
-                    || (device.mtu.is_some() && link.mtu != device.mtu)
-                    || link.mac != Some(device.mac);
+                    || (mtu.is_some() && link.mtu != mtu)
+                    || (mac.is_some() && link.mac != mac);
                 if stale {
-                    self.netlink
-                        .set_link(link.index, device.mtu, Some(device.mac))
-                        .await?;
+                    self.netlink.set_link(link.index, mtu, mac).await?;
                 }
                 return Ok(stale);
             }
             self.netlink.delete_link(link.index).await?;
         }
-        self.netlink.add_vxlan(device).await?;
-        Ok(true)
-    }
-
-    async fn ensure_ip_tunnel(
-        &self,
-        device: &IpipDevice,
-        existing: Option<&Link>,
-    ) -> Result<bool, NetlinkError> {
-        if let Some(link) = existing {
-            let kind = if device.local.is_ipv4() {
-                InfoKind::IpIp
-            } else {
-                InfoKind::Ip6Tnl
-            };
-            let (local, remote) = link.tunnel_endpoints.unwrap_or((None, None));
-            let same = link.kind == Some(kind)
-                && local == Some(device.local)
-                && remote.is_none_or(|r| r.is_unspecified());
-            if same {
-                let stale = !link.up || (device.mtu.is_some() && link.mtu != device.mtu);
-                if stale {
-                    self.netlink.set_link(link.index, device.mtu, None).await?;
-                }
-                return Ok(stale);
-            }
-            self.netlink.delete_link(link.index).await?;
-        }
-        self.netlink.add_ip_tunnel(device).await?;
+        add.await?;
         Ok(true)
     }
 
@@ -330,11 +319,7 @@ impl Reconciler {
             };
             let changes = diff::addresses(link.index, addresses, &actual);
             for address in changes.add {
-                let result = self
-                    .netlink
-                    .add_address(link.index, address)
-                    .await
-                    .map(|()| true);
+                let result = self.netlink.add_address(link.index, address).await;
                 count_as(
                     result,
                     &mut report.addresses_changed,
@@ -344,11 +329,7 @@ impl Reconciler {
                 );
             }
             for address in changes.delete {
-                let result = self
-                    .netlink
-                    .delete_address(link.index, address)
-                    .await
-                    .map(|()| true);
+                let result = self.netlink.delete_address(link.index, address).await;
                 count_as(
                     result,
                     &mut report.addresses_changed,
@@ -394,13 +375,9 @@ impl Reconciler {
         );
         let results = self.netlink.replace_fdb(index, &fdb.replace).await;
         for ((mac, dst), result) in fdb.replace.iter().zip(results) {
-            count_as(
-                result.map(|()| true),
-                &mut report.fdb_changed,
-                failures,
-                "fdb",
-                || format!("fdb {mac} dst {dst}"),
-            );
+            count_as(result, &mut report.fdb_changed, failures, "fdb", || {
+                format!("fdb {mac} dst {dst}")
+            });
         }
         let results = self
             .netlink
@@ -408,7 +385,7 @@ impl Reconciler {
             .await;
         for ((address, mac), result) in neighbours.replace.iter().zip(results) {
             count_as(
-                result.map(|()| true),
+                result,
                 &mut report.neighbours_changed,
                 failures,
                 "neighbour",
@@ -432,7 +409,7 @@ impl Reconciler {
             .await;
         for (address, result) in neighbours.delete.iter().zip(results) {
             count_as(
-                result.map(|()| true),
+                result,
                 &mut report.neighbours_changed,
                 failures,
                 "neighbour",
@@ -441,13 +418,9 @@ impl Reconciler {
         }
         let results = self.netlink.delete_fdb(&fdb.delete).await;
         for (entry, result) in fdb.delete.iter().zip(results) {
-            count_as(
-                result.map(|()| true),
-                &mut report.fdb_changed,
-                failures,
-                "fdb",
-                || format!("deleting fdb {}", entry.mac),
-            );
+            count_as(result, &mut report.fdb_changed, failures, "fdb", || {
+                format!("deleting fdb {}", entry.mac)
+            });
         }
     }
 
@@ -558,9 +531,9 @@ impl Reconciler {
 
 async fn table_exists() -> bool {
     Nft::default()
-        .list_json(&["-j", "-t", "list", "table", "inet", NFT_TABLE])
+        .list_table("inet", NFT_TABLE, true)
         .await
-        .is_ok_and(|listing| listing.is_some())
+        .is_ok()
 }
 
 fn write_sysctls(sysctls: &[Sysctl], changed: &mut usize, failures: &mut Failures<'_>) {
@@ -584,6 +557,31 @@ fn by_name(links: Vec<Link>) -> BTreeMap<String, Link> {
     links.into_iter().map(|l| (l.name.clone(), l)).collect()
 }
 
+/// Whether `link` is the VXLAN device `device` (else it is recreated): the settings
+/// fixed at creation match.
+fn is_vxlan_device(link: &Link, device: &VxlanDevice) -> bool {
+    let vxlan = link.vxlan.clone().unwrap_or_default();
+    link.kind == Some(InfoKind::Vxlan)
+        && vxlan.vni == Some(device.vni)
+        && vxlan.local == Some(device.local)
+        && vxlan.port == Some(device.port)
+        && vxlan.learning == Some(false)
+}
+
+/// Whether `link` is the NBMA tunnel `device` (else it is recreated): its kind, its
+/// local endpoint and no fixed remote.
+fn is_ip_tunnel_device(link: &Link, device: &IpipDevice) -> bool {
+    let kind = if device.local.is_ipv4() {
+        InfoKind::IpIp
+    } else {
+        InfoKind::Ip6Tnl
+    };
+    let (local, remote) = link.tunnel_endpoints.unwrap_or((None, None));
+    link.kind == Some(kind)
+        && local == Some(device.local)
+        && remote.is_none_or(|r| r.is_unspecified())
+}
+
 fn tunnel_hint(device: &IpipDevice) -> &'static str {
     if device.local.is_ipv4() {
         "ipip; needs the ipip module"
@@ -600,19 +598,27 @@ fn count(
     object: &str,
     what: impl FnOnce() -> String,
 ) {
-    count_as(result, &mut report.links_changed, failures, object, what);
+    if !matches!(result, Ok(false)) {
+        count_as(
+            result.map(drop),
+            &mut report.links_changed,
+            failures,
+            object,
+            what,
+        );
+    }
 }
 
+/// Counts a change made in `counter`, or records why it failed.
 fn count_as(
-    result: Result<bool, NetlinkError>,
+    result: Result<(), NetlinkError>,
     counter: &mut usize,
     failures: &mut Failures<'_>,
     object: &str,
     what: impl FnOnce() -> String,
 ) {
     match result {
-        Ok(true) => *counter += 1,
-        Ok(false) => {}
+        Ok(()) => *counter += 1,
         Err(err) => failures.add(object, format!("{}: {err}", what())),
     }
 }
@@ -660,4 +666,138 @@ pub async fn cleanup(netlink: &Netlink) -> anyhow::Result<()> {
     }
     anyhow::ensure!(failures.is_empty(), "{}", failures.join("; "));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::netlink::VxlanInfo;
+
+    fn link(kind: InfoKind) -> Link {
+        Link {
+            index: 7,
+            name: "kubewire-x".into(),
+            kind: Some(kind),
+            mtu: Some(1450),
+            up: true,
+            mac: None,
+            alias: None,
+            vxlan: None,
+            tunnel_endpoints: None,
+        }
+    }
+
+    #[test]
+    fn a_vxlan_device_is_kept_only_with_its_creation_settings() {
+        let device = VxlanDevice {
+            name: "kubewire-vx".into(),
+            vni: 4096,
+            port: 4789,
+            local: "192.168.1.11".parse().unwrap(),
+            mac: Mac([6, 0x6b, 192, 168, 1, 11]),
+            mtu: Some(1450),
+            addresses: Vec::new(),
+        };
+        let info = VxlanInfo {
+            vni: Some(4096),
+            local: Some(device.local),
+            port: Some(4789),
+            learning: Some(false),
+        };
+        let with = |kind, info: VxlanInfo| Link {
+            vxlan: Some(info),
+            ..link(kind)
+        };
+        let cases = [
+            (with(InfoKind::Vxlan, info.clone()), true),
+            (with(InfoKind::Dummy, info.clone()), false),
+            (
+                with(
+                    InfoKind::Vxlan,
+                    VxlanInfo {
+                        vni: Some(1),
+                        ..info.clone()
+                    },
+                ),
+                false,
+            ),
+            (
+                with(
+                    InfoKind::Vxlan,
+                    VxlanInfo {
+                        port: Some(8472),
+                        ..info.clone()
+                    },
+                ),
+                false,
+            ),
+            (
+                with(
+                    InfoKind::Vxlan,
+                    VxlanInfo {
+                        learning: Some(true),
+                        ..info.clone()
+                    },
+                ),
+                false,
+            ),
+            (
+                with(
+                    InfoKind::Vxlan,
+                    VxlanInfo {
+                        local: Some("192.168.1.12".parse().unwrap()),
+                        ..info
+                    },
+                ),
+                false,
+            ),
+            (link(InfoKind::Vxlan), false),
+        ];
+        for (link, expected) in cases {
+            assert_eq!(is_vxlan_device(&link, &device), expected, "{link:?}");
+        }
+    }
+
+    #[test]
+    fn an_ip_tunnel_is_kept_only_with_its_local_end_and_no_fixed_remote() {
+        let v4 = IpipDevice {
+            name: "kubewire-tun".into(),
+            local: "192.168.1.11".parse().unwrap(),
+            mtu: Some(1480),
+        };
+        let v6 = IpipDevice {
+            name: "kubewire-tun6".into(),
+            local: "fd00:1::11".parse().unwrap(),
+            mtu: Some(1460),
+        };
+        let ends = |kind, local: &str, remote: Option<&str>| Link {
+            tunnel_endpoints: Some((local.parse().ok(), remote.map(|r| r.parse().unwrap()))),
+            ..link(kind)
+        };
+        let cases = [
+            (&v4, ends(InfoKind::IpIp, "192.168.1.11", None), true),
+            (
+                &v4,
+                ends(InfoKind::IpIp, "192.168.1.11", Some("0.0.0.0")),
+                true,
+            ),
+            (
+                &v4,
+                ends(InfoKind::IpIp, "192.168.1.11", Some("192.168.1.12")),
+                false,
+            ),
+            (&v4, ends(InfoKind::IpIp, "192.168.1.12", None), false),
+            (&v4, ends(InfoKind::Ip6Tnl, "192.168.1.11", None), false),
+            (&v6, ends(InfoKind::Ip6Tnl, "fd00:1::11", Some("::")), true),
+            (&v6, ends(InfoKind::IpIp, "fd00:1::11", None), false),
+            (&v6, link(InfoKind::Ip6Tnl), false),
+        ];
+        for (device, link, expected) in cases {
+            assert_eq!(
+                is_ip_tunnel_device(&link, device),
+                expected,
+                "{device:?} {link:?}"
+            );
+        }
+    }
 }

@@ -58,8 +58,9 @@ pub enum CompileError {
     NoNodeIp(String),
 }
 
-/// This node's underlay addresses, primary first: `--node-ip` (or the first
-/// InternalIP), then the first InternalIP of the other family.
+/// This node's underlay addresses, primary first, as [`crate::node::underlay_ips`]
+/// chooses them: `--node-ip` (or the first InternalIP), then the first InternalIP of
+/// the other family.
 pub fn node_ips(
     snapshot: &Snapshot,
     node: &str,
@@ -76,15 +77,11 @@ fn primary_and_other(
     facts: &NodeFacts,
     node_ip: Option<IpAddr>,
 ) -> Result<Vec<IpAddr>, CompileError> {
-    let primary = node_ip
-        .or_else(|| facts.internal_ips.first().copied())
-        .ok_or_else(|| CompileError::NoNodeIp(facts.name.clone()))?;
-    let other = facts
-        .internal_ips
-        .iter()
-        .copied()
-        .find(|ip| ip.is_ipv4() != primary.is_ipv4());
-    Ok(std::iter::once(primary).chain(other).collect())
+    let ips = facts.underlay_ips(node_ip);
+    if ips.is_empty() {
+        return Err(CompileError::NoNodeIp(facts.name.clone()));
+    }
+    Ok(ips)
 }
 
 /// Builds the plan of `node`. Fails only when the node itself is unusable; problems
@@ -178,7 +175,7 @@ pub fn compile(
     let service_cidrs = service_cidrs(snapshot, &options.service_cidrs, &mut problems);
     let node_addresses = nodes
         .iter()
-        .flat_map(|n| n.addresses.iter().copied())
+        .flat_map(|n| n.addresses.iter().map(|a| a.ip))
         .map(IpNet::from);
     let nftables = NftRules {
         cluster_pod_cidrs: IpNet::aggregate(&cluster_pod_cidrs),

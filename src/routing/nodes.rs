@@ -1,5 +1,5 @@
-//! What the routing controller reads from a Node: its pod CIDRs (through
-//! [`crate::node`], as every controller reads them) and its addresses. Pure; a
+//! What the routing controller reads from a Node: its pod CIDRs and its addresses,
+//! both through [`crate::node`], as every controller reads them. Pure; a
 //! malformed value is reported as a problem naming the Node and the field, and only
 //! that value is dropped.
 
@@ -9,64 +9,41 @@ use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 
+use crate::node::{self, NodeAddress};
+
 /// A Node as routing sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeFacts {
     pub name: String,
     /// Pod CIDRs in the order given, normalized to their network address.
     pub pod_cidrs: Vec<IpNet>,
-    /// `status.addresses` of type InternalIP, in order (the first is the primary).
-    pub internal_ips: Vec<IpAddr>,
-    /// InternalIP and ExternalIP addresses: traffic to them is not masqueraded.
-    pub addresses: Vec<IpAddr>,
+    /// InternalIP and ExternalIP addresses in the order of `status.addresses`: traffic
+    /// to them is not masqueraded, and the InternalIPs are its underlay addresses.
+    pub addresses: Vec<NodeAddress>,
 }
 
 impl NodeFacts {
     /// Reads `node`, appending a message to `problems` for every value it drops.
     pub fn read(node: &Node, problems: &mut Vec<String>) -> NodeFacts {
-        let name = node.name_any();
-        let (cidrs, found) = crate::node::pod_cidrs(node);
+        let (cidrs, found) = node::pod_cidrs(node);
         problems.extend(found.iter().map(ToString::to_string));
-        let pod_cidrs = cidrs.into_iter().map(|c| c.cidr).collect();
-        let mut internal_ips = Vec::new();
-        let mut addresses = Vec::new();
-        let listed = node
-            .status
-            .as_ref()
-            .and_then(|status| status.addresses.as_deref())
-            .unwrap_or_default();
-        for (index, address) in listed.iter().enumerate() {
-            let internal = address.type_ == "InternalIP";
-            if !internal && address.type_ != "ExternalIP" {
-                continue;
-            }
-            match address.address.parse::<IpAddr>() {
-                Ok(ip) => {
-                    if internal {
-                        internal_ips.push(ip);
-                    }
-                    addresses.push(ip);
-                }
-                Err(_) => problems.push(format!(
-                    "Node {name}: status.addresses[{index}].address: `{}` is not an IP address",
-                    address.address
-                )),
-            }
-        }
+        let (addresses, found) = node::ip_addresses(node);
+        problems.extend(found.iter().map(ToString::to_string));
         NodeFacts {
-            name,
-            pod_cidrs,
-            internal_ips,
+            name: node.name_any(),
+            pod_cidrs: cidrs.into_iter().map(|c| c.cidr).collect(),
             addresses,
         }
     }
 
-    /// The first InternalIP of the family of `like`.
+    /// The first InternalIP of the family of `like` ([`node::internal_ip_like`]).
     pub fn internal_ip_like(&self, like: IpAddr) -> Option<IpAddr> {
-        self.internal_ips
-            .iter()
-            .copied()
-            .find(|ip| ip.is_ipv4() == like.is_ipv4())
+        node::internal_ip_like(&self.addresses, like)
+    }
+
+    /// The node's underlay addresses, primary first ([`node::underlay_ips`]).
+    pub fn underlay_ips(&self, node_ip: Option<IpAddr>) -> Vec<IpAddr> {
+        node::underlay_ips(&self.addresses, node_ip)
     }
 }
 
@@ -95,9 +72,9 @@ mod tests {
         );
         let ips =
             |list: &[&str]| -> Vec<IpAddr> { list.iter().map(|a| a.parse().unwrap()).collect() };
-        assert_eq!(facts.internal_ips, ips(&["fd00::1", "192.168.1.1"]));
+        assert_eq!(facts.underlay_ips(None), ips(&["fd00::1", "192.168.1.1"]));
         assert_eq!(
-            facts.addresses,
+            facts.addresses.iter().map(|a| a.ip).collect::<Vec<_>>(),
             ips(&["fd00::1", "192.168.1.1", "203.0.113.1"])
         );
         assert_eq!(

@@ -48,6 +48,9 @@ impl Health {
             };
         };
         let mut problems = Vec::new();
+        if map.is_empty() {
+            problems.push("no controller has started".to_string());
+        }
         for (name, last) in map.iter() {
             match last {
                 None => problems.push(format!("{name}: not synced yet")),
@@ -80,6 +83,7 @@ mod tests {
     #[test]
     fn healthy_only_when_every_controller_synced_recently() {
         let health = Health::new(Duration::from_millis(50));
+        assert!(!health.report().healthy, "nothing enrolled is not healthy");
         health.enroll("firewall");
         health.enroll("routing");
         assert!(!health.report().healthy);

@@ -13,7 +13,7 @@ use serde_json::Value;
 use super::nft::ProxyNft;
 use super::ruleset::{self, Ruleset};
 use crate::agent::SyncReason;
-use crate::firewall::nft::listing_items;
+use crate::nft::listing_items;
 
 /// One periodic check in this many also compares rule counts and sets.
 pub const FULL_CHECK_EVERY: u64 = 10;

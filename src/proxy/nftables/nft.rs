@@ -1,11 +1,11 @@
 //! The thin adapter to the kernel for the proxy's table: `nft -f` transactions
-//! (through the firewall's runner), a terse listing of `inet kubewire-proxy`, and its
+//! (through the shared [`crate::nft`] runner), a terse listing of `inet kubewire-proxy`, and its
 //! deletion. Nothing else in the proxy touches nftables.
 
 use serde_json::Value;
 
 use super::ruleset::{FAMILY, TABLE};
-use crate::firewall::nft::{Nft, NftError};
+use crate::nft::{Nft, NftError};
 
 /// `nft`, on $PATH in this network namespace or (tests) inside a named one.
 #[derive(Clone, Debug, Default)]
@@ -47,6 +47,6 @@ impl ProxyNft {
 
     /// Deletes the table; `Ok(false)` when there was none.
     pub async fn delete_table(&self) -> Result<bool, NftError> {
-        self.runner.delete_named_table(FAMILY, TABLE).await
+        self.runner.delete_table(FAMILY, TABLE).await
     }
 }

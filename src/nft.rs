@@ -1,7 +1,7 @@
-//! The thin adapter to the kernel: runs the `nft` CLI (one process per call, a whole
-//! transaction per `nft -f`), reads the table back as JSON, and sets the bridge
-//! netfilter switch. Nothing else in the firewall touches the kernel; the routing and
-//! proxy controllers run their own tables' transactions through the same [`Nft`].
+//! The thin adapter to nftables in the kernel, shared by the firewall, routing and
+//! proxy controllers: runs the `nft` CLI (one process per call, a whole transaction
+//! per `nft -f`), lists a table back as JSON, deletes a table, and sets the bridge
+//! netfilter switch. It knows no table of its own: each caller names its table.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -9,10 +9,6 @@ use std::process::Stdio;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
-
-use super::model::{FAMILY, TABLE};
-use super::netlink;
-use super::render::Transaction;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
@@ -25,8 +21,9 @@ pub enum NftError {
     Failed { command: String, stderr: String },
     #[error("`{command}` printed JSON that does not parse: {message}")]
     Json { command: String, message: String },
-    #[error("table {FAMILY} {TABLE} does not exist")]
-    NoTable,
+    #[error("table {family} {table} does not exist")]
+    NoTable { family: String, table: String },
+    /// A batch sent to nf_tables over netlink (not through the CLI) failed.
     #[error("{0}")]
     Netlink(String),
 }
@@ -35,7 +32,7 @@ pub enum NftError {
 #[derive(Clone, Debug)]
 pub struct Nft {
     argv: Vec<String>,
-    /// The network namespace file element updates are sent from (netlink).
+    /// The network namespace file it runs in, for updates sent over netlink instead.
     netns: Option<String>,
 }
 
@@ -60,22 +57,11 @@ impl Nft {
         }
     }
 
-    /// The network namespace file this runs in; `None`: the current namespace.
+    /// The network namespace file `nft` runs in (`/run/netns/NAME`); `None` for the
+    /// current one. Whoever sends nf_tables messages over netlink itself sends them
+    /// from there.
     pub fn netns(&self) -> Option<&str> {
         self.netns.as_deref()
-    }
-
-    /// Applies a transaction: an elements-only one straight over netlink (no process,
-    /// no cache read), anything else through `nft -f`. Either way one transaction.
-    pub async fn apply_transaction(&self, transaction: &Transaction) -> Result<(), NftError> {
-        if let Some(batches) = transaction.element_batches() {
-            let netns = self.netns.clone();
-            return tokio::task::spawn_blocking(move || netlink::apply(netns.as_deref(), &batches))
-                .await
-                .map_err(|err| NftError::Netlink(err.to_string()))?
-                .map_err(|err| NftError::Netlink(err.to_string()));
-        }
-        self.apply(&transaction.text()).await
     }
 
     fn command(&self, args: &[&str]) -> (Command, String) {
@@ -83,6 +69,13 @@ impl Nft {
         command.args(&self.argv[1..]).args(args);
         command.kill_on_drop(true);
         (command, format!("nft {}", args.join(" ")))
+    }
+
+    fn cannot_run(&self, source: std::io::Error) -> NftError {
+        NftError::Spawn {
+            program: self.argv[0].clone(),
+            source,
+        }
     }
 
     /// Runs `text` as one `nft -f` transaction: all of it applies, or none.
@@ -93,10 +86,7 @@ impl Nft {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|source| NftError::Spawn {
-                program: self.argv[0].clone(),
-                source,
-            })?;
+            .map_err(|source| self.cannot_run(source))?;
         if let Some(mut stdin) = child.stdin.take() {
             // A write error means nft exited early; its status and stderr say why.
             let _ = stdin.write_all(text.as_bytes()).await;
@@ -104,10 +94,7 @@ impl Nft {
         let output = child
             .wait_with_output()
             .await
-            .map_err(|source| NftError::Spawn {
-                program: self.argv[0].clone(),
-                source,
-            })?;
+            .map_err(|source| self.cannot_run(source))?;
         if output.status.success() {
             Ok(())
         } else {
@@ -118,15 +105,25 @@ impl Nft {
         }
     }
 
-    /// `nft -j [-t] list table inet kubewire`: `terse` leaves set elements out, which
-    /// is what makes it cheap.
-    pub async fn list_table(&self, terse: bool) -> Result<Value, NftError> {
+    /// `nft -j [-t] list table FAMILY TABLE`: `terse` leaves set elements out, which
+    /// is what makes it cheap. [`NftError::NoTable`] when the table does not exist.
+    pub async fn list_table(
+        &self,
+        family: &str,
+        table: &str,
+        terse: bool,
+    ) -> Result<Value, NftError> {
         let mut args = vec!["-j"];
         if terse {
             args.push("-t");
         }
-        args.extend(["list", "table", FAMILY, TABLE]);
-        self.list_json(&args).await?.ok_or(NftError::NoTable)
+        args.extend(["list", "table", family, table]);
+        self.list_json(&args)
+            .await?
+            .ok_or_else(|| NftError::NoTable {
+                family: family.to_string(),
+                table: table.to_string(),
+            })
     }
 
     /// Runs a JSON listing (`args` include `-j`); `Ok(None)` when what it lists does
@@ -137,10 +134,7 @@ impl Nft {
             .stdin(Stdio::null())
             .output()
             .await
-            .map_err(|source| NftError::Spawn {
-                program: self.argv[0].clone(),
-                source,
-            })?;
+            .map_err(|source| self.cannot_run(source))?;
         if !output.status.success() {
             let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
             if stderr.contains("No such file or directory") {
@@ -159,13 +153,8 @@ impl Nft {
             })
     }
 
-    /// Deletes the firewall's table; `Ok(false)` when there was none.
-    pub async fn delete_table(&self) -> Result<bool, NftError> {
-        self.delete_named_table(FAMILY, TABLE).await
-    }
-
     /// Deletes `table` of `family`; `Ok(false)` when there was none.
-    pub async fn delete_named_table(&self, family: &str, table: &str) -> Result<bool, NftError> {
+    pub async fn delete_table(&self, family: &str, table: &str) -> Result<bool, NftError> {
         match self
             .apply(&format!("delete table {family} {table}\n"))
             .await
