@@ -407,12 +407,16 @@ impl<'a> Compiler<'a> {
         }
     }
 
+    /// Sets an element, copying the set first only if another ruleset shares it
+    /// and the element changes.
     fn insert(&mut self, set: &str, key: String, value: String) {
-        let unchanged =
-            self.ruleset.sets.get(set).map(|s| s.elements.get(&key)) == Some(Some(&value));
-        if !unchanged && let Some(set) = self.ruleset.sets.get_mut(set) {
-            Arc::make_mut(set).elements.insert(key, value);
+        let Some(set) = self.ruleset.sets.get_mut(set) else {
+            return;
+        };
+        if Arc::get_mut(set).is_none() && set.elements.get(&key) == Some(&value) {
+            return;
         }
+        Arc::make_mut(set).elements.insert(key, value);
     }
 
     fn add_set(&mut self, name: String, kind: SetKind) {

@@ -242,19 +242,22 @@ impl fmt::Display for Family {
 
 /// The elements of one set or map: key → value (empty for plain sets), in nft syntax.
 ///
-/// Held in [`SHARDS`] shards picked by a hash of the element's address (the key up to
-/// ` . `, so every element of one pod address shares a shard), each shared (`Arc`)
-/// between the rulesets that have it unchanged. So keeping the previous ruleset,
-/// changing one pod's elements and finding what changed between two versions cost
-/// one shard each (about 80 elements in a map of 5,000 pods), not the whole set.
+/// A set of more than [`SMALL`] elements is held in [`SHARDS`] shards picked by a hash
+/// of the element's address (the key up to ` . `, so every element of one pod
+/// address shares a shard), each shared (`Arc`) between the rulesets that have it
+/// unchanged. So keeping the previous ruleset, changing one pod's elements and
+/// finding what changed between two versions cost one shard each (about 80 elements
+/// in a map of 5,000 pods), not the whole set. A smaller set is one shard.
 #[derive(Clone, Debug, Default)]
 pub struct Elements {
-    /// Empty, or exactly [`SHARDS`] shards.
+    /// None, one (at most [`SMALL`] elements when built), or [`SHARDS`].
     shards: Vec<Arc<BTreeMap<String, String>>>,
     len: usize,
 }
 
 pub const SHARDS: usize = 64;
+/// The most elements a set holds in one shard.
+pub const SMALL: usize = 256;
 
 /// What changed between two versions of a set's elements, each part sorted by key.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -274,6 +277,16 @@ impl Elements {
         self.len == 0
     }
 
+    /// The shard `key` is in (or goes in).
+    fn shard_of(&self, key: &str) -> usize {
+        if self.shards.len() == SHARDS {
+            Self::shard(key)
+        } else {
+            0
+        }
+    }
+
+    /// The shard of `key` among [`SHARDS`].
     fn shard(key: &str) -> usize {
         let address = key.split_once(" . ").map_or(key, |(address, _)| address);
         let mut hash: u32 = 0x811c_9dc5;
@@ -285,7 +298,7 @@ impl Elements {
     }
 
     pub fn get(&self, key: &str) -> Option<&String> {
-        self.shards.get(Self::shard(key))?.get(key)
+        self.shards.get(self.shard_of(key))?.get(key)
     }
 
     pub fn contains_key(&self, key: &str) -> bool {
@@ -295,15 +308,20 @@ impl Elements {
     /// Sets `key` to `value`; a shard another ruleset shares is copied only when
     /// this changes it.
     pub fn insert(&mut self, key: String, value: String) -> Option<String> {
-        if self.get(&key) == Some(&value) {
+        if self.shards.is_empty() {
+            self.shards = vec![Arc::default()];
+        }
+        let index = self.shard_of(&key);
+        let shard = &mut self.shards[index];
+        if Arc::get_mut(shard).is_none() && shard.get(&key) == Some(&value) {
             return Some(value);
         }
-        if self.shards.is_empty() {
-            self.shards = vec![Arc::default(); SHARDS];
-        }
-        let previous = Arc::make_mut(&mut self.shards[Self::shard(&key)]).insert(key, value);
+        let previous = Arc::make_mut(shard).insert(key, value);
         if previous.is_none() {
             self.len += 1;
+            if self.shards.len() == 1 && self.len > SMALL {
+                *self = std::mem::take(self).into_iter().collect();
+            }
         }
         previous
     }
@@ -313,20 +331,22 @@ impl Elements {
             return None;
         }
         self.len -= 1;
-        Arc::make_mut(&mut self.shards[Self::shard(key)]).remove(key)
+        let shard = self.shard_of(key);
+        Arc::make_mut(&mut self.shards[shard]).remove(key)
     }
 
     /// Whether an element is `address` or a concatenation starting with it.
     pub fn has_address(&self, address: &str) -> bool {
         self.shards
-            .get(Self::shard(address))
+            .get(self.shard_of(address))
             .is_some_and(|shard| of_address(shard, address).next().is_some())
     }
 
     /// Removes every element of `address`: the address itself and each
     /// concatenation that starts with it. Returns their values.
     pub fn remove_address(&mut self, address: &str) -> Vec<String> {
-        let Some(shard) = self.shards.get_mut(Self::shard(address)) else {
+        let index = self.shard_of(address);
+        let Some(shard) = self.shards.get_mut(index) else {
             return Vec::new();
         };
         let keys: Vec<String> = of_address(shard, address).cloned().collect();
@@ -360,28 +380,44 @@ impl Elements {
     pub fn changes<'a>(&'a self, new: &'a Elements) -> ElementChanges<'a> {
         static EMPTY: BTreeMap<String, String> = BTreeMap::new();
         let mut changes = ElementChanges::default();
-        let shard = |elements: &'a Elements, i: usize| -> &'a BTreeMap<String, String> {
-            elements.shards.get(i).map_or(&EMPTY, |s| s.as_ref())
-        };
-        for i in 0..SHARDS {
-            if let (Some(a), Some(b)) = (self.shards.get(i), new.shards.get(i))
-                && Arc::ptr_eq(a, b)
-            {
-                continue;
-            }
-            let (old, new) = (shard(self, i), shard(new, i));
+        let mut compare = |old: &'a BTreeMap<String, String>,
+                           new: &'a BTreeMap<String, String>,
+                           old_all: &'a Elements,
+                           new_all: &'a Elements| {
             changes.gone.extend(
                 old.iter()
-                    .filter(|(k, v)| new.get(*k) != Some(*v))
+                    .filter(|(k, v)| new_all.get(k) != Some(*v))
                     .map(|(k, _)| k),
             );
             changes
                 .added
-                .extend(new.iter().filter(|(k, v)| old.get(*k) != Some(*v)));
+                .extend(new.iter().filter(|(k, v)| old_all.get(k) != Some(*v)));
+        };
+        if self.shards.len() == new.shards.len() {
+            for (old_shard, new_shard) in self.shards.iter().zip(&new.shards) {
+                if !Arc::ptr_eq(old_shard, new_shard) {
+                    compare(old_shard, new_shard, self, new);
+                }
+            }
+        } else {
+            // Sharded differently (one grew past SMALL): element by element.
+            for shard in &self.shards {
+                compare(shard, &EMPTY, self, new);
+            }
+            for shard in &new.shards {
+                compare(&EMPTY, shard, self, new);
+            }
         }
         changes.gone.sort_unstable();
         changes.added.sort_unstable_by_key(|(key, _)| *key);
         changes
+    }
+
+    /// The elements by value, in no particular order.
+    fn into_iter(self) -> impl Iterator<Item = (String, String)> {
+        self.shards
+            .into_iter()
+            .flat_map(|shard| Arc::try_unwrap(shard).unwrap_or_else(|shared| (*shared).clone()))
     }
 }
 
@@ -413,13 +449,20 @@ impl Eq for Elements {}
 
 impl FromIterator<(String, String)> for Elements {
     fn from_iter<I: IntoIterator<Item = (String, String)>>(iter: I) -> Self {
-        let mut shards: Vec<BTreeMap<String, String>> = vec![BTreeMap::new(); SHARDS];
-        for (key, value) in iter {
-            shards[Self::shard(&key)].insert(key, value);
-        }
-        let len = shards.iter().map(BTreeMap::len).sum();
+        let all: BTreeMap<String, String> = iter.into_iter().collect();
+        let len = all.len();
         if len == 0 {
             return Self::default();
+        }
+        if len <= SMALL {
+            return Self {
+                shards: vec![Arc::new(all)],
+                len,
+            };
+        }
+        let mut shards: Vec<BTreeMap<String, String>> = vec![BTreeMap::new(); SHARDS];
+        for (key, value) in all {
+            shards[Self::shard(&key)].insert(key, value);
         }
         Self {
             shards: shards.into_iter().map(Arc::new).collect(),
@@ -430,7 +473,14 @@ impl FromIterator<(String, String)> for Elements {
 
 impl From<BTreeMap<String, String>> for Elements {
     fn from(elements: BTreeMap<String, String>) -> Self {
-        elements.into_iter().collect()
+        match elements.len() {
+            0 => Self::default(),
+            len @ 1..=SMALL => Self {
+                shards: vec![Arc::new(elements)],
+                len,
+            },
+            _ => elements.into_iter().collect(),
+        }
     }
 }
 
@@ -528,6 +578,27 @@ mod tests {
             .collect();
         assert_eq!(added, [("10.1.0.0", "drop"), ("10.9.9.9", "accept")]);
         assert_eq!(old.changes(&old.clone()), ElementChanges::default());
+    }
+
+    #[test]
+    fn a_set_growing_past_small_is_sharded_and_still_diffs() {
+        let mut grown = Elements::default();
+        for i in 0..SMALL {
+            grown.insert(format!("10.2.0.{i}"), String::new());
+        }
+        let small = grown.clone();
+        assert_eq!(small.shards.len(), 1);
+        grown.insert("10.3.0.1".into(), String::new());
+        grown.remove("10.2.0.7");
+        assert_eq!(grown.shards.len(), SHARDS);
+        assert_eq!(grown.len(), SMALL);
+        let changes = small.changes(&grown);
+        assert_eq!(changes.gone, ["10.2.0.7"]);
+        assert_eq!(changes.added.len(), 1);
+        assert_eq!(
+            grown,
+            grown.keys().map(|k| (k.clone(), String::new())).collect()
+        );
     }
 
     #[test]
