@@ -3,9 +3,13 @@
 //!     cargo test --release --test firewall_bench -- --ignored --nocapture
 //!
 //! 5,000 pods in 100 namespaces on one node, 1,000 NetworkPolicies: compile time,
-//! full apply into a network namespace, one pod label change (time and transaction
-//! size), the periodic drift check, and the connection rate through a policed pod
-//! with 10 vs 1,000 policies (per-packet cost must not grow with policies).
+//! full apply into a network namespace, one pod label change through the controller
+//! path (read, incremental compile, diff, kernel; transaction size), the same change's
+//! kernel cost through `nft -f`, through netlink from a socket per transaction (the
+//! old path: closing the socket waits for an RCU grace period after a delete) and
+//! from one socket kept open, the periodic drift check, and the connection rate
+//! through a policed pod with 10 vs 1,000 policies (per-packet cost must not grow
+//! with policies).
 
 mod firewall_support;
 
