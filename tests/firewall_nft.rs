@@ -54,6 +54,7 @@ async fn diffs_reach_the_table_a_full_load_gives() {
     let fresh = NetNs::new("fresh");
     let mut compared = 0;
     let mut through_netlink = 0;
+    let mut kernel = kernel::Kernel::new(Nft::in_netns(&incremental.name));
     // Every pair of consecutive steps, both ways, plus jumps between unrelated cases
     // (which change chains, sets and counters, not only elements).
     let cases = conformance::cases(&cases_root()).unwrap();
@@ -77,7 +78,8 @@ async fn diffs_reach_the_table_a_full_load_gives() {
                 through_netlink += 1;
             }
             // Elements-only diffs go over netlink, the others through nft -f.
-            kernel::apply_transaction(&Nft::in_netns(&incremental.name), &diff)
+            kernel
+                .apply(&diff)
                 .await
                 .unwrap_or_else(|err| panic!("{err}\n{}", diff.text()));
             fresh.nft(&render::full(&new).text());

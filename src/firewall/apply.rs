@@ -7,7 +7,7 @@
 //! The periodic read also collects the drop counters for the metrics.
 //!
 //! Incremental transactions that only change set elements (every pod event) go over
-//! one netlink socket kept open for the reconciler's life ([`netlink::Session`]);
+//! one netlink socket kept open for the reconciler's life (see [`Kernel`]);
 //! everything else through `nft -f`.
 
 use std::collections::BTreeMap;
@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::kernel::Kernel;
 use super::metrics::{FirewallMetrics, PolicyLabel, TransactionLabel};
 use super::model::{FAMILY, Ruleset, SetKind, TABLE};
-use super::netlink;
 use super::render::{self, Transaction};
 use crate::agent::SyncReason;
 use crate::nft::{Nft, NftError, listing_items};
@@ -34,9 +34,7 @@ pub enum Applied {
 }
 
 pub struct Reconciler {
-    nft: Nft,
-    /// Element changes go here.
-    session: netlink::Session,
+    kernel: Kernel,
     metrics: FirewallMetrics,
     /// What the kernel holds, as far as we know; `None` forces a full replacement.
     applied: Option<Ruleset>,
@@ -58,8 +56,7 @@ pub struct SyncTimes {
 impl Reconciler {
     pub fn new(nft: Nft, metrics: FirewallMetrics) -> Self {
         Self {
-            session: netlink::Session::new(nft.netns()),
-            nft,
+            kernel: Kernel::new(nft),
             metrics,
             applied: None,
             periodic_checks: 0,
@@ -87,7 +84,8 @@ impl Reconciler {
         let result = match incremental {
             Some(transaction) if transaction.is_empty() => Ok(Applied::Nothing),
             Some(transaction) => self
-                .apply_incremental(&transaction)
+                .kernel
+                .apply(&transaction)
                 .await
                 .map(|()| Applied::Incremental { transaction }),
             None => {
@@ -95,7 +93,11 @@ impl Reconciler {
                 let size = transaction.size();
                 let text = transaction.text();
                 diffed = Instant::now();
-                self.nft.apply(&text).await.map(|()| Applied::Full { size })
+                self.kernel
+                    .nft()
+                    .apply(&text)
+                    .await
+                    .map(|()| Applied::Full { size })
             }
         };
         self.last_sync = SyncTimes {
@@ -132,21 +134,6 @@ impl Reconciler {
         }
     }
 
-    /// Sends an incremental transaction: over the netlink session when it only
-    /// changes elements, through `nft -f` otherwise. The session is used in place:
-    /// the kernel runs the whole batch, commit included, within the send call, so
-    /// this blocks for the commit: about a millisecond, longer only while another
-    /// nf_tables client of this network namespace holds the commit lock.
-    async fn apply_incremental(&mut self, transaction: &Transaction) -> Result<(), NftError> {
-        match transaction.element_batches() {
-            Some(batches) => self
-                .session
-                .apply(&batches)
-                .map_err(|err| NftError::Netlink(err.to_string())),
-            None => self.nft.apply(&transaction.text()).await,
-        }
-    }
-
     /// Reads the table back, counts drops, and forgets what was applied when the table
     /// differs from it (so the sync that follows rewrites it).
     async fn check(&mut self) -> anyhow::Result<()> {
@@ -155,7 +142,12 @@ impl Reconciler {
         };
         self.periodic_checks += 1;
         let with_elements = self.periodic_checks.is_multiple_of(FULL_CHECK_EVERY);
-        let listing = match self.nft.list_table(FAMILY, TABLE, !with_elements).await {
+        let listing = match self
+            .kernel
+            .nft()
+            .list_table(FAMILY, TABLE, !with_elements)
+            .await
+        {
             Ok(listing) => listing,
             Err(NftError::NoTable { .. }) => {
                 tracing::warn!("the kubewire nftables table is gone; recreating it");

@@ -1,20 +1,41 @@
 //! Sends the firewall's rendered [`Transaction`]s to the kernel, each as one atomic
-//! transaction: an elements-only one straight to nf_tables over [`netlink`] (no
-//! process, no cache read), anything else as one `nft -f` through [`crate::nft`].
-//! Listing and deleting the table go through [`Nft`] with [`super::model::TABLE`].
+//! transaction: an elements-only one straight to nf_tables over a kept-open
+//! [`netlink::Session`] (no process, no cache read, no socket close), anything else
+//! as one `nft -f` through [`crate::nft`]. Listing and deleting the table go through
+//! [`Nft`] with [`super::model::TABLE`].
 
 use super::netlink;
 use super::render::Transaction;
 use crate::nft::{Nft, NftError};
 
-/// Applies `transaction` in the network namespace `nft` runs in.
-pub async fn apply_transaction(nft: &Nft, transaction: &Transaction) -> Result<(), NftError> {
-    if let Some(batches) = transaction.element_batches() {
-        let netns = nft.netns().map(str::to_string);
-        return tokio::task::spawn_blocking(move || netlink::apply(netns.as_deref(), &batches))
-            .await
-            .map_err(|err| NftError::Netlink(err.to_string()))?
-            .map_err(|err| NftError::Netlink(err.to_string()));
+/// The firewall's way into one network namespace's nf_tables.
+#[derive(Debug)]
+pub struct Kernel {
+    nft: Nft,
+    session: netlink::Session,
+}
+
+impl Kernel {
+    pub fn new(nft: Nft) -> Self {
+        let session = netlink::Session::new(nft.netns());
+        Self { nft, session }
     }
-    nft.apply(&transaction.text()).await
+
+    pub fn nft(&self) -> &Nft {
+        &self.nft
+    }
+
+    /// Applies `transaction`. An elements-only one is sent in place: the kernel runs
+    /// the whole batch, commit included, within the send, so this blocks for the
+    /// commit (about a millisecond; longer only while another nf_tables client of
+    /// this network namespace holds the commit lock).
+    pub async fn apply(&mut self, transaction: &Transaction) -> Result<(), NftError> {
+        match transaction.element_batches() {
+            Some(batches) => self
+                .session
+                .apply(&batches)
+                .map_err(|err| NftError::Netlink(err.to_string())),
+            None => self.nft.apply(&transaction.text()).await,
+        }
+    }
 }
