@@ -10,7 +10,8 @@ use std::net::IpAddr;
 
 use kube::ResourceExt;
 use kubewire::agent::SyncReason;
-use kubewire::routing::apply::SyncReport;
+use kubewire::routing::apply::{Reconciler, SyncReport};
+use kubewire::routing::metrics::RoutingMetrics;
 use kubewire::routing::{OverlayEncap, OverlayType};
 use support::*;
 
@@ -295,4 +296,78 @@ fn pods_reach_pods_over_ipip_across_subnets() {
         underlay.add_pod(node, 10, 1440);
     }
     assert_pods_reach_each_other(&underlay);
+}
+
+#[test]
+fn an_edited_or_deleted_routing_table_is_rewritten_on_the_periodic_check() {
+    let underlay = Underlay::build();
+    let snapshot = snapshot();
+    let options = options(OverlayType::Subnet, OverlayEncap::Vxlan);
+    let n1 = &underlay.node("n1").ns;
+    let forward_rules = || {
+        n1.exec(
+            "nft",
+            &["list", "chain", "inet", "kubewire-routing", "forward"],
+        )
+        .matches("accept")
+        .count()
+    };
+    n1.block_on(|| async {
+        let mut reconciler = Reconciler::connect(RoutingMetrics::default()).unwrap();
+        let mut sync = async |reason| {
+            reconciler
+                .sync(&snapshot, "n1", &options, reason)
+                .await
+                .unwrap()
+        };
+        assert!(sync(SyncReason::Start).await.nftables_applied);
+        // Untouched: neither a change nor the periodic check rewrites it.
+        assert!(!sync(SyncReason::Change).await.nftables_applied);
+        assert!(!sync(SyncReason::Periodic).await.nftables_applied);
+        let rules = forward_rules();
+        assert!(rules >= 4, "{rules} accept rules");
+
+        // Someone flushes a chain: only the periodic check looks, and repairs it.
+        n1.exec(
+            "nft",
+            &["flush", "chain", "inet", "kubewire-routing", "forward"],
+        );
+        assert!(!sync(SyncReason::Change).await.nftables_applied);
+        assert!(sync(SyncReason::Periodic).await.nftables_applied);
+        assert_eq!(forward_rules(), rules);
+
+        // Someone removes a set element, then the whole table.
+        let listing = n1.exec(
+            "nft",
+            &[
+                "-j",
+                "list",
+                "set",
+                "inet",
+                "kubewire-routing",
+                "pod-cidrs-v4",
+            ],
+        );
+        assert!(listing.contains("10.244"), "{listing}");
+        n1.exec(
+            "nft",
+            &["flush", "set", "inet", "kubewire-routing", "pod-cidrs-v4"],
+        );
+        assert!(sync(SyncReason::Periodic).await.nftables_applied);
+        let listing = n1.exec(
+            "nft",
+            &[
+                "-j",
+                "list",
+                "set",
+                "inet",
+                "kubewire-routing",
+                "pod-cidrs-v4",
+            ],
+        );
+        assert!(listing.contains("10.244"), "{listing}");
+        n1.exec("nft", &["delete", "table", "inet", "kubewire-routing"]);
+        assert!(sync(SyncReason::Periodic).await.nftables_applied);
+        assert_eq!(forward_rules(), rules);
+    });
 }

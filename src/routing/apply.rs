@@ -46,7 +46,7 @@ impl SyncReport {
 pub struct Reconciler {
     netlink: Netlink,
     metrics: RoutingMetrics,
-    applied_nft: Option<String>,
+    applied_nft: Option<AppliedTable>,
     reported_problems: Vec<String>,
 }
 
@@ -502,7 +502,7 @@ impl Reconciler {
     }
 
     /// Replaces the nftables table when its content changed; on a periodic check also
-    /// when someone deleted it.
+    /// when someone changed or deleted it.
     async fn apply_nftables(
         &mut self,
         plan: &RoutingPlan,
@@ -511,14 +511,33 @@ impl Reconciler {
         failures: &mut Failures<'_>,
     ) {
         let script = ruleset::replace_transaction(&plan.nftables);
-        let unchanged = self.applied_nft.as_deref() == Some(script.as_str());
-        let drift_check = reason == SyncReason::Periodic;
-        if unchanged && (!drift_check || table_exists().await) {
+        let unchanged = self
+            .applied_nft
+            .as_ref()
+            .is_some_and(|applied| applied.script == script);
+        if unchanged && reason != SyncReason::Periodic {
             return;
         }
-        match Nft::default().apply(&script).await {
-            Ok(()) => {
-                self.applied_nft = Some(script);
+        if let (true, Some(applied)) = (unchanged, &self.applied_nft) {
+            match stateless_listing().await {
+                Ok(Some(listing)) if listing == applied.listing => return,
+                Ok(_) => tracing::warn!(
+                    table = NFT_TABLE,
+                    "the routing nftables table was changed or deleted by someone else; rewriting it"
+                ),
+                Err(err) => {
+                    failures.add("nftables", format!("table inet {NFT_TABLE}: {err}"));
+                    return;
+                }
+            }
+        }
+        let applied = match Nft::default().apply(&script).await {
+            Ok(()) => stateless_listing().await,
+            Err(err) => Err(err),
+        };
+        match applied {
+            Ok(listing) => {
+                self.applied_nft = listing.map(|listing| AppliedTable { script, listing });
                 report.nftables_applied = true;
             }
             Err(err) => {
@@ -529,11 +548,19 @@ impl Reconciler {
     }
 }
 
-async fn table_exists() -> bool {
+/// The routing table as last written: the script, and the kernel's own stateless
+/// listing of it right after, which a later listing must equal (any rule, chain or
+/// element someone added, changed or removed shows up as a difference).
+struct AppliedTable {
+    script: String,
+    listing: serde_json::Value,
+}
+
+/// `nft -j -s list table inet kubewire-routing` (no counters); `None` when absent.
+async fn stateless_listing() -> Result<Option<serde_json::Value>, crate::nft::NftError> {
     Nft::default()
-        .list_table("inet", NFT_TABLE, true)
+        .list_json(&["-j", "-s", "list", "table", "inet", NFT_TABLE])
         .await
-        .is_ok()
 }
 
 fn write_sysctls(sysctls: &[Sysctl], changed: &mut usize, failures: &mut Failures<'_>) {
