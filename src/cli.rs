@@ -83,6 +83,22 @@ impl ManifestsArg {
     }
 }
 
+/// `--manifests PATH --node NAME`, shared by the offline verbs that answer for one
+/// node.
+#[derive(Clone, Debug, clap::Args)]
+pub struct NodeManifestsArg {
+    #[command(flatten)]
+    pub manifests: ManifestsArg,
+    #[arg(long)]
+    pub node: String,
+}
+
+/// Prints an offline verb's answer, or passes on its error untouched.
+pub fn print(answer: anyhow::Result<String>) -> anyhow::Result<()> {
+    print!("{}", answer?);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,5 @@
 use crate::agent::{self, AgentArgs, ControllerKind};
-use crate::cli::ManifestsArg;
+use crate::cli::{self, NodeManifestsArg};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum CniCommand {
@@ -13,9 +13,7 @@ pub enum CniCommand {
 #[derive(Debug, clap::Args)]
 pub struct PlanArgs {
     #[command(flatten)]
-    pub manifests: ManifestsArg,
-    #[arg(long)]
-    pub node: String,
+    pub target: NodeManifestsArg,
     #[command(flatten)]
     pub cni: super::CniArgs,
     #[command(flatten)]
@@ -25,19 +23,16 @@ pub struct PlanArgs {
 pub async fn dispatch(cmd: CniCommand) -> anyhow::Result<()> {
     match cmd {
         CniCommand::Run(args) => agent::run(*args, &[ControllerKind::Cni]).await,
-        CniCommand::Plan(args) => {
-            print!("{}", plan(&args)?);
-            Ok(())
-        }
+        CniCommand::Plan(args) => cli::print(plan(&args)),
     }
 }
 
 /// The pretty conflist JSON for `kubewire cni plan`.
 pub fn plan(args: &PlanArgs) -> anyhow::Result<String> {
-    let snapshot = args.manifests.load()?;
+    let snapshot = args.target.manifests.load()?;
     let conflist = super::compile::compile(
         &snapshot,
-        &args.node,
+        &args.target.node,
         &args.cni,
         &args.routing,
         super::compile::DEFAULT_LINK_MTU,

@@ -1,6 +1,6 @@
 use super::FirewallInput;
 use crate::agent::{self, AgentArgs, ControllerKind};
-use crate::cli::{ManifestsArg, OutputFormat};
+use crate::cli::{self, ManifestsArg, NodeManifestsArg, OutputFormat};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum FirewallCommand {
@@ -17,9 +17,7 @@ pub enum FirewallCommand {
 #[derive(Debug, clap::Args)]
 pub struct PlanArgs {
     #[command(flatten)]
-    pub manifests: ManifestsArg,
-    #[arg(long)]
-    pub node: String,
+    pub target: NodeManifestsArg,
     #[command(flatten)]
     pub firewall: super::FirewallArgs,
 }
@@ -53,18 +51,9 @@ pub struct ExplainArgs {
 pub async fn dispatch(cmd: FirewallCommand) -> anyhow::Result<()> {
     match cmd {
         FirewallCommand::Run(args) => agent::run(*args, &[ControllerKind::Firewall]).await,
-        FirewallCommand::Plan(args) => {
-            print!("{}", plan(&args)?);
-            Ok(())
-        }
-        FirewallCommand::Matrix(args) => {
-            print!("{}", matrix(&args)?);
-            Ok(())
-        }
-        FirewallCommand::Explain(args) => {
-            print!("{}", explain(&args)?);
-            Ok(())
-        }
+        FirewallCommand::Plan(args) => cli::print(plan(&args)),
+        FirewallCommand::Matrix(args) => cli::print(matrix(&args)),
+        FirewallCommand::Explain(args) => cli::print(explain(&args)),
     }
 }
 
@@ -80,23 +69,21 @@ fn load(manifests: &ManifestsArg) -> anyhow::Result<FirewallInput> {
 
 /// `firewall plan`, as the text it prints: the transaction that replaces the table.
 pub fn plan(args: &PlanArgs) -> anyhow::Result<String> {
-    let input = load(&args.manifests)?;
+    let node = &args.target.node;
+    let input = load(&args.target.manifests)?;
     let options = super::compile::CompileOptions {
-        node: args.node.clone(),
+        node: node.clone(),
         default_deny: args.firewall.firewall_default_deny,
         log_group: args.firewall.firewall_log_group,
     };
-    if !input.cluster.nodes.contains_key(&args.node)
+    if !input.cluster.nodes.contains_key(node)
         && !input
             .cluster
             .pods
             .iter()
-            .any(|p| p.node.as_deref() == Some(args.node.as_str()))
+            .any(|p| p.node.as_deref() == Some(node.as_str()))
     {
-        eprintln!(
-            "kubewire: warning: no Node {} and no pod scheduled to it",
-            args.node
-        );
+        eprintln!("kubewire: warning: no Node {node} and no pod scheduled to it");
     }
     let ruleset = super::compile::compile(&input, &options);
     let mut text = super::render::full(&ruleset).text();

@@ -1,7 +1,7 @@
 use super::model::{Protocol, ServiceMap};
 use super::services;
 use crate::agent::{self, AgentArgs, ControllerKind};
-use crate::cli::{ManifestsArg, OutputFormat};
+use crate::cli::{self, NodeManifestsArg, OutputFormat};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ProxyCommand {
@@ -16,9 +16,7 @@ pub enum ProxyCommand {
 #[derive(Debug, clap::Args)]
 pub struct PlanArgs {
     #[command(flatten)]
-    pub manifests: ManifestsArg,
-    #[arg(long)]
-    pub node: String,
+    pub target: NodeManifestsArg,
     #[arg(long, value_enum, default_value_t = super::ProxyBackend::Nftables)]
     pub backend: super::ProxyBackend,
     /// Service CIDRs when the manifests have no ServiceCIDR objects.
@@ -29,9 +27,7 @@ pub struct PlanArgs {
 #[derive(Debug, clap::Args)]
 pub struct TraceArgs {
     #[command(flatten)]
-    pub manifests: ManifestsArg,
-    #[arg(long)]
-    pub node: String,
+    pub target: NodeManifestsArg,
     #[arg(long)]
     pub from: std::net::IpAddr,
     #[arg(long)]
@@ -49,25 +45,16 @@ pub struct TraceArgs {
 pub async fn dispatch(cmd: ProxyCommand) -> anyhow::Result<()> {
     match cmd {
         ProxyCommand::Run(args) => agent::run(*args, &[ControllerKind::Proxy]).await,
-        ProxyCommand::Plan(args) => {
-            print!("{}", plan(&args)?);
-            Ok(())
-        }
-        ProxyCommand::Trace(args) => {
-            print!("{}", trace(&args)?);
-            Ok(())
-        }
+        ProxyCommand::Plan(args) => cli::print(plan(&args)),
+        ProxyCommand::Trace(args) => cli::print(trace(&args)),
     }
 }
 
 /// Loads the manifests into `node`'s service map, reporting on stderr every object or
 /// field that had to be left out.
-fn load(
-    manifests: &ManifestsArg,
-    node: &str,
-    service_cidrs: &[ipnet::IpNet],
-) -> anyhow::Result<ServiceMap> {
-    let snapshot = manifests.load()?;
+fn load(target: &NodeManifestsArg, service_cidrs: &[ipnet::IpNet]) -> anyhow::Result<ServiceMap> {
+    let node = target.node.as_str();
+    let snapshot = target.manifests.load()?;
     if snapshot.node(node).is_none() {
         eprintln!("kubewire: warning: no Node {node}: it has no addresses, so no NodePorts");
     }
@@ -84,7 +71,7 @@ pub fn plan(args: &PlanArgs) -> anyhow::Result<String> {
     if args.backend == super::ProxyBackend::Ipvs {
         anyhow::bail!(super::IPVS_NOT_BUILT);
     }
-    let map = load(&args.manifests, &args.node, &args.service_cluster_ip_range)?;
+    let map = load(&args.target, &args.service_cluster_ip_range)?;
     let (ruleset, problems) = super::nftables::compile::compile(&map);
     for problem in &problems {
         eprintln!("kubewire: warning: {problem}");
@@ -110,7 +97,7 @@ pub fn trace(args: &TraceArgs) -> anyhow::Result<String> {
     let protocol = Protocol::parse(&args.protocol.to_ascii_uppercase()).ok_or_else(|| {
         anyhow::anyhow!("--protocol {}: expected TCP, UDP or SCTP", args.protocol)
     })?;
-    let map = load(&args.manifests, &args.node, &args.service_cluster_ip_range)?;
+    let map = load(&args.target, &args.service_cluster_ip_range)?;
     let trace = super::trace::trace(&map, args.from, args.to, args.port, protocol);
     Ok(match args.format {
         OutputFormat::Json => format!("{}\n", serde_json::to_string(&trace.verdict)?),

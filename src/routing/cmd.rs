@@ -9,7 +9,7 @@ use super::compile::{self, CompileOptions, HostFacts};
 use super::model::{RoutingPlan, Tunnel};
 use super::ruleset;
 use crate::agent::{self, AgentArgs, ControllerKind};
-use crate::cli::{ManifestsArg, OutputFormat};
+use crate::cli::{self, NodeManifestsArg, OutputFormat};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum RoutingCommand {
@@ -22,9 +22,7 @@ pub enum RoutingCommand {
 #[derive(Debug, clap::Args)]
 pub struct RoutingPlanArgs {
     #[command(flatten)]
-    pub manifests: ManifestsArg,
-    #[arg(long)]
-    pub node: String,
+    pub target: NodeManifestsArg,
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub format: OutputFormat,
     #[command(flatten)]
@@ -48,10 +46,7 @@ pub struct RoutingPlanArgs {
 pub async fn dispatch(cmd: RoutingCommand) -> anyhow::Result<()> {
     match cmd {
         RoutingCommand::Run(args) => agent::run(*args, &[ControllerKind::Routing]).await,
-        RoutingCommand::Plan(args) => {
-            print!("{}", plan(&args)?);
-            Ok(())
-        }
+        RoutingCommand::Plan(args) => cli::print(plan(&args)),
     }
 }
 
@@ -65,8 +60,8 @@ struct PlanOutput<'a> {
 
 /// `routing plan` output.
 pub fn plan(args: &RoutingPlanArgs) -> anyhow::Result<String> {
-    let snapshot = args.manifests.load()?;
-    let node_ips = compile::node_ips(&snapshot, &args.node, &args.routing)?;
+    let snapshot = args.target.manifests.load()?;
+    let node_ips = compile::node_ips(&snapshot, &args.target.node, &args.routing)?;
     let assumed = args.local_subnets.is_empty();
     let local_subnets = if assumed {
         node_ips
@@ -86,7 +81,7 @@ pub fn plan(args: &RoutingPlanArgs) -> anyhow::Result<String> {
         service_cidrs: args.service_cluster_ip_range.clone(),
         mtu: args.mtu,
     };
-    let plan = compile::compile(&snapshot, &args.node, &options, &host)?;
+    let plan = compile::compile(&snapshot, &args.target.node, &options, &host)?;
     Ok(match args.format {
         OutputFormat::Json => {
             let output = PlanOutput {
