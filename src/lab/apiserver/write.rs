@@ -701,6 +701,15 @@ mod tests {
                "status": {"podIP": "10.0.0.1"}})
     }
 
+    /// Creates a Pod in namespace "a" through the main endpoint.
+    fn create_pod(
+        state: &mut ApiState,
+        body: Value,
+        options: WriteOptions,
+    ) -> Result<Written, ApiError> {
+        create(state, resource(Kind::Pod), Some("a"), body, options, false)
+    }
+
     fn at<'a>(kind: Kind, namespace: Option<&'a str>, name: &'a str) -> Location<'a> {
         Location {
             resource: resource(kind),
@@ -748,15 +757,7 @@ mod tests {
     fn update_checks_resource_version_and_keeps_status_off_the_main_endpoint() {
         let mut state = state_with_namespace("a");
         let opts = WriteOptions::default();
-        create(
-            &mut state,
-            resource(Kind::Pod),
-            Some("a"),
-            pod("p"),
-            opts,
-            false,
-        )
-        .unwrap();
+        create_pod(&mut state, pod("p"), opts).unwrap();
         let p = at(Kind::Pod, Some("a"), "p");
         let mut body = pod("p");
         body["metadata"]["resourceVersion"] = json!("2");
@@ -802,15 +803,7 @@ mod tests {
         let mut state = state_with_namespace("a");
         let mut bad = pod("p");
         bad["spec"]["containers"][0]["ports"] = json!([{"containerPort": "http"}]);
-        let err = create(
-            &mut state,
-            resource(Kind::Pod),
-            Some("a"),
-            bad,
-            WriteOptions::default(),
-            false,
-        )
-        .unwrap_err();
+        let err = create_pod(&mut state, bad, WriteOptions::default()).unwrap_err();
         assert_eq!((err.code, err.reason), (422, "Invalid"));
         assert!(
             err.message
@@ -824,28 +817,12 @@ mod tests {
             field_validation: FieldValidation::Strict,
             ..Default::default()
         };
-        let err = create(
-            &mut state,
-            resource(Kind::Pod),
-            Some("a"),
-            unknown.clone(),
-            strict,
-            false,
-        )
-        .unwrap_err();
+        let err = create_pod(&mut state, unknown.clone(), strict).unwrap_err();
         assert_eq!(
             err.message,
             "strict decoding error: unknown field \"spec.bogus\""
         );
-        let warned = create(
-            &mut state,
-            resource(Kind::Pod),
-            Some("a"),
-            unknown,
-            WriteOptions::default(),
-            false,
-        )
-        .unwrap();
+        let warned = create_pod(&mut state, unknown, WriteOptions::default()).unwrap();
         assert_eq!(warned.warnings, ["unknown field \"spec.bogus\""]);
     }
 
@@ -853,15 +830,7 @@ mod tests {
     fn patch_and_delete() {
         let mut state = state_with_namespace("a");
         let opts = WriteOptions::default();
-        create(
-            &mut state,
-            resource(Kind::Pod),
-            Some("a"),
-            pod("p"),
-            opts,
-            false,
-        )
-        .unwrap();
+        create_pod(&mut state, pod("p"), opts).unwrap();
         let p = at(Kind::Pod, Some("a"), "p");
         let merge = json!({"metadata": {"labels": {"app": "web"}}, "status": {"podIP": "1.2.3.4"}});
         let patched = patch(&mut state, p, PatchType::Merge, &merge, Scope::Object, opts)
