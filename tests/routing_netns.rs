@@ -304,13 +304,12 @@ fn an_edited_or_deleted_routing_table_is_rewritten_on_the_periodic_check() {
     let snapshot = snapshot();
     let options = options(OverlayType::Subnet, OverlayEncap::Vxlan);
     let n1 = &underlay.node("n1").ns;
+    let nft = |args: &str| n1.exec("nft", &args.split(' ').collect::<Vec<_>>());
+    let pod_cidrs_v4 = || nft("-j list set inet kubewire-routing pod-cidrs-v4");
     let forward_rules = || {
-        n1.exec(
-            "nft",
-            &["list", "chain", "inet", "kubewire-routing", "forward"],
-        )
-        .matches("accept")
-        .count()
+        nft("list chain inet kubewire-routing forward")
+            .matches("accept")
+            .count()
     };
     n1.block_on(|| async {
         let mut reconciler = Reconciler::connect(RoutingMetrics::default()).unwrap();
@@ -328,45 +327,17 @@ fn an_edited_or_deleted_routing_table_is_rewritten_on_the_periodic_check() {
         assert!(rules >= 4, "{rules} accept rules");
 
         // Someone flushes a chain: only the periodic check looks, and repairs it.
-        n1.exec(
-            "nft",
-            &["flush", "chain", "inet", "kubewire-routing", "forward"],
-        );
+        nft("flush chain inet kubewire-routing forward");
         assert!(!sync(SyncReason::Change).await.nftables_applied);
         assert!(sync(SyncReason::Periodic).await.nftables_applied);
         assert_eq!(forward_rules(), rules);
 
         // Someone removes a set element, then the whole table.
-        let listing = n1.exec(
-            "nft",
-            &[
-                "-j",
-                "list",
-                "set",
-                "inet",
-                "kubewire-routing",
-                "pod-cidrs-v4",
-            ],
-        );
-        assert!(listing.contains("10.244"), "{listing}");
-        n1.exec(
-            "nft",
-            &["flush", "set", "inet", "kubewire-routing", "pod-cidrs-v4"],
-        );
+        assert!(pod_cidrs_v4().contains("10.244"));
+        nft("flush set inet kubewire-routing pod-cidrs-v4");
         assert!(sync(SyncReason::Periodic).await.nftables_applied);
-        let listing = n1.exec(
-            "nft",
-            &[
-                "-j",
-                "list",
-                "set",
-                "inet",
-                "kubewire-routing",
-                "pod-cidrs-v4",
-            ],
-        );
-        assert!(listing.contains("10.244"), "{listing}");
-        n1.exec("nft", &["delete", "table", "inet", "kubewire-routing"]);
+        assert!(pod_cidrs_v4().contains("10.244"));
+        nft("delete table inet kubewire-routing");
         assert!(sync(SyncReason::Periodic).await.nftables_applied);
         assert_eq!(forward_rules(), rules);
     });
