@@ -16,7 +16,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::{HostSnapshot, kubewire, success, temp_dir, unique};
+use common::{HostSnapshot, kubewire, success, temp_dir, unique, wait_for};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::Api;
 use serde_json::Value;
@@ -376,18 +376,6 @@ fn api_pod(name: &str, spec: Value) -> Pod {
     .unwrap()
 }
 
-/// Polls `check` every 100 ms until it gives a value; fails naming `what` after 60 s.
-fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn netns_exists(name: &str) -> bool {
     Path::new("/run/netns").join(name).exists()
 }
@@ -407,11 +395,7 @@ fn pods_created_and_deleted_while_the_lab_runs_are_wired_and_unwired() {
     let up_time = started.elapsed();
     let kubeconfig = success(lab.run("kubeconfig", &[]), "lab kubeconfig");
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let client = runtime
-        .block_on(kubewire::lab::lifecycle::kube_client(Path::new(
-            kubeconfig.trim(),
-        )))
-        .unwrap();
+    let client = common::kube_client(&runtime, &kubeconfig);
     let pods = Api::<Pod>::namespaced(client, "x");
     let create = |pod: Pod| {
         runtime

@@ -276,6 +276,27 @@ pub fn processes_with_env(key: &str, value: &str) -> BTreeSet<i32> {
         .collect()
 }
 
+/// Polls `check` every 100 ms until it gives a value; fails naming `what` after 60 s.
+pub fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A client of a lab's API server, from what `lab kubeconfig` printed (its path).
+pub fn kube_client(runtime: &tokio::runtime::Runtime, kubeconfig: &str) -> kube::Client {
+    runtime
+        .block_on(kubewire::lab::lifecycle::kube_client(Path::new(
+            kubeconfig.trim(),
+        )))
+        .unwrap()
+}
+
 /// A temporary directory removed on drop.
 pub fn temp_dir() -> tempfile::TempDir {
     tempfile::Builder::new()
