@@ -121,7 +121,7 @@ impl Lab {
                 .trim()
                 .to_string();
             runtime
-                .block_on(kubewire::lab::lifecycle::kube_client(Path::new(&path)))
+                .block_on(kubewire::agent::client_from_kubeconfig(Path::new(&path)))
                 .map_err(|e| format!("kube client: {e:#}"))
         } else {
             Err(format!(

@@ -452,7 +452,7 @@ async fn routes_follow_nodes_through_the_api_and_drift_is_repaired() {
     });
 
     let kubeconfig = success(kubewire(&lab.args("kubeconfig")), "lab kubeconfig");
-    let client = kubewire::lab::lifecycle::kube_client(Path::new(kubeconfig.trim()))
+    let client = kubewire::agent::client_from_kubeconfig(Path::new(kubeconfig.trim()))
         .await
         .expect("client");
     let nodes: Api<Node> = Api::all(client);

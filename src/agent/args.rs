@@ -1,5 +1,5 @@
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -73,20 +73,26 @@ impl CommonArgs {
     }
 
     pub async fn client(&self) -> anyhow::Result<kube::Client> {
-        let config = match &self.kubeconfig {
-            Some(path) => {
-                let kubeconfig = Kubeconfig::read_from(path)
-                    .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-                kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        match &self.kubeconfig {
+            Some(path) => client_from_kubeconfig(path).await,
+            None => {
+                let config = kube::Config::infer()
                     .await
-                    .with_context(|| format!("kubeconfig {}", path.display()))?
+                    .context("no --kubeconfig and no in-cluster configuration")?;
+                Ok(kube::Client::try_from(config)?)
             }
-            None => kube::Config::infer()
-                .await
-                .context("no --kubeconfig and no in-cluster configuration")?,
-        };
-        Ok(kube::Client::try_from(config)?)
+        }
     }
+}
+
+/// A client for the cluster a kubeconfig file names (its current context).
+pub async fn client_from_kubeconfig(path: &Path) -> anyhow::Result<kube::Client> {
+    let kubeconfig = Kubeconfig::read_from(path)
+        .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .with_context(|| format!("kubeconfig {}", path.display()))?;
+    Ok(kube::Client::try_from(config)?)
 }
 
 /// Parses `500ms`, `30s`, `5m`, `1h` (a bare number is seconds).

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-pub use args::{AgentArgs, CommonArgs, parse_duration};
+pub use args::{AgentArgs, CommonArgs, client_from_kubeconfig, parse_duration};
 pub use reconcile::{Backoff, SyncReason, reconcile_loop};
 
 use crate::cache::Cache;

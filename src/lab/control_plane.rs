@@ -25,7 +25,7 @@ use serde_json::Value;
 use super::netns;
 use super::state::{LabState, LabStateFile};
 use super::topology::FABRIC_APISERVER_PORT;
-use super::{agents, kubelet, lifecycle};
+use super::{agents, kubelet};
 use crate::cache::Kind;
 use crate::cache::manifests::ManifestObject;
 use crate::lab::apiserver::{ApiServer, ApiServerConfig, write_kubeconfig};
@@ -103,7 +103,7 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     .context("listening in the fabric netns")?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let upstream = server.addr();
-    let client = lifecycle::kube_client(&host_kubeconfig).await?;
+    let client = crate::agent::client_from_kubeconfig(&host_kubeconfig).await?;
     let kubelet = tokio::spawn(async move {
         if let Err(err) = kubelet::run(LabStateFile::new(&state.dir), client).await {
             tracing::error!(error = %format!("{err:#}"), "the kubelet stopped");

@@ -193,7 +193,7 @@ async fn build(
 
     let runtime = pods::PodRuntime {
         state: shared.clone(),
-        client: kube_client(&lab.dir.join(HOST_KUBECONFIG)).await?,
+        client: crate::agent::client_from_kubeconfig(&lab.dir.join(HOST_KUBECONFIG)).await?,
         exe,
         plugin_dirs,
     };
@@ -227,15 +227,6 @@ async fn build(
     )
     .await?;
     Ok(())
-}
-
-pub async fn kube_client(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
-    let config = kube::config::Kubeconfig::read_from(kubeconfig)
-        .with_context(|| format!("reading {}", kubeconfig.display()))?;
-    let config = kube::Config::from_custom_kubeconfig(config, &Default::default())
-        .await
-        .with_context(|| format!("kubeconfig {}", kubeconfig.display()))?;
-    Ok(kube::Client::try_from(config)?)
 }
 
 /// The `ip -batch` lines of the underlay, per netns (pure; see [`underlay`]). IPv6

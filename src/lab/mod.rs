@@ -184,7 +184,7 @@ pub async fn probe(lab: &LabState, options: &ProbeOptions) -> anyhow::Result<Pro
             .kubeconfig
             .as_ref()
             .with_context(|| format!("lab {} has no kubeconfig", lab.name))?;
-        let client = lifecycle::kube_client(kubeconfig).await?;
+        let client = crate::agent::client_from_kubeconfig(kubeconfig).await?;
         let services = Api::<Service>::all(client)
             .list(&Default::default())
             .await

@@ -291,7 +291,7 @@ pub fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
 /// A client of a lab's API server, from what `lab kubeconfig` printed (its path).
 pub fn kube_client(runtime: &tokio::runtime::Runtime, kubeconfig: &str) -> kube::Client {
     runtime
-        .block_on(kubewire::lab::lifecycle::kube_client(Path::new(
+        .block_on(kubewire::agent::client_from_kubeconfig(Path::new(
             kubeconfig.trim(),
         )))
         .unwrap()
