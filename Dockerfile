@@ -7,9 +7,12 @@ FROM rust:1-trixie AS builder
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# The workspace's lab crate must be present for cargo to load the workspace; only
+# the agent (`-p kubewire`) is built, and it links nothing of the lab.
+COPY lab ./lab
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin kubewire \
+    cargo build --release --locked -p kubewire --bin kubewire \
  && install -D -m 0755 target/release/kubewire /out/kubewire \
  && strip /out/kubewire
 

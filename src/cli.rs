@@ -34,31 +34,58 @@ pub enum Command {
     Cni(crate::cni::cmd::CniCommand),
     /// Remove everything the agent programmed on this node, then exit.
     Cleanup(Box<AgentArgs>),
-    /// A real multi-node cluster network on this machine.
-    #[command(subcommand)]
-    Lab(crate::lab::LabCommand),
+    /// A real multi-node cluster network on this machine (runs `kubewire-lab`, a
+    /// separate binary, with the same arguments).
+    #[command(disable_help_flag = true)]
+    Lab {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
-/// Runs the parsed command on a fresh tokio runtime.
+/// Runs the parsed command on a fresh tokio runtime (`lab` hands over to its binary).
 pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let command = match cli.command {
+        Command::Lab { args } => return exec_lab(args),
+        command => command,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let result = runtime.block_on(async move {
-        match cli.command {
+        match command {
             Command::Run(args) => agent::run(*args, &ControllerKind::ALL).await,
             Command::Routing(cmd) => crate::routing::cmd::dispatch(cmd).await,
             Command::Firewall(cmd) => crate::firewall::cmd::dispatch(cmd).await,
             Command::Proxy(cmd) => crate::proxy::cmd::dispatch(cmd).await,
             Command::Cni(cmd) => crate::cni::cmd::dispatch(cmd).await,
             Command::Cleanup(args) => agent::cleanup(*args).await,
-            Command::Lab(cmd) => crate::lab::dispatch(cmd).await,
+            Command::Lab { .. } => Ok(()),
         }
     });
     // A blocking task stuck in the kernel or a resolver must not keep the process
     // alive after the command has its answer.
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     result
+}
+
+/// `kubewire lab …`: replaces this process with `kubewire-lab …` from beside this
+/// binary (else from `$PATH`). The lab is a separate binary so that the agent image
+/// carries none of it.
+fn exec_lab(args: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    const LAB: &str = "kubewire-lab";
+    let beside = std::env::current_exe()?.with_file_name(LAB);
+    let program = if beside.is_file() {
+        beside
+    } else {
+        std::path::PathBuf::from(LAB)
+    };
+    let err = std::process::Command::new(&program).args(args).exec();
+    anyhow::bail!(
+        "cannot run {} ({err}): the lab is built by `cargo build --workspace` and is not part of the agent image",
+        program.display()
+    )
 }
 
 /// `--format text|json` of the offline verbs.

@@ -4,8 +4,8 @@
 //!
 //! [`model`] is the conflist as types, [`compile`] builds it from a snapshot (pure),
 //! [`link`] asks the kernel for the node interface's MTU, [`apply`] writes the file
-//! atomically and only on change, and [`exec`] runs a conflist the way a container
-//! runtime does (for the lab and the tests).
+//! atomically and only on change. (The lab crate runs conflists the way a container
+//! runtime does.)
 //!
 //! `loopback` ends the chain instead of living in a separate `99-loopback.conf`:
 //! runtimes load only the first config file of the directory, so a separate file is
@@ -18,7 +18,6 @@ pub mod apply;
 mod args;
 pub mod cmd;
 pub mod compile;
-pub mod exec;
 pub mod link;
 pub mod model;
 
