@@ -22,16 +22,16 @@ pub enum Command {
     Run(Box<AgentArgs>),
     /// Pod-CIDR routes, overlays and BGP.
     #[command(subcommand)]
-    Routing(crate::routing::cmd::RoutingCommand),
+    Routing(ControllerCommand<crate::routing::cmd::RoutingCommand>),
     /// The NetworkPolicy firewall.
     #[command(subcommand)]
-    Firewall(crate::firewall::cmd::FirewallCommand),
+    Firewall(ControllerCommand<crate::firewall::cmd::FirewallCommand>),
     /// The service proxy (IPVS or nftables).
     #[command(subcommand)]
-    Proxy(crate::proxy::cmd::ProxyCommand),
+    Proxy(ControllerCommand<crate::proxy::cmd::ProxyCommand>),
     /// The node's CNI configuration.
     #[command(subcommand)]
-    Cni(crate::cni::cmd::CniCommand),
+    Cni(ControllerCommand<crate::cni::cmd::CniCommand>),
     /// Remove everything the agent programmed on this node, then exit.
     Cleanup(Box<AgentArgs>),
     /// A real multi-node cluster network on this machine (runs `kubewire-lab`, a
@@ -41,6 +41,16 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<std::ffi::OsString>,
     },
+}
+
+/// A controller's subcommands: `run` (that controller alone, with the agent's flags)
+/// and its own offline verbs.
+#[derive(Debug, Subcommand)]
+pub enum ControllerCommand<Verbs: Subcommand> {
+    /// Run this controller alone.
+    Run(Box<AgentArgs>),
+    #[command(flatten)]
+    Offline(Verbs),
 }
 
 /// Runs the parsed command on a fresh tokio runtime (`lab` hands over to its binary).
@@ -53,12 +63,17 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let result = runtime.block_on(async move {
+        use ControllerCommand::{Offline, Run};
         match command {
             Command::Run(args) => agent::run(*args, &ControllerKind::ALL).await,
-            Command::Routing(cmd) => crate::routing::cmd::dispatch(cmd).await,
-            Command::Firewall(cmd) => crate::firewall::cmd::dispatch(cmd).await,
-            Command::Proxy(cmd) => crate::proxy::cmd::dispatch(cmd).await,
-            Command::Cni(cmd) => crate::cni::cmd::dispatch(cmd).await,
+            Command::Routing(Run(args)) => agent::run(*args, &[ControllerKind::Routing]).await,
+            Command::Firewall(Run(args)) => agent::run(*args, &[ControllerKind::Firewall]).await,
+            Command::Proxy(Run(args)) => agent::run(*args, &[ControllerKind::Proxy]).await,
+            Command::Cni(Run(args)) => agent::run(*args, &[ControllerKind::Cni]).await,
+            Command::Routing(Offline(cmd)) => crate::routing::cmd::dispatch(cmd).await,
+            Command::Firewall(Offline(cmd)) => crate::firewall::cmd::dispatch(cmd).await,
+            Command::Proxy(Offline(cmd)) => crate::proxy::cmd::dispatch(cmd).await,
+            Command::Cni(Offline(cmd)) => crate::cni::cmd::dispatch(cmd).await,
             Command::Cleanup(args) => agent::cleanup(*args).await,
             Command::Lab { .. } => Ok(()),
         }
@@ -86,44 +101,6 @@ fn exec_lab(args: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
         "cannot run {} ({err}): the lab is built by `cargo build --workspace` and is not part of the agent image",
         program.display()
     )
-}
-
-/// `--format text|json` of the offline verbs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum OutputFormat {
-    #[default]
-    Text,
-    Json,
-}
-
-/// `--manifests PATH`, shared by every offline verb.
-#[derive(Clone, Debug, clap::Args)]
-pub struct ManifestsArg {
-    /// A YAML file, or a directory read recursively (*.yaml, *.yml).
-    #[arg(long, env = "KUBEWIRE_MANIFESTS")]
-    pub manifests: std::path::PathBuf,
-}
-
-impl ManifestsArg {
-    pub fn load(&self) -> anyhow::Result<crate::cache::Snapshot> {
-        Ok(crate::cache::manifests::load_snapshot(&self.manifests)?)
-    }
-}
-
-/// `--manifests PATH --node NAME`, shared by the offline verbs that answer for one
-/// node.
-#[derive(Clone, Debug, clap::Args)]
-pub struct NodeManifestsArg {
-    #[command(flatten)]
-    pub manifests: ManifestsArg,
-    #[arg(long)]
-    pub node: String,
-}
-
-/// Prints an offline verb's answer, or passes on its error untouched.
-pub fn print(answer: anyhow::Result<String>) -> anyhow::Result<()> {
-    print!("{}", answer?);
-    Ok(())
 }
 
 #[cfg(test)]

@@ -37,8 +37,8 @@ use super::agents;
 use super::pods::{self, PodRuntime};
 use super::state::LabStateFile;
 use super::topology::{self, LabPlan, PodPlan};
-use kubewire::agent::Backoff;
 use kubewire::cache::{Cache, Kind};
+use kubewire::runtime::Backoff;
 use kubewire::telemetry::Metrics;
 
 /// How many pods start (or stop) at once.
@@ -148,7 +148,13 @@ pub async fn run(state: LabStateFile, client: kube::Client) -> anyhow::Result<()
         exe: crate::binaries::lab()?,
         plugin_dirs,
     };
-    let cache = Cache::start(client, Metrics::new());
+    let cache = Cache::start(
+        client,
+        &[Kind::Pod],
+        Metrics::new(),
+        Duration::from_secs(10),
+    )
+    .await;
     while let Err(err) = cache.wait_synced(Duration::from_secs(30)).await {
         tracing::warn!(error = %err, "kubelet: waiting for the API server");
     }

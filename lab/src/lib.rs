@@ -17,6 +17,7 @@ pub mod apiserver;
 pub mod binaries;
 pub mod cni_exec;
 pub mod control_plane;
+pub mod harness;
 pub mod kubelet;
 pub mod lifecycle;
 pub mod netns;
@@ -35,7 +36,7 @@ use anyhow::Context;
 use k8s_openapi::api::core::v1::Service;
 use kube::Api;
 
-use kubewire::cli::OutputFormat;
+use kubewire::offline::OutputFormat;
 use lifecycle::{LabArg, UpArgs};
 use probe::{ProbeOptions, ProbeReport};
 use state::LabState;

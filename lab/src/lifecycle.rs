@@ -70,7 +70,7 @@ impl LabArg {
 #[derive(Clone, Debug, clap::Args)]
 pub struct UpArgs {
     #[command(flatten)]
-    pub manifests: kubewire::cli::ManifestsArg,
+    pub manifests: kubewire::offline::ManifestsArg,
     #[command(flatten)]
     pub lab: LabArg,
     /// An argument passed to every agent, e.g. `--agent-arg=--proxy-backend=ipvs`

@@ -154,7 +154,13 @@ fn dynamic(client: &Client, kind: Kind) -> Api<DynamicObject> {
 async fn start_cache(server: &ApiServer) -> (Cache, Metrics, Client) {
     let client = server.client().await.unwrap();
     let metrics = Metrics::new();
-    let cache = Cache::start(client.clone(), metrics.clone());
+    let cache = Cache::start(
+        client.clone(),
+        &Kind::ALL,
+        metrics.clone(),
+        Duration::from_secs(5),
+    )
+    .await;
     cache.wait_synced(Duration::from_secs(10)).await.unwrap();
     (cache, metrics, client)
 }
@@ -302,23 +308,53 @@ async fn cache_relists_after_410_gone() {
 }
 
 #[tokio::test]
-async fn wait_synced_names_the_kinds_that_never_sync() {
+async fn kinds_the_server_does_not_serve_read_as_empty_and_are_not_watched() {
     let mut state = ApiState::seeded(seed(one_of_each("seed-")), 100).unwrap();
     state.disable_kinds(&[Kind::ServiceCIDR, Kind::EndpointSlice]);
     let server = ApiServer::start_with_state(config(100), state)
         .await
         .unwrap();
     let client = server.client().await.unwrap();
-    let cache = Cache::start(client, Metrics::new());
-    let err = cache.wait_synced(Duration::from_secs(2)).await.unwrap_err();
-    assert_eq!(err.kinds, [Kind::EndpointSlice, Kind::ServiceCIDR]);
-    let message = err.to_string();
-    assert!(
-        message.contains("no complete list of EndpointSlice, ServiceCIDR"),
-        "{message}"
+    let cache = Cache::start(client, &Kind::ALL, Metrics::new(), Duration::from_secs(5)).await;
+    cache.wait_synced(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        cache.watched(),
+        [
+            Kind::Node,
+            Kind::Namespace,
+            Kind::Pod,
+            Kind::Service,
+            Kind::NetworkPolicy
+        ]
     );
     let snapshot = cache.snapshot();
     assert_eq!(snapshot.pods.len(), 1, "the served kinds did sync");
+    assert!(snapshot.service_cidrs.is_empty() && snapshot.endpoint_slices.is_empty());
+    cache.stop();
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn only_the_kinds_asked_for_are_watched() {
+    let server = ApiServer::start_with_state(
+        config(100),
+        ApiState::seeded(seed(one_of_each("seed-")), 100).unwrap(),
+    )
+    .await
+    .unwrap();
+    let client = server.client().await.unwrap();
+    let cache = Cache::start(
+        client,
+        &[Kind::Pod, Kind::Node],
+        Metrics::new(),
+        Duration::from_secs(5),
+    )
+    .await;
+    cache.wait_synced(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(cache.watched(), [Kind::Pod, Kind::Node]);
+    let snapshot = cache.snapshot();
+    assert_eq!((snapshot.pods.len(), snapshot.nodes.len()), (1, 1));
+    assert!(snapshot.services.is_empty() && snapshot.network_policies.is_empty());
     cache.stop();
     server.shutdown().await;
 }

@@ -75,12 +75,13 @@ fn run(program: &str, args: &[&str]) -> String {
 }
 
 fn can_run() -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping: needs root for network namespaces");
+    if !kubewire_lab::harness::require_root() {
         return false;
     }
     if !Path::new(PLUGIN_DIR).join("bridge").is_file() {
-        eprintln!("skipping: no CNI plugins in {PLUGIN_DIR} (apt: containernetworking-plugins)");
+        kubewire_lab::harness::skip(&format!(
+            "no CNI plugins in {PLUGIN_DIR} (apt: containernetworking-plugins)"
+        ));
         return false;
     }
     true
@@ -362,7 +363,11 @@ fn controller_sync_takes_the_mtu_of_the_node_interface() {
     let (found, outcome) = node.within(move || {
         let found =
             kubewire::cni::link::link_mtu_for_address("192.0.2.11".parse().unwrap()).unwrap();
-        (found, kubewire::cni::sync(&snapshot, "n1", &args).unwrap())
+        let config = args.cni.config(&args.network.config());
+        (
+            found,
+            kubewire::cni::sync(&snapshot, "n1", &config).unwrap(),
+        )
     });
     assert_eq!(found, ("kwul0".to_string(), 9000));
     assert_eq!(outcome, kubewire::cni::apply::WriteOutcome::Written);

@@ -21,7 +21,6 @@ use firewall_support::cluster::TestCluster;
 use firewall_support::{NetNs, can_use_netns};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kubewire::agent::SyncReason;
 use kubewire::cache::Snapshot;
 use kubewire::firewall::FirewallInput;
 use kubewire::firewall::apply::{Applied, Reconciler};
@@ -32,6 +31,7 @@ use kubewire::firewall::model::{FAMILY, TABLE};
 use kubewire::firewall::netlink::{self, ElementBatch};
 use kubewire::firewall::render;
 use kubewire::nft::Nft;
+use kubewire::runtime::SyncReason;
 use serde_json::json;
 
 const NODE: &str = "bench";

@@ -7,7 +7,6 @@ mod firewall_support;
 
 use firewall_support::cluster::TestCluster;
 use firewall_support::{can_use_netns, cases_root, input, options};
-use kubewire::agent::SyncReason;
 use kubewire::firewall::apply::{Applied, Reconciler};
 use kubewire::firewall::cluster::Protocol;
 use kubewire::firewall::compile;
@@ -15,6 +14,7 @@ use kubewire::firewall::matrix::{self, MatrixResult};
 use kubewire::firewall::metrics::FirewallMetrics;
 use kubewire::firewall::render;
 use kubewire::nft::Nft;
+use kubewire::runtime::SyncReason;
 
 /// Applies every node's plan for `step`, probes, and returns the disagreements.
 fn run_step(cluster: &TestCluster, step: &std::path::Path) -> Vec<String> {

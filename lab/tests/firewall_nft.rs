@@ -5,13 +5,13 @@
 mod firewall_support;
 
 use firewall_support::{NetNs, can_use_netns, cases_root, ruleset};
-use kubewire::agent::SyncReason;
 use kubewire::firewall::apply::{Applied, Observed, Reconciler, differences};
 use kubewire::firewall::conformance;
 use kubewire::firewall::metrics::FirewallMetrics;
 use kubewire::firewall::model::{FAMILY, TABLE};
 use kubewire::firewall::{kernel, render};
 use kubewire::nft::Nft;
+use kubewire::runtime::SyncReason;
 
 #[test]
 fn every_plan_loads_and_reads_back_unchanged() {

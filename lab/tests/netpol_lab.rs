@@ -392,7 +392,7 @@ async fn bad_objects(nodes: &[(String, String)]) -> BTreeMap<String, Option<u64>
         .into_iter()
         .map(|(node, body)| {
             let count = body.lines().find_map(|line| {
-                line.strip_prefix("kubewire_firewall_bad_objects ")?
+                line.strip_prefix("kubewire_controller_bad_objects{controller=\"firewall\"} ")?
                     .trim()
                     .parse()
                     .ok()

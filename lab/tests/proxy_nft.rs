@@ -8,13 +8,13 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use common::Netns;
-use kubewire::agent::SyncReason;
 use kubewire::cache::manifests::snapshot_from_objects;
 use kubewire::proxy::model::ServiceMap;
 use kubewire::proxy::nftables::apply::{Applied, Reconciler};
 use kubewire::proxy::nftables::compile::compile;
 use kubewire::proxy::nftables::nft::ProxyNft;
 use kubewire::proxy::services;
+use kubewire::runtime::SyncReason;
 use kubewire_lab::synthetic::{ClusterSize, generate};
 
 fn service_map(services: usize, endpoints: usize) -> ServiceMap {

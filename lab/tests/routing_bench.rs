@@ -9,14 +9,15 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use kubewire::agent::SyncReason;
 use kubewire::cache::manifests::snapshot_from_objects;
+use kubewire::network::{OverlayEncap, OverlayType};
 use kubewire::routing::apply::Reconciler;
 use kubewire::routing::compile::{self, HostFacts};
+use kubewire::routing::diff;
 use kubewire::routing::metrics::RoutingMetrics;
 use kubewire::routing::model::{ROUTE_PROTOCOL, RoutingPlan};
 use kubewire::routing::netlink::{Netlink, RouteSpec};
-use kubewire::routing::{OverlayEncap, OverlayType, diff};
+use kubewire::runtime::SyncReason;
 use kubewire_lab::synthetic::{ClusterSize, generate};
 use support::{Netns, options, require_root};
 
@@ -127,14 +128,14 @@ fn full_sync(overlay_type: OverlayType) -> (Duration, Duration) {
     ns.block_on(|| async {
         let mut reconciler = Reconciler::connect(RoutingMetrics::default()).expect("netlink");
         let started = Instant::now();
-        let report = reconciler
+        let (report, _) = reconciler
             .sync(&snapshot, "node-0", &options, SyncReason::Start)
             .await
             .expect("first sync");
         let first = started.elapsed();
         assert_eq!(report.routes_replaced, PEERS);
         let started = Instant::now();
-        let report = reconciler
+        let (report, _) = reconciler
             .sync(&snapshot, "node-0", &options, SyncReason::Change)
             .await
             .expect("second sync");

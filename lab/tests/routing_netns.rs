@@ -9,10 +9,10 @@ mod support;
 use std::net::IpAddr;
 
 use kube::ResourceExt;
-use kubewire::agent::SyncReason;
+use kubewire::network::{OverlayEncap, OverlayType};
 use kubewire::routing::apply::{Reconciler, SyncReport};
 use kubewire::routing::metrics::RoutingMetrics;
-use kubewire::routing::{OverlayEncap, OverlayType};
+use kubewire::runtime::SyncReason;
 use support::*;
 
 const POD_MTU_VXLAN: u32 = 1450;
@@ -319,26 +319,26 @@ fn an_edited_or_deleted_routing_table_is_rewritten_on_the_periodic_check() {
                 .await
                 .unwrap()
         };
-        assert!(sync(SyncReason::Start).await.nftables_applied);
+        assert!(sync(SyncReason::Start).await.0.nftables_applied);
         // Untouched: neither a change nor the periodic check rewrites it.
-        assert!(!sync(SyncReason::Change).await.nftables_applied);
-        assert!(!sync(SyncReason::Periodic).await.nftables_applied);
+        assert!(!sync(SyncReason::Change).await.0.nftables_applied);
+        assert!(!sync(SyncReason::Periodic).await.0.nftables_applied);
         let rules = forward_rules();
         assert!(rules >= 4, "{rules} accept rules");
 
         // Someone flushes a chain: only the periodic check looks, and repairs it.
         nft("flush chain inet kubewire-routing forward");
-        assert!(!sync(SyncReason::Change).await.nftables_applied);
-        assert!(sync(SyncReason::Periodic).await.nftables_applied);
+        assert!(!sync(SyncReason::Change).await.0.nftables_applied);
+        assert!(sync(SyncReason::Periodic).await.0.nftables_applied);
         assert_eq!(forward_rules(), rules);
 
         // Someone removes a set element, then the whole table.
         assert!(pod_cidrs_v4().contains("10.244"));
         nft("flush set inet kubewire-routing pod-cidrs-v4");
-        assert!(sync(SyncReason::Periodic).await.nftables_applied);
+        assert!(sync(SyncReason::Periodic).await.0.nftables_applied);
         assert!(pod_cidrs_v4().contains("10.244"));
         nft("delete table inet kubewire-routing");
-        assert!(sync(SyncReason::Periodic).await.nftables_applied);
+        assert!(sync(SyncReason::Periodic).await.0.nftables_applied);
         assert_eq!(forward_rules(), rules);
     });
 }

@@ -14,6 +14,8 @@ pub struct AgentArgs {
     #[command(flatten)]
     pub common: CommonArgs,
     #[command(flatten)]
+    pub network: crate::network::NetworkArgs,
+    #[command(flatten)]
     pub routing: crate::routing::RoutingArgs,
     #[command(flatten)]
     pub firewall: crate::firewall::FirewallArgs,

@@ -1,72 +1,27 @@
-//! `kubewire run`: one process, one shared watch cache, every enabled controller, and
-//! the health and metrics endpoints.
+//! `kubewire run`: the wiring. The flags are resolved once into one configuration per
+//! controller (plus the node's network, which several share); the enabled controllers
+//! are built, the shared cache watches exactly the kinds they read, and each runs
+//! under [`crate::runtime`] beside the health and metrics endpoints.
 
 mod args;
-mod reconcile;
+mod controllers;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 
 pub use args::{AgentArgs, CommonArgs, client_from_kubeconfig, parse_duration};
-pub use reconcile::{Backoff, SyncReason, reconcile_loop};
+pub use controllers::{AnyController, ControllerKind};
 
-use crate::cache::Cache;
+use crate::cache::{Cache, Kind};
+use crate::runtime::{self, Controller, Runtime};
 use crate::telemetry::{self, Health, Metrics};
-
-/// The controllers one agent can run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ControllerKind {
-    Routing,
-    Firewall,
-    Proxy,
-    Cni,
-}
-
-impl ControllerKind {
-    pub const ALL: [ControllerKind; 4] = [
-        ControllerKind::Cni,
-        ControllerKind::Routing,
-        ControllerKind::Firewall,
-        ControllerKind::Proxy,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            ControllerKind::Routing => "routing",
-            ControllerKind::Firewall => "firewall",
-            ControllerKind::Proxy => "proxy",
-            ControllerKind::Cni => "cni",
-        }
-    }
-
-    fn enabled(self, args: &AgentArgs) -> bool {
-        match self {
-            ControllerKind::Routing => args.run_router,
-            ControllerKind::Firewall => args.run_firewall,
-            ControllerKind::Proxy => args.run_service_proxy,
-            ControllerKind::Cni => args.run_cni,
-        }
-    }
-}
-
-/// What a controller gets from the agent.
-#[derive(Clone)]
-pub struct ControllerContext {
-    pub name: &'static str,
-    pub node_name: String,
-    pub cache: Cache,
-    pub args: Arc<AgentArgs>,
-    pub metrics: Metrics,
-    pub health: Health,
-}
 
 /// Runs `wanted` (those of them enabled by flags when more than one is asked for)
 /// until one fails or the process is interrupted.
 pub async fn run(args: AgentArgs, wanted: &[ControllerKind]) -> anyhow::Result<()> {
     telemetry::init_logging(&args.common.log_level, args.common.log_format);
-    let controllers: Vec<ControllerKind> = if wanted.len() == 1 {
+    let kinds: Vec<ControllerKind> = if wanted.len() == 1 {
         wanted.to_vec()
     } else {
         wanted
@@ -75,17 +30,38 @@ pub async fn run(args: AgentArgs, wanted: &[ControllerKind]) -> anyhow::Result<(
             .filter(|c| c.enabled(&args))
             .collect()
     };
-    anyhow::ensure!(
-        !controllers.is_empty(),
-        "every controller is disabled by flags"
-    );
+    anyhow::ensure!(!kinds.is_empty(), "every controller is disabled by flags");
     let node_name = args.common.node_name()?;
-    let client = args.common.client().await?;
     let metrics = Metrics::new();
+    let controllers = kinds
+        .iter()
+        .map(|kind| AnyController::build(*kind, &args, &node_name, &metrics))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if kinds
+        .iter()
+        .any(|k| matches!(k, ControllerKind::Firewall | ControllerKind::Proxy))
+    {
+        for problem in crate::nft::enable_bridge_netfilter() {
+            tracing::warn!(%problem, "bridge netfilter is unavailable: traffic between pods on one bridge bypasses the firewall and the Service NAT");
+        }
+    }
+    let client = args.common.client().await?;
     let health = Health::new(args.common.sync_period * 3 + Duration::from_secs(30));
-    let cache = Cache::start(client, metrics.clone());
-    let args = Arc::new(args);
-    tracing::info!(node = %node_name, controllers = ?controllers.iter().map(|c| c.name()).collect::<Vec<_>>(), "kubewire starting");
+    let mut read: Vec<Kind> = controllers
+        .iter()
+        .flat_map(|c| c.kinds())
+        .copied()
+        .collect();
+    read.sort();
+    read.dedup();
+    tracing::info!(node = %node_name, controllers = ?kinds.iter().map(|c| c.name()).collect::<Vec<_>>(), kinds = ?read, "kubewire starting");
+    let cache = Cache::start(
+        client,
+        &read,
+        metrics.clone(),
+        args.common.cache_sync_timeout,
+    )
+    .await;
 
     // Enrolled before /healthz is served: until every controller has synced, the
     // agent is not healthy (an empty set would read as healthy).
@@ -106,20 +82,19 @@ pub async fn run(args: AgentArgs, wanted: &[ControllerKind]) -> anyhow::Result<(
         .wait_synced(args.common.cache_sync_timeout)
         .await
         .context("cannot start")?;
-    tracing::info!("watch cache synced");
+    tracing::info!(kinds = ?cache.watched(), "watch cache synced");
+    let runtime = Runtime {
+        cache: cache.clone(),
+        metrics,
+        health,
+        sync_period: args.common.sync_period,
+    };
     for controller in controllers {
-        let ctx = ControllerContext {
-            name: controller.name(),
-            node_name: node_name.clone(),
-            cache: cache.clone(),
-            args: args.clone(),
-            metrics: metrics.clone(),
-            health: health.clone(),
-        };
+        let (runtime, name) = (runtime.clone(), controller.name());
         tasks.spawn(async move {
-            run_controller(controller, ctx)
+            runtime::run(controller, runtime)
                 .await
-                .with_context(|| format!("{} controller", controller.name()))
+                .with_context(|| format!("{name} controller"))
         });
     }
     let result = tokio::select! {
@@ -138,29 +113,22 @@ pub async fn run(args: AgentArgs, wanted: &[ControllerKind]) -> anyhow::Result<(
     result
 }
 
-async fn run_controller(kind: ControllerKind, ctx: ControllerContext) -> anyhow::Result<()> {
-    match kind {
-        ControllerKind::Routing => crate::routing::run_controller(ctx).await,
-        ControllerKind::Firewall => crate::firewall::run_controller(ctx).await,
-        ControllerKind::Proxy => crate::proxy::run_controller(ctx).await,
-        ControllerKind::Cni => crate::cni::run_controller(ctx).await,
-    }
-}
-
 /// `kubewire cleanup`: every controller removes what it created; all are tried even
 /// when one fails.
 pub async fn cleanup(args: AgentArgs) -> anyhow::Result<()> {
     telemetry::init_logging(&args.common.log_level, args.common.log_format);
-    let results = [
-        ("proxy", crate::proxy::cleanup(&args).await),
-        ("firewall", crate::firewall::cleanup(&args).await),
-        ("routing", crate::routing::cleanup(&args).await),
-        ("cni", crate::cni::cleanup(&args).await),
-    ];
-    let failures: Vec<String> = results
-        .into_iter()
-        .filter_map(|(name, result)| result.err().map(|err| format!("{name}: {err:#}")))
-        .collect();
+    let node_name = args.common.node_name()?;
+    let metrics = Metrics::new();
+    let mut failures = Vec::new();
+    for kind in ControllerKind::CLEANUP_ORDER {
+        let result = match AnyController::build(kind, &args, &node_name, &metrics) {
+            Ok(mut controller) => controller.cleanup().await,
+            Err(err) => Err(err),
+        };
+        if let Err(err) = result {
+            failures.push(format!("{}: {err:#}", kind.name()));
+        }
+    }
     anyhow::ensure!(
         failures.is_empty(),
         "cleanup failed: {}",

@@ -6,6 +6,7 @@
 //! [`Snapshot`]. The same [`Snapshot`] is filled from YAML by [`manifests`] for the
 //! offline verbs.
 
+mod discovery;
 mod kind;
 pub mod manifests;
 mod signal;
@@ -16,5 +17,5 @@ mod watch;
 pub use kind::Kind;
 pub use signal::Changes;
 pub use snapshot::Snapshot;
-pub use trim::trim_object;
+pub use trim::{trim_node, trim_object, trim_pod};
 pub use watch::{Cache, SyncError};

@@ -1,7 +1,7 @@
 //! Drops what no controller reads before an object enters the cache, so 5k pods stay
 //! small: managed fields, the last-applied annotation, and the bulky parts of pods.
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Resource;
 
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
@@ -12,6 +12,25 @@ pub fn trim_object<K: Resource>(object: &mut K) {
     meta.managed_fields = None;
     if let Some(annotations) = meta.annotations.as_mut() {
         annotations.remove(LAST_APPLIED);
+    }
+}
+
+/// Trims a Node down to what routing, CNI, firewall and proxy read: its labels,
+/// annotations (pod CIDRs, BGP settings), spec and addresses.
+pub fn trim_node(node: &mut Node) {
+    trim_object(node);
+    if let Some(status) = node.status.as_mut() {
+        status.images = None;
+        status.conditions = None;
+        status.node_info = None;
+        status.capacity = None;
+        status.allocatable = None;
+        status.daemon_endpoints = None;
+        status.volumes_attached = None;
+        status.volumes_in_use = None;
+        status.config = None;
+        status.features = None;
+        status.runtime_handlers = None;
     }
 }
 

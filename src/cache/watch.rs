@@ -1,13 +1,15 @@
-//! The live cache: a kube-rs reflector per kind over one client. Each store is
-//! eventually consistent with the API server; the watcher relists on 410 Gone and
-//! reconnects with backoff when the server goes away, so the cache outlives restarts.
+//! The live cache: a kube-rs reflector per kind the enabled controllers read, over
+//! one client. Each store is eventually consistent with the API server; the watcher
+//! relists on 410 Gone and reconnects with backoff when the server goes away, so the
+//! cache outlives restarts. A kind the API server does not serve (ServiceCIDR before
+//! Kubernetes 1.33) is not watched: it reads as empty and counts as synced.
 
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{NetworkPolicy, ServiceCIDR};
@@ -18,7 +20,7 @@ use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch as tokio_watch;
 
-use super::trim::{trim_object, trim_pod};
+use super::trim::{trim_node, trim_object, trim_pod};
 use super::{Changes, Kind, Snapshot};
 use crate::telemetry::Metrics;
 
@@ -34,14 +36,15 @@ struct KindState {
     synced: AtomicBool,
 }
 
+/// One store per kind; `None` for a kind that is not watched.
 struct Stores {
-    nodes: Store<Node>,
-    namespaces: Store<Namespace>,
-    pods: Store<Pod>,
-    services: Store<Service>,
-    endpoint_slices: Store<EndpointSlice>,
-    network_policies: Store<NetworkPolicy>,
-    service_cidrs: Store<ServiceCIDR>,
+    nodes: Option<Store<Node>>,
+    namespaces: Option<Store<Namespace>>,
+    pods: Option<Store<Pod>>,
+    services: Option<Store<Service>>,
+    endpoint_slices: Option<Store<EndpointSlice>>,
+    network_policies: Option<Store<NetworkPolicy>>,
+    service_cidrs: Option<Store<ServiceCIDR>>,
 }
 
 /// The shared cache. Cloning is cheap; every clone reads the same stores.
@@ -53,14 +56,27 @@ pub struct Cache {
 }
 
 impl Cache {
-    /// Starts one watcher per kind on `client`. Returns at once; see [`Cache::wait_synced`].
-    pub fn start(client: Client, metrics: Metrics) -> Cache {
+    /// Starts one watcher for each of `kinds` that the API server serves (asking it
+    /// for at most `discovery_timeout`). Returns once the watchers are started; see
+    /// [`Cache::wait_synced`].
+    pub async fn start(
+        client: Client,
+        kinds: &[Kind],
+        metrics: Metrics,
+        discovery_timeout: Duration,
+    ) -> Cache {
+        let served = super::discovery::served(&client, kinds, discovery_timeout).await;
+        let watched: Vec<Kind> = kinds
+            .iter()
+            .copied()
+            .filter(|k| served.contains(k))
+            .collect();
         let kinds: Arc<Vec<(Kind, KindState)>> = Arc::new(
-            Kind::ALL
-                .into_iter()
+            watched
+                .iter()
                 .map(|kind| {
                     (
-                        kind,
+                        *kind,
                         KindState {
                             generation: tokio_watch::channel(0).0,
                             synced: AtomicBool::new(false),
@@ -75,14 +91,17 @@ impl Cache {
             metrics,
             kinds: kinds.clone(),
         };
+        let spawn = |kind| watched.contains(&kind).then_some(kind);
         let stores = Stores {
-            nodes: ctx.spawn(Kind::Node, trim_object, &mut tasks),
-            namespaces: ctx.spawn(Kind::Namespace, trim_object, &mut tasks),
-            pods: ctx.spawn(Kind::Pod, trim_pod, &mut tasks),
-            services: ctx.spawn(Kind::Service, trim_object, &mut tasks),
-            endpoint_slices: ctx.spawn(Kind::EndpointSlice, trim_object, &mut tasks),
-            network_policies: ctx.spawn(Kind::NetworkPolicy, trim_object, &mut tasks),
-            service_cidrs: ctx.spawn(Kind::ServiceCIDR, trim_object, &mut tasks),
+            nodes: spawn(Kind::Node).map(|k| ctx.spawn(k, trim_node, &mut tasks)),
+            namespaces: spawn(Kind::Namespace).map(|k| ctx.spawn(k, trim_object, &mut tasks)),
+            pods: spawn(Kind::Pod).map(|k| ctx.spawn(k, trim_pod, &mut tasks)),
+            services: spawn(Kind::Service).map(|k| ctx.spawn(k, trim_object, &mut tasks)),
+            endpoint_slices: spawn(Kind::EndpointSlice)
+                .map(|k| ctx.spawn(k, trim_object, &mut tasks)),
+            network_policies: spawn(Kind::NetworkPolicy)
+                .map(|k| ctx.spawn(k, trim_object, &mut tasks)),
+            service_cidrs: spawn(Kind::ServiceCIDR).map(|k| ctx.spawn(k, trim_object, &mut tasks)),
         };
         Cache {
             stores: Arc::new(stores),
@@ -91,22 +110,37 @@ impl Cache {
         }
     }
 
-    /// Waits until every kind has completed its first list, or fails naming the kinds
-    /// that did not within `timeout`.
+    /// Waits until every watched kind's store has its first complete list, or fails
+    /// naming the kinds that did not within `timeout`.
     pub async fn wait_synced(&self, timeout: Duration) -> Result<(), SyncError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let unsynced = self.unsynced();
-            if unsynced.is_empty() {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(SyncError {
-                    timeout,
-                    kinds: unsynced,
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let s = &self.stores;
+        let ready = futures::future::join_all(
+            [
+                s.nodes.as_ref().map(|st| st.wait_until_ready().boxed()),
+                s.namespaces
+                    .as_ref()
+                    .map(|st| st.wait_until_ready().boxed()),
+                s.pods.as_ref().map(|st| st.wait_until_ready().boxed()),
+                s.services.as_ref().map(|st| st.wait_until_ready().boxed()),
+                s.endpoint_slices
+                    .as_ref()
+                    .map(|st| st.wait_until_ready().boxed()),
+                s.network_policies
+                    .as_ref()
+                    .map(|st| st.wait_until_ready().boxed()),
+                s.service_cidrs
+                    .as_ref()
+                    .map(|st| st.wait_until_ready().boxed()),
+            ]
+            .into_iter()
+            .flatten(),
+        );
+        match tokio::time::timeout(timeout, ready).await {
+            Ok(results) if results.iter().all(Result::is_ok) => Ok(()),
+            _ => Err(SyncError {
+                timeout,
+                kinds: self.unsynced(),
+            }),
         }
     }
 
@@ -130,19 +164,24 @@ impl Cache {
         )
     }
 
-    /// The current contents of every store.
+    /// The current contents of every store (empty for kinds not watched).
     pub fn snapshot(&self) -> Snapshot {
         let s = &self.stores;
         Snapshot {
-            nodes: s.nodes.state(),
-            namespaces: s.namespaces.state(),
-            pods: s.pods.state(),
-            services: s.services.state(),
-            endpoint_slices: s.endpoint_slices.state(),
-            network_policies: s.network_policies.state(),
-            service_cidrs: s.service_cidrs.state(),
+            nodes: state(&s.nodes),
+            namespaces: state(&s.namespaces),
+            pods: state(&s.pods),
+            services: state(&s.services),
+            endpoint_slices: state(&s.endpoint_slices),
+            network_policies: state(&s.network_policies),
+            service_cidrs: state(&s.service_cidrs),
         }
         .sorted()
+    }
+
+    /// The kinds being watched.
+    pub fn watched(&self) -> Vec<Kind> {
+        self.kinds.iter().map(|(kind, _)| *kind).collect()
     }
 
     /// Stops every watcher (the stores keep their last contents).
@@ -151,6 +190,13 @@ impl Cache {
             task.abort();
         }
     }
+}
+
+fn state<K: Resource<DynamicType = ()> + Clone>(store: &Option<Store<K>>) -> Vec<Arc<K>>
+where
+    K::DynamicType: std::hash::Hash + Eq,
+{
+    store.as_ref().map(Store::state).unwrap_or_default()
 }
 
 struct WatchContext {
@@ -196,11 +242,11 @@ impl WatchContext {
                         };
                         if visible {
                             state.generation.send_modify(|g| *g += 1);
-                            metrics.set_cache_objects(kind, store.len());
+                            metrics.set_cache_objects(kind.as_str(), store.len());
                         }
                     }
                     Err(err) => {
-                        metrics.watch_restarted(kind);
+                        metrics.watch_restarted(kind.as_str());
                         tracing::warn!(%kind, error = %err, "watch failed; retrying with backoff");
                     }
                 }

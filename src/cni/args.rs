@@ -1,5 +1,8 @@
 use std::path::PathBuf;
 
+use crate::network::NetworkConfig;
+
+/// The CNI controller's own flags (the pod MTU is the node network's `--mtu`).
 #[derive(Clone, Debug, clap::Args)]
 pub struct CniArgs {
     /// Where the conflist is written.
@@ -12,9 +15,6 @@ pub struct CniArgs {
         default_value = "10-kubewire.conflist"
     )]
     pub cni_conf_file: String,
-    /// The pod MTU; else the node interface's MTU minus the overlay overhead.
-    #[arg(long, env = "KUBEWIRE_MTU")]
-    pub mtu: Option<u32>,
     /// Where host-local keeps its leases (the conflist's ipam.dataDir); else the
     /// plugin's default, /var/lib/cni/networks.
     #[arg(long, env = "KUBEWIRE_CNI_IPAM_DATA_DIR")]
@@ -22,8 +22,21 @@ pub struct CniArgs {
 }
 
 impl CniArgs {
-    /// The conflist's path: --cni-conf-dir / --cni-conf-file.
-    pub fn conf_path(&self) -> PathBuf {
-        self.cni_conf_dir.join(&self.cni_conf_file)
+    pub fn config(&self, network: &NetworkConfig) -> CniConfig {
+        CniConfig {
+            conf_path: self.cni_conf_dir.join(&self.cni_conf_file),
+            ipam_data_dir: self.cni_ipam_data_dir.clone(),
+            network: network.clone(),
+        }
     }
+}
+
+/// What the CNI controller writes, and where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CniConfig {
+    /// The conflist's path: --cni-conf-dir / --cni-conf-file.
+    pub conf_path: PathBuf,
+    /// host-local's `dataDir`, when not its default.
+    pub ipam_data_dir: Option<PathBuf>,
+    pub network: NetworkConfig,
 }

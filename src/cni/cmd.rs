@@ -1,10 +1,9 @@
-use crate::agent::{self, AgentArgs, ControllerKind};
-use crate::cli::{self, NodeManifestsArg};
+use crate::network::NetworkArgs;
+use crate::offline::{self, NodeManifestsArg};
 
+/// The CNI controller's offline verbs.
 #[derive(Debug, clap::Subcommand)]
 pub enum CniCommand {
-    /// Run the CNI config controller alone.
-    Run(Box<AgentArgs>),
     /// The conflist this node would write (the node interface's MTU taken as 1500
     /// unless --mtu is given).
     Plan(PlanArgs),
@@ -17,13 +16,12 @@ pub struct PlanArgs {
     #[command(flatten)]
     pub cni: super::CniArgs,
     #[command(flatten)]
-    pub routing: crate::routing::RoutingArgs,
+    pub network: NetworkArgs,
 }
 
 pub async fn dispatch(cmd: CniCommand) -> anyhow::Result<()> {
     match cmd {
-        CniCommand::Run(args) => agent::run(*args, &[ControllerKind::Cni]).await,
-        CniCommand::Plan(args) => cli::print(plan(&args)),
+        CniCommand::Plan(args) => offline::print(plan(&args)),
     }
 }
 
@@ -33,8 +31,7 @@ pub fn plan(args: &PlanArgs) -> anyhow::Result<String> {
     let conflist = super::compile::compile(
         &snapshot,
         &args.target.node,
-        &args.cni,
-        &args.routing,
+        &args.cni.config(&args.network.config()),
         super::compile::DEFAULT_LINK_MTU,
     )?;
     Ok(String::from_utf8(conflist.to_bytes())?)

@@ -9,14 +9,14 @@ use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 use serde_json::Map;
 
-use super::CniArgs;
+use super::CniConfig;
 use super::model::{
     BRIDGE_NAME, BridgePlugin, CNI_VERSION, Capabilities, Conflist, HostLocalIpam, IpRange,
     LoopbackPlugin, NETWORK_NAME, Plugin, PortmapPlugin, Route,
 };
 use crate::cache::Snapshot;
+use crate::network::NetworkConfig;
 use crate::node::{self, FieldProblem, KUBE_ROUTER_POD_CIDRS, KUBEWIRE_POD_CIDRS, PodCidr};
-use crate::routing::RoutingArgs;
 
 /// The interface MTU assumed when there is no kernel to ask (offline `cni plan`).
 pub const DEFAULT_LINK_MTU: u32 = 1500;
@@ -54,8 +54,7 @@ pub enum CniConfigError {
 pub fn compile(
     snapshot: &Snapshot,
     node_name: &str,
-    cni: &CniArgs,
-    routing: &RoutingArgs,
+    cni: &CniConfig,
     link_mtu: u32,
 ) -> Result<Conflist, CniConfigError> {
     let node = snapshot
@@ -65,7 +64,7 @@ pub fn compile(
         })?;
     let pod_ranges = pod_ranges(node)?;
     let cidrs: Vec<IpNet> = pod_ranges.iter().map(|r| r.subnet).collect();
-    let mtu = pod_mtu(node_name, &cidrs, cni.mtu, link_mtu, routing)?;
+    let mtu = pod_mtu(node_name, &cidrs, link_mtu, &cni.network)?;
     let ranges = pod_ranges.into_iter().map(|r| vec![r]).collect();
     let mut routes = Vec::new();
     if cidrs.iter().any(|c| c.addr().is_ipv4()) {
@@ -91,7 +90,7 @@ pub fn compile(
                     ipam_type: "host-local".to_string(),
                     ranges,
                     routes,
-                    data_dir: cni.cni_ipam_data_dir.clone(),
+                    data_dir: cni.ipam_data_dir.clone(),
                     extra: Map::new(),
                 },
                 extra: Map::new(),
@@ -166,9 +165,9 @@ fn bad_pod_cidr(problem: FieldProblem) -> CniConfigError {
 /// The address that identifies the node on the underlay: the primary of
 /// [`node::underlay_ips`] (`--node-ip`, else the first InternalIP), as routing
 /// chooses it.
-pub fn node_ip(node: &Node, routing: &RoutingArgs) -> Result<IpAddr, CniConfigError> {
+pub fn node_ip(node: &Node, network: &NetworkConfig) -> Result<IpAddr, CniConfigError> {
     let (addresses, _) = node::ip_addresses(node);
-    node::underlay_ips(&addresses, routing.node_ip)
+    node::underlay_ips(&addresses, network.node_ip)
         .first()
         .copied()
         .ok_or_else(|| CniConfigError::NoNodeIp {
@@ -179,11 +178,10 @@ pub fn node_ip(node: &Node, routing: &RoutingArgs) -> Result<IpAddr, CniConfigEr
 fn pod_mtu(
     node: &str,
     cidrs: &[IpNet],
-    flag: Option<u32>,
     link_mtu: u32,
-    routing: &RoutingArgs,
+    network: &NetworkConfig,
 ) -> Result<u32, CniConfigError> {
-    let mtu = flag.unwrap_or_else(|| link_mtu.saturating_sub(routing.overlay_overhead()));
+    let mtu = network.pod_mtu(link_mtu);
     let (minimum, family) = if cidrs.iter().any(|c| c.addr().is_ipv6()) {
         (1280, "IPv6")
     } else {
@@ -206,7 +204,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::routing::{OverlayEncap, OverlayType};
+    use crate::network::{OverlayEncap, OverlayType};
     use serde_json::json;
 
     fn node(value: serde_json::Value) -> Arc<Node> {
@@ -221,22 +219,44 @@ mod tests {
         .sorted()
     }
 
-    fn cni_args(mtu: Option<u32>) -> CniArgs {
-        CniArgs {
-            cni_conf_dir: PathBuf::from("/etc/cni/net.d"),
-            cni_conf_file: "10-kubewire.conflist".into(),
-            mtu,
-            cni_ipam_data_dir: None,
+    fn cni_args(mtu: Option<u32>) -> CniConfig {
+        CniConfig {
+            conf_path: PathBuf::from("/etc/cni/net.d/10-kubewire.conflist"),
+            ipam_data_dir: None,
+            network: NetworkConfig {
+                pod_mtu: mtu,
+                ..routing(OverlayType::Subnet, OverlayEncap::Vxlan)
+            },
         }
     }
 
-    fn routing(overlay_type: OverlayType, overlay_encap: OverlayEncap) -> RoutingArgs {
-        RoutingArgs {
+    fn routing(overlay_type: OverlayType, overlay_encap: OverlayEncap) -> NetworkConfig {
+        NetworkConfig {
             node_ip: None,
             overlay_type,
             overlay_encap,
-            pod_egress_masquerade: true,
+            pod_mtu: None,
+            service_cidrs: Vec::new(),
         }
+    }
+
+    /// The conflist with `cni`'s files and `--mtu` and `network`'s overlay.
+    fn compile(
+        snapshot: &Snapshot,
+        node: &str,
+        cni: &CniConfig,
+        network: &NetworkConfig,
+        link_mtu: u32,
+    ) -> Result<Conflist, CniConfigError> {
+        let network = NetworkConfig {
+            pod_mtu: cni.network.pod_mtu,
+            ..network.clone()
+        };
+        let cni = CniConfig {
+            network,
+            ..cni.clone()
+        };
+        super::compile(snapshot, node, &cni, link_mtu)
     }
 
     fn cidrs_of(value: serde_json::Value) -> Result<Vec<String>, String> {
@@ -315,7 +335,7 @@ mod tests {
             &'a [IpNet],
             Option<u32>,
             u32,
-            &'a RoutingArgs,
+            &'a NetworkConfig,
             Result<u32, &'a str>,
         );
         let cases: [Case; 6] = [
@@ -333,7 +353,11 @@ mod tests {
             (&v4, None, 40, &vxlan, Err("below the minimum 576 for IPv4")),
         ];
         for (cidrs, flag, link, routing, want) in cases {
-            let got = pod_mtu("n1", cidrs, flag, link, routing).map_err(|e| e.to_string());
+            let network = NetworkConfig {
+                pod_mtu: flag,
+                ..routing.clone()
+            };
+            let got = pod_mtu("n1", cidrs, link, &network).map_err(|e| e.to_string());
             match (got, want) {
                 (Ok(got), Ok(want)) => assert_eq!(got, want),
                 (Err(got), Err(want)) => assert!(got.contains(want), "{got}"),
@@ -349,7 +373,7 @@ mod tests {
             "spec": {"podCIDRs": ["10.244.2.0/24", "fd00:10:244:2::/64"]}
         }))]);
         let mut cni = cni_args(None);
-        cni.cni_ipam_data_dir = Some(PathBuf::from("/tmp/ipam"));
+        cni.ipam_data_dir = Some(PathBuf::from("/tmp/ipam"));
         let conflist = compile(
             &snapshot,
             "n2",

@@ -21,42 +21,74 @@ pub mod compile;
 pub mod link;
 pub mod model;
 
-pub use args::CniArgs;
-
-use std::path::PathBuf;
+pub use args::{CniArgs, CniConfig};
 
 use anyhow::Context;
 use prometheus_client::metrics::counter::Counter;
 
-use crate::agent::{AgentArgs, ControllerContext, reconcile_loop};
 use crate::cache::{Kind, Snapshot};
+use crate::runtime::{Controller, SyncReason, Synced};
+use crate::telemetry::Metrics;
 use apply::WriteOutcome;
 
-/// Watches this node's Node and keeps the conflist on disk in step with it.
-pub async fn run_controller(ctx: ControllerContext) -> anyhow::Result<()> {
-    let writes = Counter::<u64>::default();
-    ctx.metrics.register(
-        "kubewire_cni_config_writes",
-        "Times the CNI conflist was (re)written because its content changed",
-        writes.clone(),
-    );
-    let args = ctx.args.clone();
-    let node_name = ctx.node_name.clone();
-    reconcile_loop(&ctx, &[Kind::Node], |snapshot, _reason| {
-        let (args, node_name, writes) = (args.clone(), node_name.clone(), writes.clone());
-        async move {
-            let path = args.cni.conf_path();
-            let outcome = tokio::task::spawn_blocking(move || sync(&snapshot, &node_name, &args))
-                .await
-                .context("the CNI sync task panicked")??;
-            if outcome == WriteOutcome::Written {
-                writes.inc();
-                tracing::info!(path = %path.display(), "wrote the CNI config");
-            }
-            Ok(())
+/// Keeps this node's conflist on disk in step with its Node.
+pub struct CniController {
+    node: String,
+    config: std::sync::Arc<CniConfig>,
+    writes: Counter,
+}
+
+impl CniController {
+    pub fn new(node: String, config: CniConfig, metrics: &Metrics) -> Self {
+        let writes = Counter::<u64>::default();
+        metrics.register(
+            "kubewire_cni_config_writes",
+            "Times the CNI conflist was (re)written because its content changed",
+            writes.clone(),
+        );
+        Self {
+            node,
+            config: std::sync::Arc::new(config),
+            writes,
         }
-    })
-    .await
+    }
+}
+
+impl Controller for CniController {
+    fn name(&self) -> &'static str {
+        "cni"
+    }
+
+    fn kinds(&self) -> &'static [Kind] {
+        &[Kind::Node]
+    }
+
+    async fn sync(&mut self, snapshot: &Snapshot, _reason: SyncReason) -> anyhow::Result<Synced> {
+        let (snapshot, node, config) = (snapshot.clone(), self.node.clone(), self.config.clone());
+        let outcome = tokio::task::spawn_blocking(move || sync(&snapshot, &node, &config))
+            .await
+            .context("the CNI sync task panicked")??;
+        if outcome == WriteOutcome::Written {
+            self.writes.inc();
+            tracing::info!(path = %self.config.conf_path.display(), "wrote the CNI config");
+        }
+        Ok(Synced::default())
+    }
+
+    /// Removes the conflist if this agent wrote it (its network name is `kubewire`).
+    async fn cleanup(&mut self) -> anyhow::Result<()> {
+        let path = self.config.conf_path.clone();
+        let removed = tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || apply::remove_if_ours(&path)
+        })
+        .await
+        .context("the CNI cleanup task panicked")??;
+        if removed {
+            tracing::info!(path = %path.display(), "removed the CNI config");
+        }
+        Ok(())
+    }
 }
 
 /// One sync: compile this node's conflist (asking the kernel for the interface MTU
@@ -64,9 +96,9 @@ pub async fn run_controller(ctx: ControllerContext) -> anyhow::Result<()> {
 pub fn sync(
     snapshot: &Snapshot,
     node_name: &str,
-    args: &AgentArgs,
+    config: &CniConfig,
 ) -> anyhow::Result<WriteOutcome> {
-    let link_mtu = match args.cni.mtu {
+    let link_mtu = match config.network.pod_mtu {
         Some(_) => compile::DEFAULT_LINK_MTU,
         None => {
             let node =
@@ -75,31 +107,15 @@ pub fn sync(
                     .ok_or_else(|| compile::CniConfigError::NodeNotFound {
                         node: node_name.to_string(),
                     })?;
-            let ip = compile::node_ip(node, &args.routing)?;
+            let ip = compile::node_ip(node, &config.network)?;
             let (interface, mtu) = link::link_mtu_for_address(ip)
                 .with_context(|| format!("Node {node_name}: finding the pod MTU"))?;
             tracing::debug!(%ip, %interface, mtu, "node interface");
             mtu
         }
     };
-    let conflist = compile::compile(snapshot, node_name, &args.cni, &args.routing, link_mtu)?;
-    let path: PathBuf = args.cni.conf_path();
-    apply::write_conflist(&path, conflist)
-}
-
-/// Removes the conflist if this agent wrote it (its network name is `kubewire`).
-pub async fn cleanup(args: &AgentArgs) -> anyhow::Result<()> {
-    let path = args.cni.conf_path();
-    let removed = tokio::task::spawn_blocking({
-        let path = path.clone();
-        move || apply::remove_if_ours(&path)
-    })
-    .await
-    .context("the CNI cleanup task panicked")??;
-    if removed {
-        tracing::info!(path = %path.display(), "removed the CNI config");
-    }
-    Ok(())
+    let conflist = compile::compile(snapshot, node_name, config, link_mtu)?;
+    apply::write_conflist(&config.conf_path, conflist)
 }
 
 #[cfg(test)]
@@ -115,11 +131,14 @@ mod tests {
     #[derive(Parser)]
     struct Flags {
         #[command(flatten)]
-        agent: AgentArgs,
+        cni: CniArgs,
+        #[command(flatten)]
+        network: crate::network::NetworkArgs,
     }
 
-    fn args(extra: &[&str]) -> AgentArgs {
-        Flags::parse_from(["kubewire"].iter().chain(extra)).agent
+    fn args(extra: &[&str]) -> CniConfig {
+        let flags = Flags::parse_from(["kubewire"].iter().chain(extra));
+        flags.cni.config(&flags.network.config())
     }
 
     fn snapshot(node: serde_json::Value) -> Snapshot {
@@ -151,7 +170,7 @@ mod tests {
             WriteOutcome::Written
         );
         let written: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(args.cni.conf_path()).unwrap()).unwrap();
+            serde_json::from_slice(&std::fs::read(&args.conf_path).unwrap()).unwrap();
         assert_eq!(
             written["plugins"][0]["ipam"]["ranges"][0][0]["subnet"],
             "10.244.7.0/24"
@@ -160,8 +179,9 @@ mod tests {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        runtime.block_on(cleanup(&args)).unwrap();
-        assert!(!args.cni.conf_path().exists());
+        let mut controller = CniController::new("n1".into(), args.clone(), &Metrics::new());
+        runtime.block_on(controller.cleanup()).unwrap();
+        assert!(!args.conf_path.exists());
     }
 
     #[test]
@@ -183,7 +203,7 @@ mod tests {
         let args = args(&["--cni-conf-dir", dir_flag, "--node-ip", "127.0.0.1"]);
         sync(&state, "n1", &args).unwrap();
         let written: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(args.cni.conf_path()).unwrap()).unwrap();
+            serde_json::from_slice(&std::fs::read(&args.conf_path).unwrap()).unwrap();
         let lo = link::interface_mtu("lo").unwrap();
         assert_eq!(written["plugins"][0]["mtu"], lo - 50);
         let missing = sync(&state, "n9", &args).unwrap_err().to_string();

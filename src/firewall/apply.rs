@@ -19,8 +19,8 @@ use super::kernel::Kernel;
 use super::metrics::{FirewallMetrics, PolicyLabel, TransactionLabel};
 use super::model::{FAMILY, Ruleset, SetKind, TABLE};
 use super::render::{self, Transaction};
-use crate::agent::SyncReason;
 use crate::nft::{Nft, NftError, listing_items};
+use crate::runtime::SyncReason;
 
 /// One periodic check in this many also compares set elements.
 pub const FULL_CHECK_EVERY: u64 = 10;

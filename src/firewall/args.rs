@@ -7,3 +7,14 @@ pub struct FirewallArgs {
     #[arg(long, env = "KUBEWIRE_FIREWALL_LOG_GROUP")]
     pub firewall_log_group: Option<u16>,
 }
+
+impl FirewallArgs {
+    /// The compile settings for `node`.
+    pub fn config(&self, node: &str) -> super::compile::CompileOptions {
+        super::compile::CompileOptions {
+            node: node.to_string(),
+            default_deny: self.firewall_default_deny,
+            log_group: self.firewall_log_group,
+        }
+    }
+}

@@ -1,11 +1,9 @@
 use super::FirewallInput;
-use crate::agent::{self, AgentArgs, ControllerKind};
-use crate::cli::{self, ManifestsArg, NodeManifestsArg, OutputFormat};
+use crate::offline::{self, ManifestsArg, NodeManifestsArg, OutputFormat};
 
+/// The firewall's offline verbs.
 #[derive(Debug, clap::Subcommand)]
 pub enum FirewallCommand {
-    /// Run the firewall controller alone.
-    Run(Box<AgentArgs>),
     /// The nftables ruleset this node would apply, as `nft -f` text.
     Plan(PlanArgs),
     /// The reachability the policies imply, for every ordered pair of pods.
@@ -50,10 +48,9 @@ pub struct ExplainArgs {
 
 pub async fn dispatch(cmd: FirewallCommand) -> anyhow::Result<()> {
     match cmd {
-        FirewallCommand::Run(args) => agent::run(*args, &[ControllerKind::Firewall]).await,
-        FirewallCommand::Plan(args) => cli::print(plan(&args)),
-        FirewallCommand::Matrix(args) => cli::print(matrix(&args)),
-        FirewallCommand::Explain(args) => cli::print(explain(&args)),
+        FirewallCommand::Plan(args) => offline::print(plan(&args)),
+        FirewallCommand::Matrix(args) => offline::print(matrix(&args)),
+        FirewallCommand::Explain(args) => offline::print(explain(&args)),
     }
 }
 
@@ -71,11 +68,7 @@ fn load(manifests: &ManifestsArg) -> anyhow::Result<FirewallInput> {
 pub fn plan(args: &PlanArgs) -> anyhow::Result<String> {
     let node = &args.target.node;
     let input = load(&args.target.manifests)?;
-    let options = super::compile::CompileOptions {
-        node: node.clone(),
-        default_deny: args.firewall.firewall_default_deny,
-        log_group: args.firewall.firewall_log_group,
-    };
+    let options = args.firewall.config(node);
     if !input.cluster.nodes.contains_key(node)
         && !input
             .cluster

@@ -39,7 +39,6 @@ pub struct FirewallMetrics {
     pub set_elements: Gauge,
     pub drops: Family<PolicyLabel, Counter>,
     pub drift_repairs: Counter,
-    pub bad_objects: Gauge,
 }
 
 impl Default for FirewallMetrics {
@@ -52,7 +51,6 @@ impl Default for FirewallMetrics {
             set_elements: Gauge::default(),
             drops: Family::default(),
             drift_repairs: Counter::default(),
-            bad_objects: Gauge::default(),
         }
     }
 }
@@ -95,11 +93,6 @@ impl FirewallMetrics {
             "kubewire_firewall_drift_repairs",
             "Times the table was found changed or missing and rewritten",
             this.drift_repairs.clone(),
-        );
-        metrics.register(
-            "kubewire_firewall_bad_objects",
-            "Policies and object fields left out because they do not parse",
-            this.bad_objects.clone(),
         );
         this
     }

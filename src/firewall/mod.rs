@@ -26,82 +26,66 @@ pub mod policy;
 pub mod render;
 pub mod selector;
 
-use std::sync::Arc;
-
 pub use args::FirewallArgs;
 pub use input::FirewallInput;
 
-use crate::agent::{AgentArgs, ControllerContext};
-use crate::cache::Kind;
+use crate::cache::{Kind, Snapshot};
+use crate::runtime::{Controller, SyncReason, Synced};
+use crate::telemetry::Metrics;
 
 /// The kinds the firewall reads.
 pub const KINDS: [Kind; 4] = [Kind::Pod, Kind::Namespace, Kind::NetworkPolicy, Kind::Node];
 
-/// Runs the firewall on this node until the agent stops.
-pub async fn run_controller(ctx: ControllerContext) -> anyhow::Result<()> {
-    let options = compile::CompileOptions {
-        node: ctx.node_name.clone(),
-        default_deny: ctx.args.firewall.firewall_default_deny,
-        log_group: ctx.args.firewall.firewall_log_group,
-    };
-    for problem in crate::nft::enable_bridge_netfilter() {
-        tracing::warn!(%problem, "bridge netfilter is unavailable: traffic between pods on one bridge is not policed");
-    }
-    let metrics = metrics::FirewallMetrics::register(&ctx.metrics);
-    let state = Arc::new(tokio::sync::Mutex::new(State {
-        reader: input::InputReader::default(),
-        compiler: compile::IncrementalCompiler::new(options),
-        reconciler: apply::Reconciler::new(crate::nft::Nft::default(), metrics.clone()),
-        reported: Vec::new(),
-    }));
-    crate::agent::reconcile_loop(&ctx, &KINDS, move |snapshot, reason| {
-        let (state, metrics) = (state.clone(), metrics.clone());
-        async move {
-            let mut state = state.lock().await;
-            let input = state.reader.read(&snapshot);
-            report_bad_objects(&input.errors, &mut state.reported);
-            metrics
-                .bad_objects
-                .set(i64::try_from(input.errors.len()).unwrap_or(i64::MAX));
-            let desired = state.compiler.compile(input);
-            let applied = state.reconciler.sync(desired, reason).await?;
-            if let apply::Applied::Incremental { transaction } = &applied {
-                tracing::debug!(
-                    commands = transaction.commands.len(),
-                    size = transaction.size(),
-                    "firewall updated"
-                );
-            }
-            Ok(())
-        }
-    })
-    .await
-}
-
-/// What the controller keeps between syncs.
-struct State {
+/// Keeps this node's `inet kubewire` table equal to what the policies compile to.
+pub struct FirewallController {
     reader: input::InputReader,
     compiler: compile::IncrementalCompiler,
     reconciler: apply::Reconciler,
-    /// Bad objects already logged.
-    reported: Vec<String>,
 }
 
-/// Logs each bad object once, when it first appears.
-fn report_bad_objects(errors: &[String], reported: &mut Vec<String>) {
-    for error in errors.iter().filter(|e| !reported.contains(e)) {
-        tracing::warn!(%error, "ignoring a bad object");
+impl FirewallController {
+    pub fn new(options: compile::CompileOptions, metrics: &Metrics) -> Self {
+        let metrics = metrics::FirewallMetrics::register(metrics);
+        Self {
+            reader: input::InputReader::default(),
+            compiler: compile::IncrementalCompiler::new(options),
+            reconciler: apply::Reconciler::new(crate::nft::Nft::default(), metrics),
+        }
     }
-    *reported = errors.to_vec();
 }
 
-/// Removes the firewall's nftables table (and nothing else).
-pub async fn cleanup(_args: &AgentArgs) -> anyhow::Result<()> {
-    if crate::nft::Nft::default()
-        .delete_table(model::FAMILY, model::TABLE)
-        .await?
-    {
-        tracing::info!("deleted table {} {}", model::FAMILY, model::TABLE);
+impl Controller for FirewallController {
+    fn name(&self) -> &'static str {
+        "firewall"
     }
-    Ok(())
+
+    fn kinds(&self) -> &'static [Kind] {
+        &KINDS
+    }
+
+    async fn sync(&mut self, snapshot: &Snapshot, reason: SyncReason) -> anyhow::Result<Synced> {
+        let input = self.reader.read(snapshot);
+        let bad_objects = input.errors.clone();
+        let desired = self.compiler.compile(input);
+        let applied = self.reconciler.sync(desired, reason).await?;
+        if let apply::Applied::Incremental { transaction } = &applied {
+            tracing::debug!(
+                commands = transaction.commands.len(),
+                size = transaction.size(),
+                "firewall updated"
+            );
+        }
+        Ok(Synced { bad_objects })
+    }
+
+    /// Removes the firewall's nftables table (and nothing else).
+    async fn cleanup(&mut self) -> anyhow::Result<()> {
+        if crate::nft::Nft::default()
+            .delete_table(model::FAMILY, model::TABLE)
+            .await?
+        {
+            tracing::info!("deleted table {} {}", model::FAMILY, model::TABLE);
+        }
+        Ok(())
+    }
 }

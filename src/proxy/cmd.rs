@@ -1,12 +1,10 @@
 use super::model::{Protocol, ServiceMap};
 use super::services;
-use crate::agent::{self, AgentArgs, ControllerKind};
-use crate::cli::{self, NodeManifestsArg, OutputFormat};
+use crate::offline::{self, NodeManifestsArg, OutputFormat};
 
+/// The service proxy's offline verbs.
 #[derive(Debug, clap::Subcommand)]
 pub enum ProxyCommand {
-    /// Run the service proxy alone.
-    Run(Box<AgentArgs>),
     /// The IPVS virtual/real servers and nftables rules this node would program.
     Plan(PlanArgs),
     /// What this node's proxy does to one packet.
@@ -44,9 +42,8 @@ pub struct TraceArgs {
 
 pub async fn dispatch(cmd: ProxyCommand) -> anyhow::Result<()> {
     match cmd {
-        ProxyCommand::Run(args) => agent::run(*args, &[ControllerKind::Proxy]).await,
-        ProxyCommand::Plan(args) => cli::print(plan(&args)),
-        ProxyCommand::Trace(args) => cli::print(trace(&args)),
+        ProxyCommand::Plan(args) => offline::print(plan(&args)),
+        ProxyCommand::Trace(args) => offline::print(trace(&args)),
     }
 }
 

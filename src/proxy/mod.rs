@@ -10,12 +10,12 @@ pub mod nftables;
 pub mod services;
 pub mod trace;
 
-use std::sync::Arc;
-
 pub use args::{ProxyArgs, ProxyBackend};
 
-use crate::agent::{AgentArgs, ControllerContext};
-use crate::cache::Kind;
+use ipnet::IpNet;
+
+use crate::cache::{Kind, Snapshot};
+use crate::runtime::{Controller, SyncReason, Synced};
 
 /// The kinds the proxy reads.
 pub const KINDS: [Kind; 4] = [
@@ -28,62 +28,55 @@ pub const KINDS: [Kind; 4] = [
 /// The error for `--proxy-backend ipvs` / `proxy plan --backend ipvs`.
 pub const IPVS_NOT_BUILT: &str = "the IPVS backend is not built in this kubewire; use the nftables backend (--proxy-backend=nftables)";
 
-/// Runs the service proxy on this node until the agent stops.
-pub async fn run_controller(ctx: ControllerContext) -> anyhow::Result<()> {
-    if ctx.args.proxy.proxy_backend == ProxyBackend::Ipvs {
-        anyhow::bail!(IPVS_NOT_BUILT);
-    }
-    for problem in crate::nft::enable_bridge_netfilter() {
-        tracing::warn!(%problem, "bridge netfilter is unavailable: replies between pods on one bridge bypass the Service NAT");
-    }
-    let reconciler = Arc::new(tokio::sync::Mutex::new(nftables::apply::Reconciler::new(
-        nftables::nft::ProxyNft::default(),
-    )));
-    let reported = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let node = ctx.node_name.clone();
-    let default_cidrs = ctx.args.proxy.service_cluster_ip_range.clone();
-    crate::agent::reconcile_loop(&ctx, &KINDS, move |snapshot, reason| {
-        let (reconciler, reported, node, default_cidrs) = (
-            reconciler.clone(),
-            reported.clone(),
-            node.clone(),
-            default_cidrs.clone(),
-        );
-        async move {
-            let map = services::build(&snapshot, &node, &default_cidrs);
-            let (ruleset, problems) = nftables::compile::compile(&map);
-            let mut errors = map.errors.clone();
-            errors.extend(problems);
-            report_bad_objects(&errors, &reported);
-            let applied = reconciler.lock().await.sync(ruleset, reason).await?;
-            if applied != nftables::apply::Applied::Nothing {
-                tracing::debug!(?applied, ports = map.ports.len(), "service proxy updated");
-            }
-            Ok(())
+/// Keeps this node's `inet kubewire-proxy` table equal to what its Services compile to.
+pub struct ProxyController {
+    node: String,
+    /// Service CIDRs when the cluster has no ServiceCIDR objects.
+    default_cidrs: Vec<IpNet>,
+    reconciler: nftables::apply::Reconciler,
+}
+
+impl ProxyController {
+    pub fn new(node: String, default_cidrs: Vec<IpNet>) -> Self {
+        Self {
+            node,
+            default_cidrs,
+            reconciler: nftables::apply::Reconciler::new(nftables::nft::ProxyNft::default()),
         }
-    })
-    .await
+    }
 }
 
-/// Logs each problem once, when it first appears.
-fn report_bad_objects(errors: &[String], reported: &std::sync::Mutex<Vec<String>>) {
-    let Ok(mut reported) = reported.lock() else {
-        return;
-    };
-    for error in errors.iter().filter(|e| !reported.contains(e)) {
-        tracing::warn!(%error, "ignoring a bad object or field");
+impl Controller for ProxyController {
+    fn name(&self) -> &'static str {
+        "proxy"
     }
-    *reported = errors.to_vec();
-}
 
-/// Removes the proxy's nftables table (and nothing else; there are no IPVS services).
-pub async fn cleanup(_args: &AgentArgs) -> anyhow::Result<()> {
-    if nftables::nft::ProxyNft::default().delete_table().await? {
-        tracing::info!(
-            "deleted table {} {}",
-            nftables::ruleset::FAMILY,
-            nftables::ruleset::TABLE
-        );
+    fn kinds(&self) -> &'static [Kind] {
+        &KINDS
     }
-    Ok(())
+
+    async fn sync(&mut self, snapshot: &Snapshot, reason: SyncReason) -> anyhow::Result<Synced> {
+        let map = services::build(snapshot, &self.node, &self.default_cidrs);
+        let (ruleset, problems) = nftables::compile::compile(&map);
+        let mut bad_objects = map.errors.clone();
+        bad_objects.extend(problems);
+        let applied = self.reconciler.sync(ruleset, reason).await?;
+        if applied != nftables::apply::Applied::Nothing {
+            tracing::debug!(?applied, ports = map.ports.len(), "service proxy updated");
+        }
+        Ok(Synced { bad_objects })
+    }
+
+    /// Removes the proxy's nftables table (and nothing else; there are no IPVS
+    /// services).
+    async fn cleanup(&mut self) -> anyhow::Result<()> {
+        if nftables::nft::ProxyNft::default().delete_table().await? {
+            tracing::info!(
+                "deleted table {} {}",
+                nftables::ruleset::FAMILY,
+                nftables::ruleset::TABLE
+            );
+        }
+        Ok(())
+    }
 }

@@ -18,9 +18,9 @@ use super::metrics::RoutingMetrics;
 use super::model::*;
 use super::netlink::{Link, Netlink, NetlinkError, RouteSpec};
 use super::ruleset;
-use crate::agent::SyncReason;
 use crate::cache::Snapshot;
 use crate::nft::Nft;
+use crate::runtime::SyncReason;
 
 /// What one sync changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -47,7 +47,6 @@ pub struct Reconciler {
     netlink: Netlink,
     metrics: RoutingMetrics,
     applied_nft: Option<AppliedTable>,
-    reported_problems: Vec<String>,
 }
 
 /// Failed changes of one sync, each counted in the metrics.
@@ -71,8 +70,12 @@ impl Reconciler {
             netlink: Netlink::connect()?,
             metrics,
             applied_nft: None,
-            reported_problems: Vec::new(),
         })
+    }
+
+    /// The socket, for [`cleanup`].
+    pub fn netlink(&self) -> &Netlink {
+        &self.netlink
     }
 
     /// The subnets and MTU of the interfaces holding `node_ips`.
@@ -99,27 +102,23 @@ impl Reconciler {
         Ok(facts)
     }
 
-    /// Compiles `node`'s plan from `snapshot` against this kernel and applies it.
+    /// Compiles `node`'s plan from `snapshot` against this kernel and applies it;
+    /// returns what changed and the parts of the cluster state the plan left out.
     pub async fn sync(
         &mut self,
         snapshot: &Snapshot,
         node: &str,
         options: &CompileOptions,
         reason: SyncReason,
-    ) -> anyhow::Result<SyncReport> {
-        let node_ips = compile::node_ips(snapshot, node, &options.routing)?;
+    ) -> anyhow::Result<(SyncReport, Vec<String>)> {
+        let node_ips = compile::node_ips(snapshot, node, &options.network)?;
         let host = self.host_facts(&node_ips).await?;
         if host.local_subnets.is_empty() {
             tracing::warn!(node, addresses = ?node_ips, "none of the node's addresses is on an interface: every peer counts as another subnet");
         }
         let plan = compile::compile(snapshot, node, options, &host)?;
-        if plan.problems != self.reported_problems {
-            for problem in &plan.problems {
-                tracing::warn!(problem = %problem, "routing ignores part of the cluster state");
-            }
-            self.reported_problems = plan.problems.clone();
-        }
-        self.apply(&plan, reason).await
+        let report = self.apply(&plan, reason).await?;
+        Ok((report, plan.problems))
     }
 
     /// Makes the kernel match `plan`.

@@ -5,16 +5,15 @@ use std::fmt::Write;
 use ipnet::IpNet;
 use serde::Serialize;
 
-use super::compile::{self, CompileOptions, HostFacts};
+use super::compile::{self, HostFacts};
 use super::model::{RoutingPlan, Tunnel};
 use super::ruleset;
-use crate::agent::{self, AgentArgs, ControllerKind};
-use crate::cli::{self, NodeManifestsArg, OutputFormat};
+use crate::network::NetworkArgs;
+use crate::offline::{self, NodeManifestsArg, OutputFormat};
 
+/// The routing controller's offline verbs.
 #[derive(Debug, clap::Subcommand)]
 pub enum RoutingCommand {
-    /// Run the routing controller alone.
-    Run(Box<AgentArgs>),
     /// The bridge, routes, tunnels and nftables rules this node would install.
     Plan(RoutingPlanArgs),
 }
@@ -26,6 +25,8 @@ pub struct RoutingPlanArgs {
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub format: OutputFormat,
     #[command(flatten)]
+    pub network: NetworkArgs,
+    #[command(flatten)]
     pub routing: super::RoutingArgs,
     /// A subnet the node reaches without a router (repeatable). The agent reads these
     /// from the kernel; without the flag the plan assumes the /24 (IPv4) and /64
@@ -35,18 +36,11 @@ pub struct RoutingPlanArgs {
     /// The MTU of the node's underlay interface (the agent reads it from the kernel).
     #[arg(long, default_value_t = 1500)]
     pub underlay_mtu: u32,
-    /// The pod MTU; else the underlay MTU minus the overlay overhead.
-    #[arg(long)]
-    pub mtu: Option<u32>,
-    /// Service CIDRs when the manifests have no ServiceCIDR objects.
-    #[arg(long, value_delimiter = ',', default_value = "10.96.0.0/12")]
-    pub service_cluster_ip_range: Vec<IpNet>,
 }
 
 pub async fn dispatch(cmd: RoutingCommand) -> anyhow::Result<()> {
     match cmd {
-        RoutingCommand::Run(args) => agent::run(*args, &[ControllerKind::Routing]).await,
-        RoutingCommand::Plan(args) => cli::print(plan(&args)),
+        RoutingCommand::Plan(args) => offline::print(plan(&args)),
     }
 }
 
@@ -61,7 +55,8 @@ struct PlanOutput<'a> {
 /// `routing plan` output.
 pub fn plan(args: &RoutingPlanArgs) -> anyhow::Result<String> {
     let snapshot = args.target.manifests.load()?;
-    let node_ips = compile::node_ips(&snapshot, &args.target.node, &args.routing)?;
+    let options = args.routing.config(&args.network.config());
+    let node_ips = compile::node_ips(&snapshot, &args.target.node, &options.network)?;
     let assumed = args.local_subnets.is_empty();
     let local_subnets = if assumed {
         node_ips
@@ -75,11 +70,6 @@ pub fn plan(args: &RoutingPlanArgs) -> anyhow::Result<String> {
     let host = HostFacts {
         local_subnets,
         underlay_mtu: Some(args.underlay_mtu),
-    };
-    let options = CompileOptions {
-        routing: args.routing.clone(),
-        service_cidrs: args.service_cluster_ip_range.clone(),
-        mtu: args.mtu,
     };
     let plan = compile::compile(&snapshot, &args.target.node, &options, &host)?;
     Ok(match args.format {

@@ -24,20 +24,18 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::args::{OverlayEncap, OverlayType, RoutingArgs};
 use super::model::*;
 use super::nodes::NodeFacts;
 use crate::cache::Snapshot;
+use crate::network::{NetworkConfig, OverlayEncap, OverlayType};
 use crate::node::gateway;
 
 /// The controller's settings that shape the plan.
 #[derive(Clone, Debug)]
 pub struct CompileOptions {
-    pub routing: RoutingArgs,
-    /// Service CIDRs used when the cluster has no ServiceCIDR objects.
-    pub service_cidrs: Vec<IpNet>,
-    /// The pod MTU from `--mtu`; else the underlay MTU minus the overlay overhead.
-    pub mtu: Option<u32>,
+    pub network: NetworkConfig,
+    /// Masquerade pod traffic that leaves the cluster to the node's address.
+    pub pod_egress_masquerade: bool,
 }
 
 /// What the kernel of this node says about its underlay.
@@ -64,13 +62,13 @@ pub enum CompileError {
 pub fn node_ips(
     snapshot: &Snapshot,
     node: &str,
-    args: &RoutingArgs,
+    network: &NetworkConfig,
 ) -> Result<Vec<IpAddr>, CompileError> {
     let local = snapshot
         .node(node)
         .ok_or_else(|| CompileError::NodeNotFound(node.to_string()))?;
     let facts = NodeFacts::read(local, &mut Vec::new());
-    primary_and_other(&facts, args.node_ip)
+    primary_and_other(&facts, network.node_ip)
 }
 
 fn primary_and_other(
@@ -92,7 +90,7 @@ pub fn compile(
     options: &CompileOptions,
     host: &HostFacts,
 ) -> Result<RoutingPlan, CompileError> {
-    let args = &options.routing;
+    let args = &options.network;
     let mut problems = Vec::new();
     let nodes: Vec<NodeFacts> = snapshot
         .nodes
@@ -110,7 +108,7 @@ pub fn compile(
         ));
     }
 
-    let mtu = options.mtu.or_else(|| {
+    let mtu = args.pod_mtu.or_else(|| {
         host.underlay_mtu
             .map(|m| m.saturating_sub(args.overlay_overhead()))
     });
@@ -172,14 +170,14 @@ pub fn compile(
         ..
     } = routes;
 
-    let service_cidrs = service_cidrs(snapshot, &options.service_cidrs, &mut problems);
+    let service_cidrs = service_cidrs(snapshot, &args.service_cidrs, &mut problems);
     let node_addresses = nodes
         .iter()
         .flat_map(|n| n.addresses.iter().map(|a| a.ip))
         .map(IpNet::from);
     let nftables = NftRules {
         cluster_pod_cidrs: IpNet::aggregate(&cluster_pod_cidrs),
-        masquerade_sources: if args.pod_egress_masquerade {
+        masquerade_sources: if options.pod_egress_masquerade {
             IpNet::aggregate(&local.pod_cidrs)
         } else {
             Vec::new()
@@ -211,7 +209,7 @@ pub fn compile(
 }
 
 fn tunnel(
-    args: &RoutingArgs,
+    args: &NetworkConfig,
     node_ips: &[IpAddr],
     pod_cidrs: &[IpNet],
     underlay_mtu: Option<u32>,
@@ -279,7 +277,7 @@ pub fn vtep_mac(underlay: IpAddr) -> Mac {
 }
 
 struct RouteBuilder<'a> {
-    args: &'a RoutingArgs,
+    args: &'a NetworkConfig,
     node_ips: &'a [IpAddr],
     local_subnets: &'a [IpNet],
     /// Pod CIDRs already taken, with their node: an overlapping CIDR is not routed.
@@ -431,20 +429,16 @@ mod tests {
             .unwrap()
     }
 
-    fn args(overlay_type: OverlayType, overlay_encap: OverlayEncap) -> RoutingArgs {
-        RoutingArgs {
-            node_ip: None,
-            overlay_type,
-            overlay_encap,
-            pod_egress_masquerade: true,
-        }
-    }
-
-    fn options(routing: RoutingArgs) -> CompileOptions {
+    fn args(overlay_type: OverlayType, overlay_encap: OverlayEncap) -> CompileOptions {
         CompileOptions {
-            routing,
-            service_cidrs: vec!["10.96.0.0/12".parse().unwrap()],
-            mtu: None,
+            network: NetworkConfig {
+                node_ip: None,
+                overlay_type,
+                overlay_encap,
+                pod_mtu: None,
+                service_cidrs: vec!["10.96.0.0/12".parse().unwrap()],
+            },
+            pod_egress_masquerade: true,
         }
     }
 
@@ -495,7 +489,7 @@ mod tests {
             (None, Ipip, direct_n2.to_vec(), 2),
         ];
         for (overlay_type, encap, expected, unrouted) in cases {
-            let plan = plan(THREE_NODES, "n1", &options(args(overlay_type, encap)));
+            let plan = plan(THREE_NODES, "n1", &args(overlay_type, encap));
             assert_eq!(route_lines(&plan), expected, "{overlay_type:?} {encap:?}");
             assert_eq!(plan.unrouted.len(), unrouted, "{overlay_type:?} {encap:?}");
             assert!(plan.problems.is_empty(), "{:?}", plan.problems);
@@ -507,7 +501,7 @@ mod tests {
         let plan = plan(
             THREE_NODES,
             "n1",
-            &options(args(OverlayType::None, OverlayEncap::Vxlan)),
+            &args(OverlayType::None, OverlayEncap::Vxlan),
         );
         assert_eq!(
             plan.unrouted[0].reason,
@@ -521,7 +515,7 @@ mod tests {
         let plan = plan(
             THREE_NODES,
             "n1",
-            &options(args(OverlayType::Full, OverlayEncap::Vxlan)),
+            &args(OverlayType::Full, OverlayEncap::Vxlan),
         );
         let Some(Tunnel::Vxlan(device)) = &plan.tunnel else {
             panic!("no vxlan device: {:?}", plan.tunnel)
@@ -591,10 +585,8 @@ mod tests {
             ),
         ];
         for (overlay_type, encap, mtu, expected) in cases {
-            let options = CompileOptions {
-                mtu,
-                ..options(args(overlay_type, encap))
-            };
+            let mut options = args(overlay_type, encap);
+            options.network.pod_mtu = mtu;
             let plan = plan(THREE_NODES, "n2", &options);
             assert_eq!(
                 plan.bridge.mtu, expected,
@@ -616,7 +608,7 @@ mod tests {
         let plan = plan(
             THREE_NODES,
             "n1",
-            &options(args(OverlayType::Subnet, OverlayEncap::Ipip)),
+            &args(OverlayType::Subnet, OverlayEncap::Ipip),
         );
         let Some(Tunnel::Ipip(ipip)) = &plan.tunnel else {
             panic!("no ipip devices: {:?}", plan.tunnel)
@@ -639,8 +631,8 @@ mod tests {
     #[test]
     fn node_ip_flag_overrides_the_internal_ip_of_its_family() {
         let mut routing = args(OverlayType::Full, OverlayEncap::Vxlan);
-        routing.node_ip = Some("fd00:1::99".parse().unwrap());
-        let plan = plan(THREE_NODES, "n1", &options(routing));
+        routing.network.node_ip = Some("fd00:1::99".parse().unwrap());
+        let plan = plan(THREE_NODES, "n1", &routing);
         assert_eq!(
             plan.node_ips
                 .iter()
@@ -661,7 +653,7 @@ mod tests {
         let plan = plan(
             THREE_NODES,
             "n1",
-            &options(args(OverlayType::Subnet, OverlayEncap::Vxlan)),
+            &args(OverlayType::Subnet, OverlayEncap::Vxlan),
         );
         let text = |nets: &[IpNet]| nets.iter().map(ToString::to_string).collect::<Vec<_>>();
         assert_eq!(
@@ -698,8 +690,8 @@ mod tests {
         assert!(plan_for(&routing).nftables.masquerade_sources.is_empty());
     }
 
-    fn plan_for(routing: &RoutingArgs) -> RoutingPlan {
-        plan(THREE_NODES, "n1", &options(routing.clone()))
+    fn plan_for(routing: &CompileOptions) -> RoutingPlan {
+        plan(THREE_NODES, "n1", routing)
     }
 
     #[test]
@@ -708,11 +700,7 @@ mod tests {
             "{THREE_NODES}\n---\napiVersion: networking.k8s.io/v1\nkind: ServiceCIDR\n\
              metadata: {{name: kubernetes}}\nspec: {{cidrs: [\"10.43.0.0/16\", \"bad\"]}}\n"
         );
-        let plan = plan(
-            &yaml,
-            "n1",
-            &options(args(OverlayType::Subnet, OverlayEncap::Vxlan)),
-        );
+        let plan = plan(&yaml, "n1", &args(OverlayType::Subnet, OverlayEncap::Vxlan));
         let destinations: Vec<String> = plan
             .nftables
             .cluster_destinations
@@ -742,11 +730,7 @@ mod tests {
              ---\nkind: Node\nmetadata: {{name: n5, annotations: {{kubewire.io/pod-cidrs: \"x\"}}}}\n\
              status: {{addresses: [{{type: InternalIP, address: 192.168.1.15}}]}}\n"
         );
-        let plan = plan(
-            &yaml,
-            "n1",
-            &options(args(OverlayType::Subnet, OverlayEncap::Vxlan)),
-        );
+        let plan = plan(&yaml, "n1", &args(OverlayType::Subnet, OverlayEncap::Vxlan));
         assert_eq!(
             plan.problems,
             [
@@ -762,7 +746,7 @@ mod tests {
 
     #[test]
     fn this_node_must_exist_and_have_an_address() {
-        let options = options(args(OverlayType::Subnet, OverlayEncap::Vxlan));
+        let options = args(OverlayType::Subnet, OverlayEncap::Vxlan);
         assert_eq!(
             compile(&snapshot(THREE_NODES), "n9", &options, &n1_host()),
             Err(CompileError::NodeNotFound("n9".into()))

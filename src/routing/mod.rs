@@ -18,14 +18,13 @@ pub mod netlink;
 pub mod nodes;
 pub mod ruleset;
 
-use std::sync::Arc;
-
 use anyhow::Context;
 
-pub use args::{OverlayEncap, OverlayType, RoutingArgs};
+pub use args::RoutingArgs;
 
-use crate::agent::{AgentArgs, ControllerContext, SyncReason, reconcile_loop};
-use crate::cache::Kind;
+use crate::cache::{Kind, Snapshot};
+use crate::runtime::{Controller, SyncReason, Synced};
+use crate::telemetry::Metrics;
 use apply::Reconciler;
 use compile::CompileOptions;
 use metrics::RoutingMetrics;
@@ -33,47 +32,55 @@ use metrics::RoutingMetrics;
 /// The kinds whose changes the routing controller follows.
 pub const WATCHED_KINDS: [Kind; 2] = [Kind::Node, Kind::ServiceCIDR];
 
-/// The compile settings from the agent's flags.
-pub fn compile_options(args: &AgentArgs) -> CompileOptions {
-    CompileOptions {
-        routing: args.routing.clone(),
-        service_cidrs: args.proxy.service_cluster_ip_range.clone(),
-        mtu: args.cni.mtu,
+/// Keeps this node's bridge, routes, tunnels and routing table in line with the
+/// cluster.
+pub struct RoutingController {
+    node: String,
+    options: CompileOptions,
+    reconciler: Reconciler,
+}
+
+impl RoutingController {
+    pub fn new(node: String, options: CompileOptions, metrics: &Metrics) -> anyhow::Result<Self> {
+        let reconciler = Reconciler::connect(RoutingMetrics::register(metrics))
+            .context("opening a netlink socket")?;
+        Ok(Self {
+            node,
+            options,
+            reconciler,
+        })
     }
 }
 
-/// Keeps this node's routing in line with the cluster until the agent stops.
-pub async fn run_controller(ctx: ControllerContext) -> anyhow::Result<()> {
-    let metrics = RoutingMetrics::register(&ctx.metrics);
-    let reconciler = Arc::new(tokio::sync::Mutex::new(
-        Reconciler::connect(metrics).context("opening a netlink socket")?,
-    ));
-    let options = Arc::new(compile_options(&ctx.args));
-    let node = ctx.node_name.clone();
-    reconcile_loop(&ctx, &WATCHED_KINDS, move |snapshot, reason| {
-        let (reconciler, options, node) = (reconciler.clone(), options.clone(), node.clone());
-        async move {
-            let report = reconciler
-                .lock()
-                .await
-                .sync(&snapshot, &node, &options, reason)
-                .await?;
-            if report.changed_anything() {
-                if reason == SyncReason::Periodic {
-                    tracing::warn!(?report, "routing repaired changes made outside kubewire");
-                } else {
-                    tracing::info!(?report, ?reason, "routing updated the kernel");
-                }
-            }
-            Ok(())
-        }
-    })
-    .await
-}
+impl Controller for RoutingController {
+    fn name(&self) -> &'static str {
+        "routing"
+    }
 
-/// Removes the routes, tunnels, bridge (if ours) and nftables table this controller
-/// created.
-pub async fn cleanup(_args: &AgentArgs) -> anyhow::Result<()> {
-    let netlink = netlink::Netlink::connect().context("opening a netlink socket")?;
-    apply::cleanup(&netlink).await
+    fn kinds(&self) -> &'static [Kind] {
+        &WATCHED_KINDS
+    }
+
+    async fn sync(&mut self, snapshot: &Snapshot, reason: SyncReason) -> anyhow::Result<Synced> {
+        let (report, problems) = self
+            .reconciler
+            .sync(snapshot, &self.node, &self.options, reason)
+            .await?;
+        if report.changed_anything() {
+            if reason == SyncReason::Periodic {
+                tracing::warn!(?report, "routing repaired changes made outside kubewire");
+            } else {
+                tracing::info!(?report, ?reason, "routing updated the kernel");
+            }
+        }
+        Ok(Synced {
+            bad_objects: problems,
+        })
+    }
+
+    /// Removes the routes, tunnels, bridge (if ours) and nftables table this
+    /// controller created.
+    async fn cleanup(&mut self) -> anyhow::Result<()> {
+        apply::cleanup(self.reconciler.netlink()).await
+    }
 }

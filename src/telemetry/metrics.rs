@@ -11,8 +11,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Metric, Registry};
 
-use crate::cache::Kind;
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
     pub kind: String,
@@ -42,6 +40,7 @@ pub struct Metrics {
     watch_restarts: Family<KindLabel, Counter>,
     sync_duration: HistogramFamily,
     sync_errors: Family<ControllerLabel, Counter>,
+    bad_objects: Family<ControllerLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -88,12 +87,19 @@ impl Metrics {
             "Controller syncs that failed",
             sync_errors.clone(),
         );
+        let bad_objects = Family::<ControllerLabel, Gauge>::default();
+        registry.register(
+            "kubewire_controller_bad_objects",
+            "Objects (or fields) the controller could not use in its last sync",
+            bad_objects.clone(),
+        );
         Self {
             registry: Arc::new(Mutex::new(registry)),
             cache_objects,
             watch_restarts,
             sync_duration,
             sync_errors,
+            bad_objects,
         }
     }
 
@@ -104,7 +110,8 @@ impl Metrics {
         }
     }
 
-    pub fn set_cache_objects(&self, kind: Kind, count: usize) {
+    /// `kind` as the cache names it (`Pod`).
+    pub fn set_cache_objects(&self, kind: &str, count: usize) {
         self.cache_objects
             .get_or_create(&KindLabel {
                 kind: kind.to_string(),
@@ -112,7 +119,7 @@ impl Metrics {
             .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
-    pub fn watch_restarted(&self, kind: Kind) {
+    pub fn watch_restarted(&self, kind: &str) {
         self.watch_restarts
             .get_or_create(&KindLabel {
                 kind: kind.to_string(),
@@ -127,6 +134,7 @@ impl Metrics {
         ControllerMetrics {
             sync_duration: self.sync_duration.get_or_create(&label).clone(),
             sync_errors: self.sync_errors.get_or_create(&label).clone(),
+            bad_objects: self.bad_objects.get_or_create(&label).clone(),
         }
     }
 
@@ -145,6 +153,7 @@ impl Metrics {
 pub struct ControllerMetrics {
     sync_duration: Histogram,
     sync_errors: Counter,
+    bad_objects: Gauge,
 }
 
 impl ControllerMetrics {
@@ -155,6 +164,11 @@ impl ControllerMetrics {
     pub fn sync_failed(&self) {
         self.sync_errors.inc();
     }
+
+    pub fn set_bad_objects(&self, count: usize) {
+        self.bad_objects
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
 }
 
 #[cfg(test)]
@@ -164,8 +178,8 @@ mod tests {
     #[test]
     fn encodes_core_metrics() {
         let metrics = Metrics::new();
-        metrics.set_cache_objects(Kind::Pod, 3);
-        metrics.watch_restarted(Kind::Node);
+        metrics.set_cache_objects("Pod", 3);
+        metrics.watch_restarted("Node");
         metrics
             .controller("firewall")
             .observe_sync(Duration::from_millis(5));

@@ -49,7 +49,7 @@ pub use store::ApiState;
 #[derive(Debug, clap::Args)]
 pub struct ApiServerArgs {
     #[command(flatten)]
-    pub manifests: kubewire::cli::ManifestsArg,
+    pub manifests: kubewire::offline::ManifestsArg,
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: SocketAddr,
     /// Write a kubeconfig for this server here.

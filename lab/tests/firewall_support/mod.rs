@@ -16,11 +16,17 @@ static NEXT: AtomicUsize = AtomicUsize::new(0);
 
 /// Whether this process may create network namespaces (root tests skip otherwise).
 pub fn can_use_netns() -> bool {
-    nix::unistd::Uid::effective().is_root()
-        && Command::new("nft")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
+    if !kubewire_lab::harness::require_root() {
+        return false;
+    }
+    let has_nft = Command::new("nft")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_nft {
+        kubewire_lab::harness::skip("no nft binary (apt: nftables)");
+    }
+    has_nft
 }
 
 /// A named network namespace, deleted on drop.

@@ -12,12 +12,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use kubewire::agent::SyncReason;
 use kubewire::cache::Snapshot;
+use kubewire::network::{NetworkConfig, OverlayEncap, OverlayType};
 use kubewire::routing::apply::{Reconciler, SyncReport};
 use kubewire::routing::compile::CompileOptions;
 use kubewire::routing::metrics::RoutingMetrics;
-use kubewire::routing::{OverlayEncap, OverlayType, RoutingArgs};
+use kubewire::runtime::SyncReason;
 
 pub use crate::common::{Netns, enter};
 
@@ -142,7 +142,8 @@ impl Underlay {
     ) -> anyhow::Result<SyncReport> {
         self.node(node).ns.block_on(|| async {
             let mut reconciler = Reconciler::connect(RoutingMetrics::default())?;
-            reconciler.sync(snapshot, node, options, reason).await
+            let (report, _problems) = reconciler.sync(snapshot, node, options, reason).await?;
+            Ok(report)
         })
     }
 
@@ -291,14 +292,14 @@ pub fn probe_within(from: &Netns, to: IpAddr, timeout: Duration) -> Result<IpAdd
 
 pub fn options(overlay_type: OverlayType, overlay_encap: OverlayEncap) -> CompileOptions {
     CompileOptions {
-        routing: RoutingArgs {
+        network: NetworkConfig {
             node_ip: None,
             overlay_type,
             overlay_encap,
-            pod_egress_masquerade: true,
+            pod_mtu: None,
+            service_cidrs: vec!["10.96.0.0/12".parse().unwrap()],
         },
-        service_cidrs: vec!["10.96.0.0/12".parse().unwrap()],
-        mtu: None,
+        pod_egress_masquerade: true,
     }
 }
 

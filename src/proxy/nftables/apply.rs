@@ -12,8 +12,8 @@ use serde_json::Value;
 
 use super::nft::ProxyNft;
 use super::ruleset::{self, Ruleset};
-use crate::agent::SyncReason;
 use crate::nft::listing_items;
+use crate::runtime::SyncReason;
 
 /// One periodic check in this many also compares rule counts and sets.
 pub const FULL_CHECK_EVERY: u64 = 10;

@@ -1,0 +1,56 @@
+use std::time::{Duration, Instant};
+
+use super::{BadObjects, Controller, SyncReason};
+use crate::cache::Cache;
+use crate::telemetry::{Health, Metrics};
+
+/// What every controller is run with: the shared cache and the agent's telemetry.
+#[derive(Clone)]
+pub struct Runtime {
+    pub cache: Cache,
+    pub metrics: Metrics,
+    pub health: Health,
+    /// How often a controller with no changes re-checks the kernel for drift.
+    pub sync_period: Duration,
+}
+
+/// Runs `controller` until the task is dropped: a sync now, then one after every
+/// change of its kinds (a burst coalesced into one) and every sync period; a failed
+/// sync is retried with exponential backoff and leaves the previous dataplane.
+pub async fn run<C: Controller>(mut controller: C, runtime: Runtime) -> anyhow::Result<()> {
+    let name = controller.name();
+    let metrics = runtime.metrics.controller(name);
+    let mut changes = runtime.cache.subscribe(controller.kinds());
+    let mut backoff = super::Backoff::default();
+    let mut bad_objects = BadObjects::default();
+    let mut reason = SyncReason::Start;
+    loop {
+        let started = Instant::now();
+        let snapshot = runtime.cache.snapshot();
+        match controller.sync(&snapshot, reason).await {
+            Ok(synced) => {
+                metrics.observe_sync(started.elapsed());
+                runtime.health.synced(name);
+                backoff.reset();
+                for error in bad_objects.update(&synced.bad_objects) {
+                    tracing::warn!(controller = name, %error, "ignoring a bad object or field");
+                }
+                metrics.set_bad_objects(bad_objects.len());
+                tracing::debug!(controller = name, ?reason, elapsed = ?started.elapsed(), "synced");
+                drop(snapshot);
+                reason = tokio::select! {
+                    _ = changes.changed() => SyncReason::Change,
+                    _ = tokio::time::sleep(runtime.sync_period) => SyncReason::Periodic,
+                };
+            }
+            Err(err) => {
+                metrics.sync_failed();
+                let delay = backoff.next_delay();
+                tracing::error!(controller = name, error = %format!("{err:#}"), retry_in = ?delay, "sync failed");
+                drop(snapshot);
+                tokio::time::sleep(delay).await;
+                reason = SyncReason::Retry;
+            }
+        }
+    }
+}
