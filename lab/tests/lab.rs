@@ -17,7 +17,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use common::{HostSnapshot, kubewire, success, temp_dir, unique, wait_for};
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
 use serde_json::Value;
 
@@ -333,25 +333,36 @@ fn status_kubeconfig_and_recovery_after_a_crash() {
         .collect();
     assert_eq!(statuses, ["a Running 10.244.1.2", "b Running 10.244.2.2"]);
 
-    // A change made through the API server reaches the agents (via the fabric relay).
-    let late: Service = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "late", "namespace": "x"},
-        "spec": {"ports": [{"port": 80}]},
-    }))
-    .unwrap();
-    runtime
-        .block_on(Api::<Service>::namespaced(client, "x").create(&Default::default(), &late))
-        .unwrap();
+    // A change made through the API server reaches the agents (via the fabric relay):
+    // a label on their Node makes n2's CNI controller (which watches Nodes) sync again.
     let node_netns = format!("kw-{}-node-n2", lab.name);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
+    let syncs = || {
         let metrics = agent_metrics(&node_netns);
-        if metrics.contains("kubewire_cache_objects{kind=\"Service\"} 1") {
-            break;
-        }
+        metrics
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix(
+                    "kubewire_controller_sync_duration_seconds_count{controller=\"cni\"} ",
+                )
+            })
+            .and_then(|count| count.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let synced_before = syncs();
+    let label = serde_json::json!({"metadata": {"labels": {"kubewire.io/test": "late"}}});
+    runtime
+        .block_on(Api::<Node>::all(client).patch(
+            "n2",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&label),
+        ))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while syncs() <= synced_before {
         assert!(
             Instant::now() < deadline,
-            "the agent never saw the new Service:\n{metrics}"
+            "the agent never saw the Node change:\n{}",
+            agent_metrics(&node_netns)
         );
         std::thread::sleep(Duration::from_millis(100));
     }
