@@ -9,6 +9,7 @@ pub mod cache;
 pub mod cli;
 pub mod cni;
 pub mod firewall;
+pub mod ipvs;
 pub mod lab;
 pub mod nft;
 pub mod node;

@@ -1,0 +1,22 @@
+//! The kernel's IPVS (IP Virtual Server) load balancer over generic netlink: the
+//! kernel adapter the proxy's IPVS backend programs it through, and the only place in
+//! kubewire that speaks to IPVS.
+//!
+//! No maintained Rust crate speaks the `IPVS` generic-netlink family, so it is
+//! written here on `netlink-packet-generic`, after the kernel's
+//! `include/uapi/linux/ip_vs.h` and `net/netfilter/ipvs/ip_vs_ctl.c`:
+//!
+//! - [`model`]: services, destinations, counters and timeouts as Rust types;
+//! - [`attr`]: attribute numbers, byte orders, and a reader that names the attribute
+//!   in every decoding error;
+//! - [`value`]: the kernel's numbers for families, protocols, flags, netmasks and
+//!   forwarding methods.
+
+pub mod attr;
+pub mod model;
+pub mod value;
+
+pub use model::{
+    Destination, DestinationStatus, Family, ForwardMethod, Info, Protocol, Service, ServiceFlags,
+    ServiceKey, ServiceStatus, Stats, Timeouts, Tunnel, TunnelChecksum, TunnelType,
+};
