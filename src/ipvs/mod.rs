@@ -13,19 +13,28 @@
 //!   forwarding methods;
 //! - [`message`]: the [`GenlFamily`](netlink_packet_generic::GenlFamily) payload and
 //!   requests built from the model; [`reply`]: the kernel's answers read back (both
-//!   pure, tested byte for byte against messages captured from `ipvsadm`).
+//!   pure, tested byte for byte against messages captured from `ipvsadm`);
+//! - [`socket`]: [`Ipvs`], one socket with the family id resolved once, acknowledged
+//!   requests, dumps, and errors that carry the errno and what was being done.
+//!
+//! A kernel without IPVS answers [`IpvsError::Unavailable`] when the handle is
+//! opened, so the proxy can fall back to nftables.
 
 pub mod attr;
+pub mod error;
 pub mod message;
 pub mod model;
 pub mod reply;
+pub mod socket;
 pub mod value;
 
+pub use error::IpvsError;
 pub use message::{EncodeError, IpvsMessage};
 pub use model::{
     Destination, DestinationStatus, Family, ForwardMethod, Info, Protocol, Service, ServiceFlags,
     ServiceKey, ServiceStatus, Stats, Timeouts, Tunnel, TunnelChecksum, TunnelType,
 };
+pub use socket::Ipvs;
 
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,371 @@
+//! The socket adapter: one generic-netlink socket, the IPVS family id resolved once,
+//! and one blocking request/reply exchange per operation. Requests are acknowledged
+//! (`NLM_F_ACK`), so every change either succeeds or returns the kernel's errno
+//! together with what was being done; dumps are read to their end however many
+//! datagrams the kernel splits them into.
+//!
+//! Calls block for the microseconds the kernel takes; async callers run them on a
+//! blocking thread.
+
+use std::fmt::Debug;
+use std::net::IpAddr;
+
+use netlink_packet_core::{
+    DecodeError, Emitable, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
+    ParseableParametrized,
+};
+use netlink_packet_generic::constants::GENL_ID_CTRL;
+use netlink_packet_generic::ctrl::nlas::GenlCtrlAttrs;
+use netlink_packet_generic::ctrl::{GenlCtrl, GenlCtrlCmd};
+use netlink_packet_generic::{GenlFamily, GenlHeader, GenlMessage};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_GENERIC};
+
+use super::error::IpvsError;
+use super::message::{FAMILY_NAME, IpvsMessage};
+use super::model::{
+    Destination, DestinationStatus, Info, Service, ServiceKey, ServiceStatus, SocketText, Timeouts,
+};
+use super::reply;
+
+/// Why one exchange failed, before it is told what was being done.
+#[derive(Debug)]
+enum Failure {
+    Errno(i32),
+    Io(std::io::Error),
+    Decode(DecodeError),
+}
+
+impl Failure {
+    fn into_error(self, action: String) -> IpvsError {
+        match self {
+            Failure::Errno(errno) => IpvsError::Kernel { action, errno },
+            Failure::Io(source) => IpvsError::Io { action, source },
+            Failure::Decode(source) => IpvsError::Decode { action, source },
+        }
+    }
+}
+
+/// A handle on the kernel's IPVS tables (of the network namespace it was opened in).
+pub struct Ipvs {
+    socket: Socket,
+    family_id: u16,
+    sequence: u32,
+}
+
+impl Ipvs {
+    /// Opens a socket and resolves the IPVS family, which loads the `ip_vs` module
+    /// when it is available; [`IpvsError::Unavailable`] when the kernel has none.
+    pub fn new() -> Result<Ipvs, IpvsError> {
+        let action = || format!("resolving generic netlink family {FAMILY_NAME}");
+        let socket = open().map_err(|e| Failure::Io(e).into_error(action()))?;
+        let mut ipvs = Ipvs {
+            socket,
+            family_id: 0,
+            sequence: 0,
+        };
+        let request = GenlCtrl {
+            cmd: GenlCtrlCmd::GetFamily,
+            nlas: vec![GenlCtrlAttrs::FamilyName(FAMILY_NAME.to_string())],
+        };
+        let replies = match ipvs.exchange(request, GENL_ID_CTRL, false) {
+            Ok(replies) => replies,
+            Err(Failure::Errno(libc::ENOENT)) => return Err(IpvsError::Unavailable),
+            Err(failure) => return Err(failure.into_error(action())),
+        };
+        ipvs.family_id = replies
+            .iter()
+            .flat_map(|reply| &reply.nlas)
+            .find_map(|nla| match nla {
+                GenlCtrlAttrs::FamilyId(id) => Some(*id),
+                _ => None,
+            })
+            .ok_or_else(|| {
+                Failure::Decode(DecodeError::from("CTRL_ATTR_FAMILY_ID missing"))
+                    .into_error(action())
+            })?;
+        Ok(ipvs)
+    }
+
+    /// The id the kernel gave the IPVS family.
+    pub fn family_id(&self) -> u16 {
+        self.family_id
+    }
+
+    /// Every service with its destinations and counters.
+    pub fn services(&mut self) -> Result<Vec<ServiceStatus>, IpvsError> {
+        let action = || "listing IPVS services".to_string();
+        let replies = self.ipvs(IpvsMessage::dump_services(), true, action)?;
+        let mut services = Vec::with_capacity(replies.len());
+        for reply in &replies {
+            let (service, stats) =
+                reply::read_service(reply).map_err(|e| Failure::Decode(e).into_error(action()))?;
+            let destinations = self.destinations(&service.key)?;
+            services.push(ServiceStatus {
+                service,
+                stats,
+                destinations,
+            });
+        }
+        Ok(services)
+    }
+
+    /// One service with its destinations, `None` when the kernel has no such service.
+    pub fn service(&mut self, key: &ServiceKey) -> Result<Option<ServiceStatus>, IpvsError> {
+        let action = || format!("reading service {key}");
+        let replies = match self.ipvs(IpvsMessage::get_service(key), false, action) {
+            Ok(replies) => replies,
+            Err(error) if error.errno() == Some(libc::ESRCH) => return Ok(None),
+            Err(error) => return Err(error),
+        };
+        let Some(reply) = replies.first() else {
+            return Ok(None);
+        };
+        let (service, stats) =
+            reply::read_service(reply).map_err(|e| Failure::Decode(e).into_error(action()))?;
+        let destinations = self.destinations(key)?;
+        Ok(Some(ServiceStatus {
+            service,
+            stats,
+            destinations,
+        }))
+    }
+
+    pub fn add_service(&mut self, service: &Service) -> Result<(), IpvsError> {
+        let action = || format!("adding service {}", service.key);
+        let request = IpvsMessage::add_service(service).map_err(|source| IpvsError::Encode {
+            action: action(),
+            source,
+        })?;
+        self.ipvs(request, false, action).map(drop)
+    }
+
+    /// Changes scheduler, flags, timeout and netmask of an existing service.
+    pub fn edit_service(&mut self, service: &Service) -> Result<(), IpvsError> {
+        let action = || format!("editing service {}", service.key);
+        let request = IpvsMessage::edit_service(service).map_err(|source| IpvsError::Encode {
+            action: action(),
+            source,
+        })?;
+        self.ipvs(request, false, action).map(drop)
+    }
+
+    /// Deletes a service and its destinations.
+    pub fn delete_service(&mut self, key: &ServiceKey) -> Result<(), IpvsError> {
+        let action = || format!("deleting service {key}");
+        self.ipvs(IpvsMessage::delete_service(key), false, action)
+            .map(drop)
+    }
+
+    /// The destinations of a service (none when the service does not exist: the
+    /// kernel's dump does not tell the two apart).
+    pub fn destinations(&mut self, key: &ServiceKey) -> Result<Vec<DestinationStatus>, IpvsError> {
+        let action = || format!("listing destinations of {key}");
+        let replies = self.ipvs(IpvsMessage::dump_destinations(key), true, action)?;
+        replies
+            .iter()
+            .map(|reply| reply::read_destination(reply, key.family()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| Failure::Decode(e).into_error(action()))
+    }
+
+    pub fn add_destination(
+        &mut self,
+        key: &ServiceKey,
+        destination: &Destination,
+    ) -> Result<(), IpvsError> {
+        let action = || format!("adding destination {destination} to {key}");
+        self.ipvs(
+            IpvsMessage::add_destination(key, destination),
+            false,
+            action,
+        )
+        .map(drop)
+    }
+
+    /// Changes forwarding method, weight and thresholds of an existing destination.
+    pub fn edit_destination(
+        &mut self,
+        key: &ServiceKey,
+        destination: &Destination,
+    ) -> Result<(), IpvsError> {
+        let action = || format!("editing destination {destination} of {key}");
+        self.ipvs(
+            IpvsMessage::edit_destination(key, destination),
+            false,
+            action,
+        )
+        .map(drop)
+    }
+
+    pub fn delete_destination(
+        &mut self,
+        key: &ServiceKey,
+        address: IpAddr,
+        port: u16,
+    ) -> Result<(), IpvsError> {
+        let action = || {
+            format!(
+                "deleting destination {} from {key}",
+                SocketText(address, port)
+            )
+        };
+        self.ipvs(
+            IpvsMessage::delete_destination(key, address, port),
+            false,
+            action,
+        )
+        .map(drop)
+    }
+
+    /// Deletes every service and destination.
+    pub fn flush(&mut self) -> Result<(), IpvsError> {
+        self.ipvs(IpvsMessage::flush(), false, || "flushing IPVS".to_string())
+            .map(drop)
+    }
+
+    /// Zeroes the counters of one service, or of every service.
+    pub fn zero(&mut self, key: Option<&ServiceKey>) -> Result<(), IpvsError> {
+        let action = || match key {
+            Some(key) => format!("zeroing the counters of {key}"),
+            None => "zeroing the IPVS counters".to_string(),
+        };
+        self.ipvs(IpvsMessage::zero(key), false, action).map(drop)
+    }
+
+    pub fn timeouts(&mut self) -> Result<Timeouts, IpvsError> {
+        let action = || "reading IPVS timeouts".to_string();
+        let replies = self.ipvs(IpvsMessage::get_timeouts(), false, action)?;
+        let reply = replies.first().ok_or_else(|| no_reply(action()))?;
+        reply::read_timeouts(reply).map_err(|e| Failure::Decode(e).into_error(action()))
+    }
+
+    /// Sets the timeouts given; `None` ones stay as they are.
+    pub fn set_timeouts(&mut self, timeouts: &Timeouts) -> Result<(), IpvsError> {
+        let action = || "setting IPVS timeouts".to_string();
+        self.ipvs(IpvsMessage::set_timeouts(timeouts), false, action)
+            .map(drop)
+    }
+
+    pub fn info(&mut self) -> Result<Info, IpvsError> {
+        let action = || "reading IPVS version".to_string();
+        let replies = self.ipvs(IpvsMessage::get_info(), false, action)?;
+        let reply = replies.first().ok_or_else(|| no_reply(action()))?;
+        reply::read_info(reply).map_err(|e| Failure::Decode(e).into_error(action()))
+    }
+
+    /// One IPVS request; `action` says what it does, for errors.
+    fn ipvs(
+        &mut self,
+        request: IpvsMessage,
+        dump: bool,
+        action: impl Fn() -> String,
+    ) -> Result<Vec<IpvsMessage>, IpvsError> {
+        let family = self.family_id;
+        self.exchange(request, family, dump)
+            .map_err(|failure| failure.into_error(action()))
+    }
+
+    /// Sends one request and reads its replies: up to the acknowledgement, or for a
+    /// dump up to its end. Replies to earlier requests (another sequence number) are
+    /// skipped.
+    fn exchange<F>(&mut self, payload: F, family: u16, dump: bool) -> Result<Vec<F>, Failure>
+    where
+        F: GenlFamily + Emitable + ParseableParametrized<[u8], GenlHeader> + Debug,
+    {
+        self.sequence = self.sequence.wrapping_add(1);
+        let sequence = self.sequence;
+        let request = encode_request(payload, family, sequence, dump);
+        self.socket.send(&request, 0).map_err(Failure::Io)?;
+
+        let mut replies = Vec::new();
+        loop {
+            let (datagram, _) = self.socket.recv_from_full().map_err(Failure::Io)?;
+            let mut offset = 0;
+            while offset < datagram.len() {
+                let message = NetlinkMessage::<GenlMessage<F>>::deserialize(&datagram[offset..])
+                    .map_err(Failure::Decode)?;
+                let length = message.header.length as usize;
+                if length < 16 {
+                    return Err(Failure::Decode(DecodeError::from(format!(
+                        "netlink message of length {length}"
+                    ))));
+                }
+                offset += length.next_multiple_of(4);
+                if message.header.sequence_number != sequence {
+                    continue;
+                }
+                match message.payload {
+                    NetlinkPayload::InnerMessage(reply) => replies.push(reply.payload),
+                    NetlinkPayload::Error(error) => {
+                        return match error.code {
+                            None => Ok(replies),
+                            Some(code) => Err(Failure::Errno(-code.get())),
+                        };
+                    }
+                    NetlinkPayload::Done(done) => {
+                        return match done.code {
+                            0 => Ok(replies),
+                            code => Err(Failure::Errno(-code)),
+                        };
+                    }
+                    NetlinkPayload::Overrun(_) => {
+                        return Err(Failure::Decode(DecodeError::from(
+                            "the kernel reported an overrun",
+                        )));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// A generic-netlink socket connected to the kernel.
+fn open() -> std::io::Result<Socket> {
+    let mut socket = Socket::new(NETLINK_GENERIC)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    Ok(socket)
+}
+
+/// The bytes of one request: acknowledged, or a dump (which ends with NLMSG_DONE
+/// instead; the kernel sends no acknowledgement after a dump).
+pub(crate) fn encode_request<F>(payload: F, family: u16, sequence: u32, dump: bool) -> Vec<u8>
+where
+    F: GenlFamily + Emitable + Debug,
+{
+    let mut genl = GenlMessage::from_payload(payload);
+    genl.set_resolved_family_id(family);
+    let mut message = NetlinkMessage::from(genl);
+    message.header.flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { NLM_F_ACK };
+    message.header.sequence_number = sequence;
+    message.finalize();
+    let mut bytes = vec![0; message.buffer_len()];
+    message.serialize(&mut bytes);
+    bytes
+}
+
+fn no_reply(action: String) -> IpvsError {
+    Failure::Decode(DecodeError::from("no reply")).into_error(action)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_acknowledged_and_dumps_are_not() {
+        let flush = encode_request(IpvsMessage::flush(), 32, 7, false);
+        let mut expected = Vec::new();
+        expected.extend_from_slice(&20u32.to_ne_bytes());
+        expected.extend_from_slice(&32u16.to_ne_bytes()); // the family id
+        expected.extend_from_slice(&0x0005u16.to_ne_bytes()); // NLM_F_REQUEST | NLM_F_ACK
+        expected.extend_from_slice(&7u32.to_ne_bytes());
+        expected.extend_from_slice(&0u32.to_ne_bytes());
+        expected.extend_from_slice(&[17, 1, 0, 0]); // IPVS_CMD_FLUSH, version 1
+        assert_eq!(flush, expected);
+
+        let dump = encode_request(IpvsMessage::dump_services(), 32, 8, true);
+        assert_eq!(dump[6..8], 0x0301u16.to_ne_bytes()); // NLM_F_REQUEST | NLM_F_DUMP
+    }
+}
