@@ -533,3 +533,30 @@ fn counters_count_the_connections_a_service_schedules() {
         }
     });
 }
+
+#[test]
+fn dumps_larger_than_one_datagram_are_read_whole() {
+    with_ipvs(|netns, ipvs| {
+        // About 320 bytes a service and 360 a destination: far more than the kernel
+        // puts in one datagram.
+        let keys: Vec<ServiceKey> = (0..400u32)
+            .map(|i| tcp(&format!("10.97.{}.{}", i / 250, i % 250 + 1), 80))
+            .collect();
+        for key in &keys {
+            ipvs.add_service(&Service::new(*key, "rr"))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let crowded = keys[0];
+        for i in 0..300u32 {
+            let address = IpAddr::from([10, 1, (i / 250) as u8, (i % 250 + 1) as u8]);
+            ipvs.add_destination(&crowded, &Destination::new(address, 8080))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let services = assert_ipvsadm_agrees(netns, ipvs);
+        let dumped: HashSet<ServiceKey> = services.iter().map(|s| s.service.key).collect();
+        assert_eq!(dumped, keys.iter().copied().collect());
+        assert_eq!(find(&services, &crowded).destinations.len(), 300);
+        assert_eq!(ipvs.destinations(&crowded).expect("dump").len(), 300);
+        ipvs.flush().expect("flush");
+    });
+}

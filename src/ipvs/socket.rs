@@ -11,8 +11,8 @@ use std::fmt::Debug;
 use std::net::IpAddr;
 
 use netlink_packet_core::{
-    DecodeError, Emitable, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
-    ParseableParametrized,
+    DecodeError, Emitable, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkBuffer, NetlinkMessage,
+    NetlinkPayload, ParseableParametrized,
 };
 use netlink_packet_generic::constants::GENL_ID_CTRL;
 use netlink_packet_generic::ctrl::nlas::GenlCtrlAttrs;
@@ -280,44 +280,65 @@ impl Ipvs {
         let mut replies = Vec::new();
         loop {
             let (datagram, _) = self.socket.recv_from_full().map_err(Failure::Io)?;
-            let mut offset = 0;
-            while offset < datagram.len() {
-                let message = NetlinkMessage::<GenlMessage<F>>::deserialize(&datagram[offset..])
-                    .map_err(Failure::Decode)?;
-                let length = message.header.length as usize;
-                if length < 16 {
-                    return Err(Failure::Decode(DecodeError::from(format!(
-                        "netlink message of length {length}"
-                    ))));
-                }
-                offset += length.next_multiple_of(4);
-                if message.header.sequence_number != sequence {
-                    continue;
-                }
-                match message.payload {
-                    NetlinkPayload::InnerMessage(reply) => replies.push(reply.payload),
-                    NetlinkPayload::Error(error) => {
-                        return match error.code {
-                            None => Ok(replies),
-                            Some(code) => Err(Failure::Errno(-code.get())),
-                        };
-                    }
-                    NetlinkPayload::Done(done) => {
-                        return match done.code {
-                            0 => Ok(replies),
-                            code => Err(Failure::Errno(-code)),
-                        };
-                    }
-                    NetlinkPayload::Overrun(_) => {
-                        return Err(Failure::Decode(DecodeError::from(
-                            "the kernel reported an overrun",
-                        )));
-                    }
-                    _ => {}
-                }
+            if read_datagram(&datagram, sequence, &mut replies)? == Progress::Complete {
+                return Ok(replies);
             }
         }
     }
+}
+
+/// Whether a request's answer is complete.
+#[derive(Debug, PartialEq, Eq)]
+enum Progress {
+    Pending,
+    Complete,
+}
+
+/// Reads the messages of one datagram that answer request `sequence` into `replies`:
+/// complete at the acknowledgement or at the end of a dump, an error when the kernel
+/// refused. Messages of other requests are skipped without being decoded.
+fn read_datagram<F>(
+    datagram: &[u8],
+    sequence: u32,
+    replies: &mut Vec<F>,
+) -> Result<Progress, Failure>
+where
+    F: ParseableParametrized<[u8], GenlHeader> + Debug,
+{
+    let mut offset = 0;
+    while offset < datagram.len() {
+        let bytes = &datagram[offset..];
+        let header = NetlinkBuffer::new_checked(bytes).map_err(Failure::Decode)?;
+        let length = header.length() as usize;
+        offset += length.next_multiple_of(4);
+        if header.sequence_number() != sequence {
+            continue;
+        }
+        let message = NetlinkMessage::<GenlMessage<F>>::deserialize(&bytes[..length])
+            .map_err(Failure::Decode)?;
+        match message.payload {
+            NetlinkPayload::InnerMessage(reply) => replies.push(reply.payload),
+            NetlinkPayload::Error(error) => {
+                return match error.code {
+                    None => Ok(Progress::Complete),
+                    Some(code) => Err(Failure::Errno(-code.get())),
+                };
+            }
+            NetlinkPayload::Done(done) => {
+                return match done.code {
+                    0 => Ok(Progress::Complete),
+                    code => Err(Failure::Errno(-code)),
+                };
+            }
+            NetlinkPayload::Overrun(_) => {
+                return Err(Failure::Decode(DecodeError::from(
+                    "the kernel reported an overrun",
+                )));
+            }
+            _ => {}
+        }
+    }
+    Ok(Progress::Pending)
 }
 
 /// A generic-netlink socket connected to the kernel.
@@ -367,5 +388,101 @@ mod tests {
 
         let dump = encode_request(IpvsMessage::dump_services(), 32, 8, true);
         assert_eq!(dump[6..8], 0x0301u16.to_ne_bytes()); // NLM_F_REQUEST | NLM_F_DUMP
+    }
+
+    const NLMSG_ERROR: u16 = 2;
+    const NLMSG_DONE: u16 = 3;
+    const NLM_F_MULTI: u16 = 2;
+    /// A GET_INFO reply (IPVS 1.2.1, 4096 entries), as the kernel sent it.
+    const INFO: [u8; 20] = [
+        0x0e, 1, 0, 0, 8, 0, 1, 0, 1, 2, 1, 0, 8, 0, 2, 0, 0, 0x10, 0, 0,
+    ];
+
+    /// One netlink message: nlmsghdr (to port 0) and payload, padded.
+    fn nlmsg(kind: u16, flags: u16, sequence: u32, payload: &[u8]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&(16 + payload.len() as u32).to_ne_bytes());
+        bytes.extend_from_slice(&kind.to_ne_bytes());
+        bytes.extend_from_slice(&flags.to_ne_bytes());
+        bytes.extend_from_slice(&sequence.to_ne_bytes());
+        bytes.extend_from_slice(&0u32.to_ne_bytes());
+        bytes.extend_from_slice(payload);
+        bytes.resize(bytes.len().next_multiple_of(4), 0);
+        bytes
+    }
+
+    /// NLMSG_ERROR with `code` (0: an acknowledgement) for a request of `sequence`.
+    fn error(sequence: u32, code: i32) -> Vec<u8> {
+        let mut payload = code.to_ne_bytes().to_vec();
+        payload.extend(nlmsg(32, 5, sequence, &[]));
+        nlmsg(NLMSG_ERROR, 0, sequence, &payload)
+    }
+
+    fn read(datagram: &[u8], replies: &mut Vec<IpvsMessage>) -> Result<Progress, Failure> {
+        read_datagram(datagram, 5, replies)
+    }
+
+    #[test]
+    fn a_dump_is_read_across_datagrams_to_its_end() {
+        let mut replies = Vec::new();
+        let first = [
+            nlmsg(32, NLM_F_MULTI, 5, &INFO),
+            nlmsg(32, NLM_F_MULTI, 5, &INFO),
+        ]
+        .concat();
+        assert_eq!(read(&first, &mut replies).ok(), Some(Progress::Pending));
+        let done = nlmsg(NLMSG_DONE, NLM_F_MULTI, 5, &0i32.to_ne_bytes());
+        assert_eq!(read(&done, &mut replies).ok(), Some(Progress::Complete));
+        assert_eq!(replies.len(), 2);
+        let info = reply::read_info(&replies[1]).expect("info");
+        assert_eq!(info.version, (1, 2, 1));
+    }
+
+    #[test]
+    fn a_reply_is_complete_at_its_acknowledgement() {
+        let mut replies = Vec::new();
+        let datagram = [nlmsg(32, 0, 5, &INFO), error(5, 0)].concat();
+        assert_eq!(read(&datagram, &mut replies).ok(), Some(Progress::Complete));
+        assert_eq!(replies.len(), 1);
+    }
+
+    #[test]
+    fn a_refusal_is_its_errno() {
+        let mut replies = Vec::new();
+        match read(&error(5, -libc::EEXIST), &mut replies) {
+            Err(Failure::Errno(errno)) => assert_eq!(errno, libc::EEXIST),
+            other => panic!("{other:?}"),
+        }
+        // A dump can end in an error too.
+        let done = nlmsg(NLMSG_DONE, NLM_F_MULTI, 5, &(-libc::EPERM).to_ne_bytes());
+        match read(&done, &mut replies) {
+            Err(Failure::Errno(errno)) => assert_eq!(errno, libc::EPERM),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn answers_to_other_requests_are_skipped_undecoded() {
+        let mut replies = Vec::new();
+        let datagram = [nlmsg(32, 0, 4, &[0xff; 9]), error(5, 0)].concat();
+        assert_eq!(read(&datagram, &mut replies).ok(), Some(Progress::Complete));
+        assert!(replies.is_empty());
+    }
+
+    #[test]
+    fn truncated_or_unreadable_messages_are_errors() {
+        let mut replies = Vec::new();
+        let mut truncated = nlmsg(32, 0, 5, &INFO);
+        truncated.truncate(30);
+        assert!(matches!(
+            read(&truncated, &mut replies),
+            Err(Failure::Decode(_))
+        ));
+        // An IPVS command this module does not know.
+        let unknown = nlmsg(32, 0, 5, &[99, 1, 0, 0]);
+        assert!(matches!(
+            read(&unknown, &mut replies),
+            Err(Failure::Decode(_))
+        ));
     }
 }
