@@ -1,6 +1,6 @@
 //! The kernel's IPVS (IP Virtual Server) load balancer over generic netlink: the
-//! kernel adapter the proxy's IPVS backend programs it through, and the only place in
-//! kubewire that speaks to IPVS.
+//! kernel adapter the proxy's IPVS backend is to program it through, and the only
+//! place in kubewire that speaks to IPVS.
 //!
 //! No maintained Rust crate speaks the `IPVS` generic-netlink family, so it is
 //! written here on `netlink-packet-generic`, after the kernel's

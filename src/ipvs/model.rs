@@ -1,7 +1,8 @@
 //! The IPVS configuration in kernel terms but Rust types: virtual services, their
 //! real servers (destinations), the counters the kernel keeps for both, and the global
 //! connection timeouts. Nothing here knows how netlink encodes it ([`super::message`]
-//! does), so a reconciler can build and compare these values without a socket.
+//! and [`super::reply`] do), so a reconciler can build and compare these values
+//! without a socket.
 
 use std::fmt;
 use std::net::IpAddr;

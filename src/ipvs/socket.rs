@@ -91,7 +91,9 @@ impl Ipvs {
         self.family_id
     }
 
-    /// Every service with its destinations and counters.
+    /// Every service with its destinations and counters: one dump of the services,
+    /// then one of each service's destinations (the kernel dumps both only
+    /// separately), so a change made meanwhile may show half.
     pub fn services(&mut self) -> Result<Vec<ServiceStatus>, IpvsError> {
         let action = || "listing IPVS services".to_string();
         let replies = self.ipvs(IpvsMessage::dump_services(), true, action)?;
@@ -476,6 +478,12 @@ mod tests {
         truncated.truncate(30);
         assert!(matches!(
             read(&truncated, &mut replies),
+            Err(Failure::Decode(_))
+        ));
+        // Shorter than a genlmsghdr.
+        let short = nlmsg(32, 0, 5, &[0x0e, 1]);
+        assert!(matches!(
+            read(&short, &mut replies),
             Err(Failure::Decode(_))
         ));
         // An IPVS command this module does not know.
