@@ -176,6 +176,9 @@ fn service_line(service: &Service) -> String {
                 Family::V6 => line.push_str(&format!(" mask {}", service.netmask)),
             }
         }
+        if let Some(engine) = &service.persistence_engine {
+            line.push_str(&format!(" pe {engine}"));
+        }
     }
     if flags.one_packet {
         line.push_str(" ops");
@@ -250,7 +253,18 @@ fn services_and_destinations_are_added_edited_dumped_and_deleted() {
             netmask: 64,
             ..Service::new(fwmark(Family::V6, 43), "rr")
         };
-        for service in [&web, &dns6, &sctp, &marked, &marked6] {
+        // Calls of one SIP dialogue stick together (the sip persistence engine).
+        let sip = Service {
+            flags: ServiceFlags {
+                persistent: true,
+                ..ServiceFlags::default()
+            },
+            timeout: 360,
+            persistence_engine: Some("sip".to_string()),
+            ..Service::new(udp("10.96.0.4", 5060), "rr")
+        };
+        let all = [&web, &dns6, &sctp, &marked, &marked6, &sip];
+        for service in all {
             ipvs.add_service(service).unwrap_or_else(|e| panic!("{e}"));
         }
 
@@ -302,8 +316,8 @@ fn services_and_destinations_are_added_edited_dumped_and_deleted() {
         }
 
         let services = assert_ipvsadm_agrees(netns, ipvs);
-        assert_eq!(services.len(), 5);
-        for service in [&web, &dns6, &sctp, &marked, &marked6] {
+        assert_eq!(services.len(), all.len());
+        for service in all {
             let status = find(&services, &service.key);
             // The kernel marks every service it holds as hashed.
             let expected = Service {
@@ -385,7 +399,7 @@ fn services_and_destinations_are_added_edited_dumped_and_deleted() {
             .expect("delete destination");
         ipvs.delete_service(&dns6.key).expect("delete service");
         let services = assert_ipvsadm_agrees(netns, ipvs);
-        assert_eq!(services.len(), 4);
+        assert_eq!(services.len(), all.len() - 1);
         assert_eq!(find(&services, &web.key).destinations.len(), 1);
         assert_eq!(find(&services, &marked.key).destinations.len(), 1);
         assert_eq!(ipvs.service(&dns6.key).expect("get"), None);
