@@ -28,9 +28,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
+use kubewire::cache::Pod;
 use serde_json::json;
 
 use super::agents;

@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 
 use firewall_support::cluster::TestCluster;
 use firewall_support::{NetNs, can_use_netns};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kubewire::cache::Pod;
 use kubewire::cache::Snapshot;
 use kubewire::firewall::FirewallInput;
 use kubewire::firewall::apply::{Applied, Reconciler};

@@ -9,12 +9,14 @@
 mod discovery;
 mod kind;
 pub mod manifests;
+mod pod;
 mod signal;
 mod snapshot;
 mod trim;
 mod watch;
 
 pub use kind::Kind;
+pub use pod::{Container, Pod, PodSpec, PodStatus};
 pub use signal::Changes;
 pub use snapshot::Snapshot;
 pub use trim::{trim_node, trim_object, trim_pod};

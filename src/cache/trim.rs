@@ -1,7 +1,9 @@
 //! Drops what no controller reads before an object enters the cache, so 5k pods stay
 //! small: managed fields, the last-applied annotation, and the bulky parts of pods.
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Node;
+
+use super::Pod;
 use kube::Resource;
 
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
@@ -34,35 +36,12 @@ pub fn trim_node(node: &mut Node) {
     }
 }
 
-/// Trims a pod down to what routing, firewall and proxy read: node, host network,
-/// container names and ports, phase and IPs.
+/// Trims what [`Pod`] keeps beyond what is read: its metadata's annotations and
+/// owners (the spec and status were cut down while parsing).
 pub fn trim_pod(pod: &mut Pod) {
     trim_object(pod);
-    if let Some(spec) = pod.spec.as_mut() {
-        spec.volumes = None;
-        spec.affinity = None;
-        spec.tolerations = None;
-        spec.init_containers = None;
-        spec.ephemeral_containers = None;
-        for container in &mut spec.containers {
-            container.env = None;
-            container.env_from = None;
-            container.command = None;
-            container.args = None;
-            container.volume_mounts = None;
-            container.resources = None;
-            container.liveness_probe = None;
-            container.readiness_probe = None;
-            container.startup_probe = None;
-            container.security_context = None;
-        }
-    }
-    if let Some(status) = pod.status.as_mut() {
-        status.conditions = None;
-        status.container_statuses = None;
-        status.init_container_statuses = None;
-        status.ephemeral_container_statuses = None;
-    }
+    pod.metadata.annotations = None;
+    pod.metadata.owner_references = None;
 }
 
 #[cfg(test)]
@@ -70,26 +49,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn trims_pod_but_keeps_ports_and_ips() {
+    fn trims_pod_metadata_but_keeps_ports_and_ips() {
         let mut pod: Pod = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "a", "managedFields": [{"manager": "kubectl"}],
-                         "annotations": {LAST_APPLIED: "{}", "keep": "me"}},
+                         "annotations": {LAST_APPLIED: "{}", "keep": "no"},
+                         "labels": {"app": "web"}},
             "spec": {"nodeName": "n1", "containers": [{"name": "c", "env": [{"name": "X"}],
                      "ports": [{"containerPort": 80, "name": "http"}]}]},
             "status": {"podIP": "10.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]}
         }))
         .unwrap();
         trim_pod(&mut pod);
-        assert!(pod.metadata.managed_fields.is_none());
-        assert_eq!(pod.metadata.annotations.as_ref().unwrap().len(), 1);
+        assert!(pod.metadata.managed_fields.is_none() && pod.metadata.annotations.is_none());
+        assert_eq!(pod.metadata.labels.as_ref().unwrap().len(), 1);
         let spec = pod.spec.as_ref().unwrap();
-        assert!(spec.containers[0].env.is_none());
         assert_eq!(
             spec.containers[0].ports.as_ref().unwrap()[0].container_port,
             80
         );
         let status = pod.status.as_ref().unwrap();
-        assert!(status.conditions.is_none());
         assert_eq!(status.pod_ip.as_deref(), Some("10.0.0.1"));
     }
 }

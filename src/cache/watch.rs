@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{NetworkPolicy, ServiceCIDR};
 use kube::runtime::WatchStreamExt;
@@ -21,7 +21,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch as tokio_watch;
 
 use super::trim::{trim_node, trim_object, trim_pod};
-use super::{Changes, Kind, Snapshot};
+use super::{Changes, Kind, Pod, Snapshot};
 use crate::telemetry::Metrics;
 
 #[derive(Debug, thiserror::Error)]

@@ -12,8 +12,9 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use crate::cache::Pod;
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 
 use super::selector::Labels;

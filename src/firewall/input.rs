@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Pod;
+use crate::cache::Pod;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 use super::cluster::{self, Cluster, ObjectError, PodEndpoint};

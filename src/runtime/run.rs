@@ -36,6 +36,10 @@ pub async fn run<C: Controller>(mut controller: C, runtime: Runtime) -> anyhow::
                     tracing::warn!(controller = name, %error, "ignoring a bad object or field");
                 }
                 metrics.set_bad_objects(bad_objects.len());
+                if reason == SyncReason::Start {
+                    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+                    unsafe { libc::malloc_trim(0) };
+                }
                 tracing::debug!(controller = name, ?reason, elapsed = ?started.elapsed(), "synced");
                 drop(snapshot);
                 reason = tokio::select! {
