@@ -15,6 +15,7 @@
 pub mod agents;
 pub mod apiserver;
 pub mod binaries;
+pub mod cache_memory;
 pub mod cni_exec;
 pub mod control_plane;
 pub mod harness;
@@ -66,6 +67,9 @@ pub enum LabCommand {
     /// The lab's API server and its fabric relay (started by `lab up`).
     #[command(hide = true)]
     ControlPlane(control_plane::ControlPlaneArgs),
+    /// The agent's watch cache alone and its memory (for the memory benchmark).
+    #[command(hide = true)]
+    CacheMemory(cache_memory::CacheMemoryArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -172,6 +176,7 @@ pub async fn dispatch(cmd: LabCommand) -> anyhow::Result<()> {
         LabCommand::Apiserver(args) => apiserver::run_foreground(args).await,
         LabCommand::Responder(args) => responder::run(args).await,
         LabCommand::ControlPlane(args) => control_plane::run(args).await,
+        LabCommand::CacheMemory(args) => cache_memory::run(args).await,
     }
 }
 

@@ -400,7 +400,7 @@ async fn connection_rates() {
     let client = test_cluster.pod_netns["ns0/pod1"].clone();
     let server: SocketAddr = format!("{}:8080", pod_ip(server_index)).parse().unwrap();
     let node = test_cluster.node(NODE);
-    node.exec(&["sysctl", "-qw", "net.netfilter.nf_conntrack_max=1000000"]);
+    node.exec("sysctl", &["-qw", "net.netfilter.nf_conntrack_max=1000000"]);
     let nft = Nft::in_netns(&node.name);
     let mut configs = vec![("no kubewire table", None)];
     for (label, snapshot) in [("10 policies", &small), ("1,000 policies", &big)] {

@@ -4,7 +4,7 @@
 
 mod firewall_support;
 
-use firewall_support::{NetNs, can_use_netns, cases_root, ruleset};
+use firewall_support::{NetNs, can_use_netns, cases_root, normalized_table, ruleset};
 use kubewire::firewall::apply::{Applied, Observed, Reconciler, differences};
 use kubewire::firewall::conformance;
 use kubewire::firewall::metrics::FirewallMetrics;
@@ -27,7 +27,7 @@ fn every_plan_loads_and_reads_back_unchanged() {
                 let ruleset = ruleset(step, node);
                 ns.nft(&render::full(&ruleset).text());
                 let listing: serde_json::Value = serde_json::from_str(
-                    &ns.exec(&["nft", "-j", "list", "table", "inet", "kubewire"]),
+                    &ns.exec("nft", &["-j", "list", "table", "inet", "kubewire"]),
                 )
                 .unwrap();
                 let differences = differences(&ruleset, &Observed::from_json(&listing), true);
@@ -84,8 +84,8 @@ async fn diffs_reach_the_table_a_full_load_gives() {
                 .unwrap_or_else(|err| panic!("{err}\n{}", diff.text()));
             fresh.nft(&render::full(&new).text());
             assert_eq!(
-                incremental.normalized_table(),
-                fresh.normalized_table(),
+                normalized_table(&incremental),
+                normalized_table(&fresh),
                 "{} -> {} on {node}:\n{}",
                 from.display(),
                 to.display(),
@@ -141,7 +141,7 @@ async fn reconciler_applies_fully_then_incrementally_and_repairs_drift() {
         }
         other => panic!("expected an incremental update, got {other:?}"),
     }
-    let applied = ns.normalized_table();
+    let applied = normalized_table(&ns);
 
     // Periodic check of an untouched table: nothing to do.
     assert_eq!(
@@ -167,23 +167,23 @@ async fn reconciler_applies_fully_then_incrementally_and_repairs_drift() {
         .unwrap();
     assert!(matches!(repaired, Applied::Full { .. }), "{repaired:?}");
     assert_eq!(metrics.drift_repairs.get(), 1);
-    assert_eq!(ns.normalized_table(), applied);
+    assert_eq!(normalized_table(&ns), applied);
 
     // Someone deletes the table.
-    ns.exec(&["nft", "delete", "table", "inet", "kubewire"]);
+    ns.exec("nft", &["delete", "table", "inet", "kubewire"]);
     let repaired = reconciler
         .sync(after.clone(), SyncReason::Periodic)
         .await
         .unwrap();
     assert!(matches!(repaired, Applied::Full { .. }), "{repaired:?}");
     assert_eq!(metrics.drift_repairs.get(), 2);
-    assert_eq!(ns.normalized_table(), applied);
+    assert_eq!(normalized_table(&ns), applied);
 
     // Other tables are never touched, also not by cleanup.
     ns.nft("table inet someone-else {\n chain c {\n  type filter hook forward priority 0; policy accept;\n }\n}\n");
     let nft = Nft::in_netns(&ns.name);
     assert!(nft.delete_table(FAMILY, TABLE).await.unwrap());
     assert!(!nft.delete_table(FAMILY, TABLE).await.unwrap());
-    let left = ns.exec(&["nft", "list", "tables"]);
+    let left = ns.exec("nft", &["list", "tables"]);
     assert_eq!(left.trim(), "table inet someone-else");
 }

@@ -8,6 +8,7 @@ mod support;
 
 use std::net::IpAddr;
 
+use common::OurRoutes;
 use kube::ResourceExt;
 use kubewire::network::{OverlayEncap, OverlayType};
 use kubewire::routing::apply::{Reconciler, SyncReport};

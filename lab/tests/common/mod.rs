@@ -1,26 +1,18 @@
-//! Helpers shared by the root-only integration tests: unique names, the kubewire
-//! binary, named network namespaces that delete themselves (and run code, commands
-//! and sysctls inside), the routing controller's routes in a namespace, and a
+//! Helpers shared by the root-only integration tests: the kubewire binary, bounded
+//! child processes, the routing controller's routes in a namespace, and a
 //! snapshot of what a test could leave behind on the host (namespaces, interfaces,
-//! processes, files).
+//! processes, files). Namespaces, unique names and commands come from the lab
+//! crate's harness (`kubewire_lab::harness`), re-exported here.
 #![allow(dead_code)]
+
+#[allow(unused_imports)]
+pub use kubewire_lab::harness::{Netns, enter, sh, unique};
 
 use std::collections::BTreeSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-
-/// A name no other test (in this or another process) uses: `<prefix><pid>x<n>`.
-pub fn unique(prefix: &str) -> String {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    format!(
-        "{prefix}{}x{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
 
 /// The agent binary (`cargo build --workspace` builds it beside the lab's).
 pub fn kubewire_bin() -> PathBuf {
@@ -87,85 +79,15 @@ pub fn success(output: Output, what: &str) -> String {
     stdout
 }
 
-/// Runs a shell-free command and returns stdout; panics when it fails.
-pub fn sh(program: &str, args: &[&str]) -> String {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running {program}: {e}"));
-    success(output, &format!("{program} {}", args.join(" ")))
+/// The routes the routing controller owns in a test namespace; see [`our_routes`].
+pub trait OurRoutes {
+    fn our_routes(&self) -> Vec<String>;
 }
 
-/// A named network namespace deleted (with everything in it) on drop.
-pub struct Netns {
-    pub name: String,
-}
-
-impl Netns {
-    pub fn new(prefix: &str) -> Netns {
-        let name = unique(prefix);
-        sh("ip", &["netns", "add", &name]);
-        sh("ip", &["-n", &name, "link", "set", "lo", "up"]);
-        Netns { name }
-    }
-
-    /// `ip -n <ns> args…`.
-    pub fn ip(&self, args: &[&str]) -> String {
-        let mut all = vec!["-n", self.name.as_str()];
-        all.extend_from_slice(args);
-        sh("ip", &all)
-    }
-
-    /// Runs `program args…` inside the namespace.
-    pub fn exec(&self, program: &str, args: &[&str]) -> String {
-        let mut all = vec!["netns", "exec", self.name.as_str(), program];
-        all.extend_from_slice(args);
-        sh("ip", &all)
-    }
-
-    pub fn sysctl(&self, key: &str, value: &str) {
-        self.exec("sysctl", &["-qw", &format!("{key}={value}")]);
-    }
-
-    /// Runs `f` on a thread that has entered this namespace.
-    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    enter(&path);
-                    f()
-                })
-                .join()
-                .expect("thread in netns panicked")
-        })
-    }
-
-    /// Runs an async block on a current-thread runtime inside this namespace.
-    pub fn block_on<T: Send, F: std::future::Future<Output = T>>(
-        &self,
-        f: impl FnOnce() -> F + Send,
-    ) -> T {
-        self.run(|| {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime")
-                .block_on(f())
-        })
-    }
-
-    /// The routes the routing controller owns here; see [`our_routes`].
-    pub fn our_routes(&self) -> Vec<String> {
+impl OurRoutes for Netns {
+    fn our_routes(&self) -> Vec<String> {
         our_routes(&self.name)
     }
-}
-
-/// Moves the calling thread into the network namespace at `path`.
-pub fn enter(path: &str) {
-    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
-        .unwrap_or_else(|e| panic!("setns {path}: {e}"));
 }
 
 /// The routes of `proto 44` (the routing controller's) in the named netns, both
@@ -193,14 +115,6 @@ pub fn our_routes(netns: &str) -> Vec<String> {
         }
     }
     lines
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &self.name])
-            .status();
-    }
 }
 
 /// What a test might leave on the host, to compare before and after.

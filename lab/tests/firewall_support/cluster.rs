@@ -47,7 +47,7 @@ impl TestCluster {
             let ns = NetNs::new(&format!("n{i}"));
             let n = ns.name.as_str();
             for sysctl in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
-                ns.exec(&["sysctl", "-qw", sysctl]);
+                ns.exec("sysctl", &["-qw", sysctl]);
             }
             run(
                 "ip",
@@ -294,22 +294,11 @@ impl Drop for TestCluster {
 const PROBE_TIMEOUT: Duration = Duration::from_millis(400);
 static NEXT_UDP_PORT: AtomicUsize = AtomicUsize::new(0);
 
-/// Runs `f` on a thread that has entered network namespace `ns`.
-fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                enter(ns);
-                f()
-            })
-            .join()
-            .unwrap()
-    })
-}
+use kubewire_lab::harness::run_in as in_netns;
 
+/// Moves the calling thread into the named namespace.
 fn enter(ns: &str) {
-    let file = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
-    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+    kubewire_lab::harness::enter(&kubewire_lab::netns::path(ns));
 }
 
 fn probe_once(ns: &str, to: SocketAddr, protocol: Protocol) -> bool {

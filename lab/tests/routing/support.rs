@@ -235,7 +235,7 @@ impl Responder {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
-            enter(&path);
+            enter(std::path::Path::new(&path));
             // [::] accepts IPv4 too (as v4-mapped addresses).
             let listener = TcpListener::bind(("::", port)).expect("bind responder");
             listener.set_nonblocking(true).expect("nonblocking");
