@@ -16,10 +16,13 @@
 mod common;
 #[path = "../tests/firewall_support/mod.rs"]
 mod firewall_support;
+#[path = "../tests/proxy_support/mod.rs"]
+mod proxy_support;
 #[path = "../tests/routing/support.rs"]
 mod routing_support;
 
 mod firewall;
+mod proxy;
 mod routing;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -69,6 +72,12 @@ const BENCHMARKS: &[Benchmark] = &[
         about: "firewall: 5,000 pods and 1,000 NetworkPolicies on one node (compile, apply, one change, drift check, connection rate)",
         needs_binaries: false,
         run: firewall::run,
+    },
+    Benchmark {
+        name: "proxy",
+        about: "service proxy nftables: 10,000 services x 10 endpoints",
+        needs_binaries: false,
+        run: proxy::run,
     },
     Benchmark {
         name: "routing",
