@@ -12,6 +12,8 @@
 //! says so when they are missing). Under `cargo test` (which passes no `--bench`) the
 //! runner only checks its arguments and runs nothing.
 
+#[path = "../tests/apiserver_support/mod.rs"]
+mod apiserver_support;
 #[path = "../tests/common/mod.rs"]
 mod common;
 #[path = "../tests/firewall_support/mod.rs"]
@@ -21,6 +23,7 @@ mod proxy_support;
 #[path = "../tests/routing/support.rs"]
 mod routing_support;
 
+mod apiserver;
 mod firewall;
 mod proxy;
 mod routing;
@@ -67,6 +70,12 @@ struct Benchmark {
 }
 
 const BENCHMARKS: &[Benchmark] = &[
+    Benchmark {
+        name: "apiserver",
+        about: "embedded API server: memory, lists of 5,000 pods, watch throughput",
+        needs_binaries: true,
+        run: apiserver::run,
+    },
     Benchmark {
         name: "firewall",
         about: "firewall: 5,000 pods and 1,000 NetworkPolicies on one node (compile, apply, one change, drift check, connection rate)",
