@@ -18,12 +18,15 @@ mod apiserver_support;
 mod common;
 #[path = "../tests/firewall_support/mod.rs"]
 mod firewall_support;
+#[path = "../tests/lab_support/mod.rs"]
+mod lab_support;
 #[path = "../tests/proxy_support/mod.rs"]
 mod proxy_support;
 #[path = "../tests/routing/support.rs"]
 mod routing_support;
 
 mod apiserver;
+mod demo;
 mod firewall;
 mod proxy;
 mod routing;
@@ -81,6 +84,12 @@ const BENCHMARKS: &[Benchmark] = &[
         about: "firewall: 5,000 pods and 1,000 NetworkPolicies on one node (compile, apply, one change, drift check, connection rate)",
         needs_binaries: false,
         run: firewall::run,
+    },
+    Benchmark {
+        name: "demo",
+        about: "`lab run` on the demo (3 nodes, 9 pods), every default controller",
+        needs_binaries: true,
+        run: demo::run,
     },
     Benchmark {
         name: "proxy",
