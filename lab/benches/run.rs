@@ -12,6 +12,8 @@
 //! says so when they are missing). Under `cargo test` (which passes no `--bench`) the
 //! runner only checks its arguments and runs nothing.
 
+#[path = "../tests/agent_support/mod.rs"]
+mod agent_support;
 #[path = "../tests/apiserver_support/mod.rs"]
 mod apiserver_support;
 #[path = "../tests/common/mod.rs"]
@@ -28,6 +30,7 @@ mod routing_support;
 mod apiserver;
 mod demo;
 mod firewall;
+mod memory;
 mod proxy;
 mod routing;
 
@@ -73,6 +76,12 @@ struct Benchmark {
 }
 
 const BENCHMARKS: &[Benchmark] = &[
+    Benchmark {
+        name: "memory",
+        about: "agent resident memory and time to healthy, empty cluster and 5,000 pods (every controller, and CNI only)",
+        needs_binaries: true,
+        run: memory::run,
+    },
     Benchmark {
         name: "apiserver",
         about: "embedded API server: memory, lists of 5,000 pods, watch throughput",
