@@ -14,9 +14,6 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::firewall_support::NetNs;
-use crate::firewall_support::cluster::TestCluster;
-use crate::{Outcome, require_program, require_root};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kubewire::cache::Snapshot;
@@ -31,6 +28,10 @@ use kubewire::firewall::render;
 use kubewire::nft::Nft;
 use kubewire::runtime::SyncReason;
 use serde_json::json;
+
+use crate::firewall_support::NetNs;
+use crate::firewall_support::cluster::TestCluster;
+use crate::{Outcome, require_program, require_root};
 
 const NODE: &str = "bench";
 const NAMESPACES: usize = 100;

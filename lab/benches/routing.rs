@@ -5,8 +5,6 @@
 
 use std::time::{Duration, Instant};
 
-use crate::routing_support::{Netns, options};
-use crate::{Outcome, require_root};
 use kubewire::cache::manifests::snapshot_from_objects;
 use kubewire::network::{OverlayEncap, OverlayType};
 use kubewire::routing::apply::Reconciler;
@@ -17,6 +15,9 @@ use kubewire::routing::model::{ROUTE_PROTOCOL, RoutingPlan};
 use kubewire::routing::netlink::{Netlink, RouteSpec};
 use kubewire::runtime::SyncReason;
 use kubewire_lab::synthetic::{ClusterSize, generate};
+
+use crate::routing_support::{Netns, options};
+use crate::{Outcome, require_root};
 
 const PEERS: usize = 1_000;
 const ROUNDS: usize = 5;
