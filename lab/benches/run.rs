@@ -203,12 +203,22 @@ fn print_list() {
 
 /// The agent binary, with `kubewire-lab` beside it; else what to do.
 fn binaries() -> Result<PathBuf, String> {
-    const BUILD: &str = "`cargo bench` does not build the binaries: run `cargo build --release --workspace` first (or set KUBEWIRE_AGENT_BINARY)";
-    let agent = kubewire_lab::binaries::agent()
-        .map_err(|err| format!("no `kubewire` agent binary ({err:#}); {BUILD}"))?;
-    if !agent.is_file() {
-        return Err(format!("no agent binary {}; {BUILD}", agent.display()));
-    }
+    const BUILD: &str = "`cargo bench` does not build them: run `cargo build --release --workspace` first (or set KUBEWIRE_AGENT_BINARY)";
+    // Where cargo puts the binaries: the directory above this runner's deps/.
+    let target = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.to_path_buf()))
+        .unwrap_or_default();
+    let agent = match kubewire_lab::binaries::agent() {
+        Ok(agent) if agent.is_file() => agent,
+        Ok(agent) => return Err(format!("no agent binary {}; {BUILD}", agent.display())),
+        Err(_) => {
+            return Err(format!(
+                "no `kubewire` agent binary in {} or on PATH; {BUILD}",
+                target.display()
+            ));
+        }
+    };
     let lab = agent.with_file_name("kubewire-lab");
     if !lab.is_file() {
         return Err(format!(
