@@ -7,10 +7,11 @@
 //!     cargo bench -p kubewire-lab --bench run -- routing memory
 //!     cargo bench -p kubewire-lab --bench run -- --list
 //!
-//! `cargo bench` builds this runner but not the `kubewire` and `kubewire-lab`
-//! binaries that `memory`, `apiserver` and `demo` start: build them first (the runner
-//! says so when they are missing). Under `cargo test` (which passes no `--bench`) the
-//! runner only checks its arguments and runs nothing.
+//! `cargo bench` builds this runner (and `kubewire-lab`) but not the root package's
+//! `kubewire` agent binary that `memory`, `apiserver` and `demo` start (the latter two
+//! through `kubewire lab`): build it first; the runner says so when it is missing.
+//! Under `cargo test` (which passes no `--bench`) the runner only checks its arguments
+//! and runs nothing.
 
 #[path = "../tests/agent_support/mod.rs"]
 mod agent_support;
