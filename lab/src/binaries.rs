@@ -15,7 +15,7 @@ pub fn lab() -> anyhow::Result<PathBuf> {
 
 /// The agent binary: `$KUBEWIRE_AGENT_BINARY`, else `kubewire` beside this binary
 /// (cargo builds both into one target directory) or one directory up (cargo's `deps/`,
-/// where test executables live), else `kubewire` on `$PATH`.
+/// where test and bench executables live), else `kubewire` on `$PATH`.
 pub fn agent() -> anyhow::Result<PathBuf> {
     if let Some(path) = std::env::var_os("KUBEWIRE_AGENT_BINARY") {
         return Ok(PathBuf::from(path));

@@ -1,127 +1,19 @@
 //! `kubewire run` as a process against the embedded API server: start-up, the shared
 //! cache feeding a controller, /healthz and /metrics, a clear failure when the cache
-//! cannot sync, and (ignored, run by hand) the agent's memory at scale.
+//! cannot sync, and the proxy without the ServiceCIDR kind. (The agent's memory at
+//! scale: the `memory` benchmark, lab/benches/memory.rs.)
 
+mod agent_support;
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::io::Read;
+use std::net::TcpListener;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use agent_support::{Agent, NODES, free_port, http_get, start_server};
 use kubewire::cache::manifests;
 use kubewire_lab::apiserver::{ApiServer, ApiServerConfig, write_kubeconfig};
-use kubewire_lab::synthetic::{ClusterSize, generate};
-
-const NODES: &str = "\
-kind: Node
-metadata: {name: n1}
-spec: {podCIDRs: [10.244.1.0/24]}
-status: {addresses: [{type: InternalIP, address: 192.0.2.11}]}
-";
-
-async fn start_server(seed: Vec<manifests::ManifestObject>) -> ApiServer {
-    ApiServer::start(ApiServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        history: 10_000,
-        bookmark_interval: Duration::from_secs(1),
-        seed,
-    })
-    .await
-    .unwrap()
-}
-
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// A plain HTTP/1.0 GET: (status code, body); None while nothing listens.
-fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: kubewire\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())?;
-    Some((status, body))
-}
-
-struct Agent {
-    child: Child,
-}
-
-impl Agent {
-    fn start(
-        kubeconfig: &std::path::Path,
-        cni_dir: &std::path::Path,
-        addr: SocketAddr,
-        extra: &[&str],
-    ) -> Agent {
-        let child = Command::new(common::kubewire_bin())
-            .args([
-                "run",
-                "--node-name",
-                "n1",
-                "--run-router=false",
-                "--run-firewall=false",
-                "--mtu",
-                "1400",
-            ])
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .arg("--cni-conf-dir")
-            .arg(cni_dir)
-            .args([
-                "--metrics-addr",
-                &addr.to_string(),
-                "--health-addr",
-                &addr.to_string(),
-            ])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        Agent { child }
-    }
-
-    fn wait_healthy(&mut self, addr: SocketAddr, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some((200, body)) = http_get(addr, "/healthz") {
-                return body;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                let mut stderr = String::new();
-                self.child
-                    .stderr
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut stderr)
-                    .unwrap();
-                panic!("agent exited ({status}):\n{stderr}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "agent not healthy within {timeout:?}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn agent_syncs_serves_health_and_metrics_and_follows_changes() {
@@ -224,77 +116,6 @@ fn start_up_fails_naming_the_kinds_that_never_synced() {
         "{stderr}"
     );
     drop(silent);
-}
-
-fn resident_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
-}
-
-/// Benchmark (prints, asserts nothing about size): resident memory of an agent whose
-/// cache holds the issue-2 cluster (5,000 Pods, 1,000 Services, 1,000 EndpointSlices,
-/// 500 NetworkPolicies) next to the same agent over an empty cluster.
-/// `cargo test --release --test agent -- --ignored --nocapture cache_memory`
-#[tokio::test(flavor = "multi_thread")]
-#[ignore]
-async fn cache_memory_at_scale() {
-    let mut results = Vec::new();
-    for (label, size) in [
-        (
-            "empty (1 node)",
-            ClusterSize {
-                nodes: 1,
-                namespaces: 1,
-                pods: 0,
-                services: 0,
-                endpoints_per_service: 0,
-                policies: 0,
-            },
-        ),
-        ("issue-2 size", ClusterSize::BENCH),
-    ] {
-        let mut seed = generate(size);
-        // The agent's node, with a CIDR the CNI controller can use.
-        seed.retain(|o| {
-            o.kind != kubewire::cache::Kind::Node || o.value["metadata"]["name"] != "n1"
-        });
-        seed.extend(manifests::parse_documents(std::path::Path::new("n1.yaml"), NODES).unwrap());
-        let server = start_server(seed).await;
-        let dir = common::temp_dir();
-        let kubeconfig = dir.path().join("kubeconfig");
-        write_kubeconfig(&server.url(), &kubeconfig).unwrap();
-        let addr = free_port();
-        let started = Instant::now();
-        let mut agent = Agent::start(
-            &kubeconfig,
-            &dir.path().join("cni"),
-            addr,
-            &["--log-level", "warn"],
-        );
-        tokio::task::block_in_place(|| agent.wait_healthy(addr, Duration::from_secs(120)));
-        let synced = started.elapsed();
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let (_, metrics) = http_get(addr, "/metrics").unwrap();
-        let pods = metrics
-            .lines()
-            .find(|l| l.starts_with("kubewire_cache_objects{kind=\"Pod\"}"))
-            .unwrap_or("")
-            .to_string();
-        results.push(format!(
-            "{label}: RSS {} MiB, healthy after {:.2}s ({pods})",
-            resident_kib(agent.child.id()) / 1024,
-            synced.as_secs_f64()
-        ));
-        drop(agent);
-        server.shutdown().await;
-    }
-    for line in results {
-        println!("{line}");
-    }
 }
 
 /// A cluster before Kubernetes 1.33 serves no ServiceCIDR: the agent must not wait for

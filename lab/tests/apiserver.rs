@@ -1,53 +1,23 @@
 //! The embedded API server over real HTTP, through kube-rs (as the agent reaches it)
 //! and kubectl: discovery, list semantics, watch semantics, write semantics.
 
+mod apiserver_support;
+
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, TryStreamExt};
+use apiserver_support::{ServerProcess, collect, config, pod, start};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{NetworkPolicy, ServiceCIDR};
 use kube::api::{
     DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, ResourceExt};
 use kubewire::cache::Kind;
-use kubewire::cache::manifests::ManifestObject;
-use kubewire_lab::apiserver::{ApiServer, ApiServerConfig};
+use kubewire_lab::apiserver::ApiServer;
 use serde_json::{Value, json};
-
-fn object(value: Value) -> ManifestObject {
-    let kind = Kind::from_name(value["kind"].as_str().unwrap()).unwrap();
-    let mut value = value;
-    kubewire::cache::manifests::apply_defaults(kind, &mut value);
-    ManifestObject { kind, value }
-}
-
-fn pod(namespace: &str, name: &str, node: &str, app: &str) -> Value {
-    json!({"apiVersion": "v1", "kind": "Pod",
-           "metadata": {"name": name, "namespace": namespace, "labels": {"app": app}},
-           "spec": {"nodeName": node, "containers": [{"name": "c", "image": "x",
-                    "ports": [{"containerPort": 80, "name": "http"}]}]},
-           "status": {"phase": "Running", "podIP": "10.244.0.9"}})
-}
-
-fn config(seed: Vec<ManifestObject>, history: usize) -> ApiServerConfig {
-    ApiServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        history,
-        bookmark_interval: Duration::from_millis(300),
-        seed,
-    }
-}
-
-async fn start(seed: Vec<Value>, history: usize) -> (ApiServer, Client) {
-    let server = ApiServer::start(config(seed.into_iter().map(object).collect(), history))
-        .await
-        .unwrap();
-    let client = server.client().await.unwrap();
-    (server, client)
-}
 
 /// `(code, reason, message)` of an API error.
 fn api_error<T: std::fmt::Debug>(result: kube::Result<T>) -> (u16, String, String) {
@@ -245,24 +215,6 @@ async fn continue_token_older_than_history_is_expired() {
     );
     assert_eq!((code, reason.as_str()), (410, "Expired"));
     server.shutdown().await;
-}
-
-/// Collects watch events until `count` have arrived (bookmarks included when `keep_bookmarks`).
-async fn collect<K: Clone + serde::de::DeserializeOwned + std::fmt::Debug + 'static>(
-    stream: impl futures::Stream<Item = kube::Result<WatchEvent<K>>>,
-    count: usize,
-    keep_bookmarks: bool,
-) -> Vec<WatchEvent<K>> {
-    let events = stream
-        .try_filter(|e| {
-            futures::future::ready(keep_bookmarks || !matches!(e, WatchEvent::Bookmark(_)))
-        })
-        .take(count)
-        .try_collect::<Vec<_>>();
-    tokio::time::timeout(Duration::from_secs(10), events)
-        .await
-        .expect("watch events in time")
-        .unwrap()
 }
 
 fn describe(event: &WatchEvent<Pod>) -> String {
@@ -939,90 +891,6 @@ async fn kubectl_get_create_apply_replace_patch_delete() {
     server.shutdown().await;
 }
 
-/// `kubewire lab apiserver` running as its own process, killed when dropped.
-struct ServerProcess {
-    child: std::process::Child,
-    url: String,
-    kubeconfig: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl ServerProcess {
-    /// Starts the command on `manifests` (YAML text) and waits for its URL on stdout.
-    fn spawn(manifests: &str) -> ServerProcess {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("kubewire-apiserver-cli-{}-", std::process::id()))
-            .tempdir()
-            .unwrap();
-        let path = dir.path().join("m.yaml");
-        std::fs::write(&path, manifests).unwrap();
-        let kubeconfig = dir.path().join("kubeconfig");
-        let mut child = std::process::Command::new(
-            kubewire_lab::binaries::agent().expect("the kubewire binary"),
-        )
-        .args(["lab", "apiserver", "--manifests"])
-        .arg(&path)
-        .arg("--kubeconfig-out")
-        .arg(&kubeconfig)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-        let mut url = String::new();
-        let stdout = child.stdout.take().unwrap();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut url).unwrap();
-        ServerProcess {
-            child,
-            url: url.trim().to_string(),
-            kubeconfig,
-            _dir: dir,
-        }
-    }
-
-    /// A client built from the kubeconfig the command wrote.
-    async fn client(&self) -> Client {
-        let text = std::fs::read_to_string(&self.kubeconfig).unwrap();
-        assert!(text.contains(&self.url), "{text}");
-        let kubeconfig = kube::config::Kubeconfig::from_yaml(&text).unwrap();
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-            .await
-            .unwrap();
-        Client::try_from(config).unwrap()
-    }
-
-    fn pid(&self) -> nix::unistd::Pid {
-        nix::unistd::Pid::from_raw(self.child.id() as i32)
-    }
-
-    /// `VmRSS` and `VmHWM` (peak) in MiB.
-    fn memory_mib(&self) -> (f64, f64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-                .unwrap()
-                / 1024.0
-        };
-        (field("VmRSS:"), field("VmHWM:"))
-    }
-
-    fn terminate(mut self) -> std::process::ExitStatus {
-        nix::sys::signal::kill(self.pid(), nix::sys::signal::Signal::SIGTERM).unwrap();
-        self.child.wait().unwrap()
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = nix::sys::signal::kill(self.pid(), nix::sys::signal::Signal::SIGKILL);
-            let _ = self.child.wait();
-        }
-    }
-}
-
 #[tokio::test]
 async fn lab_apiserver_command_serves_until_sigterm() {
     let server = ServerProcess::spawn(
@@ -1042,141 +910,4 @@ async fn lab_apiserver_command_serves_until_sigterm() {
         .await
         .unwrap();
     assert!(status.success(), "{status}");
-}
-
-/// 5,000 pods in 50 namespaces on 20 nodes, 1,000 services with one 5-endpoint slice
-/// each, 500 policies.
-fn large_cluster() -> Vec<Value> {
-    let mut objects = Vec::new();
-    for i in 0..5000 {
-        let mut p = pod(
-            &format!("ns{}", i % 50),
-            &format!("pod-{i}"),
-            &format!("n{}", i % 20),
-            &format!("app{}", i % 100),
-        );
-        p["status"]["podIP"] = json!(format!(
-            "10.{}.{}.{}",
-            200 + i / 65536,
-            (i / 256) % 256,
-            i % 256
-        ));
-        objects.push(p);
-    }
-    for i in 0..1000 {
-        objects.push(json!({"apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": format!("svc-{i}"), "namespace": format!("ns{}", i % 50)},
-            "spec": {"clusterIP": format!("10.96.{}.{}", i / 256, i % 256),
-                     "selector": {"app": format!("app{}", i % 100)},
-                     "ports": [{"port": 80, "targetPort": 8080, "protocol": "TCP"}]}}));
-        let endpoints: Vec<Value> = (0..5)
-            .map(|j| json!({"addresses": [format!("10.200.{}.{}", i % 256, j)], "conditions": {"ready": true}}))
-            .collect();
-        objects.push(
-            json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"name": format!("svc-{i}-abc"), "namespace": format!("ns{}", i % 50),
-                         "labels": {"kubernetes.io/service-name": format!("svc-{i}")}},
-            "addressType": "IPv4", "endpoints": endpoints,
-            "ports": [{"port": 8080, "protocol": "TCP"}]}),
-        );
-    }
-    for i in 0..500 {
-        objects.push(
-            json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-            "metadata": {"name": format!("pol-{i}"), "namespace": format!("ns{}", i % 50)},
-            "spec": {"podSelector": {"matchLabels": {"app": format!("app{}", i % 100)}},
-                     "ingress": [{"from": [{"podSelector": {}}], "ports": [{"port": 8080}]}]}}),
-        );
-    }
-    objects
-}
-
-/// Lists every pod, in one request or in pages; returns how many.
-async fn list_all_pods(pods: &Api<Pod>, page: Option<u32>) -> usize {
-    let mut total = 0;
-    let mut token: Option<String> = None;
-    loop {
-        let mut params = ListParams::default();
-        if let Some(page) = page {
-            params = params.limit(page);
-        }
-        if let Some(token) = &token {
-            params = params.continue_token(token);
-        }
-        let list = pods.list(&params).await.unwrap();
-        total += list.items.len();
-        token = list.metadata.continue_;
-        if token.is_none() {
-            return total;
-        }
-    }
-}
-
-/// Prints the server's memory, list times and watch throughput with
-/// [`large_cluster`]. Run:
-/// `cargo test --release --test apiserver benchmark -- --ignored --nocapture`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore]
-async fn benchmark_list_and_watch() {
-    let objects = large_cluster();
-    // The command, as its own process, for its memory.
-    let manifests: Vec<String> = objects.iter().map(Value::to_string).collect();
-    let started = Instant::now();
-    let process = ServerProcess::spawn(&manifests.join("\n---\n"));
-    println!(
-        "`lab apiserver` loaded 7,500 objects and listens after {:?}",
-        started.elapsed()
-    );
-    let (rss, _) = process.memory_mib();
-    println!("server resident memory, idle: {rss:.1} MiB");
-    let pods: Api<Pod> = Api::all(process.client().await);
-    for (label, page) in [("one request", None), ("pages of 500", Some(500))] {
-        let started = Instant::now();
-        assert_eq!(list_all_pods(&pods, page).await, 5000);
-        println!("list 5,000 pods ({label}): {:?}", started.elapsed());
-    }
-    let (rss, peak) = process.memory_mib();
-    println!("server resident memory after the lists: {rss:.1} MiB (peak {peak:.1} MiB)");
-    drop(process);
-    // In process, for watch throughput.
-    let (server, client) = start(objects, 10_000).await;
-    let pods: Api<Pod> = Api::all(client.clone());
-    let rv = server.read(|state| state.resource_version()).to_string();
-    let watchers = 4;
-    let events = 5000;
-    let mut streams = Vec::new();
-    for _ in 0..watchers {
-        streams.push(
-            pods.watch(&WatchParams::default().timeout(120), &rv)
-                .await
-                .unwrap()
-                .boxed(),
-        );
-    }
-    let started = Instant::now();
-    let writer = tokio::spawn(async move {
-        for i in 0..events {
-            let api: Api<Pod> = Api::namespaced(client.clone(), &format!("ns{}", i % 50));
-            let patch = Patch::Merge(json!({"metadata": {"labels": {"rev": i.to_string()}}}));
-            api.patch(&format!("pod-{i}"), &PatchParams::default(), &patch)
-                .await
-                .unwrap();
-        }
-    });
-    let readers: Vec<_> = streams
-        .into_iter()
-        .map(|s| tokio::spawn(async move { collect(s, events, false).await.len() }))
-        .collect();
-    writer.await.unwrap();
-    let writes = started.elapsed();
-    for reader in readers {
-        assert_eq!(reader.await.unwrap(), events);
-    }
-    let elapsed = started.elapsed();
-    println!(
-        "{events} patches in {writes:?} ({:.0}/s); {watchers} watchers received all {events} events in {elapsed:?} ({:.0} events/s delivered)",
-        events as f64 / writes.as_secs_f64(),
-        (events * watchers) as f64 / elapsed.as_secs_f64()
-    );
-    server.shutdown().await;
 }

@@ -10,21 +10,17 @@
 //! controller and checks the measurement against `firewall matrix`.
 
 mod common;
+mod lab_support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::{HostSnapshot, kubewire, success, temp_dir, unique, wait_for};
+use common::{kubewire, success, wait_for};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
+use lab_support::TestLab;
 use serde_json::Value;
-
-const BRIDGE_ONLY: [&str; 2] = [
-    "--agent-arg=--run-router=false",
-    "--agent-arg=--run-firewall=false",
-];
 
 fn pod(namespace: &str, name: &str, node: &str, ports: &str, extra: &str) -> String {
     format!(
@@ -35,95 +31,6 @@ fn pod(namespace: &str, name: &str, node: &str, ports: &str, extra: &str) -> Str
 
 const WEB: &str = "{containerPort: 80}, {containerPort: 53, protocol: UDP}";
 const API: &str = "{containerPort: 8080}";
-
-/// A lab with its own name, manifests dir and state dir; `lab down` runs when it is
-/// dropped, so a failing test leaves nothing behind.
-struct TestLab {
-    name: String,
-    manifests: tempfile::TempDir,
-    /// `None`: the default state dir, /run/kubewire/lab/<name>.
-    state: Option<tempfile::TempDir>,
-    /// `--agent-arg`s of `up` and `run`.
-    agent_args: Vec<&'static str>,
-}
-
-impl TestLab {
-    fn new(prefix: &str, default_state_dir: bool) -> TestLab {
-        TestLab {
-            name: unique(prefix),
-            manifests: temp_dir(),
-            state: (!default_state_dir).then(temp_dir),
-            agent_args: BRIDGE_ONLY.to_vec(),
-        }
-    }
-
-    /// Agents run every controller they run by default.
-    fn with_default_controllers(mut self) -> TestLab {
-        self.agent_args.clear();
-        self
-    }
-
-    fn write(&self, file: &str, yaml: &str) {
-        std::fs::write(self.manifests.path().join(file), yaml).unwrap();
-    }
-
-    /// `kubewire lab <verb> --name N [--state-dir D] [--manifests M --agent-arg…] extra…`.
-    fn run(&self, verb: &str, extra: &[&str]) -> Output {
-        let mut args = vec![
-            "lab".to_string(),
-            verb.into(),
-            "--name".into(),
-            self.name.clone(),
-        ];
-        if let Some(state) = &self.state {
-            args.extend([
-                "--state-dir".into(),
-                state.path().join("lab").display().to_string(),
-            ]);
-        }
-        if matches!(verb, "up" | "run") {
-            args.extend([
-                "--manifests".into(),
-                self.manifests.path().display().to_string(),
-            ]);
-            args.extend(self.agent_args.iter().map(|a| a.to_string()));
-        }
-        args.extend(extra.iter().map(|a| a.to_string()));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        kubewire(&args)
-    }
-
-    /// What the host would have left of this lab: its namespaces and processes, the
-    /// host's interfaces and the files under the state dir's parent.
-    fn host(&self) -> HostSnapshot {
-        let parent = match &self.state {
-            Some(state) => state.path().to_path_buf(),
-            None => Path::new("/run/kubewire").to_path_buf(),
-        };
-        let mut snapshot = HostSnapshot::take(
-            &format!("kw-{}-", self.name),
-            ("KUBEWIRE_LAB", &self.name),
-            &[&parent],
-        );
-        // Labs of other tests (or people) may come and go under the shared default
-        // dir meanwhile; only this lab's own files are this test's business.
-        let labs = Path::new("/run/kubewire/lab");
-        snapshot.files.retain(|path| match path.strip_prefix(labs) {
-            Ok(rest) => rest
-                .components()
-                .next()
-                .is_none_or(|lab| lab.as_os_str() == self.name.as_str()),
-            Err(_) => true,
-        });
-        snapshot
-    }
-}
-
-impl Drop for TestLab {
-    fn drop(&mut self) {
-        let _ = self.run("down", &[]);
-    }
-}
 
 fn json(stdout: &str) -> Value {
     serde_json::from_str(stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{stdout}"))
@@ -582,27 +489,5 @@ fn demo_measured_matrix_is_the_predicted_one() {
     assert!(
         measured.values().any(|allowed| !allowed),
         "the policies deny some"
-    );
-}
-
-/// Prints the wall time of `lab run` on the demo (3 nodes, 9 pods). Run with
-/// `cargo test --release --test lab -- --ignored --nocapture demo_wall_time`.
-#[test]
-#[ignore]
-fn demo_wall_time() {
-    let lab = TestLab::new("d", true).with_default_controllers();
-    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo");
-    for file in ["nodes.yaml", "pods.yaml", "services.yaml", "policies.yaml"] {
-        lab.write(file, &std::fs::read_to_string(demo.join(file)).unwrap());
-    }
-    let started = Instant::now();
-    let output = success(
-        lab.run("run", &["--services", "--from-external"]),
-        "lab run (demo)",
-    );
-    println!("{output}");
-    println!(
-        "demo lab: 3 nodes, 9 pods, up + probe + down in {:.1}s",
-        started.elapsed().as_secs_f64()
     );
 }

@@ -1,34 +1,19 @@
 //! The nftables backend against a real kernel (root), each test in its own network
-//! namespace: full load, element-level updates, drift repair, cleanup; and an
-//! `#[ignore]`d benchmark that prints what a 10,000-Service table costs.
+//! namespace: full load, element-level updates, drift repair, cleanup. (What a
+//! 10,000-Service table costs: the `proxy` benchmark, lab/benches/proxy.rs.)
 
 mod common;
+mod proxy_support;
 
 use std::net::SocketAddr;
-use std::time::Instant;
 
 use common::Netns;
-use kubewire::cache::manifests::snapshot_from_objects;
 use kubewire::proxy::model::ServiceMap;
 use kubewire::proxy::nftables::apply::{Applied, Reconciler};
 use kubewire::proxy::nftables::compile::compile;
 use kubewire::proxy::nftables::nft::ProxyNft;
-use kubewire::proxy::services;
 use kubewire::runtime::SyncReason;
-use kubewire_lab::synthetic::{ClusterSize, generate};
-
-fn service_map(services: usize, endpoints: usize) -> ServiceMap {
-    let size = ClusterSize {
-        nodes: 3,
-        namespaces: 5,
-        pods: services * endpoints,
-        services,
-        endpoints_per_service: endpoints,
-        policies: 0,
-    };
-    let snapshot = snapshot_from_objects(&generate(size)).unwrap();
-    services::build(&snapshot, "node-0", &["10.96.0.0/12".parse().unwrap()])
-}
+use proxy_support::service_map;
 
 fn elements_in_kernel(netns: &Netns, map: &str) -> usize {
     let out = common::sh(
@@ -150,49 +135,4 @@ async fn full_load_then_element_diffs_drift_repair_and_cleanup() {
 
     assert!(nft.delete_table().await.unwrap());
     assert!(!nft.delete_table().await.unwrap());
-}
-
-/// `cargo test --release --test proxy_nft -- --ignored --nocapture`
-#[tokio::test]
-#[ignore]
-async fn bench_10k_services_10_endpoints() {
-    let started = Instant::now();
-    let mut map = service_map(10_000, 10);
-    println!(
-        "service map (10,000 services x 10 endpoints): {:?}",
-        started.elapsed()
-    );
-    let started = Instant::now();
-    let (ruleset, _) = compile(&map);
-    println!(
-        "compile: {:?} ({} elements, {} chains)",
-        started.elapsed(),
-        ruleset.element_count(),
-        ruleset.chains.len()
-    );
-    let netns = Netns::new("kwpxbench");
-    let mut reconciler = Reconciler::new(ProxyNft::in_netns(&netns.name));
-    let started = Instant::now();
-    reconciler.sync(ruleset, SyncReason::Start).await.unwrap();
-    println!("full load: {:?}", started.elapsed());
-    map.ports[0].cluster_endpoints.pop();
-    let (ruleset, _) = compile(&map);
-    let started = Instant::now();
-    let applied = reconciler
-        .sync(ruleset.clone(), SyncReason::Change)
-        .await
-        .unwrap();
-    println!(
-        "one service loses an endpoint: {:?} ({applied:?})",
-        started.elapsed()
-    );
-    let started = Instant::now();
-    reconciler
-        .sync(ruleset, SyncReason::Periodic)
-        .await
-        .unwrap();
-    println!(
-        "periodic drift check, nothing to do: {:?}",
-        started.elapsed()
-    );
 }

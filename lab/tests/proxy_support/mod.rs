@@ -1,6 +1,28 @@
-//! What the proxy's integration tests share: `proxy trace` run as the binary.
+//! What the proxy's integration tests (and the proxy benchmark) share: `proxy trace`
+//! run as the binary, and the service map of a synthetic cluster.
+#![allow(dead_code)]
+
+use kubewire::cache::manifests::snapshot_from_objects;
+use kubewire::proxy::model::ServiceMap;
+use kubewire::proxy::services;
+use kubewire_lab::synthetic::{ClusterSize, generate};
 
 use crate::common::{kubewire, success};
+
+/// Node node-0's service map of a synthetic cluster with `services` Services of
+/// `endpoints` endpoints each.
+pub fn service_map(services: usize, endpoints: usize) -> ServiceMap {
+    let size = ClusterSize {
+        nodes: 3,
+        namespaces: 5,
+        pods: services * endpoints,
+        services,
+        endpoints_per_service: endpoints,
+        policies: 0,
+    };
+    let snapshot = snapshot_from_objects(&generate(size)).unwrap();
+    services::build(&snapshot, "node-0", &["10.96.0.0/12".parse().unwrap()])
+}
 
 /// `kubewire proxy trace … --format json` on `manifests`: the JSON line it prints.
 pub fn trace(

@@ -1,11 +1,7 @@
 //! Route installation for 1,000 nodes: kubewire's apply layer next to `ip -batch`
 //! installing the same routes, in the same run (root; prints numbers, asserts none).
 //!
-//! `cargo test --release --test routing_bench -- --ignored --nocapture`
-
-mod common;
-#[path = "routing/support.rs"]
-mod support;
+//! `cargo bench -p kubewire-lab --bench run -- routing`
 
 use std::time::{Duration, Instant};
 
@@ -19,7 +15,9 @@ use kubewire::routing::model::{ROUTE_PROTOCOL, RoutingPlan};
 use kubewire::routing::netlink::{Netlink, RouteSpec};
 use kubewire::runtime::SyncReason;
 use kubewire_lab::synthetic::{ClusterSize, generate};
-use support::{Netns, options, require_root};
+
+use crate::routing_support::{Netns, options};
+use crate::{Outcome, require_root};
 
 const PEERS: usize = 1_000;
 const ROUNDS: usize = 5;
@@ -153,10 +151,9 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-#[test]
-#[ignore = "benchmark: run with --release -- --ignored --nocapture"]
-fn install_routes_for_1000_nodes() {
-    require_root();
+/// Routes for 1,000 nodes, then whole routing syncs.
+pub fn run() -> Outcome {
+    require_root()?;
     let (_, plan) = plan(OverlayType::Subnet);
     let mut ours = Vec::new();
     let mut theirs = Vec::new();
@@ -193,4 +190,5 @@ fn install_routes_for_1000_nodes() {
         ms(first(&vxlan)),
         ms(again(&vxlan))
     );
+    Ok(())
 }

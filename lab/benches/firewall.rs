@@ -1,6 +1,5 @@
-//! The firewall benchmark (prints numbers, asserts no timings). Run it with
-//!
-//!     cargo test --release --test firewall_bench -- --ignored --nocapture
+//! The firewall benchmark (prints numbers, asserts no timings):
+//! `cargo bench -p kubewire-lab --bench run -- firewall`.
 //!
 //! 5,000 pods in 100 namespaces on one node, 1,000 NetworkPolicies: compile time,
 //! full apply into a network namespace, one pod label change through the controller
@@ -11,14 +10,10 @@
 //! through a policed pod with 10 vs 1,000 policies (per-packet cost must not grow
 //! with policies).
 
-mod firewall_support;
-
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use firewall_support::cluster::TestCluster;
-use firewall_support::{NetNs, can_use_netns};
 use k8s_openapi::api::core::v1::{Namespace, Node};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kubewire::cache::Pod;
@@ -34,6 +29,10 @@ use kubewire::firewall::render;
 use kubewire::nft::Nft;
 use kubewire::runtime::SyncReason;
 use serde_json::json;
+
+use crate::firewall_support::NetNs;
+use crate::firewall_support::cluster::TestCluster;
+use crate::{Outcome, require_program, require_root};
 
 const NODE: &str = "bench";
 const NAMESPACES: usize = 100;
@@ -158,13 +157,18 @@ fn ms(duration: Duration) -> String {
     format!("{:.1} ms", duration.as_secs_f64() * 1000.0)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "benchmark: run with --release -- --ignored --nocapture"]
-async fn firewall_benchmark() {
-    if !can_use_netns() {
-        eprintln!("skipped: needs root and nft");
-        return;
-    }
+pub fn run() -> Outcome {
+    require_root()?;
+    require_program("nft", "nftables")?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(benchmark());
+    Ok(())
+}
+
+async fn benchmark() {
     let snapshot = cluster(1000, false);
     let input = FirewallInput::from_snapshot(&snapshot);
     assert!(input.errors.is_empty(), "{:?}", input.errors);

@@ -1,0 +1,134 @@
+//! Benchmark (prints, asserts nothing about size): resident memory of an agent whose
+//! cache holds the issue-2 cluster (5,000 Pods, 1,000 Services, 1,000 EndpointSlices,
+//! 500 NetworkPolicies) next to the same agent over an empty cluster; each as
+//! deployed (every controller: router, firewall, service proxy, CNI) and with the CNI
+//! controller only. The agent watches only the kinds its controllers read, so the
+//! two differ. Each agent runs in a network namespace of its own (node n1's address
+//! on a veth), with the embedded API server started in that namespace (root).
+//! `cargo bench -p kubewire-lab --bench run -- memory`
+
+use std::time::{Duration, Instant};
+
+use kubewire::cache::manifests;
+use kubewire_lab::apiserver::write_kubeconfig;
+use kubewire_lab::synthetic::{ClusterSize, generate};
+
+use crate::agent_support::{Agent, NODES, free_port, http_get, start_server};
+use crate::common::{Netns, temp_dir};
+use crate::{Outcome, require_program, require_root};
+
+/// Which controllers run, and the flags that say so.
+const CONTROLLERS: [(&str, &[&str]); 2] = [
+    (
+        "every controller (router, firewall, proxy, cni)",
+        &[
+            "--run-router=true",
+            "--run-firewall=true",
+            "--run-service-proxy=true",
+            "--run-cni=true",
+        ],
+    ),
+    (
+        "CNI only",
+        &[
+            "--run-router=false",
+            "--run-firewall=false",
+            "--run-service-proxy=false",
+            "--run-cni=true",
+        ],
+    ),
+];
+
+pub fn run() -> Outcome {
+    require_root()?;
+    require_program("nft", "nftables")?;
+    for (label, size) in [
+        (
+            "empty (1 node)",
+            ClusterSize {
+                nodes: 1,
+                namespaces: 1,
+                pods: 0,
+                services: 0,
+                endpoints_per_service: 0,
+                policies: 0,
+            },
+        ),
+        ("issue-2 size", ClusterSize::BENCH),
+    ] {
+        for (controllers, flags) in CONTROLLERS {
+            let (rss_mib, healthy, cache) = measure(size, flags);
+            println!(
+                "{label}, {controllers}: RSS {rss_mib} MiB, healthy after {:.2}s",
+                healthy.as_secs_f64()
+            );
+            for line in cache {
+                println!("    {line}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Starts the API server with a cluster of `size` (node n1 in it) and the agent with
+/// `flags` in a new network namespace: the agent's resident memory (MiB) 2 s after it
+/// became healthy, the time until it did, and its `kubewire_cache_objects` lines (sorted).
+fn measure(size: ClusterSize, flags: &[&str]) -> (u64, Duration, Vec<String>) {
+    let mut seed = generate(size);
+    // The agent's node, with a CIDR the CNI controller can use.
+    seed.retain(|o| o.kind != kubewire::cache::Kind::Node || o.value["metadata"]["name"] != "n1");
+    seed.extend(manifests::parse_documents(std::path::Path::new("n1.yaml"), NODES).unwrap());
+    let ns = Netns::new("kwmem");
+    // Node n1's underlay: a veth (this kernel may have no dummy) holding its InternalIP.
+    ns.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "wire",
+    ]);
+    ns.ip(&["addr", "add", "192.0.2.11/24", "dev", "eth0"]);
+    ns.ip(&["link", "set", "wire", "up"]);
+    ns.ip(&["link", "set", "eth0", "up"]);
+    let dir = temp_dir();
+    ns.run(|| {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let server = runtime.block_on(start_server(seed));
+        let kubeconfig = dir.path().join("kubeconfig");
+        write_kubeconfig(&server.url(), &kubeconfig).unwrap();
+        let addr = free_port();
+        let started = Instant::now();
+        let mut agent = Agent::spawn(
+            &kubeconfig,
+            &dir.path().join("cni"),
+            addr,
+            &[flags, &["--log-level", "warn"]].concat(),
+        );
+        agent.wait_healthy(addr, Duration::from_secs(120));
+        let healthy = started.elapsed();
+        // Nobody reads its warnings: keep the pipe from filling up.
+        if let Some(mut stderr) = agent.child.stderr.take() {
+            std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        let (_, metrics) = http_get(addr, "/metrics").unwrap();
+        let mut cache: Vec<String> = metrics
+            .lines()
+            .filter(|l| l.starts_with("kubewire_cache_objects{"))
+            .map(String::from)
+            .collect();
+        cache.sort();
+        let rss_mib = resident_kib(agent.child.id()) / 1024;
+        drop(agent);
+        runtime.block_on(server.shutdown());
+        (rss_mib, healthy, cache)
+    })
+}
+
+fn resident_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
