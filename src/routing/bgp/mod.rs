@@ -14,3 +14,4 @@ pub mod config;
 pub mod fsm;
 pub mod message;
 pub mod policy;
+pub mod rib;
