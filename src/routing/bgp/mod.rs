@@ -15,3 +15,9 @@ pub mod fsm;
 pub mod message;
 pub mod policy;
 pub mod rib;
+pub mod session;
+pub mod socket;
+pub mod speaker;
+
+pub use config::{Families, PeerConfig, SpeakerConfig};
+pub use speaker::{PeerStatus, RouteAttrs, RouteEvent, Speaker, SpeakerHandle};
