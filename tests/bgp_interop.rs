@@ -2,7 +2,8 @@
 //! veth, BIRD in one with a config this test writes, our speaker in the other.
 //! Checked through `birdc show route` / `show protocols`: BIRD learns our prefixes
 //! with our next hop and our 4-byte AS, we learn BIRD's static routes, over IPv4
-//! and IPv6 sessions, with us active or passive; TCP-MD5 with the right password
+//! and IPv6 sessions (a global and link-local IPv6 next-hop pair), with us active or
+//! passive, a route refresh answered; TCP-MD5 with the right password
 //! comes up and with a wrong one stays down.
 //!
 //! A test that cannot run (no root, no bird) prints "skipped: <why>" and passes.
@@ -29,6 +30,7 @@ const OUR_AS: u32 = 4_200_000_001;
 const OUR_PORT: u16 = 1790;
 const OUR_V4: &str = "10.99.0.1";
 const OUR_V6: &str = "fd99::1";
+const OUR_LINK_LOCAL: &str = "fe80::a1";
 const BIRD_V4: &str = "10.99.0.2";
 const BIRD_V6: &str = "fd99::2";
 
@@ -70,6 +72,16 @@ impl Link {
             ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", dev, "nodad"]);
             ns.ip(&["link", "set", dev, "up"]);
         }
+        // A link-local address of our own choosing, to announce beside the global
+        // IPv6 next hop.
+        ours.ip(&[
+            "addr",
+            "add",
+            &format!("{OUR_LINK_LOCAL}/64"),
+            "dev",
+            &a,
+            "nodad",
+        ]);
         Link { ours, birds }
     }
 }
@@ -330,7 +342,14 @@ fn bird_learns_our_routes_and_we_learn_birds_over_ipv4_and_ipv6() {
     // IPv4: both sides connect (a real collision, resolved by router id).
     // IPv6: we only listen, BIRD connects to our port.
     let bird = Bird::start(&link.birds, &bird_config(65010, "", ""));
-    let config = our_config(65010, |_| {}, |p6| p6.passive = true);
+    let config = our_config(
+        65010,
+        |_| {},
+        |p6| {
+            p6.passive = true;
+            p6.next_hop_v6_link_local = Some(OUR_LINK_LOCAL.parse().expect("addr"));
+        },
+    );
     link.ours.block_on(|| async move {
         let speaker = Speaker::start(config).await.expect("speaker starts");
         let mut events = speaker.subscribe();
@@ -353,6 +372,16 @@ fn bird_learns_our_routes_and_we_learn_birds_over_ipv4_and_ipv6() {
         println!("bird: {}", route_line(&v6));
         assert!(v6.contains(&format!("via {OUR_V6}")), "{v6}");
         assert!(v6.contains("(65000,44)"), "{v6}");
+        let next_hop = v6
+            .lines()
+            .find(|l| l.contains("BGP.next_hop"))
+            .unwrap_or_default()
+            .trim();
+        println!("bird: {next_hop}");
+        assert!(
+            next_hop.contains(&format!("{OUR_V6} {OUR_LINK_LOCAL}")),
+            "{v6}"
+        );
 
         let learned = learn(
             &mut events,
