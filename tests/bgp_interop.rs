@@ -6,7 +6,10 @@
 //! passive, a route refresh answered; TCP-MD5 with the right password
 //! comes up and with a wrong one stays down.
 //!
-//! A test that cannot run (no root, no bird) prints "skipped: <why>" and passes.
+//! The same against FRR's bgpd (started by hand without zebra, MD5 on both
+//! sessions).
+//!
+//! A test that cannot run (no root, no bird or frr) prints "skipped: <why>" and passes.
 //! Every wait is bounded; BIRD is killed when its guard drops.
 
 mod common;
@@ -552,6 +555,226 @@ fn md5_with_a_wrong_password_stays_down() {
         );
         let route = bird.birdc(&["show", "route", "10.125.0.0/24"]).await;
         assert!(!route.contains("10.125.0.0/24 "), "{route}");
+        speaker.shutdown().await;
+    });
+}
+
+/// FRR's bgpd in a namespace (no zebra, so nothing touches a kernel table), killed
+/// on drop.
+struct Frr {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Frr {
+    fn installed() -> bool {
+        std::path::Path::new("/usr/lib/frr/bgpd").exists()
+            && Command::new("sh")
+                .args(["-c", "command -v vtysh"])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+    }
+
+    fn start(netns: &Netns, config: &str) -> Frr {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let conf = dir.path().join("bgpd.conf");
+        std::fs::write(&conf, config).expect("writing bgpd.conf");
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &netns.name,
+                "/usr/lib/frr/bgpd",
+                "-Z",
+                "-S",
+                "-P",
+                "0",
+            ])
+            .arg("-f")
+            .arg(&conf)
+            .arg("-i")
+            .arg(dir.path().join("bgpd.pid"))
+            .arg("--vty_socket")
+            .arg(dir.path())
+            .arg("--log")
+            .arg(format!("file:{}", dir.path().join("bgpd.log").display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting bgpd");
+        let frr = Frr { child, dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !frr.dir.path().join("bgpd.vty").exists() {
+            assert!(
+                Instant::now() < deadline,
+                "bgpd did not open its vty socket; log:\n{}",
+                frr.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        frr
+    }
+
+    /// `vtysh -d bgpd -c CMD` as JSON, bounded to 10 s.
+    async fn json(&self, command: &str) -> serde_json::Value {
+        let output = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::process::Command::new("vtysh")
+                .arg("--vty_socket")
+                .arg(self.dir.path())
+                .args(["-d", "bgpd", "-c", command])
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("vtysh answered within 10s")
+        .expect("running vtysh");
+        serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("bgpd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Frr {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn frr_config(frr_as: u32, password: &str) -> String {
+    format!(
+        r#"router bgp {frr_as}
+ bgp router-id {BIRD_V4}
+ no bgp ebgp-requires-policy
+ no bgp network import-check
+ no bgp default ipv4-unicast
+ timers bgp 3 9
+ neighbor {OUR_V4} remote-as {OUR_AS}
+ neighbor {OUR_V4} port {OUR_PORT}
+ neighbor {OUR_V4} timers connect 2
+ neighbor {OUR_V4} password {password}
+ neighbor {OUR_V6} remote-as {OUR_AS}
+ neighbor {OUR_V6} port {OUR_PORT}
+ neighbor {OUR_V6} timers connect 2
+ neighbor {OUR_V6} password {password}
+ neighbor {OUR_V6} passive
+ address-family ipv4 unicast
+  network 198.51.100.0/24
+  neighbor {OUR_V4} activate
+ exit-address-family
+ address-family ipv6 unicast
+  network 2001:db8:51::/48
+  neighbor {OUR_V6} activate
+ exit-address-family
+"#
+    )
+}
+
+/// The best path FRR has for `prefix` (`show bgp <afi> unicast <prefix> json`), once
+/// it has one.
+async fn frr_path(frr: &Frr, afi: &str, prefix: &str) -> serde_json::Value {
+    let command = format!("show bgp {afi} unicast {prefix} json");
+    let found = eventually(Duration::from_secs(20), || async {
+        let route = frr.json(&command).await;
+        route["paths"].as_array().and_then(|p| p.first()).cloned()
+    })
+    .await;
+    found.unwrap_or_else(|| panic!("FRR has no route {prefix} within 20s; log:\n{}", frr.log()))
+}
+
+#[test]
+fn frr_learns_our_routes_and_we_learn_frrs_with_md5() {
+    if let Some(why) = missing_prerequisite() {
+        println!("skipped: {why}");
+        return;
+    }
+    if !Frr::installed() {
+        println!("skipped: frr not installed");
+        return;
+    }
+    let link = Link::new();
+    let frr_as = 4_200_000_020;
+    // IPv4: both sides connect; IPv6: FRR only listens, we connect. MD5 on both.
+    let frr = Frr::start(&link.birds, &frr_config(frr_as, "kubewire-md5"));
+    let config = our_config(
+        frr_as,
+        |p4| p4.password = Some("kubewire-md5".into()),
+        // No link-local next hop: bgpd without zebra knows no interfaces and
+        // withdraws routes that carry one (BIRD's test covers the pair).
+        |p6| p6.password = Some("kubewire-md5".into()),
+    );
+    link.ours.block_on(|| async move {
+        let speaker = Speaker::start(config).await.expect("speaker starts");
+        let mut events = speaker.subscribe();
+        let up = eventually(Duration::from_secs(30), || async {
+            let neighbors = frr.json("show bgp neighbors json").await;
+            let frr_up = [OUR_V4, OUR_V6]
+                .iter()
+                .all(|n| neighbors[n]["bgpState"] == "Established");
+            let ours_up = speaker
+                .peers()
+                .await
+                .iter()
+                .all(|p| p.state == State::Established);
+            (frr_up && ours_up).then_some(neighbors)
+        })
+        .await;
+        let Some(neighbors) = up else {
+            panic!(
+                "sessions not established within 30s\nours: {:?}\nfrr log:\n{}",
+                speaker.peers().await,
+                frr.log()
+            )
+        };
+        for n in [OUR_V4, OUR_V6] {
+            let caps = &neighbors[n]["neighborCapabilities"];
+            println!(
+                "frr: neighbor {n} {} 4byteAs {} routeRefresh {}",
+                neighbors[n]["bgpState"], caps["4byteAs"], caps["routeRefresh"]
+            );
+            assert_eq!(caps["4byteAs"], "advertisedAndReceived", "{caps}");
+        }
+
+        speaker.announce(net("10.126.0.0/24"), None, RouteAttrs::default());
+        speaker.announce(net("2001:db8:126::/48"), None, RouteAttrs::default());
+        let v4 = frr_path(&frr, "ipv4", "10.126.0.0/24").await;
+        println!(
+            "frr: 10.126.0.0/24 as-path {} next hop {}",
+            v4["aspath"]["string"], v4["nexthops"][0]["ip"]
+        );
+        assert_eq!(v4["aspath"]["string"], OUR_AS.to_string(), "{v4}");
+        assert_eq!(v4["nexthops"][0]["ip"], OUR_V4, "{v4}");
+        let v6 = frr_path(&frr, "ipv6", "2001:db8:126::/48").await;
+        let hops: Vec<String> = v6["nexthops"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|h| format!("{} ({})", h["ip"], h["scope"]))
+            .collect();
+        println!("frr: 2001:db8:126::/48 next hops {}", hops.join(", "));
+        assert_eq!(v6["nexthops"][0]["ip"], OUR_V6, "{v6}");
+
+        let learned = learn(
+            &mut events,
+            &[net("198.51.100.0/24"), net("2001:db8:51::/48")],
+        )
+        .await;
+        for (prefix, (peer, nh)) in &learned {
+            println!("ours: {prefix} from {peer} next hop {nh:?}");
+        }
+        assert_eq!(
+            learned[&net("198.51.100.0/24")].1,
+            NextHop::V4(BIRD_V4.parse().expect("addr"))
+        );
+        assert!(matches!(
+            learned[&net("2001:db8:51::/48")].1,
+            NextHop::V6 { global, .. } if global == BIRD_V6.parse::<std::net::Ipv6Addr>().expect("addr")
+        ));
         speaker.shutdown().await;
     });
 }
