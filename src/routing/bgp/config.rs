@@ -192,6 +192,17 @@ impl SpeakerConfig {
             if peer.asn == 0 {
                 return Err(format!("peer {}: AS 0", peer.address));
             }
+            if peer.passive
+                && !self
+                    .listen
+                    .iter()
+                    .any(|l| l.is_ipv6() == peer.address.is_ipv6())
+            {
+                return Err(format!(
+                    "peer {} is passive but nothing listens for its address family",
+                    peer.address
+                ));
+            }
             if let Some(password) = &peer.password
                 && password.len() > 80
             {
@@ -202,5 +213,56 @@ impl SpeakerConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_refuses_impossible_settings() {
+        let base = || {
+            let mut c = SpeakerConfig::new(65000, Ipv4Addr::new(10, 0, 0, 1));
+            c.peers = vec![PeerConfig::new("10.0.0.2".parse().expect("addr"), 65001)];
+            c
+        };
+        assert_eq!(base().check(), Ok(()));
+        type Change = Box<dyn Fn(&mut SpeakerConfig)>;
+        let cases: Vec<(&str, Change)> = vec![
+            ("AS 0", Box::new(|c| c.asn = 0)),
+            (
+                "router id 0",
+                Box::new(|c| c.router_id = Ipv4Addr::UNSPECIFIED),
+            ),
+            ("hold 2", Box::new(|c| c.hold_time = 2)),
+            ("peer hold 1", Box::new(|c| c.peers[0].hold_time = Some(1))),
+            ("twice", Box::new(|c| c.peers.push(c.peers[0].clone()))),
+            ("peer AS 0", Box::new(|c| c.peers[0].asn = 0)),
+            (
+                "long password",
+                Box::new(|c| c.peers[0].password = Some("x".repeat(81))),
+            ),
+            (
+                "passive, no listener",
+                Box::new(|c| c.peers[0].passive = true),
+            ),
+            (
+                "passive, listener of the other family",
+                Box::new(|c| {
+                    c.peers[0].passive = true;
+                    c.listen = vec!["[::]:179".parse().expect("addr")];
+                }),
+            ),
+        ];
+        for (name, change) in cases {
+            let mut c = base();
+            change(&mut c);
+            assert!(c.check().is_err(), "{name}");
+        }
+        let mut c = base();
+        c.peers[0].passive = true;
+        c.listen = vec!["0.0.0.0:179".parse().expect("addr")];
+        assert_eq!(c.check(), Ok(()));
     }
 }

@@ -73,7 +73,8 @@ enum Command {
     Shutdown,
 }
 
-/// The running speaker. Dropping it stops nothing; call [`SpeakerHandle::shutdown`].
+/// The running speaker. Dropping it stops the speaker too (its command channel
+/// closes), but only [`SpeakerHandle::shutdown`] waits for the Ceases to go out.
 pub struct SpeakerHandle {
     commands: mpsc::UnboundedSender<Command>,
     task: JoinHandle<()>,

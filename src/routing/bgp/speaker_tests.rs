@@ -182,3 +182,176 @@ async fn wrong_md5_password_keeps_the_session_down() {
     sa.shutdown().await;
     sb.shutdown().await;
 }
+
+mod raw_neighbour {
+    //! A neighbour driven by hand over a real socket: what the speaker answers to
+    //! malformed input and to a route refresh.
+
+    use super::*;
+    use crate::routing::bgp::message::{
+        HEADER_LEN, LocalOpen, decode, encode, frame_length, notification_code, open_message,
+    };
+    use netgauze_bgp_pkt::BgpMessage;
+    use netgauze_bgp_pkt::iana::RouteRefreshSubcode;
+    use netgauze_bgp_pkt::nlri::{Ipv4Unicast, Ipv4UnicastAddress};
+    use netgauze_bgp_pkt::route_refresh::BgpRouteRefreshMessage;
+    use netgauze_bgp_pkt::update::BgpUpdateMessage;
+    use netgauze_iana::address_family::AddressType;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpSocket, TcpStream};
+
+    const SPEAKER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 21);
+    const NEIGHBOUR: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 22);
+
+    async fn read_msg(stream: &mut TcpStream) -> Option<BgpMessage> {
+        let mut header = [0u8; HEADER_LEN];
+        tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut header))
+            .await
+            .expect("a message within 10s")
+            .ok()?;
+        let mut frame = header.to_vec();
+        frame.resize(frame_length(&header).expect("valid header"), 0);
+        stream.read_exact(&mut frame[HEADER_LEN..]).await.ok()?;
+        Some(decode(&frame, true).expect("valid message"))
+    }
+
+    /// Reads until a message that is not a KEEPALIVE.
+    async fn read_non_keepalive(stream: &mut TcpStream) -> Option<BgpMessage> {
+        loop {
+            match read_msg(stream).await? {
+                BgpMessage::KeepAlive => continue,
+                msg => return Some(msg),
+            }
+        }
+    }
+
+    async fn send(stream: &mut TcpStream, msg: &BgpMessage) {
+        let bytes = encode(msg).expect("encodes");
+        stream.write_all(&bytes).await.expect("write");
+    }
+
+    /// An established session to the speaker, connecting until it accepts (after a
+    /// failure it waits out its restart backoff in Idle, refusing connections).
+    async fn established(port: u16) -> TcpStream {
+        for _ in 0..50 {
+            let socket = TcpSocket::new_v4().expect("socket");
+            socket
+                .bind(SocketAddr::new(IpAddr::V4(NEIGHBOUR), 0))
+                .expect("bind");
+            let Ok(mut stream) = socket
+                .connect(SocketAddr::new(IpAddr::V4(SPEAKER), port))
+                .await
+            else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            if !matches!(read_msg(&mut stream).await, Some(BgpMessage::Open(_))) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            let open = open_message(&LocalOpen {
+                asn: 65022,
+                router_id: NEIGHBOUR,
+                hold_time: 9,
+                families: Families::IPV4,
+            });
+            send(&mut stream, &open).await;
+            send(&mut stream, &BgpMessage::KeepAlive).await;
+            assert_eq!(read_msg(&mut stream).await, Some(BgpMessage::KeepAlive));
+            return stream;
+        }
+        panic!("the speaker did not accept the neighbour within 5s")
+    }
+
+    async fn start() -> (SpeakerHandle, u16) {
+        let port = free_port(SPEAKER);
+        let mut p = peer(NEIGHBOUR, 65022, 179, SPEAKER);
+        p.passive = true;
+        let handle = Speaker::start(speaker(65021, SPEAKER, port, p))
+            .await
+            .expect("starts");
+        (handle, port)
+    }
+
+    /// The NOTIFICATION the speaker sends, then the close.
+    async fn notification(stream: &mut TcpStream) -> (u8, u8) {
+        let Some(BgpMessage::Notification(n)) = read_non_keepalive(stream).await else {
+            panic!("no NOTIFICATION")
+        };
+        assert_eq!(read_msg(stream).await, None, "connection closed after it");
+        notification_code(&n)
+    }
+
+    #[tokio::test]
+    async fn malformed_input_gets_notifications_and_the_session_recovers() {
+        let (handle, port) = start().await;
+
+        // A broken marker.
+        let mut stream = established(port).await;
+        let mut bad = encode(&BgpMessage::KeepAlive).expect("encodes");
+        bad[3] = 0;
+        stream.write_all(&bad).await.expect("write");
+        assert_eq!(notification(&mut stream).await, (1, 1));
+
+        // A length beyond 4096.
+        let mut stream = established(port).await;
+        let mut bad = encode(&BgpMessage::KeepAlive).expect("encodes");
+        bad[16] = 0x20;
+        stream.write_all(&bad).await.expect("write");
+        assert_eq!(notification(&mut stream).await, (1, 2));
+
+        // An UPDATE announcing a prefix without any attribute.
+        let mut stream = established(port).await;
+        let nlri = vec![Ipv4UnicastAddress::new_no_path_id(
+            Ipv4Unicast::from_net("10.1.0.0/24".parse().expect("net")).expect("unicast"),
+        )];
+        send(
+            &mut stream,
+            &BgpMessage::Update(BgpUpdateMessage::new(vec![], vec![], nlri)),
+        )
+        .await;
+        assert_eq!(notification(&mut stream).await, (3, 3));
+
+        // A body cut short: an UPDATE whose attribute length overruns the message.
+        let mut stream = established(port).await;
+        let mut bad = vec![0xff; 16];
+        bad.extend_from_slice(&[0, 27, 2, 0, 0, 0, 200, 64, 1, 1, 0]);
+        while bad.len() < 27 {
+            bad.push(0);
+        }
+        stream.write_all(&bad).await.expect("write");
+        assert_eq!(notification(&mut stream).await.0, 3);
+
+        // The speaker lives on and takes the neighbour back.
+        let _stream = established(port).await;
+        let peers = handle.peers().await;
+        assert_eq!(peers[0].state, State::Established, "{peers:?}");
+        handle.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn route_refresh_is_answered_with_adj_rib_out() {
+        let (handle, port) = start().await;
+        let mut stream = established(port).await;
+        handle.announce(net("10.77.0.0/24"), None, RouteAttrs::default());
+        let Some(BgpMessage::Update(first)) = read_non_keepalive(&mut stream).await else {
+            panic!("no UPDATE")
+        };
+        assert_eq!(first.nlri().len(), 1);
+        send(
+            &mut stream,
+            &BgpMessage::RouteRefresh(BgpRouteRefreshMessage::new(
+                AddressType::Ipv4Unicast,
+                RouteRefreshSubcode::NormalRequest,
+            )),
+        )
+        .await;
+        let Some(BgpMessage::Update(again)) = read_non_keepalive(&mut stream).await else {
+            panic!("no UPDATE after ROUTE-REFRESH")
+        };
+        assert_eq!(again, first);
+        handle.shutdown().await;
+        // Shutdown says goodbye with Cease / administrative shutdown.
+        assert_eq!(notification(&mut stream).await, (6, 2));
+    }
+}
