@@ -744,3 +744,93 @@ fn collision_candidate_failures_leave_the_session_alone() {
     assert_eq!(started(&actions, Timer::Hold), Some(OPEN_HOLD_TIME));
     assert_eq!((fsm.state(), fsm.conn()), (State::OpenSent, Some(2)));
 }
+
+#[test]
+fn inbound_while_connecting_then_our_connect_completes() {
+    let mut fsm = Fsm::new(config(PEER_AS, false));
+    fsm.handle(Event::Start);
+    fsm.handle(Event::Connected {
+        conn: 1,
+        direction: Direction::Inbound,
+    });
+    assert_eq!((fsm.state(), fsm.conn()), (State::OpenSent, Some(1)));
+    // Our own attempt finishes late: it becomes the collision candidate.
+    let actions = fsm.handle(Event::Connected {
+        conn: 2,
+        direction: Direction::Outbound,
+    });
+    assert!(matches!(
+        &actions[..],
+        [Action::Send {
+            conn: 2,
+            msg: BgpMessage::Open(_)
+        }]
+    ));
+    // Peer id lower than ours: our (outbound) connection wins.
+    let actions = fsm.handle(Event::Received {
+        conn: 1,
+        msg: peer_open(PEER_AS, [10, 0, 0, 1], 90),
+    });
+    assert_eq!(sent_codes(&actions), vec![(1, (6, 7))]);
+    assert_eq!((fsm.state(), fsm.conn()), (State::OpenSent, Some(2)));
+}
+
+#[test]
+fn notification_in_open_confirm_and_stop_in_open_sent() {
+    let mut fsm = open_sent(PEER_AS);
+    fsm.handle(Event::Received {
+        conn: 1,
+        msg: peer_open(PEER_AS, [10, 0, 0, 9], 90),
+    });
+    let actions = fsm.handle(Event::Received {
+        conn: 1,
+        msg: BgpMessage::Notification(Notification::OpenMessageError(
+            OpenMessageError::UnsupportedCapability {
+                value: Box::new([]),
+            },
+        )),
+    });
+    assert!(sent_codes(&actions).is_empty());
+    assert!(!actions.contains(&Action::Down));
+    assert_eq!(fsm.state(), State::Idle);
+
+    let mut fsm = open_sent(PEER_AS);
+    let actions = fsm.handle(Event::Stop);
+    assert_eq!(sent_codes(&actions), vec![(1, (6, 2))]);
+    assert_eq!(fsm.state(), State::Idle);
+}
+
+#[test]
+fn events_that_do_not_apply_are_ignored() {
+    let mut fsm = open_sent(PEER_AS);
+    assert!(fsm.handle(Event::ConnectFailed).is_empty());
+    assert!(
+        fsm.handle(Event::Received {
+            conn: 42,
+            msg: BgpMessage::KeepAlive
+        })
+        .is_empty()
+    );
+    let header_error = Notification::MessageHeaderError(
+        netgauze_bgp_pkt::notification::MessageHeaderError::BadMessageType {
+            value: Box::new([9]),
+        },
+    );
+    assert!(
+        fsm.handle(Event::Malformed {
+            conn: 42,
+            notification: header_error.clone()
+        })
+        .is_empty()
+    );
+    assert_eq!(fsm.state(), State::OpenSent);
+    // Malformed input on the collision candidate closes only that connection.
+    let mut fsm = colliding();
+    let actions = fsm.handle(Event::Malformed {
+        conn: 2,
+        notification: header_error,
+    });
+    assert_eq!(sent_codes(&actions), vec![(2, (1, 3))]);
+    assert_eq!(closed(&actions), vec![2]);
+    assert_eq!((fsm.state(), fsm.conn()), (State::OpenSent, Some(1)));
+}
