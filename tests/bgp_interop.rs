@@ -114,25 +114,38 @@ impl Bird {
             .arg(dir.path().join("bird.pid"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("stderr")).expect("stderr file"))
             .spawn()
             .expect("starting bird");
-        let bird = Bird {
+        let mut bird = Bird {
             child,
             socket,
             log,
             _dir: dir,
         };
+        // Up once birdc gets an answer; a config error ends bird at once.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !bird.socket.exists() {
+        loop {
+            if let Ok(Some(status)) = bird.child.try_wait() {
+                panic!("bird exited ({status}): {}", bird.log());
+            }
+            let answered = bird.socket.exists()
+                && Command::new("birdc")
+                    .arg("-s")
+                    .arg(&bird.socket)
+                    .arg("show status")
+                    .output()
+                    .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("Daemon is up"));
+            if answered {
+                return bird;
+            }
             assert!(
                 Instant::now() < deadline,
-                "bird did not open its control socket; log:\n{}",
+                "bird did not answer on its control socket; log:\n{}",
                 bird.log()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        bird
     }
 
     /// `birdc -s SOCK args…`, bounded to 10 s.
@@ -152,8 +165,14 @@ impl Bird {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
+    /// Its log file and what it printed.
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        let stderr = self.log.with_file_name("stderr");
+        format!(
+            "{}{}",
+            std::fs::read_to_string(&self.log).unwrap_or_default(),
+            std::fs::read_to_string(stderr).unwrap_or_default()
+        )
     }
 }
 
@@ -555,6 +574,98 @@ fn md5_with_a_wrong_password_stays_down() {
         );
         let route = bird.birdc(&["show", "route", "10.125.0.0/24"]).await;
         assert!(!route.contains("10.125.0.0/24 "), "{route}");
+        speaker.shutdown().await;
+    });
+}
+
+#[test]
+fn ibgp_with_bird_keeps_local_pref_next_hop_self_and_split_horizon() {
+    if let Some(why) = missing_prerequisite() {
+        println!("skipped: {why}");
+        return;
+    }
+    let link = Link::new();
+    // Both sessions iBGP (4-byte AS on both sides); the one over IPv6 carries IPv4
+    // too, so it is a second iBGP neighbour that may not get what the first sent.
+    let bird = Bird::start(
+        &link.birds,
+        &format!(
+            r#"router id {BIRD_V4};
+protocol device {{ scan time 1; }}
+protocol static s4 {{ ipv4; route 198.51.100.0/24 blackhole; }}
+template bgp kw {{
+  local as {OUR_AS};
+  direct;
+  hold time 9;
+  connect delay time 1;
+  connect retry time 2;
+  error wait time 1, 4;
+}}
+protocol bgp kw4 from kw {{
+  neighbor {OUR_V4} port {OUR_PORT} as {OUR_AS};
+  ipv4 {{ import all; export where source = RTS_STATIC; gateway direct; }};
+}}
+protocol bgp kw6 from kw {{
+  neighbor {OUR_V6} port {OUR_PORT} as {OUR_AS};
+  ipv4 {{ import all; export none; gateway direct; }};
+  ipv6 {{ import all; export none; gateway direct; }};
+}}
+"#
+        ),
+    );
+    let config = our_config(
+        OUR_AS,
+        |_| {},
+        |p6| {
+            p6.families = Families::BOTH;
+            p6.next_hop_v4 = Some(OUR_V4.parse().expect("addr"));
+        },
+    );
+    link.ours.block_on(|| async move {
+        let speaker = Speaker::start(config).await.expect("speaker starts");
+        let mut events = speaker.subscribe();
+        wait_established(&bird, &speaker).await;
+
+        speaker.announce(
+            net("10.127.0.0/24"),
+            None,
+            RouteAttrs {
+                local_pref: Some(200),
+                ..RouteAttrs::default()
+            },
+        );
+        let route = bird_route(&bird, "10.127.0.0/24").await;
+        println!("bird: {}", route_line(&route));
+        assert!(route.contains(&format!("via {OUR_V4}")), "{route}");
+        assert!(route.contains("BGP.local_pref: 200"), "{route}");
+        assert!(route.contains("[i]"), "iBGP adds no AS: {route}");
+
+        let learned = learn(&mut events, &[net("198.51.100.0/24")]).await;
+        let (peer, nh) = learned[&net("198.51.100.0/24")];
+        println!("ours: 198.51.100.0/24 from {peer} next hop {nh:?}");
+        assert_eq!(nh, NextHop::V4(BIRD_V4.parse().expect("addr")));
+
+        // What we learned over iBGP goes neither back (split horizon) nor to the
+        // other iBGP neighbour: BIRD keeps only its static route.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let bird_view = bird
+            .birdc(&["show", "route", "198.51.100.0/24", "all"])
+            .await;
+        let paths: Vec<&str> = bird_view
+            .lines()
+            .filter(|l| l.contains(" [s4 ") || l.contains(" [kw"))
+            .map(str::trim)
+            .collect();
+        println!("bird: 198.51.100.0/24 paths: {paths:?}");
+        assert_eq!(paths.len(), 1, "{bird_view}");
+        assert!(paths[0].contains("[s4 "), "{bird_view}");
+        for p in speaker.peers().await {
+            println!(
+                "ours: peer {} AS{} received {} advertised {}",
+                p.address, p.asn, p.prefixes_received, p.prefixes_advertised
+            );
+            assert_eq!(p.prefixes_advertised, 1, "only our own route: {p:?}");
+        }
         speaker.shutdown().await;
     });
 }
