@@ -315,6 +315,21 @@ pub struct PathAttrs {
     pub cluster_list: Vec<Ipv4Addr>,
 }
 
+/// By hand because netgauze's `Origin` is not `Hash`.
+impl std::hash::Hash for PathAttrs {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (self.origin as u8).hash(state);
+        self.as_path.hash(state);
+        self.next_hop.hash(state);
+        self.med.hash(state);
+        self.local_pref.hash(state);
+        self.communities.hash(state);
+        self.atomic_aggregate.hash(state);
+        self.originator_id.hash(state);
+        self.cluster_list.hash(state);
+    }
+}
+
 impl PathAttrs {
     /// Attributes of a locally originated route: IGP origin, empty AS path.
     pub fn local(next_hop: NextHop) -> PathAttrs {
@@ -557,27 +572,33 @@ pub fn decode_update(
             ));
         }
     }
+    let base = PathAttrs {
+        origin,
+        as_path,
+        next_hop: NextHop::Local,
+        med,
+        // LOCAL_PREF is never taken from an external peer (RFC 4271 §5.1.5).
+        local_pref: local_pref.filter(|_| ctx.ebgp_peer_asn.is_none()),
+        communities,
+        atomic_aggregate,
+        originator_id,
+        cluster_list,
+    };
+    // One shared attribute set per next hop (at most two: NEXT_HOP and MP_REACH).
+    let mut shared: Vec<Arc<PathAttrs>> = vec![];
     for (prefix, nh) in reach {
-        let attrs = PathAttrs {
-            origin,
-            as_path: as_path.clone(),
-            next_hop: nh,
-            med,
-            local_pref: if ctx.ebgp_peer_asn.is_some() {
-                // LOCAL_PREF is never taken from an external peer (RFC 4271 §5.1.5).
-                None
-            } else {
-                local_pref
-            },
-            communities: communities.clone(),
-            atomic_aggregate,
-            originator_id,
-            cluster_list: cluster_list.clone(),
+        let attrs = match shared.iter().find(|a| a.next_hop == nh) {
+            Some(a) => a.clone(),
+            None => {
+                let a = Arc::new(PathAttrs {
+                    next_hop: nh,
+                    ..base.clone()
+                });
+                shared.push(a.clone());
+                a
+            }
         };
-        changes.push(RouteChange::Announce {
-            prefix,
-            attrs: Arc::new(attrs),
-        });
+        changes.push(RouteChange::Announce { prefix, attrs });
     }
     Ok(changes)
 }
@@ -641,17 +662,20 @@ pub enum OutChange {
 pub fn encode_updates(changes: &[OutChange], asn4: bool) -> Vec<BgpMessage> {
     let mut out = vec![];
     let (mut w4, mut w6) = (vec![], vec![]);
+    // Routes with equal attributes share UPDATEs; groups keep first-seen order.
     let mut groups: Vec<(Arc<PathAttrs>, Vec<IpNet>)> = vec![];
+    let mut group_of: HashMap<Arc<PathAttrs>, usize> = HashMap::new();
     for c in changes {
         match c {
             OutChange::Withdraw(IpNet::V4(p)) => w4.push(*p),
             OutChange::Withdraw(IpNet::V6(p)) => w6.push(*p),
-            OutChange::Announce { prefix, attrs } => {
-                match groups.iter_mut().find(|(a, _)| a == attrs) {
-                    Some((_, prefixes)) => prefixes.push(*prefix),
-                    None => groups.push((attrs.clone(), vec![*prefix])),
+            OutChange::Announce { prefix, attrs } => match group_of.get(attrs) {
+                Some(i) => groups[*i].1.push(*prefix),
+                None => {
+                    group_of.insert(attrs.clone(), groups.len());
+                    groups.push((attrs.clone(), vec![*prefix]));
                 }
-            }
+            },
         }
     }
     push_split(&mut out, &w4, &|chunk| {
