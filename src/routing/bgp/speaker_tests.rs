@@ -355,3 +355,32 @@ mod raw_neighbour {
         assert_eq!(notification(&mut stream).await, (6, 2));
     }
 }
+
+#[tokio::test]
+async fn five_thousand_routes_cross_in_split_updates() {
+    let (sa, sb) = pair(None, None).await;
+    let mut events_b = sb.subscribe();
+    wait_established(&sa).await;
+    let prefixes: Vec<IpNet> = (0..5000u32)
+        .map(|i| {
+            IpNet::V4(
+                ipnet::Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 + (i << 8)), 24).expect("prefix"),
+            )
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    for p in &prefixes {
+        sa.announce(*p, None, RouteAttrs::default());
+    }
+    let mut learned = std::collections::HashSet::new();
+    while learned.len() < prefixes.len() {
+        if let RouteEvent::Learned { prefix, .. } = next_event(&mut events_b).await {
+            learned.insert(prefix);
+        }
+    }
+    println!("5000 routes learned in {:?}", started.elapsed());
+    let status = sb.peers().await;
+    assert_eq!(status[0].prefixes_accepted, 5000);
+    sa.shutdown().await;
+    sb.shutdown().await;
+}
