@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 use kubewire::routing::bgp::config::{Backoff, Families, PeerConfig, SpeakerConfig};
 use kubewire::routing::bgp::fsm::State;
-use kubewire::routing::bgp::message::NextHop;
+use kubewire::routing::bgp::route::NextHop;
 use kubewire::routing::bgp::{RouteAttrs, RouteEvent, Speaker, SpeakerHandle};
 use tokio::sync::mpsc::UnboundedReceiver;
 

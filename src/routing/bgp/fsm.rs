@@ -24,9 +24,9 @@ use netgauze_bgp_pkt::open::BgpOpenMessage;
 
 use super::config::{Backoff, Families};
 use super::message::{
-    LocalOpen, Notification, PeerOpen, RouteChange, UpdateContext, decode_update, open_message,
-    read_open,
+    LocalOpen, Notification, PeerOpen, UpdateContext, decode_update, open_message, read_open,
 };
+use super::route::RouteChange;
 
 /// The hold timer while waiting for the neighbour's OPEN (§8.2.2: "a large value,
 /// 4 minutes is suggested").

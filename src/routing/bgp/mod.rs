@@ -2,8 +2,10 @@
 //! learning theirs, without a routing daemon beside the agent.
 //!
 //! Shaped like holo: the protocol is pure and the kernel is thin.
-//! - `message` is the only user of `netgauze-bgp-pkt`: bytes ↔ messages, OPEN
-//!   capabilities, UPDATE ↔ route changes; malformed input becomes a NOTIFICATION.
+//! - `message` is the only user of `netgauze-bgp-pkt` (besides its `Origin` enum in
+//!   `route`): bytes ↔ messages, OPEN capabilities, UPDATE ↔ route changes;
+//!   malformed input becomes a NOTIFICATION.
+//! - `route` is the speaker's own route model (plain attribute values).
 //! - `fsm` is the session state machine: events in, actions out, no sockets.
 //! - `rib` (Adj-RIB-In, Loc-RIB with best-path selection, Adj-RIB-Out) and `policy`
 //!   (import filter, export rewriting) are pure bookkeeping.
@@ -15,6 +17,7 @@ pub mod fsm;
 pub mod message;
 pub mod policy;
 pub mod rib;
+pub mod route;
 pub mod session;
 pub mod socket;
 pub mod speaker;

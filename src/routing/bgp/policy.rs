@@ -12,7 +12,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 
 use super::config::Families;
-use super::message::{NextHop, PathAttrs};
+use super::route::{NextHop, PathAttrs};
 
 /// LOCAL_PREF given to routes that carry none when sent to an iBGP peer (RFC 4271
 /// §5.1.5 asks for it on every iBGP route; 100 is the common default).
@@ -194,7 +194,7 @@ pub fn export(
 
 #[cfg(test)]
 mod tests {
-    use super::super::message::AsSegment;
+    use super::super::route::AsSegment;
     use super::*;
     use netgauze_bgp_pkt::path_attribute::Origin;
 

@@ -15,11 +15,11 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
-use super::message::{OutChange, PathAttrs, RouteChange};
 use super::policy::{
     DEFAULT_LOCAL_PREF, ExportTarget, ImportPolicy, LocalIdentity, PeerIdentity, RouteSource,
     export,
 };
+use super::route::{OutChange, PathAttrs, RouteChange};
 
 /// A route as selection sees it: where it came from and its attributes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -275,8 +275,8 @@ impl Rib {
 #[cfg(test)]
 mod tests {
     use super::super::config::Families;
-    use super::super::message::{AsSegment, NextHop};
     use super::super::policy::ExportPolicy;
+    use super::super::route::{AsSegment, NextHop};
     use super::*;
     use netgauze_bgp_pkt::path_attribute::Origin;
     use std::net::Ipv4Addr;

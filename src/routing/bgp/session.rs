@@ -21,7 +21,8 @@ use tokio::task::JoinHandle;
 
 use super::config::PeerConfig;
 use super::fsm::{Action, ConnId, Direction, Event, Fsm, FsmConfig, Session, State, Timer};
-use super::message::{self, HEADER_LEN, Notification, RouteChange};
+use super::message::{self, HEADER_LEN, Notification};
+use super::route::RouteChange;
 use super::socket::{self, ConnectOptions};
 
 /// What the session task receives.

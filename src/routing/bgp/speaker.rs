@@ -19,9 +19,10 @@ use tokio::task::JoinHandle;
 
 use super::config::{PeerConfig, SpeakerConfig};
 use super::fsm::{FsmConfig, Session, State};
-use super::message::{AsSegment, LocalOpen, NextHop, OutChange, PathAttrs, encode_updates};
+use super::message::{LocalOpen, encode_updates};
 use super::policy::{ExportTarget, LocalIdentity, PeerIdentity, RouteSource};
 use super::rib::{AdjRibOut, BestChange, Rib};
+use super::route::{AsSegment, NextHop, OutChange, PathAttrs};
 use super::session::{SessionInput, SessionReport, SessionTask, SharedStatus};
 use super::socket;
 

@@ -1,401 +1,36 @@
-//! The one place that speaks `netgauze-bgp-pkt`: bytes ↔ BGP messages, our OPEN and
-//! what the peer's OPEN offers, and UPDATEs ↔ the speaker's own route model.
-//!
-//! Everything a peer sends is checked here before the rest of the speaker sees it:
-//! a malformed message becomes the NOTIFICATION RFC 4271 §6 asks for (never a
-//! panic), a well-formed one becomes [`RouteChange`]s with plain attribute types
-//! ([`PathAttrs`]) that the RIB and policy compare and rewrite.
+//! UPDATE messages ↔ route changes: validation of what a neighbour sent (RFC 4271
+//! §6.3), IPv4 in the classic fields and IPv6 in MP_REACH/MP_UNREACH (RFC 4760,
+//! global and link-local next hops per RFC 2545), 2-byte sessions through AS4_PATH
+//! (RFC 6793), and packing outgoing routes under the 4096-byte limit.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use netgauze_bgp_pkt::BgpMessage;
-use netgauze_bgp_pkt::capabilities::{
-    BgpCapability, FourOctetAsCapability, MultiProtocolExtensionsCapability,
-};
 use netgauze_bgp_pkt::community::Community;
 use netgauze_bgp_pkt::nlri::{Ipv4Unicast, Ipv4UnicastAddress, Ipv6Unicast, Ipv6UnicastAddress};
-use netgauze_bgp_pkt::notification::{
-    CeaseError, FiniteStateMachineError, HoldTimerExpiredError, MessageHeaderError,
-    OpenMessageError, UpdateMessageError,
-};
-use netgauze_bgp_pkt::open::{BgpOpenMessage, BgpOpenMessageParameter};
+use netgauze_bgp_pkt::notification::UpdateMessageError;
 use netgauze_bgp_pkt::path_attribute::{
     As2PathSegment, As4Path, As4PathSegment, AsPath, AsPathSegmentType, AtomicAggregate, ClusterId,
     ClusterList, Communities, LocalPreference, MpReach, MpUnreach, MultiExitDiscriminator,
-    NextHop as NextHopAttr, Origin, Originator, PathAttribute, PathAttributeValue,
+    NextHop as NextHopAttr, Originator, PathAttribute, PathAttributeValue,
 };
 use netgauze_bgp_pkt::update::BgpUpdateMessage;
-use netgauze_bgp_pkt::wire::deserializer::BgpParsingContext;
-use netgauze_iana::address_family::AddressType;
 use netgauze_parse_utils::WritablePdu;
-use netgauze_parse_utils::reader::SliceReader;
-use netgauze_parse_utils::traits::ParseFromWithOneInput;
 
-use super::config::Families;
-
-pub use netgauze_bgp_pkt::notification::BgpNotificationMessage as Notification;
-
-/// The 2-byte AS a 4-byte-AS speaker puts where a 2-byte AS is expected (RFC 6793).
-pub const AS_TRANS: u16 = 23456;
-/// Marker, length and type.
-pub const HEADER_LEN: usize = 19;
-/// RFC 4271's limit; extended messages (RFC 8654) are not offered.
-pub const MAX_MESSAGE_LEN: usize = 4096;
+use super::{AS_TRANS, MAX_MESSAGE_LEN, Notification};
+use crate::routing::bgp::config::Families;
+use crate::routing::bgp::route::{AsSegment, NextHop, OutChange, PathAttrs, RouteChange};
 
 /// Attribute type codes, for the data of "missing well-known attribute".
 const ATTR_ORIGIN: u8 = 1;
 const ATTR_AS_PATH: u8 = 2;
 const ATTR_NEXT_HOP: u8 = 3;
 
-// ---------------------------------------------------------------- framing
-
-/// Serializes a message; fails only on a message we built too large, which is a bug
-/// in the caller's splitting.
-pub fn encode(msg: &BgpMessage) -> Result<Vec<u8>, String> {
-    let mut buf = Vec::with_capacity(msg.len());
-    msg.write(&mut buf).map_err(|e| e.to_string())?;
-    Ok(buf)
-}
-
-/// The length of the whole message a 19-byte header announces, after checking the
-/// marker and the length bounds (RFC 4271 §6.1).
-pub fn frame_length(header: &[u8; HEADER_LEN]) -> Result<usize, Notification> {
-    if header[..16].iter().any(|b| *b != 0xff) {
-        return Err(Notification::MessageHeaderError(
-            MessageHeaderError::ConnectionNotSynchronized {
-                value: Box::new([]),
-            },
-        ));
-    }
-    let length = u16::from_be_bytes([header[16], header[17]]);
-    if (length as usize) < HEADER_LEN || length as usize > MAX_MESSAGE_LEN {
-        return Err(Notification::MessageHeaderError(
-            MessageHeaderError::BadMessageLength {
-                value: length.to_be_bytes().into(),
-            },
-        ));
-    }
-    Ok(length as usize)
-}
-
-/// Parses one whole message (header included). `asn4`: AS_PATHs carry 4-byte ASNs,
-/// as negotiated in the OPENs.
-pub fn decode(frame: &[u8], asn4: bool) -> Result<BgpMessage, Notification> {
-    let mut ctx = BgpParsingContext::new(
-        asn4,
-        HashMap::new(),
-        HashMap::new(),
-        true,
-        true,
-        false,
-        true,
-    );
-    let mut reader = SliceReader::new(frame);
-    BgpMessage::parse(&mut reader, &mut ctx).map_err(Notification::from)
-}
-
-// ---------------------------------------------------------------- OPEN
-
-/// What we offer in our OPEN.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LocalOpen {
-    pub asn: u32,
-    pub router_id: Ipv4Addr,
-    pub hold_time: u16,
-    pub families: Families,
-}
-
-/// Our OPEN: multiprotocol IPv4/IPv6 unicast, route refresh and the 4-byte AS.
-pub fn open_message(local: &LocalOpen) -> BgpMessage {
-    let mut caps = vec![];
-    if local.families.ipv4 {
-        caps.push(BgpCapability::MultiProtocolExtensions(
-            MultiProtocolExtensionsCapability::new(AddressType::Ipv4Unicast),
-        ));
-    }
-    if local.families.ipv6 {
-        caps.push(BgpCapability::MultiProtocolExtensions(
-            MultiProtocolExtensionsCapability::new(AddressType::Ipv6Unicast),
-        ));
-    }
-    caps.push(BgpCapability::RouteRefresh);
-    caps.push(BgpCapability::FourOctetAs(FourOctetAsCapability::new(
-        local.asn,
-    )));
-    let my_as = u16::try_from(local.asn).unwrap_or(AS_TRANS);
-    BgpMessage::Open(BgpOpenMessage::new(
-        my_as,
-        local.hold_time,
-        local.router_id,
-        vec![BgpOpenMessageParameter::new_capabilities(caps)],
-    ))
-}
-
-/// What the peer's OPEN offers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerOpen {
-    /// The 4-byte AS if the peer sent the capability, else its 2-byte AS.
-    pub asn: u32,
-    pub router_id: Ipv4Addr,
-    pub hold_time: u16,
-    pub families: Families,
-    pub route_refresh: bool,
-    pub asn4: bool,
-}
-
-pub fn read_open(open: &BgpOpenMessage) -> PeerOpen {
-    let mut families = Families {
-        ipv4: false,
-        ipv6: false,
-    };
-    let mut any_mp = false;
-    let (mut route_refresh, mut asn4) = (false, false);
-    for cap in open.capabilities() {
-        match cap {
-            BgpCapability::MultiProtocolExtensions(mp) => {
-                any_mp = true;
-                match mp.address_type() {
-                    AddressType::Ipv4Unicast => families.ipv4 = true,
-                    AddressType::Ipv6Unicast => families.ipv6 = true,
-                    _ => {}
-                }
-            }
-            BgpCapability::RouteRefresh | BgpCapability::EnhancedRouteRefresh => {
-                route_refresh = true
-            }
-            BgpCapability::FourOctetAs(_) => asn4 = true,
-            _ => {}
-        }
-    }
-    if !any_mp {
-        // RFC 4760 §8: without the capability a peer speaks IPv4 unicast only.
-        families.ipv4 = true;
-    }
-    PeerOpen {
-        asn: open.my_asn4(),
-        router_id: open.bgp_id(),
-        hold_time: open.hold_time(),
-        families,
-        route_refresh,
-        asn4,
-    }
-}
-
-// ---------------------------------------------------------------- notifications
-
-/// NOTIFICATION code and subcode, for logs and tests (RFC 4271 §4.5).
-pub fn notification_code(n: &Notification) -> (u8, u8) {
-    match n {
-        Notification::MessageHeaderError(e) => (
-            1,
-            match e {
-                MessageHeaderError::Unspecific { .. } => 0,
-                MessageHeaderError::ConnectionNotSynchronized { .. } => 1,
-                MessageHeaderError::BadMessageLength { .. } => 2,
-                MessageHeaderError::BadMessageType { .. } => 3,
-            },
-        ),
-        Notification::OpenMessageError(e) => (
-            2,
-            match e {
-                OpenMessageError::Unspecific { .. } => 0,
-                OpenMessageError::UnsupportedVersionNumber { .. } => 1,
-                OpenMessageError::BadPeerAs { .. } => 2,
-                OpenMessageError::BadBgpIdentifier { .. } => 3,
-                OpenMessageError::UnsupportedOptionalParameter { .. } => 4,
-                OpenMessageError::UnacceptableHoldTime { .. } => 6,
-                OpenMessageError::UnsupportedCapability { .. } => 7,
-                OpenMessageError::RoleMismatch { .. } => 11,
-            },
-        ),
-        Notification::UpdateMessageError(e) => (
-            3,
-            match e {
-                UpdateMessageError::Unspecific { .. } => 0,
-                UpdateMessageError::MalformedAttributeList { .. } => 1,
-                UpdateMessageError::UnrecognizedWellKnownAttribute { .. } => 2,
-                UpdateMessageError::MissingWellKnownAttribute { .. } => 3,
-                UpdateMessageError::AttributeFlagsError { .. } => 4,
-                UpdateMessageError::AttributeLengthError { .. } => 5,
-                UpdateMessageError::InvalidOriginAttribute { .. } => 6,
-                UpdateMessageError::InvalidNextHopAttribute { .. } => 8,
-                UpdateMessageError::OptionalAttributeError { .. } => 9,
-                UpdateMessageError::InvalidNetworkField { .. } => 10,
-                UpdateMessageError::MalformedAsPath { .. } => 11,
-            },
-        ),
-        Notification::HoldTimerExpiredError(HoldTimerExpiredError::Unspecific {
-            sub_code, ..
-        }) => (4, *sub_code),
-        Notification::FiniteStateMachineError(e) => (
-            5,
-            match e {
-                FiniteStateMachineError::Unspecific { .. } => 0,
-                FiniteStateMachineError::ReceiveUnexpectedMessageInOpenSentState { .. } => 1,
-                FiniteStateMachineError::ReceiveUnexpectedMessageInOpenConfirmState { .. } => 2,
-                FiniteStateMachineError::ReceiveUnexpectedMessageInEstablishedState { .. } => 3,
-            },
-        ),
-        Notification::CeaseError(e) => (
-            6,
-            match e {
-                CeaseError::MaximumNumberOfPrefixesReached { .. } => 1,
-                CeaseError::AdministrativeShutdown { .. } => 2,
-                CeaseError::PeerDeConfigured { .. } => 3,
-                CeaseError::AdministrativeReset { .. } => 4,
-                CeaseError::ConnectionRejected { .. } => 5,
-                CeaseError::OtherConfigurationChange { .. } => 6,
-                CeaseError::ConnectionCollisionResolution { .. } => 7,
-                CeaseError::OutOfResources { .. } => 8,
-                CeaseError::HardReset { .. } => 9,
-                CeaseError::BfdDown { .. } => 10,
-            },
-        ),
-        Notification::RouteRefreshError(_) => (7, 1),
-    }
-}
-
 fn update_error(e: fn(Box<[u8]>) -> UpdateMessageError, data: &[u8]) -> Notification {
     Notification::UpdateMessageError(e(data.into()))
-}
-
-// ---------------------------------------------------------------- route model
-
-/// Where traffic for a route goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum NextHop {
-    /// This speaker: the local address of each session, filled in on export
-    /// (next-hop-self for locally originated routes).
-    Local,
-    V4(Ipv4Addr),
-    /// A global address and, for neighbours on the same link, a link-local one
-    /// (RFC 2545 §3).
-    V6 {
-        global: Ipv6Addr,
-        link_local: Option<Ipv6Addr>,
-    },
-}
-
-impl NextHop {
-    /// The address a route would be installed with (the link-local one where given,
-    /// as the kernel needs for an on-link IPv6 neighbour).
-    pub fn addr(&self) -> Option<IpAddr> {
-        match self {
-            NextHop::Local => None,
-            NextHop::V4(a) => Some(IpAddr::V4(*a)),
-            NextHop::V6 { global, .. } => Some(IpAddr::V6(*global)),
-        }
-    }
-}
-
-/// One AS_PATH segment with 4-byte ASNs.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct AsSegment {
-    /// AS_SET (unordered, counts as one hop) rather than AS_SEQUENCE.
-    pub set: bool,
-    pub asns: Vec<u32>,
-}
-
-/// The path attributes the speaker understands, as plain values.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PathAttrs {
-    pub origin: Origin,
-    pub as_path: Vec<AsSegment>,
-    pub next_hop: NextHop,
-    pub med: Option<u32>,
-    pub local_pref: Option<u32>,
-    /// RFC 1997 communities, as 32-bit values (`asn << 16 | value`).
-    pub communities: Vec<u32>,
-    pub atomic_aggregate: bool,
-    /// RFC 4456 route reflection.
-    pub originator_id: Option<Ipv4Addr>,
-    pub cluster_list: Vec<Ipv4Addr>,
-}
-
-/// By hand because netgauze's `Origin` is not `Hash`.
-impl std::hash::Hash for PathAttrs {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        (self.origin as u8).hash(state);
-        self.as_path.hash(state);
-        self.next_hop.hash(state);
-        self.med.hash(state);
-        self.local_pref.hash(state);
-        self.communities.hash(state);
-        self.atomic_aggregate.hash(state);
-        self.originator_id.hash(state);
-        self.cluster_list.hash(state);
-    }
-}
-
-impl PathAttrs {
-    /// Attributes of a locally originated route: IGP origin, empty AS path.
-    pub fn local(next_hop: NextHop) -> PathAttrs {
-        PathAttrs {
-            origin: Origin::IGP,
-            as_path: vec![],
-            next_hop,
-            med: None,
-            local_pref: None,
-            communities: vec![],
-            atomic_aggregate: false,
-            originator_id: None,
-            cluster_list: vec![],
-        }
-    }
-
-    /// AS_PATH length for best-path selection: an AS_SET counts once (RFC 4271
-    /// §9.1.2.2).
-    pub fn as_path_len(&self) -> usize {
-        self.as_path
-            .iter()
-            .map(|s| if s.set { 1 } else { s.asns.len() })
-            .sum()
-    }
-
-    /// The AS the route was learned from (first AS of the first sequence), for
-    /// comparing MEDs.
-    pub fn neighbour_as(&self) -> Option<u32> {
-        self.as_path
-            .first()
-            .filter(|s| !s.set)
-            .and_then(|s| s.asns.first().copied())
-    }
-
-    pub fn contains_as(&self, asn: u32) -> bool {
-        self.as_path.iter().any(|s| s.asns.contains(&asn))
-    }
-
-    /// Puts `asn` in front of the path `times` times.
-    pub fn prepend(&mut self, asn: u32, times: usize) {
-        if times == 0 {
-            return;
-        }
-        match self.as_path.first_mut() {
-            Some(first) if !first.set && first.asns.len() + times <= 255 => {
-                first.asns.splice(0..0, std::iter::repeat_n(asn, times));
-            }
-            _ => self.as_path.insert(
-                0,
-                AsSegment {
-                    set: false,
-                    asns: vec![asn; times],
-                },
-            ),
-        }
-    }
-}
-
-/// One change a peer made to its routes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RouteChange {
-    Announce {
-        prefix: IpNet,
-        attrs: Arc<PathAttrs>,
-    },
-    Withdraw(IpNet),
 }
 
 /// What decoding an UPDATE needs to know about the session.
@@ -644,17 +279,6 @@ fn merge_as4_path(as_path: Vec<AsSegment>, as4: Vec<AsSegment>) -> Vec<AsSegment
     merged
 }
 
-/// A route as it goes out to one peer: attributes already rewritten by the export
-/// policy, next hop resolved.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OutChange {
-    Announce {
-        prefix: IpNet,
-        attrs: Arc<PathAttrs>,
-    },
-    Withdraw(IpNet),
-}
-
 /// Packs outgoing changes into UPDATEs of at most 4096 bytes: IPv4 in the classic
 /// fields, IPv6 in MP_REACH/MP_UNREACH (RFC 4760), routes sharing attributes in one
 /// message. `asn4`: the session negotiated 4-byte ASNs; otherwise AS_PATH carries
@@ -882,7 +506,14 @@ fn common_attrs(attrs: &PathAttrs, asn4: bool) -> Vec<PathAttribute> {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
+    use netgauze_bgp_pkt::path_attribute::Origin;
+
     use super::*;
+    use crate::routing::bgp::message::{
+        HEADER_LEN, decode, encode, frame_length, notification_code,
+    };
 
     fn roundtrip(msg: &BgpMessage, asn4: bool) -> BgpMessage {
         let bytes = encode(msg).expect("encodes");
@@ -896,77 +527,6 @@ mod tests {
             asn4: true,
             families: Families::BOTH,
             ebgp_peer_asn: ebgp,
-        }
-    }
-
-    #[test]
-    fn open_carries_4_byte_as_through_as_trans() {
-        let local = LocalOpen {
-            asn: 4_200_000_001,
-            router_id: Ipv4Addr::new(10, 0, 0, 1),
-            hold_time: 90,
-            families: Families::BOTH,
-        };
-        let BgpMessage::Open(open) = roundtrip(&open_message(&local), true) else {
-            panic!("not an OPEN")
-        };
-        assert_eq!(open.my_as(), AS_TRANS);
-        let peer = read_open(&open);
-        assert_eq!(peer.asn, 4_200_000_001);
-        assert_eq!(peer.families, Families::BOTH);
-        assert!(peer.route_refresh && peer.asn4);
-        assert_eq!(peer.hold_time, 90);
-    }
-
-    #[test]
-    fn open_without_mp_capability_means_ipv4_only() {
-        let open = BgpOpenMessage::new(65001, 90, Ipv4Addr::new(1, 1, 1, 1), vec![]);
-        let peer = read_open(&open);
-        assert_eq!(peer.families, Families::IPV4);
-        assert_eq!(peer.asn, 65001);
-        assert!(!peer.asn4);
-    }
-
-    #[test]
-    fn bad_marker_and_bad_length_are_header_errors() {
-        let mut header = [0xffu8; HEADER_LEN];
-        header[16] = 0;
-        header[17] = 10;
-        let err = frame_length(&header).unwrap_err();
-        assert_eq!(notification_code(&err), (1, 2));
-        header[0] = 0;
-        assert_eq!(
-            notification_code(&frame_length(&header).unwrap_err()),
-            (1, 1)
-        );
-    }
-
-    #[test]
-    fn unknown_type_and_truncated_body_give_notifications() {
-        let mut msg = encode(&BgpMessage::KeepAlive).expect("encodes");
-        msg[18] = 9;
-        assert_eq!(notification_code(&decode(&msg, true).unwrap_err()), (1, 3));
-        // An OPEN that stops after its version byte.
-        let mut open = vec![0xff; 16];
-        open.extend_from_slice(&[0, 20, 1, 4]);
-        let err = decode(&open, true).unwrap_err();
-        assert_eq!(notification_code(&err).0, 2);
-    }
-
-    #[test]
-    fn garbage_never_panics() {
-        // Every length and a spread of byte patterns after a valid header.
-        for ty in 1..=5u8 {
-            for len in 19..80usize {
-                for fill in [0u8, 1, 2, 0x7f, 0xff] {
-                    let mut msg = vec![0xff; 16];
-                    msg.extend_from_slice(&(len as u16).to_be_bytes());
-                    msg.push(ty);
-                    msg.resize(len, fill);
-                    let _ = decode(&msg, true);
-                    let _ = decode(&msg, false);
-                }
-            }
         }
     }
 
@@ -1135,14 +695,5 @@ mod tests {
                 }
             ]
         );
-    }
-
-    #[test]
-    fn prepend_extends_the_first_sequence() {
-        let mut a = PathAttrs::local(NextHop::Local);
-        a.prepend(65000, 1);
-        a.prepend(65000, 2);
-        assert_eq!(a.as_path_len(), 3);
-        assert_eq!(a.neighbour_as(), Some(65000));
     }
 }
