@@ -75,8 +75,19 @@ enum WriterCmd {
 
 struct Connection {
     writer: mpsc::UnboundedSender<WriterCmd>,
+    writer_task: JoinHandle<()>,
     reader: JoinHandle<()>,
     local: SocketAddr,
+}
+
+impl Connection {
+    /// Stops reading and lets the writer flush what is queued (a NOTIFICATION)
+    /// before it shuts the socket; returns the writer to wait for.
+    fn close(self) -> JoinHandle<()> {
+        let _ = self.writer.send(WriterCmd::Close);
+        self.reader.abort();
+        self.writer_task
+    }
 }
 
 /// One neighbour's session task.
@@ -90,6 +101,8 @@ pub struct SessionTask {
     reports: mpsc::UnboundedSender<SessionReport>,
     status: SharedStatus,
     conns: HashMap<ConnId, Connection>,
+    /// Writers of closed connections still flushing.
+    closing: Vec<JoinHandle<()>>,
     timers: HashMap<Timer, tokio::time::Instant>,
     next_conn: ConnId,
     connect_attempt: u64,
@@ -121,6 +134,7 @@ impl SessionTask {
             reports,
             status: status.clone(),
             conns: HashMap::new(),
+            closing: vec![],
             timers: HashMap::new(),
             next_conn: 1,
             connect_attempt: 0,
@@ -152,13 +166,16 @@ impl SessionTask {
             }
         }
         self.dispatch(Event::Stop);
-        for (_, conn) in self.conns.drain() {
-            let _ = conn.writer.send(WriterCmd::Close);
-            conn.reader.abort();
-        }
+        let open: Vec<Connection> = self.conns.drain().map(|(_, c)| c).collect();
+        self.closing.extend(open.into_iter().map(Connection::close));
         if let Some(task) = self.connecting.take() {
             task.abort();
         }
+        // The Cease should reach the neighbour before the task (and maybe the
+        // runtime) ends; a writer stuck on a full socket is given up after 1 s.
+        let writers = std::mem::take(&mut self.closing);
+        let _ =
+            tokio::time::timeout(Duration::from_secs(1), futures::future::join_all(writers)).await;
     }
 
     fn fire_timers(&mut self) {
@@ -243,12 +260,13 @@ impl SessionTask {
         };
         let (read, write) = stream.into_split();
         let (writer_tx, writer_rx) = mpsc::unbounded_channel();
-        tokio::spawn(write_loop(write, writer_rx, conn, self.inputs_tx.clone()));
+        let writer_task = tokio::spawn(write_loop(write, writer_rx, conn, self.inputs_tx.clone()));
         let reader = tokio::spawn(read_loop(read, conn, self.inputs_tx.clone()));
         self.conns.insert(
             conn,
             Connection {
                 writer: writer_tx,
+                writer_task,
                 reader,
                 local,
             },
@@ -314,8 +332,8 @@ impl SessionTask {
             Action::Send { conn, msg } => self.write(conn, &msg),
             Action::Close { conn } => {
                 if let Some(c) = self.conns.remove(&conn) {
-                    let _ = c.writer.send(WriterCmd::Close);
-                    c.reader.abort();
+                    self.closing.retain(|w| !w.is_finished());
+                    self.closing.push(c.close());
                 }
             }
             Action::StartTimer(timer, after) => {
