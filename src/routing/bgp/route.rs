@@ -23,8 +23,8 @@ pub enum NextHop {
 }
 
 impl NextHop {
-    /// The address a route would be installed with (the link-local one where given,
-    /// as the kernel needs for an on-link IPv6 neighbour).
+    /// The global address (IPv4, or the global IPv6 one); `None` for [`NextHop::Local`].
+    /// An installer for on-link IPv6 neighbours may prefer the link-local address.
     pub fn addr(&self) -> Option<IpAddr> {
         match self {
             NextHop::Local => None,
