@@ -139,3 +139,74 @@ pub async fn connect(opts: &ConnectOptions) -> io::Result<TcpStream> {
     stream.set_nodelay(true)?;
     Ok(stream)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hop_limit(fd: RawFd) -> i32 {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: value and len point to live locals of the sizes given.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::IPPROTO_IPV6,
+                libc::IPV6_UNICAST_HOPS,
+                (&mut value as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0);
+        value
+    }
+
+    #[tokio::test]
+    async fn connect_signs_and_sets_the_ttl() {
+        let key = b"kubewire".to_vec();
+        let localhost: IpAddr = "127.0.0.1".parse().expect("addr");
+        let listener = listen(
+            SocketAddr::new(localhost, 0),
+            &[
+                (localhost, key.clone()),
+                ("::1".parse().expect("addr"), key.clone()),
+            ],
+        )
+        .expect("listens");
+        let opts = ConnectOptions {
+            peer: listener.local_addr().expect("bound"),
+            local: None,
+            md5_key: Some(key),
+            ttl: Some(7),
+            timeout: Duration::from_secs(5),
+        };
+        let (stream, accepted) = tokio::join!(connect(&opts), listener.accept());
+        let stream = stream.expect("signed connection to a listener with the same key");
+        accepted.expect("accepted");
+        assert_eq!(stream.ttl().expect("ttl"), 7);
+    }
+
+    #[tokio::test]
+    async fn ipv6_hop_limit_and_mapped_md5_keys() {
+        let socket = TcpSocket::new_v6().expect("socket");
+        set_ttl(socket.as_raw_fd(), true, 9).expect("hop limit");
+        assert_eq!(hop_limit(socket.as_raw_fd()), 9);
+        // An IPv4 neighbour's key on an IPv6 socket is set as a mapped address.
+        set_md5(
+            socket.as_raw_fd(),
+            true,
+            "192.0.2.1".parse().expect("addr"),
+            b"k",
+        )
+        .expect("mapped key");
+        assert!(
+            set_md5(
+                socket.as_raw_fd(),
+                true,
+                "::1".parse().expect("addr"),
+                &[0; 81]
+            )
+            .is_err()
+        );
+    }
+}
