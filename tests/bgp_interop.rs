@@ -670,6 +670,61 @@ protocol bgp kw6 from kw {{
     });
 }
 
+#[test]
+fn we_reconnect_and_resend_when_bird_restarts() {
+    if let Some(why) = missing_prerequisite() {
+        println!("skipped: {why}");
+        return;
+    }
+    let link = Link::new();
+    let config = our_config(65010, |_| {}, |_| {});
+    let birds = &link.birds;
+    link.ours.block_on(|| async move {
+        let speaker = Speaker::start(config).await.expect("speaker starts");
+        let mut events = speaker.subscribe();
+        speaker.announce(net("10.128.0.0/24"), None, RouteAttrs::default());
+        let bird = Bird::start(birds, &bird_config(65010, "", ""));
+        wait_established(&bird, &speaker).await;
+        bird_route(&bird, "10.128.0.0/24").await;
+        learn(&mut events, &[net("198.51.100.0/24")]).await;
+
+        // BIRD dies without a word: its routes go when the hold timer (9 s) or the
+        // TCP reset says so, and we keep trying to connect with backoff.
+        drop(bird);
+        let gone = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                match events.recv().await {
+                    Some(RouteEvent::Withdrawn { prefix }) if prefix == net("198.51.100.0/24") => {
+                        break;
+                    }
+                    Some(_) => {}
+                    None => panic!("speaker stopped"),
+                }
+            }
+        })
+        .await;
+        assert!(gone.is_ok(), "BIRD's route not withdrawn within 20s");
+        println!("ours: 198.51.100.0/24 withdrawn after BIRD died");
+        let down = speaker.peers().await;
+        assert!(
+            down.iter().all(|p| p.state != State::Established),
+            "{down:?}"
+        );
+
+        let bird = Bird::start(birds, &bird_config(65010, "", ""));
+        let started = Instant::now();
+        wait_established(&bird, &speaker).await;
+        println!(
+            "ours: re-established {:?} after BIRD restarted",
+            started.elapsed()
+        );
+        let route = bird_route(&bird, "10.128.0.0/24").await;
+        println!("bird: {}", route_line(&route));
+        learn(&mut events, &[net("198.51.100.0/24")]).await;
+        speaker.shutdown().await;
+    });
+}
+
 /// FRR's bgpd in a namespace (no zebra, so nothing touches a kernel table), killed
 /// on drop.
 struct Frr {
