@@ -150,6 +150,7 @@ impl Speaker {
             rib: Rib::new(identity, config.import.clone()),
             peers,
             subscribers: vec![],
+            pending: vec![],
         };
         let task = tokio::spawn(state.run(commands_rx, reports, sessions, listeners));
         Ok(SpeakerHandle { commands, task })
@@ -274,6 +275,9 @@ struct SpeakerState {
     rib: Rib,
     peers: HashMap<IpAddr, Neighbour>,
     subscribers: Vec<mpsc::UnboundedSender<RouteEvent>>,
+    /// Loc-RIB changes from announcements not yet sent: a burst of `announce`
+    /// calls goes out in a few UPDATEs instead of one per prefix.
+    pending: Vec<BestChange>,
 }
 
 impl SpeakerState {
@@ -284,13 +288,33 @@ impl SpeakerState {
         sessions: Vec<JoinHandle<()>>,
         listeners: Vec<JoinHandle<()>>,
     ) {
-        loop {
+        'running: loop {
             tokio::select! {
-                command = commands.recv() => match command {
-                    None | Some(Command::Shutdown) => break,
-                    Some(command) => self.on_command(command),
-                },
-                Some(report) = reports.recv() => self.on_report(report),
+                command = commands.recv() => {
+                    // Take the burst of queued commands (up to a bound, so sessions
+                    // are not starved) before propagating.
+                    let mut next = command;
+                    let mut budget = 10_000;
+                    loop {
+                        match next {
+                            None | Some(Command::Shutdown) => break 'running,
+                            Some(command) => self.on_command(command),
+                        }
+                        budget -= 1;
+                        if budget == 0 {
+                            break;
+                        }
+                        match commands.try_recv() {
+                            Ok(command) => next = Some(command),
+                            Err(_) => break,
+                        }
+                    }
+                    self.flush();
+                }
+                Some(report) = reports.recv() => {
+                    self.flush();
+                    self.on_report(report);
+                }
             }
         }
         for listener in listeners {
@@ -308,13 +332,14 @@ impl SpeakerState {
         match command {
             Command::Announce(prefix, attrs) => {
                 let changes = self.rib.originate(prefix, attrs);
-                self.propagate(changes);
+                self.pending.extend(changes);
             }
             Command::Withdraw(prefix) => {
                 let changes = self.rib.withdraw_local(prefix);
-                self.propagate(changes);
+                self.pending.extend(changes);
             }
             Command::Subscribe(tx) => {
+                self.flush();
                 for (prefix, best) in self.rib.best() {
                     if let Some(event) = learned(*prefix, &best.source, &best.attrs) {
                         let _ = tx.send(event);
@@ -323,6 +348,7 @@ impl SpeakerState {
                 self.subscribers.push(tx);
             }
             Command::Peers(reply) => {
+                self.flush();
                 let mut list: Vec<PeerStatus> = self
                     .peers
                     .values()
@@ -401,6 +427,11 @@ impl SpeakerState {
         }
     }
 
+    fn flush(&mut self) {
+        let pending = std::mem::take(&mut self.pending);
+        self.propagate(pending);
+    }
+
     /// Reports Loc-RIB changes to subscribers and sends each session its
     /// Adj-RIB-Out differences.
     fn propagate(&mut self, changes: Vec<BestChange>) {
@@ -425,7 +456,9 @@ impl SpeakerState {
                 self.subscribers.retain(|s| s.send(event.clone()).is_ok());
             }
         }
-        let prefixes: Vec<IpNet> = changes.iter().map(|c| c.prefix).collect();
+        let mut prefixes: Vec<IpNet> = changes.iter().map(|c| c.prefix).collect();
+        prefixes.sort();
+        prefixes.dedup();
         let peers: Vec<IpAddr> = self.peers.keys().copied().collect();
         for peer in peers {
             self.send_to(&peer, &prefixes);
