@@ -12,8 +12,6 @@
 //! A test that cannot run (no root, no bird or frr) prints "skipped: <why>" and passes.
 //! Every wait is bounded; BIRD is killed when its guard drops.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -26,8 +24,6 @@ use kubewire::routing::bgp::fsm::State;
 use kubewire::routing::bgp::route::NextHop;
 use kubewire::routing::bgp::{RouteAttrs, RouteEvent, Speaker, SpeakerHandle};
 use tokio::sync::mpsc::UnboundedReceiver;
-
-use common::Netns;
 
 const OUR_AS: u32 = 4_200_000_001;
 const OUR_PORT: u16 = 1790;
@@ -57,6 +53,82 @@ fn missing_prerequisite() -> Option<String> {
     None
 }
 
+/// A name no other test (in this or another process) uses: `<prefix><pid>x<n>`.
+fn unique(prefix: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix}{}x{n}", std::process::id())
+}
+
+/// A named network namespace, deleted with everything in it on drop. (Kept here
+/// rather than in a shared test module so this file stands alone.)
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new(prefix: &str) -> Netns {
+        let name = unique(prefix);
+        run("ip", &["netns", "add", &name]);
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// `ip -n <ns> args…`; panics when it fails.
+    fn ip(&self, args: &[&str]) {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        run("ip", &all);
+    }
+
+    /// Runs an async block on a current-thread runtime, on a thread inside this
+    /// namespace (sockets the block opens live here).
+    fn block_on<T: Send, F: std::future::Future<Output = T>>(
+        &self,
+        f: impl FnOnce() -> F + Send,
+    ) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+                    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .unwrap_or_else(|e| panic!("setns {path}: {e}"));
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("runtime")
+                        .block_on(f())
+                })
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .status();
+    }
+}
+
+/// Runs a command to completion; panics with its output when it fails.
+fn run(program: &str, args: &[&str]) {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {program}: {e}"));
+    assert!(
+        output.status.success(),
+        "{program} {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// Our namespace and BIRD's, joined by a veth with an IPv4 and an IPv6 subnet.
 struct Link {
     ours: Netns,
@@ -67,7 +139,7 @@ impl Link {
     fn new() -> Link {
         let ours = Netns::new("kwbgp");
         let birds = Netns::new("kwbird");
-        let (a, b) = (common::unique("kwb"), common::unique("brd"));
+        let (a, b) = (unique("kwb"), unique("brd"));
         ours.ip(&["link", "add", &a, "type", "veth", "peer", "name", &b]);
         ours.ip(&["link", "set", &b, "netns", &birds.name]);
         for (ns, dev, v4, v6) in [(&ours, &a, OUR_V4, OUR_V6), (&birds, &b, BIRD_V4, BIRD_V6)] {
