@@ -9,6 +9,7 @@
 
 pub mod apply;
 mod args;
+pub mod bgp;
 pub mod cmd;
 pub mod compile;
 pub mod diff;
