@@ -35,6 +35,19 @@ pub fn conflist(node_dir: &Path) -> PathBuf {
     cni_conf_dir(node_dir).join(CONFLIST)
 }
 
+/// The lab has no kube-proxy, so its agents run the service proxy too unless the
+/// lab's `--agent-arg`s say otherwise (a flag given twice would be refused).
+fn default_controllers(agent_args: &[String]) -> Vec<&'static str> {
+    let mentions_proxy = agent_args
+        .iter()
+        .any(|arg| arg.starts_with("--run-service-proxy"));
+    if mentions_proxy {
+        Vec::new()
+    } else {
+        vec!["--run-service-proxy=true"]
+    }
+}
+
 /// Starts the node's agent and records it.
 pub fn start(
     state: &LabStateFile,
@@ -58,6 +71,7 @@ pub fn start(
         .arg("--cni-ipam-data-dir")
         .arg(dir.join("ipam"))
         .args(["--metrics-addr", METRICS_ADDR, "--health-addr", HEALTH_ADDR])
+        .args(default_controllers(agent_args))
         .args(agent_args);
     let role = format!("agent {}", node.name);
     let (record, _child) =

@@ -8,9 +8,10 @@ use std::process::Output;
 use crate::common::{HostSnapshot, kubewire, temp_dir, unique};
 
 /// The `--agent-arg`s that leave only the CNI controller running.
-pub const BRIDGE_ONLY: [&str; 2] = [
+pub const BRIDGE_ONLY: [&str; 3] = [
     "--agent-arg=--run-router=false",
     "--agent-arg=--run-firewall=false",
+    "--agent-arg=--run-service-proxy=false",
 ];
 
 /// A lab with its own name, manifests dir and state dir; `lab down` runs when it is
