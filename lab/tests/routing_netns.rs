@@ -342,3 +342,111 @@ fn an_edited_or_deleted_routing_table_is_rewritten_on_the_periodic_check() {
         assert_eq!(forward_rules(), rules);
     });
 }
+
+/// Makes /proc/sys read-only for the calling thread, as it is in an unprivileged
+/// container: a private mount namespace (this thread's alone) in which /proc/sys is
+/// bound onto itself and remounted read-only. Even root's writes then fail (EROFS).
+fn read_only_proc_sys_for_this_thread() {
+    use nix::mount::{MsFlags, mount};
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).expect("unshare(CLONE_NEWNS)");
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .expect("making / private");
+    mount(
+        Some("/proc/sys"),
+        "/proc/sys",
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .expect("binding /proc/sys");
+    mount(
+        None::<&str>,
+        "/proc/sys",
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .expect("remounting /proc/sys read-only");
+}
+
+/// In a container the agent cannot write the bridge's `accept_dad` (optional: its
+/// absence costs a DAD delay): the sync still succeeds and the metric names the
+/// sysctl. A required sysctl that is wrong and cannot be written still fails it.
+#[test]
+fn an_unwritable_optional_sysctl_is_counted_and_does_not_fail_the_sync() {
+    let underlay = Underlay::build();
+    let snapshot = snapshot();
+    let options = options(OverlayType::Subnet, OverlayEncap::Vxlan);
+    let n1 = &underlay.node("n1").ns;
+    // What the DaemonSet's privileged init container sets before the agent starts.
+    n1.sysctl("net.ipv4.ip_forward", "1");
+    n1.sysctl("net.ipv6.conf.all.forwarding", "1");
+    let accept_dad = "net.ipv6.conf.kube-bridge.accept_dad";
+    let metrics = RoutingMetrics::default();
+    let (first, second, write_error, failures_after_first) = n1.run(|| {
+        read_only_proc_sys_for_this_thread();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let mut reconciler = Reconciler::connect(metrics.clone()).unwrap();
+            let first = reconciler
+                .sync(&snapshot, "n1", &options, SyncReason::Start)
+                .await
+                .map(|r| r.0);
+            let failures_after_first = metrics.sysctl_failures(accept_dad);
+            // The write really fails here, as root.
+            let write_error = std::fs::write("/proc/sys/net/ipv6/conf/kube-bridge/accept_dad", "0")
+                .map_err(|e| e.raw_os_error());
+            let second = reconciler
+                .sync(&snapshot, "n1", &options, SyncReason::Periodic)
+                .await
+                .map(|r| r.0);
+            (first, second, write_error, failures_after_first)
+        })
+    });
+    assert_eq!(write_error, Err(Some(libc::EROFS)));
+    let first = first.unwrap_or_else(|e| panic!("the first sync failed: {e:#}"));
+    assert!(first.routes_replaced > 0, "{first:?}");
+    second.unwrap_or_else(|e| panic!("the second sync failed: {e:#}"));
+    // The first sync also tries when it creates the bridge (before it comes up);
+    // every later sync tries once.
+    assert!(failures_after_first >= 1);
+    assert_eq!(
+        metrics.sysctl_failures(accept_dad),
+        failures_after_first + 1,
+        "one more for the second sync"
+    );
+    assert_eq!(
+        n1.exec("sysctl", &["-n", accept_dad]).trim(),
+        "1",
+        "left as it was"
+    );
+    assert_eq!(n1.our_routes().len(), 4);
+
+    // ip_forward is not optional: wrong and unwritable, it fails the sync.
+    n1.sysctl("net.ipv4.ip_forward", "0");
+    let result = n1.run(|| {
+        read_only_proc_sys_for_this_thread();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(async {
+                let mut reconciler = Reconciler::connect(RoutingMetrics::default()).unwrap();
+                reconciler
+                    .sync(&snapshot, "n1", &options, SyncReason::Start)
+                    .await
+                    .map(|_| ())
+            })
+    });
+    let err = format!("{:#}", result.unwrap_err());
+    assert!(err.contains("sysctl net.ipv4.ip_forward = 1"), "{err}");
+}
