@@ -176,7 +176,7 @@ impl Reconciler {
             .await;
         for (key, error) in &failures.skipped_sysctls {
             if self.logged_sysctls.insert(key.clone()) {
-                tracing::warn!(sysctl = %key, %error, "an optional sysctl cannot be written; going on without it (counted in kubewire_routing_sysctl_failures)");
+                tracing::warn!(sysctl = %key, %error, "an optional sysctl cannot be written; going on without it (counted in kubewire_routing_sysctl_failures_total)");
             }
         }
         if failures.messages.is_empty() {
