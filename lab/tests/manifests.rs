@@ -496,6 +496,23 @@ fn daemonset_runs_on_every_node_with_health_probes_and_host_paths() {
         setup_script.contains("-ec"),
         "a failed step fails the init container"
     );
+    // Every shell script parses (`sh -n`: read, not run).
+    for init in pod.init_containers.iter().flatten() {
+        let command = init.command.clone().unwrap_or_default();
+        if command.first().map(String::as_str) == Some("/bin/sh") {
+            let script = command.last().unwrap();
+            let output = Command::new("/bin/sh")
+                .args(["-n", "-c", script])
+                .output()
+                .unwrap();
+            assert!(
+                output.status.success(),
+                "{}: {}",
+                init.name,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
     for other in pod
         .containers
         .iter()
