@@ -21,7 +21,7 @@ use super::topology::NodePlan;
 pub const HEALTH_ADDR: &str = "127.0.0.1:20244";
 pub const METRICS_ADDR: &str = "127.0.0.1:20245";
 /// The conflist name `kubewire run` writes (its `--cni-conf-file` default).
-pub const CONFLIST: &str = "10-kubewire.conflist";
+pub const CONFLIST: &str = "05-kubewire.conflist";
 
 pub fn kubeconfig(node_dir: &Path) -> PathBuf {
     node_dir.join("kubeconfig")

@@ -28,7 +28,7 @@ async fn agent_syncs_serves_health_and_metrics_and_follows_changes() {
 
     let health = tokio::task::block_in_place(|| agent.wait_healthy(addr, Duration::from_secs(30)));
     assert!(health.contains("cni"), "{health}");
-    let conflist = std::fs::read_to_string(cni_dir.join("10-kubewire.conflist")).unwrap();
+    let conflist = std::fs::read_to_string(cni_dir.join("05-kubewire.conflist")).unwrap();
     assert!(conflist.contains("10.244.1.0/24"), "{conflist}");
 
     let (status, metrics) = http_get(addr, "/metrics").unwrap();
@@ -63,7 +63,7 @@ async fn agent_syncs_serves_health_and_metrics_and_follows_changes() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let conflist = std::fs::read_to_string(cni_dir.join("10-kubewire.conflist")).unwrap();
+        let conflist = std::fs::read_to_string(cni_dir.join("05-kubewire.conflist")).unwrap();
         if conflist.contains("10.244.9.0/24") {
             break;
         }
@@ -74,6 +74,26 @@ async fn agent_syncs_serves_health_and_metrics_and_follows_changes() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     server.shutdown().await;
+}
+
+/// `--master` replaces the kubeconfig's address (here one where nothing listens), as
+/// the kube-proxy-replacement variant needs: the agent syncs through the real one.
+#[tokio::test(flavor = "multi_thread")]
+async fn master_replaces_the_kubeconfig_address() {
+    let seed = manifests::parse_documents(std::path::Path::new("nodes.yaml"), NODES).unwrap();
+    let server = start_server(seed).await;
+    let dir = common::temp_dir();
+    let kubeconfig = dir.path().join("kubeconfig");
+    let unreachable = free_port();
+    write_kubeconfig(&format!("http://{unreachable}"), &kubeconfig).unwrap();
+    let cni_dir = dir.path().join("cni");
+    let addr = free_port();
+    let master = server.url();
+    let mut agent = Agent::start(&kubeconfig, &cni_dir, addr, &["--master", &master]);
+    let health = tokio::task::block_in_place(|| agent.wait_healthy(addr, Duration::from_secs(30)));
+    assert!(health.contains("cni"), "{health}");
+    let conflist = std::fs::read_to_string(cni_dir.join("05-kubewire.conflist")).unwrap();
+    assert!(conflist.contains("10.244.1.0/24"), "{conflist}");
 }
 
 #[test]

@@ -372,7 +372,7 @@ fn controller_sync_takes_the_mtu_of_the_node_interface() {
     assert_eq!(found, ("kwul0".to_string(), 9000));
     assert_eq!(outcome, kubewire::cni::apply::WriteOutcome::Written);
     let written: Value = serde_json::from_slice(
-        &std::fs::read(conf_dir.path().join("10-kubewire.conflist")).unwrap(),
+        &std::fs::read(conf_dir.path().join("05-kubewire.conflist")).unwrap(),
     )
     .unwrap();
     assert_eq!(written["plugins"][0]["mtu"], 8950);

@@ -1,8 +1,11 @@
 //! manifests/ as the cluster will read it: every document parses strictly into its
 //! k8s-openapi type (a field the type does not know fails, wherever it is), the RBAC
 //! rules only read and cover every kind the watch cache lists, the DaemonSet's flags
-//! and KUBEWIRE_* variables are real `kubewire run` options with values it accepts,
-//! and the names that tie the objects together line up.
+//! and KUBEWIRE_* variables are real `kubewire run` options with values it accepts
+//! (in both variants: manifests/ and manifests/kube-proxy-replacement/), the names
+//! that tie the objects together line up, each container has the privileges it uses
+//! and no more, the files apply in order, and the CNI plugin installer's script does
+//! what it says when run.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -20,25 +23,44 @@ fn manifests_dir() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests"))
 }
 
-/// Every document of every manifests/*.yaml, with where it came from.
-fn documents() -> Vec<(String, Value)> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(manifests_dir())
+/// The objects both variants install (and the kustomization naming them).
+fn base_dir() -> PathBuf {
+    manifests_dir().join("base")
+}
+
+/// The `*.yaml`/`*.yml` files of `dir`, sorted by name.
+fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
         .collect();
     files.sort();
+    files
+}
+
+fn parse_yaml(file: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(file).unwrap();
+    serde_saphyr::from_multiple::<Value>(&text)
+        .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+        .into_iter()
+        .filter(|doc| !doc.is_null())
+        .collect()
+}
+
+/// Every document of every object file in manifests/base, with where it came from
+/// (the kustomization is not an object).
+fn documents() -> Vec<(String, Value)> {
+    let files = yaml_files(&base_dir());
     assert!(!files.is_empty(), "no manifests");
     let mut documents = Vec::new();
     for file in files {
-        let text = std::fs::read_to_string(&file).unwrap();
-        let docs: Vec<Value> = serde_saphyr::from_multiple(&text)
-            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-        for (index, doc) in docs.into_iter().enumerate() {
-            if !doc.is_null() {
-                let name = file.file_name().unwrap().to_string_lossy();
-                documents.push((format!("{name} document {}", index + 1), doc));
-            }
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        if name == "kustomization.yaml" {
+            continue;
+        }
+        for (index, doc) in parse_yaml(&file).into_iter().enumerate() {
+            documents.push((format!("{name} document {}", index + 1), doc));
         }
     }
     documents
@@ -364,38 +386,68 @@ fn daemonset_runs_on_every_node_with_health_probes_and_host_paths() {
         "tolerates every taint: {tolerations:?}"
     );
 
+    assert_eq!(
+        pod.node_selector
+            .as_ref()
+            .and_then(|s| s.get("kubernetes.io/os"))
+            .map(String::as_str),
+        Some("linux")
+    );
+    let strategy = ds.spec.as_ref().unwrap().update_strategy.as_ref();
+    assert_eq!(
+        strategy.and_then(|s| s.type_.as_deref()),
+        Some("RollingUpdate")
+    );
+
+    // The probes name the port that holds the ConfigMap's health address.
     let container = agent_container(ds);
-    let health_port: i32 = data
-        .get("KUBEWIRE_HEALTH_ADDR")
-        .map(|a| a.rsplit(':').next().unwrap().parse().unwrap())
-        .unwrap_or(20244);
+    let port_of = |variable: &str, default: i32| -> i32 {
+        data.get(variable)
+            .map(|a| a.rsplit(':').next().unwrap().parse().unwrap())
+            .unwrap_or(default)
+    };
+    let ports: BTreeMap<String, i32> = container
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| Some((p.name.clone()?, p.container_port)))
+        .collect();
+    assert_eq!(
+        ports.get("health"),
+        Some(&port_of("KUBEWIRE_HEALTH_ADDR", 20244))
+    );
+    assert_eq!(
+        ports.get("metrics"),
+        Some(&port_of("KUBEWIRE_METRICS_ADDR", 20245))
+    );
     for (name, probe) in [
         ("liveness", &container.liveness_probe),
         ("startup", &container.startup_probe),
+        ("readiness", &container.readiness_probe),
     ] {
         let get = probe
             .as_ref()
             .and_then(|p| p.http_get.as_ref())
             .unwrap_or_else(|| panic!("{name} probe"));
         assert_eq!(get.path.as_deref(), Some("/healthz"), "{name}");
-        assert_eq!(get.port, IntOrString::Int(health_port), "{name}");
+        assert_eq!(get.port, IntOrString::String("health".into()), "{name}");
     }
-    let caps = container
+
+    // The agent: NET_ADMIN and nothing else (no raw sockets, no namespaces or mounts,
+    // no port below 1024), unprivileged, a read-only root file system.
+    let security = container
         .security_context
         .as_ref()
-        .and_then(|s| s.capabilities.as_ref())
+        .expect("a security context");
+    let caps = security
+        .capabilities
+        .as_ref()
         .expect("explicit capabilities");
     assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
-    assert!(
-        caps.add
-            .as_deref()
-            .unwrap_or_default()
-            .contains(&"NET_ADMIN".to_string())
-    );
-    assert_ne!(
-        container.security_context.as_ref().unwrap().privileged,
-        Some(true)
-    );
+    assert_eq!(caps.add.as_deref(), Some(&["NET_ADMIN".to_string()][..]));
+    assert_ne!(security.privileged, Some(true));
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    assert_eq!(security.read_only_root_filesystem, Some(true));
 
     let volumes: BTreeMap<String, String> = pod
         .volumes
@@ -419,10 +471,64 @@ fn daemonset_runs_on_every_node_with_health_probes_and_host_paths() {
         mount(container, "/etc/cni/net.d").map(|m| m.0).as_deref(),
         Some(conf_dir)
     );
+    // Only the privileged init container loads modules; it reads /lib/modules.
+    let setup = pod
+        .init_containers
+        .iter()
+        .flatten()
+        .find(|c| c.security_context.as_ref().and_then(|s| s.privileged) == Some(true))
+        .expect("a privileged init container");
     assert_eq!(
-        mount(container, "/lib/modules").and_then(|m| m.1),
-        Some(true)
+        mount(setup, "/lib/modules"),
+        Some(("/lib/modules".into(), Some(true)))
     );
+    let setup_script = script_of(setup);
+    for needed in [
+        "modprobe br_netfilter",
+        "/proc/sys/net/bridge/bridge-nf-call-iptables",
+        "/proc/sys/net/bridge/bridge-nf-call-ip6tables",
+        "/proc/sys/net/ipv4/ip_forward",
+        "/proc/sys/net/ipv6/conf/all/forwarding",
+    ] {
+        assert!(setup_script.contains(needed), "{needed}: {setup_script}");
+    }
+    assert!(
+        setup_script.contains("-ec"),
+        "a failed step fails the init container"
+    );
+    // Every shell script parses (`sh -n`: read, not run).
+    for init in pod.init_containers.iter().flatten() {
+        let command = init.command.clone().unwrap_or_default();
+        if command.first().map(String::as_str) == Some("/bin/sh") {
+            let script = command.last().unwrap();
+            let output = Command::new("/bin/sh")
+                .args(["-n", "-c", script])
+                .output()
+                .unwrap();
+            assert!(
+                output.status.success(),
+                "{}: {}",
+                init.name,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
+    for other in pod
+        .containers
+        .iter()
+        .chain(pod.init_containers.iter().flatten())
+    {
+        if other.name != setup.name {
+            assert_eq!(mount(other, "/lib/modules"), None, "{}", other.name);
+            let security = other.security_context.as_ref();
+            assert_ne!(
+                security.and_then(|s| s.privileged),
+                Some(true),
+                "{}",
+                other.name
+            );
+        }
+    }
 
     // The init container installs every plugin type the conflist chains.
     let installer = pod
@@ -431,14 +537,7 @@ fn daemonset_runs_on_every_node_with_health_probes_and_host_paths() {
         .flatten()
         .find(|c| mount(c, "/opt/cni/bin").is_some())
         .expect("an init container that mounts /opt/cni/bin");
-    let script = installer
-        .command
-        .iter()
-        .flatten()
-        .chain(installer.args.iter().flatten())
-        .cloned()
-        .collect::<Vec<_>>()
-        .join(" ");
+    let script = script_of(installer);
     let output = kubewire()
         .args(["cni", "plan", "--manifests"])
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/cni"))
@@ -470,15 +569,362 @@ fn daemonset_runs_on_every_node_with_health_probes_and_host_paths() {
             "init container does not install `{plugin}`: {script}"
         );
     }
-    assert!(
-        script.contains("/usr/lib/cni/"),
-        "copies from the Debian package's directory"
-    );
+    // The image has them where the installer looks, with the VERSION file, and
+    // modprobe for node-setup.
+    let source = env_value(installer, "CNI_PLUGINS_SOURCE");
     let dockerfile =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Dockerfile"))
             .unwrap();
     assert!(
-        dockerfile.contains("containernetworking-plugins"),
-        "the image ships the plugins it installs"
+        dockerfile.contains(&format!("{source}/VERSION")),
+        "the image writes {source}/VERSION"
+    );
+    assert!(
+        dockerfile.contains(&format!("COPY --from=cni-plugins /out/ {source}/")),
+        "the image puts the plugins in {source}"
+    );
+    assert!(dockerfile.contains(" kmod "), "the image has modprobe");
+    assert!(
+        dockerfile.contains("CGO_ENABLED=0"),
+        "the plugins are built static"
+    );
+}
+
+/// The shell command line of `container`, as one string.
+fn script_of(container: &Container) -> String {
+    container
+        .command
+        .iter()
+        .flatten()
+        .chain(container.args.iter().flatten())
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The literal value of `container`'s variable `name`.
+fn env_value(container: &Container, name: &str) -> String {
+    container
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == name)
+        .and_then(|e| e.value.clone())
+        .unwrap_or_else(|| panic!("{}: no {name}", container.name))
+}
+
+/// A kustomization's list under `key` (resources, patches, images …).
+fn kustomization(dir: &Path) -> Value {
+    let mut docs = parse_yaml(&dir.join("kustomization.yaml"));
+    assert_eq!(docs.len(), 1, "{}", dir.display());
+    let doc = docs.remove(0);
+    assert_eq!(doc["kind"], "Kustomization", "{}", dir.display());
+    doc
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    value
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|v| v.as_str().expect("a string").to_string())
+        .collect()
+}
+
+#[test]
+fn files_apply_in_order_and_the_kustomizations_name_them() {
+    // base/: every object file, listed in name order, and that order applies the
+    // DaemonSet's ServiceAccount, RBAC and ConfigMap before the DaemonSet.
+    let base = kustomization(&base_dir());
+    let listed = strings(&base["resources"]);
+    let files: Vec<String> = yaml_files(&base_dir())
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .filter(|name| name != "kustomization.yaml")
+        .collect();
+    assert_eq!(
+        listed, files,
+        "base/kustomization.yaml lists every file, in order"
+    );
+    let kinds: Vec<String> = documents()
+        .iter()
+        .map(|(_, doc)| doc["kind"].as_str().unwrap().to_string())
+        .collect();
+    let position = |kind: &str| kinds.iter().position(|k| k == kind).unwrap();
+    for before in [
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ConfigMap",
+    ] {
+        assert!(
+            position(before) < position("DaemonSet"),
+            "{before} after the DaemonSet: {kinds:?}"
+        );
+    }
+    assert!(position("ClusterRole") < position("ClusterRoleBinding"));
+
+    // Every container runs the image `images:` replaces.
+    let images = base["images"].as_array().expect("base has images:");
+    assert_eq!(images.len(), 1);
+    let image = images[0]["name"].as_str().unwrap();
+    let manifests = parse_all();
+    let pod = one(&manifests.daemon_sets, "DaemonSet")
+        .spec
+        .clone()
+        .unwrap()
+        .template
+        .spec
+        .unwrap();
+    for container in pod
+        .containers
+        .iter()
+        .chain(pod.init_containers.iter().flatten())
+    {
+        assert_eq!(
+            container.image.as_deref(),
+            Some(image),
+            "{}",
+            container.name
+        );
+    }
+
+    // Both variants apply the base.
+    assert_eq!(
+        strings(&kustomization(&manifests_dir())["resources"]),
+        ["base"]
+    );
+    let replacement = kustomization(&manifests_dir().join("kube-proxy-replacement"));
+    assert_eq!(strings(&replacement["resources"]), ["../base"]);
+
+    // Nothing names a feature that does not exist.
+    for file in yaml_files(&base_dir()) {
+        let text = std::fs::read_to_string(&file).unwrap().to_lowercase();
+        for absent in ["bgp", "net_bind_service"] {
+            assert!(
+                !text.contains(absent),
+                "{} mentions {absent}",
+                file.display()
+            );
+        }
+    }
+}
+
+/// The ConfigMap data of the kube-proxy-replacement variant: the base's with the
+/// overlay's strategic-merge patches applied (a ConfigMap's data merges key by key).
+fn replacement_config_data() -> BTreeMap<String, String> {
+    let dir = manifests_dir().join("kube-proxy-replacement");
+    let manifests = parse_all();
+    let config = one(&manifests.config_maps, "ConfigMap");
+    let mut data = config.data.clone().unwrap_or_default();
+    let patches = kustomization(&dir)["patches"].clone();
+    let patches = patches.as_array().expect("patches:");
+    assert!(!patches.is_empty());
+    for patch in patches {
+        let path = patch["path"].as_str().expect("a patch file");
+        for doc in parse_yaml(&dir.join(path)) {
+            let patch: ConfigMap = strict(&doc).unwrap_or_else(|e| panic!("{path}: {e}"));
+            assert_eq!(patch.metadata.name, config.metadata.name, "{path}");
+            assert_eq!(
+                patch.metadata.namespace, config.metadata.namespace,
+                "{path}"
+            );
+            data.extend(patch.data.unwrap_or_default());
+        }
+    }
+    data
+}
+
+#[test]
+fn the_kube_proxy_replacement_variant_runs_the_proxy_at_the_real_api_server_address() {
+    let data = replacement_config_data();
+    assert_eq!(
+        data.get("KUBEWIRE_RUN_SERVICE_PROXY").map(String::as_str),
+        Some("true")
+    );
+    let master = data.get("KUBEWIRE_MASTER").expect("KUBEWIRE_MASTER");
+    assert!(master.starts_with("https://"), "{master}");
+    let help = run_help();
+    for name in data.keys() {
+        assert!(
+            help.contains(&format!("[env: {name}=")),
+            "`{name}` is not read by `kubewire run`"
+        );
+    }
+    // `kubewire run` accepts every value and stops at the missing kubeconfig.
+    let output = kubewire()
+        .envs(&data)
+        .env("NODE_NAME", "manifest-test")
+        .args([
+            "run",
+            "--kubeconfig",
+            "/nonexistent/kubewire-manifests-test",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("reading kubeconfig /nonexistent/kubewire-manifests-test"),
+        "{stderr}"
+    );
+}
+
+/// What `kubectl kustomize DIR` builds, by kind; `None` without kubectl.
+fn kustomize(dir: &Path) -> Option<BTreeMap<String, Vec<Value>>> {
+    let output = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(dir)
+        .output()
+        .ok()?;
+    assert!(
+        output.status.success(),
+        "kubectl kustomize {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).unwrap();
+    let mut by_kind: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for doc in serde_saphyr::from_multiple::<Value>(&text).unwrap() {
+        let kind = doc["kind"].as_str().unwrap().to_string();
+        by_kind.entry(kind).or_default().push(doc);
+    }
+    Some(by_kind)
+}
+
+/// The variants as kustomize builds them (`kubectl apply -k` applies exactly this):
+/// the same objects, the image `images:` names, the replacement's ConfigMap.
+#[test]
+fn kustomize_builds_both_variants() {
+    let Some(plain) = kustomize(&manifests_dir()) else {
+        kubewire_lab::harness::skip("needs kubectl (kubectl kustomize)");
+        return;
+    };
+    let replacement = kustomize(&manifests_dir().join("kube-proxy-replacement")).unwrap();
+    let base = kustomization(&base_dir());
+    let image = format!(
+        "{}:{}",
+        base["images"][0]["newName"].as_str().unwrap(),
+        base["images"][0]["newTag"].as_str().unwrap()
+    );
+    for (variant, objects) in [
+        ("manifests/", &plain),
+        ("kube-proxy-replacement", &replacement),
+    ] {
+        let kinds: Vec<(&str, usize)> =
+            objects.iter().map(|(k, v)| (k.as_str(), v.len())).collect();
+        assert_eq!(
+            kinds,
+            [
+                ("ClusterRole", 1),
+                ("ClusterRoleBinding", 1),
+                ("ConfigMap", 1),
+                ("DaemonSet", 1),
+                ("ServiceAccount", 1)
+            ],
+            "{variant}"
+        );
+        let ds: DaemonSet = strict(&objects["DaemonSet"][0]).unwrap();
+        let pod = ds.spec.unwrap().template.spec.unwrap();
+        for container in pod
+            .containers
+            .iter()
+            .chain(pod.init_containers.iter().flatten())
+        {
+            assert_eq!(
+                container.image.as_deref(),
+                Some(image.as_str()),
+                "{variant}"
+            );
+        }
+    }
+    let config: ConfigMap = strict(&replacement["ConfigMap"][0]).unwrap();
+    let built: BTreeMap<String, String> = config.data.unwrap_or_default();
+    assert_eq!(built, replacement_config_data());
+    let config: ConfigMap = strict(&plain["ConfigMap"][0]).unwrap();
+    let manifests = parse_all();
+    assert_eq!(config.data, one(&manifests.config_maps, "ConfigMap").data);
+}
+
+/// The install-cni-plugins init container's script, run on temporary directories:
+/// it installs what is missing, upgrades what it installed when the image's version
+/// is newer, never downgrades, and leaves the node's own plugins alone.
+#[test]
+fn the_plugin_installer_installs_upgrades_and_keeps_the_nodes_own() {
+    let manifests = parse_all();
+    let ds = one(&manifests.daemon_sets, "DaemonSet");
+    let pod = ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let installer = pod
+        .init_containers
+        .iter()
+        .flatten()
+        .find(|c| c.name == "install-cni-plugins")
+        .expect("the install-cni-plugins init container");
+    let command = installer.command.clone().unwrap_or_default();
+    assert_eq!(command[..2], ["/bin/sh", "-ec"]);
+    let script = command[2].clone();
+
+    let image = tempfile::tempdir().unwrap();
+    let node = tempfile::tempdir().unwrap();
+    let plugins = ["bridge", "host-local", "portmap", "loopback"];
+    let image_version = |version: &str| {
+        std::fs::write(image.path().join("VERSION"), format!("{version}\n")).unwrap();
+        for plugin in plugins {
+            std::fs::write(image.path().join(plugin), format!("{plugin} {version}")).unwrap();
+        }
+    };
+    let run = || {
+        let output = Command::new("/bin/sh")
+            .args(["-ec", &script])
+            .env("CNI_PLUGINS_SOURCE", image.path())
+            .env("CNI_PLUGINS_TARGET", node.path())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout
+    };
+    let on_node = |plugin: &str| std::fs::read_to_string(node.path().join(plugin)).unwrap();
+
+    // The node has its own loopback: kept. The rest is installed.
+    std::fs::write(node.path().join("loopback"), "the node's own").unwrap();
+    image_version("v1.7.1");
+    let out = run();
+    assert!(out.contains("installed bridge v1.7.1"), "{out}");
+    assert!(out.contains("keeping loopback"), "{out}");
+    assert_eq!(on_node("bridge"), "bridge v1.7.1");
+    assert_eq!(on_node("host-local"), "host-local v1.7.1");
+    assert_eq!(on_node("portmap"), "portmap v1.7.1");
+    assert_eq!(on_node("loopback"), "the node's own");
+    assert_eq!(on_node(".kubewire/bridge").trim(), "v1.7.1");
+
+    // Same version again: nothing is copied.
+    assert!(!run().contains("installed"));
+
+    // A newer image upgrades (v1.10.0 sorts after v1.7.1 as a version).
+    image_version("v1.10.0");
+    let out = run();
+    assert!(out.contains("installed portmap v1.10.0"), "{out}");
+    assert_eq!(on_node("portmap"), "portmap v1.10.0");
+    assert_eq!(on_node("loopback"), "the node's own");
+
+    // An older image (a rollback) leaves the newer plugins in place.
+    image_version("v1.7.1");
+    assert!(!run().contains("installed"));
+    assert_eq!(on_node("bridge"), "bridge v1.10.0");
+
+    // No temporary files are left behind.
+    let mut names: Vec<String> = std::fs::read_dir(node.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [".kubewire", "bridge", "host-local", "loopback", "portmap"]
     );
 }

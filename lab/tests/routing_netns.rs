@@ -1,6 +1,8 @@
 //! The routing apply layer on a real underlay of network namespaces (root only):
 //! three nodes on two subnets behind a router, pods on every node, an external host.
-//! Each test builds its own underlay from examples/routing/three-nodes.yaml.
+//! Each test builds its own underlay from examples/routing/three-nodes.yaml. Two tests
+//! make /proc/sys read-only, as it is in the agent's container: for the apply layer,
+//! and for a whole `kubewire run` process watching an API server inside the node.
 
 mod common;
 #[path = "routing/support.rs"]
@@ -342,4 +344,259 @@ fn an_edited_or_deleted_routing_table_is_rewritten_on_the_periodic_check() {
         assert!(sync(SyncReason::Periodic).await.0.nftables_applied);
         assert_eq!(forward_rules(), rules);
     });
+}
+
+/// Makes /proc/sys read-only for the calling thread, as it is in an unprivileged
+/// container: a private mount namespace (this thread's alone) in which /proc/sys is
+/// bound onto itself and remounted read-only. Even root's writes then fail (EROFS).
+fn read_only_proc_sys_for_this_thread() {
+    use nix::mount::{MsFlags, mount};
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).expect("unshare(CLONE_NEWNS)");
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .expect("making / private");
+    mount(
+        Some("/proc/sys"),
+        "/proc/sys",
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .expect("binding /proc/sys");
+    mount(
+        None::<&str>,
+        "/proc/sys",
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .expect("remounting /proc/sys read-only");
+}
+
+/// In a container the agent cannot write the bridge's `accept_dad` (optional: its
+/// absence costs a DAD delay): the sync still succeeds and the metric names the
+/// sysctl. A required sysctl that is wrong and cannot be written still fails it.
+#[test]
+fn an_unwritable_optional_sysctl_is_counted_and_does_not_fail_the_sync() {
+    let underlay = Underlay::build();
+    let snapshot = snapshot();
+    let options = options(OverlayType::Subnet, OverlayEncap::Vxlan);
+    let n1 = &underlay.node("n1").ns;
+    // What the DaemonSet's privileged init container sets before the agent starts.
+    n1.sysctl("net.ipv4.ip_forward", "1");
+    n1.sysctl("net.ipv6.conf.all.forwarding", "1");
+    let accept_dad = "net.ipv6.conf.kube-bridge.accept_dad";
+    let metrics = RoutingMetrics::default();
+    let (first, second, write_error, failures_after_first) = n1.run(|| {
+        read_only_proc_sys_for_this_thread();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let mut reconciler = Reconciler::connect(metrics.clone()).unwrap();
+            let first = reconciler
+                .sync(&snapshot, "n1", &options, SyncReason::Start)
+                .await
+                .map(|r| r.0);
+            let failures_after_first = metrics.sysctl_failures(accept_dad);
+            // The write really fails here, as root.
+            let write_error = std::fs::write("/proc/sys/net/ipv6/conf/kube-bridge/accept_dad", "0")
+                .map_err(|e| e.raw_os_error());
+            let second = reconciler
+                .sync(&snapshot, "n1", &options, SyncReason::Periodic)
+                .await
+                .map(|r| r.0);
+            (first, second, write_error, failures_after_first)
+        })
+    });
+    assert_eq!(write_error, Err(Some(libc::EROFS)));
+    let first = first.unwrap_or_else(|e| panic!("the first sync failed: {e:#}"));
+    assert!(first.routes_replaced > 0, "{first:?}");
+    second.unwrap_or_else(|e| panic!("the second sync failed: {e:#}"));
+    // The first sync also tries when it creates the bridge (before it comes up);
+    // every later sync tries once.
+    assert!(failures_after_first >= 1);
+    assert_eq!(
+        metrics.sysctl_failures(accept_dad),
+        failures_after_first + 1,
+        "one more for the second sync"
+    );
+    assert_eq!(
+        n1.exec("sysctl", &["-n", accept_dad]).trim(),
+        "1",
+        "left as it was"
+    );
+    assert_eq!(n1.our_routes().len(), 4);
+
+    // ip_forward is not optional: wrong and unwritable, it fails the sync.
+    n1.sysctl("net.ipv4.ip_forward", "0");
+    let result = n1.run(|| {
+        read_only_proc_sys_for_this_thread();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(async {
+                let mut reconciler = Reconciler::connect(RoutingMetrics::default()).unwrap();
+                reconciler
+                    .sync(&snapshot, "n1", &options, SyncReason::Start)
+                    .await
+                    .map(|_| ())
+            })
+    });
+    let err = format!("{:#}", result.unwrap_err());
+    assert!(err.contains("sysctl net.ipv4.ip_forward = 1"), "{err}");
+}
+
+/// The embedded API server, serving inside `ns` (on its loopback, which an agent in
+/// that namespace reaches) from a thread of its own until dropped.
+struct ApiServerIn {
+    url: String,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ApiServerIn {
+    fn start(ns: &Netns, seed: Vec<kubewire::cache::manifests::ManifestObject>) -> ApiServerIn {
+        let path = format!("/run/netns/{}", ns.name);
+        let (url_tx, url_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            enter(&path);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            // The listener is bound here, in the namespace this thread entered.
+            let server = runtime
+                .block_on(kubewire_lab::apiserver::ApiServer::start(
+                    kubewire_lab::apiserver::ApiServerConfig {
+                        listen: "127.0.0.1:0".parse().unwrap(),
+                        history: 1000,
+                        bookmark_interval: std::time::Duration::from_secs(1),
+                        seed,
+                    },
+                ))
+                .expect("API server");
+            url_tx.send(server.url()).unwrap();
+            let _ = stopped.recv();
+            drop(server);
+        });
+        let url = url_rx.recv().expect("the API server's address");
+        ApiServerIn {
+            url,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for ApiServerIn {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// `kubewire run` as the DaemonSet runs it — its /proc/sys read-only, the node's
+/// forwarding set beforehand as the init container does — on a dual-stack node: the
+/// routing controller's syncs succeed (/healthz 200, routes in place) although the
+/// bridge's accept_dad cannot be written, and /metrics names that sysctl.
+#[test]
+fn the_agent_with_a_read_only_proc_sys_is_healthy_on_a_dual_stack_node() {
+    let underlay = Underlay::build();
+    let n1 = &underlay.node("n1").ns;
+    n1.sysctl("net.ipv4.ip_forward", "1");
+    n1.sysctl("net.ipv6.conf.all.forwarding", "1");
+    let text = std::fs::read_to_string(MANIFESTS).unwrap();
+    let seed = kubewire::cache::manifests::parse_documents(std::path::Path::new(MANIFESTS), &text)
+        .unwrap();
+    let server = ApiServerIn::start(n1, seed);
+    let dir = common::temp_dir();
+    let kubeconfig = dir.path().join("kubeconfig");
+    kubewire_lab::apiserver::write_kubeconfig(&server.url, &kubeconfig).unwrap();
+    let addr = "127.0.0.1:20344";
+    // What an unprivileged container gets: /proc/sys bound read-only over itself, in
+    // the mount namespace `ip netns exec` makes for the agent alone.
+    let mut agent = std::process::Command::new("ip")
+        .args(["netns", "exec", &n1.name, "sh", "-ec"])
+        .arg(
+            "mount --bind /proc/sys /proc/sys; mount -o remount,bind,ro /proc/sys; \
+             if echo 1 > /proc/sys/net/ipv4/ip_forward 2>/dev/null; then exit 97; fi; \
+             exec \"$0\" \"$@\"",
+        )
+        .arg(common::kubewire_bin())
+        .args([
+            "run",
+            "--node-name",
+            "n1",
+            "--run-firewall=false",
+            "--run-cni=false",
+        ])
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["--metrics-addr", addr, "--health-addr", addr])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("agent.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let curl = |path: &str| {
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &n1.name, "curl", "-s", "-m", "2"])
+            .args(["-w", "\n%{http_code}", &format!("http://{addr}{path}")])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let health = loop {
+        let health = curl("/healthz");
+        if health.ends_with("\n200") {
+            break health;
+        }
+        if let Ok(Some(status)) = agent.try_wait() {
+            let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default();
+            panic!("the agent exited ({status}): {log}");
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = agent.kill();
+            let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default();
+            panic!("not healthy within 30 s ({health}): {log}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let metrics = curl("/metrics");
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert!(health.contains("routing"), "{health}");
+    assert_eq!(n1.our_routes().len(), 4, "the routes are in place");
+    let failures = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with(
+                "kubewire_routing_sysctl_failures_total{sysctl=\"net.ipv6.conf.kube-bridge.accept_dad\"}",
+            )
+        })
+        .unwrap_or_else(|| panic!("no accept_dad failures in\n{metrics}"));
+    let count: f64 = failures.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(count >= 1.0, "{failures}");
+    assert!(
+        metrics.contains("kubewire_controller_sync_errors_total{controller=\"routing\"} 0"),
+        "{metrics}"
+    );
+    assert_eq!(
+        n1.exec("sysctl", &["-n", "net.ipv6.conf.kube-bridge.accept_dad"])
+            .trim(),
+        "1",
+        "it could not be written"
+    );
 }

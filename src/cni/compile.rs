@@ -221,7 +221,8 @@ mod tests {
 
     fn cni_args(mtu: Option<u32>) -> CniConfig {
         CniConfig {
-            conf_path: PathBuf::from("/etc/cni/net.d/10-kubewire.conflist"),
+            conf_path: PathBuf::from("/etc/cni/net.d/05-kubewire.conflist"),
+            exclusive: true,
             ipam_data_dir: None,
             network: NetworkConfig {
                 pod_mtu: mtu,

@@ -4,8 +4,9 @@
 //!
 //! [`model`] is the conflist as types, [`compile`] builds it from a snapshot (pure),
 //! [`link`] asks the kernel for the node interface's MTU, [`apply`] writes the file
-//! atomically and only on change. (The lab crate runs conflists the way a container
-//! runtime does.)
+//! atomically and only on change, [`exclusive`] moves other networks' files aside so
+//! the runtime picks ours. (The lab crate runs conflists the way a container runtime
+//! does.)
 //!
 //! `loopback` ends the chain instead of living in a separate `99-loopback.conf`:
 //! runtimes load only the first config file of the directory, so a separate file is
@@ -18,6 +19,7 @@ pub mod apply;
 mod args;
 pub mod cmd;
 pub mod compile;
+pub mod exclusive;
 pub mod link;
 pub mod model;
 
@@ -75,17 +77,25 @@ impl Controller for CniController {
         Ok(Synced::default())
     }
 
-    /// Removes the conflist if this agent wrote it (its network name is `kubewire`).
+    /// Removes the conflist if this agent wrote it (its network name is `kubewire`)
+    /// and puts back the configurations --cni-exclusive moved aside.
     async fn cleanup(&mut self) -> anyhow::Result<()> {
         let path = self.config.conf_path.clone();
-        let removed = tokio::task::spawn_blocking({
+        let (removed, restored) = tokio::task::spawn_blocking({
             let path = path.clone();
-            move || apply::remove_if_ours(&path)
+            move || -> anyhow::Result<_> {
+                let removed = apply::remove_if_ours(&path)?;
+                let restored = exclusive::restore(conf_dir(&path))?;
+                Ok((removed, restored))
+            }
         })
         .await
         .context("the CNI cleanup task panicked")??;
         if removed {
             tracing::info!(path = %path.display(), "removed the CNI config");
+        }
+        for name in restored {
+            tracing::info!(%name, "restored a CNI config kubewire had moved aside");
         }
         Ok(())
     }
@@ -115,7 +125,30 @@ pub fn sync(
         }
     };
     let conflist = compile::compile(snapshot, node_name, config, link_mtu)?;
-    apply::write_conflist(&config.conf_path, conflist)
+    let outcome = apply::write_conflist(&config.conf_path, conflist)?;
+    if config.exclusive {
+        // After ours is in place, so the directory never lacks a configuration.
+        let ours = config
+            .conf_path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .with_context(|| format!("{} has no file name", config.conf_path.display()))?;
+        let done = exclusive::set_aside_others(conf_dir(&config.conf_path), ours)?;
+        for name in &done.moved {
+            tracing::warn!(%name, "moved another CNI config aside (--cni-exclusive): renamed {name}{}", exclusive::BACKUP_SUFFIX);
+        }
+        for name in &done.removed {
+            tracing::info!(%name, "removed a stale kubewire CNI config");
+        }
+    }
+    Ok(outcome)
+}
+
+/// The directory of the conflist at `path`.
+fn conf_dir(path: &std::path::Path) -> &std::path::Path {
+    path.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."))
 }
 
 #[cfg(test)]
@@ -182,6 +215,50 @@ mod tests {
         let mut controller = CniController::new("n1".into(), args.clone(), &Metrics::new());
         runtime.block_on(controller.cleanup()).unwrap();
         assert!(!args.conf_path.exists());
+    }
+
+    /// --cni-exclusive (the default) moves another network's config aside on sync and
+    /// cleanup brings it back; with it off, the other config stays.
+    #[test]
+    fn exclusive_sync_sets_other_configs_aside_and_cleanup_restores_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir_flag = dir.path().to_str().unwrap();
+        let other = dir.path().join("10-containerd-net.conflist");
+        let other_text = r#"{"cniVersion":"1.0.0","name":"containerd-net","plugins":[]}"#;
+        std::fs::write(&other, other_text).unwrap();
+        let state =
+            snapshot(json!({"metadata": {"name": "n1"}, "spec": {"podCIDRs": ["10.244.1.0/24"]}}));
+
+        let shared = args(&[
+            "--cni-conf-dir",
+            dir_flag,
+            "--mtu",
+            "1400",
+            "--cni-exclusive=false",
+        ]);
+        sync(&state, "n1", &shared).unwrap();
+        assert!(other.exists(), "--cni-exclusive=false leaves it");
+
+        let args = args(&["--cni-conf-dir", dir_flag, "--mtu", "1400"]);
+        assert!(args.exclusive, "on by default");
+        assert_eq!(
+            args.conf_path.file_name().unwrap(),
+            "05-kubewire.conflist",
+            "sorts before 10-…"
+        );
+        assert_eq!(sync(&state, "n1", &args).unwrap(), WriteOutcome::Unchanged);
+        assert!(!other.exists());
+        let backup = dir.path().join("10-containerd-net.conflist.kubewire.bak");
+        assert_eq!(std::fs::read_to_string(&backup).unwrap(), other_text);
+
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut controller = CniController::new("n1".into(), args.clone(), &Metrics::new());
+        runtime.block_on(controller.cleanup()).unwrap();
+        assert!(!args.conf_path.exists());
+        assert!(!backup.exists());
+        assert_eq!(std::fs::read_to_string(&other).unwrap(), other_text);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! its own (a netlink replace, one nftables transaction); a failed change is reported
 //! in the sync's error and retried by the agent loop while the rest still applies.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use anyhow::Context;
@@ -47,18 +47,33 @@ pub struct Reconciler {
     netlink: Netlink,
     metrics: RoutingMetrics,
     applied_nft: Option<AppliedTable>,
+    /// Optional sysctls whose failed write was logged (once each: it fails again on
+    /// every sync, and the metric counts those).
+    logged_sysctls: BTreeSet<String>,
 }
 
 /// Failed changes of one sync, each counted in the metrics.
 struct Failures<'a> {
     metrics: &'a RoutingMetrics,
     messages: Vec<String>,
+    /// Optional sysctls that could not be written, with the error: not failures.
+    skipped_sysctls: Vec<(String, String)>,
 }
 
 impl Failures<'_> {
     fn add(&mut self, object: &str, message: String) {
         self.metrics.error(object);
         self.messages.push(message);
+    }
+
+    fn skip_sysctl(&mut self, sysctl: &Sysctl, error: String) {
+        self.metrics
+            .sysctl_failures
+            .get_or_create(&super::metrics::SysctlLabel {
+                sysctl: sysctl.key.clone(),
+            })
+            .inc();
+        self.skipped_sysctls.push((sysctl.key.clone(), error));
     }
 }
 
@@ -70,6 +85,7 @@ impl Reconciler {
             netlink: Netlink::connect()?,
             metrics,
             applied_nft: None,
+            logged_sysctls: BTreeSet::new(),
         })
     }
 
@@ -132,6 +148,7 @@ impl Reconciler {
         let mut failures = Failures {
             metrics: &metrics,
             messages: Vec::new(),
+            skipped_sysctls: Vec::new(),
         };
         let links = self.apply_links(plan, &mut report, &mut failures).await?;
         // After the links: some sysctls are the bridge's.
@@ -157,6 +174,11 @@ impl Reconciler {
         }
         self.apply_nftables(plan, reason, &mut report, &mut failures)
             .await;
+        for (key, error) in &failures.skipped_sysctls {
+            if self.logged_sysctls.insert(key.clone()) {
+                tracing::warn!(sysctl = %key, %error, "an optional sysctl cannot be written; going on without it (counted in kubewire_routing_sysctl_failures_total)");
+            }
+        }
         if failures.messages.is_empty() {
             Ok(report)
         } else {
@@ -562,6 +584,9 @@ async fn stateless_listing() -> Result<Option<serde_json::Value>, crate::nft::Nf
         .await
 }
 
+/// Writes each sysctl that differs. A value already right is never written, so a
+/// read-only /proc/sys (a container's) only matters for values still wrong: a required
+/// one fails the sync, an optional one is counted and skipped.
 fn write_sysctls(sysctls: &[Sysctl], changed: &mut usize, failures: &mut Failures<'_>) {
     for sysctl in sysctls {
         let path = sysctl.path();
@@ -571,6 +596,7 @@ fn write_sysctls(sysctls: &[Sysctl], changed: &mut usize, failures: &mut Failure
         }
         match std::fs::write(&path, &sysctl.value) {
             Ok(()) => *changed += 1,
+            Err(err) if sysctl.optional => failures.skip_sysctl(sysctl, err.to_string()),
             Err(err) => failures.add(
                 "sysctl",
                 format!("sysctl {} = {}: {err}", sysctl.key, sysctl.value),

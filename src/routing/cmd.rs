@@ -120,7 +120,8 @@ pub fn render_text(plan: &RoutingPlan, subnets_assumed: bool) -> String {
 
     out.push_str("\nsysctls\n");
     for sysctl in &plan.sysctls {
-        let _ = writeln!(out, "  {} = {}", sysctl.key, sysctl.value);
+        let optional = if sysctl.optional { " (optional)" } else { "" };
+        let _ = writeln!(out, "  {} = {}{optional}", sysctl.key, sysctl.value);
     }
 
     out.push_str("\ntunnels\n");

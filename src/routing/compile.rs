@@ -138,8 +138,9 @@ pub fn compile(
     if local.pod_cidrs.iter().any(|c| matches!(c, IpNet::V6(_))) {
         // A forwarding node solicits a pod's address from the bridge's link-local
         // address; without this it is unusable for DAD's ~2 s after the first pod
-        // attaches, and forwarded IPv6 to that pod is dropped meanwhile.
-        sysctls.push(Sysctl::new(
+        // attaches, and forwarded IPv6 to that pod is dropped meanwhile. Optional:
+        // that delay is all its absence costs, and a container cannot write it.
+        sysctls.push(Sysctl::optional(
             &format!("net.ipv6.conf.{BRIDGE}.accept_dad"),
             "0",
         ));

@@ -10,8 +10,15 @@ use crate::telemetry::Metrics;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ObjectLabel {
-    /// What failed: route, neighbour, fdb, link, address, sysctl, nftables.
+    /// What failed: route, neighbour, fdb, link, address, sysctl (a required one),
+    /// nftables.
     pub object: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SysctlLabel {
+    /// Dotted name, e.g. `net.ipv6.conf.kube-bridge.accept_dad`.
+    pub sysctl: String,
 }
 
 #[derive(Clone, Default)]
@@ -20,6 +27,8 @@ pub struct RoutingMetrics {
     pub routes_removed: Counter,
     pub routes: Gauge,
     pub errors: Family<ObjectLabel, Counter>,
+    /// Failed writes of optional sysctls (the sync went on without them).
+    pub sysctl_failures: Family<SysctlLabel, Counter>,
 }
 
 impl RoutingMetrics {
@@ -46,7 +55,21 @@ impl RoutingMetrics {
             "Kernel changes the routing controller could not make, per kind of object",
             this.errors.clone(),
         );
+        metrics.register(
+            "kubewire_routing_sysctl_failures",
+            "Writes of optional sysctls that failed (e.g. read-only /proc/sys); the sync went on without them",
+            this.sysctl_failures.clone(),
+        );
         this
+    }
+
+    /// Failed writes of the optional sysctl `key` so far.
+    pub fn sysctl_failures(&self, key: &str) -> u64 {
+        self.sysctl_failures
+            .get_or_create(&SysctlLabel {
+                sysctl: key.to_string(),
+            })
+            .get()
     }
 
     pub fn error(&self, object: &str) {

@@ -72,6 +72,12 @@ pub struct Sysctl {
     /// Dotted name, e.g. `net.ipv4.ip_forward`.
     pub key: String,
     pub value: String,
+    /// The node works without it, only less well: a failed write is reported but does
+    /// not fail the sync. (In a container /proc/sys is read-only; what the node cannot
+    /// do without is set by the DaemonSet's privileged init container, and found
+    /// already right here.)
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub optional: bool,
 }
 
 impl Sysctl {
@@ -79,6 +85,15 @@ impl Sysctl {
         Self {
             key: key.to_string(),
             value: value.to_string(),
+            optional: false,
+        }
+    }
+
+    /// A value that improves the node but that it can do without.
+    pub fn optional(key: &str, value: &str) -> Self {
+        Self {
+            optional: true,
+            ..Self::new(key, value)
         }
     }
 
