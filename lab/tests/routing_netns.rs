@@ -468,7 +468,7 @@ impl ApiServerIn {
         let (url_tx, url_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::spawn(move || {
-            enter(&path);
+            enter(std::path::Path::new(&path));
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
                 .enable_all()
