@@ -384,6 +384,12 @@ fn read_only_proc_sys_for_this_thread() {
 #[test]
 fn an_unwritable_optional_sysctl_is_counted_and_does_not_fail_the_sync() {
     let underlay = Underlay::build();
+    // As on a real host, new links get duplicate address detection, so the bridge's
+    // accept_dad must be written (the harness turns it off for its namespaces).
+    underlay
+        .node("n1")
+        .ns
+        .sysctl("net.ipv6.conf.default.accept_dad", "1");
     let snapshot = snapshot();
     let options = options(OverlayType::Subnet, OverlayEncap::Vxlan);
     let n1 = &underlay.node("n1").ns;
@@ -514,6 +520,12 @@ impl Drop for ApiServerIn {
 #[test]
 fn the_agent_with_a_read_only_proc_sys_is_healthy_on_a_dual_stack_node() {
     let underlay = Underlay::build();
+    // As on a real host, new links get duplicate address detection, so the bridge's
+    // accept_dad must be written (the harness turns it off for its namespaces).
+    underlay
+        .node("n1")
+        .ns
+        .sysctl("net.ipv6.conf.default.accept_dad", "1");
     let n1 = &underlay.node("n1").ns;
     n1.sysctl("net.ipv4.ip_forward", "1");
     n1.sysctl("net.ipv6.conf.all.forwarding", "1");
