@@ -58,7 +58,7 @@ pub struct CommonArgs {
     #[arg(long, env = "KUBEWIRE_HEALTH_ADDR", default_value = "0.0.0.0:20244")]
     pub health_addr: SocketAddr,
     /// Log filter: a level or tracing directives (`info`, `kubewire=debug`).
-    #[arg(short = 'v', long, env = "KUBEWIRE_LOG_LEVEL", default_value = "info")]
+    #[arg(short = 'v', long, env = "KUBEWIRE_LOG_LEVEL", default_value = "info", value_parser = crate::telemetry::parse_log_filter)]
     pub log_level: String,
     #[arg(long, env = "KUBEWIRE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -166,7 +166,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" => value * 3600.0,
         _ => return Err(format!("`{text}`: unknown unit `{unit}` (ms, s, m, h)")),
     };
-    Ok(Duration::from_secs_f64(seconds))
+    // A year is more than any timeout or period here needs; a larger number is a typo.
+    const LONGEST: f64 = 365.0 * 24.0 * 3600.0;
+    if !(0.0..=LONGEST).contains(&seconds) {
+        return Err(format!("`{text}` is longer than a year"));
+    }
+    Duration::try_from_secs_f64(seconds).map_err(|err| format!("`{text}`: {err}"))
 }
 
 #[cfg(test)]
@@ -243,5 +248,11 @@ mod tests {
         assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert!(parse_duration("5 parsecs").is_err());
+        assert!(
+            parse_duration("99999999999999999999h").is_err(),
+            "no overflow panic"
+        );
+        assert!(parse_duration("1e400").is_err());
+        assert!(parse_duration("400d").is_err());
     }
 }

@@ -6,6 +6,6 @@ mod metrics;
 mod server;
 
 pub use health::{Health, HealthReport};
-pub use logging::{LogFormat, init_logging};
+pub use logging::{LogFormat, init_logging, parse_log_filter};
 pub use metrics::{ControllerMetrics, Metrics};
 pub use server::serve;
