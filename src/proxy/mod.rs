@@ -5,6 +5,7 @@
 
 mod args;
 pub mod cmd;
+pub mod ipvs;
 pub mod model;
 pub mod nftables;
 pub mod services;
