@@ -14,9 +14,8 @@ use common::{kubewire, success, temp_dir, unique};
 use kube::ResourceExt;
 use serde_json::Value;
 
-const AGENT_ARGS: [&str; 3] = [
+const AGENT_ARGS: [&str; 2] = [
     "--agent-arg=--run-service-proxy=true",
-    "--agent-arg=--proxy-backend=nftables",
     "--agent-arg=--run-firewall=false",
 ];
 
@@ -56,9 +55,10 @@ fn trace(manifests: &Path, node: &str, from: &str, to: &str, port: u64, protocol
     serde_json::from_str(&out).unwrap()
 }
 
-/// Runs the lab on `manifests` and checks every Service probe against `proxy trace`.
-/// Returns how many probes were answered.
-fn probes_match_trace(manifests: &Path) -> usize {
+/// Runs the lab on `manifests` with the proxy `backend` and checks every Service
+/// probe (each tried `tries` times) against `proxy trace`. Returns how many probes
+/// were answered.
+fn probes_match_trace(manifests: &Path, backend: &str, tries: u32) -> usize {
     let lab = Lab {
         name: unique("kwpx"),
         state: temp_dir(),
@@ -66,7 +66,17 @@ fn probes_match_trace(manifests: &Path) -> usize {
     let mut args = lab.args("run");
     args.extend(["--manifests".into(), manifests.display().to_string()]);
     args.extend(AGENT_ARGS.iter().map(|a| a.to_string()));
-    args.extend(["--services", "--tries", "24", "--format", "json"].map(String::from));
+    args.push(format!("--agent-arg=--proxy-backend={backend}"));
+    args.extend(
+        [
+            "--services",
+            "--tries",
+            &tries.to_string(),
+            "--format",
+            "json",
+        ]
+        .map(String::from),
+    );
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let report: Value = serde_json::from_str(&success(kubewire(&args), "lab run")).unwrap();
 
@@ -146,7 +156,18 @@ fn probes_match_trace(manifests: &Path) -> usize {
 fn demo_cluster_ips_and_node_ports_answer_from_exactly_the_endpoints() {
     let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo");
     // 9 pods × 2 ClusterIPs + 3 NodePorts, all served.
-    assert_eq!(probes_match_trace(&manifests), 21);
+    assert_eq!(probes_match_trace(&manifests, "nftables", 24), 21);
+}
+
+/// The same with the IPVS backend (round robin): a ClusterIP reached from pods on
+/// every node, backed on other nodes too, and the NodePort from the external
+/// namespace on every node. Needs a kernel with IPVS and the dummy interface:
+/// `tests/vm/run proxy_lab ipvs`.
+#[test]
+#[ignore = "needs IPVS: tests/vm/run proxy_lab ipvs"]
+fn ipvs_demo_cluster_ips_and_node_ports_answer_from_exactly_the_endpoints() {
+    let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo");
+    assert_eq!(probes_match_trace(&manifests, "ipvs", 12), 21);
 }
 
 #[test]
@@ -155,5 +176,8 @@ fn every_proxy_rule_measured_matches_trace() {
     // 6 pods × 7 ClusterIPs, less `empty` (6, rejected) and `local` from n2's 4 pods
     // (dropped); NodePort 30080 on n1 only (eTP Local), 30443 on both nodes; the
     // externalIP; not the LB IP (outside its source ranges).
-    assert_eq!(probes_match_trace(&manifests), 32 + 1 + 2 + 1);
+    assert_eq!(
+        probes_match_trace(&manifests, "nftables", 24),
+        32 + 1 + 2 + 1
+    );
 }

@@ -260,8 +260,11 @@ mod tests {
         out
     }
 
-    /// The kernel: services with (endpoint, weight, active connections).
-    fn kernel(services: &[(u16, &[(u8, u32, u32)])]) -> KernelState {
+    /// A destination in the kernel: (endpoint, weight, active connections).
+    type Present = (u8, u32, u32);
+
+    /// The kernel: services with their destinations.
+    fn kernel(services: &[(u16, &[Present])]) -> KernelState {
         let mut out = KernelState::default();
         for (port, destinations) in services {
             let mut service = KernelService {

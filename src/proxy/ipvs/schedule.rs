@@ -71,7 +71,14 @@ mod tests {
 
     #[test]
     fn annotations_read_as_kube_router_reads_them() {
-        let cases: &[(Option<&str>, Option<&str>, (&str, bool, bool), usize)] = &[
+        // (scheduler, flags) → (scheduler, fallback, port), problems
+        type Case<'a> = (
+            Option<&'a str>,
+            Option<&'a str>,
+            (&'a str, bool, bool),
+            usize,
+        );
+        let cases: &[Case] = &[
             (None, None, ("rr", false, false), 0),
             (Some("mh"), Some("flag-1,flag-2"), ("mh", true, true), 0),
             (Some("SH"), Some("sh-port"), ("sh", false, true), 0),
