@@ -9,6 +9,7 @@ mod proxy_support;
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use common::{kubewire, success, temp_dir, unique};
 use kube::ResourceExt;
@@ -79,7 +80,12 @@ fn probes_match_trace(manifests: &Path, backend: &str, tries: u32) -> usize {
     );
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let report: Value = serde_json::from_str(&success(kubewire(&args), "lab run")).unwrap();
+    report_matches_trace(manifests, &report)
+}
 
+/// Checks every Service probe of a `lab probe --services` report against `proxy
+/// trace`; returns how many probes were answered.
+fn report_matches_trace(manifests: &Path, report: &Value) -> usize {
     let snapshot = kubewire::cache::manifests::load_snapshot(manifests).unwrap();
     let pod_ip = |key: &str| -> (String, String) {
         let (ns, name) = key.split_once('/').unwrap();
@@ -161,13 +167,79 @@ fn demo_cluster_ips_and_node_ports_answer_from_exactly_the_endpoints() {
 
 /// The same with the IPVS backend (round robin): a ClusterIP reached from pods on
 /// every node, backed on other nodes too, and the NodePort from the external
-/// namespace on every node. Needs a kernel with IPVS and the dummy interface:
+/// namespace on every node; then the kernel state on n1 (virtual services, VIPs on
+/// kube-ipvs0), and a virtual service deleted behind the agent's back comes back
+/// with the periodic sync. Needs a kernel with IPVS and the dummy interface:
 /// `tests/vm/run proxy_lab ipvs`.
 #[test]
 #[ignore = "needs IPVS: tests/vm/run proxy_lab ipvs"]
 fn ipvs_demo_cluster_ips_and_node_ports_answer_from_exactly_the_endpoints() {
     let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo");
-    assert_eq!(probes_match_trace(&manifests, "ipvs", 12), 21);
+    let lab = Lab {
+        name: unique("kwpv"),
+        state: temp_dir(),
+    };
+    let mut up = lab.args("up");
+    up.extend(["--manifests".into(), manifests.display().to_string()]);
+    up.extend(AGENT_ARGS.iter().map(|a| a.to_string()));
+    up.extend(
+        [
+            "--agent-arg=--proxy-backend=ipvs",
+            "--agent-arg=--sync-period=5s",
+        ]
+        .map(String::from),
+    );
+    let up: Vec<&str> = up.iter().map(String::as_str).collect();
+    success(kubewire(&up), "lab up");
+
+    let mut probe = lab.args("probe");
+    probe.extend(["--services", "--tries", "12", "--format", "json"].map(String::from));
+    let probe: Vec<&str> = probe.iter().map(String::as_str).collect();
+    let report: Value = serde_json::from_str(&success(kubewire(&probe), "lab probe")).unwrap();
+    assert_eq!(report_matches_trace(&manifests, &report), 21);
+
+    let netns = format!("kw-{}-node-n1", lab.name);
+    let in_node = |program: &str, args: &[&str]| -> String {
+        let mut all = vec!["netns", "exec", netns.as_str(), program];
+        all.extend(args);
+        common::sh("ip", &all)
+    };
+    let services = in_node("ipvsadm", &["-Ln"]);
+    eprintln!("ipvsadm -Ln on n1:\n{services}");
+    assert!(services.contains("TCP  10.96.0.10:80 rr"), "{services}");
+    assert!(services.contains("TCP  10.96.0.20:8080 rr"), "{services}");
+    let vips = in_node("ip", &["-o", "addr", "show", "dev", "kube-ipvs0"]);
+    eprintln!("kube-ipvs0 on n1:\n{vips}");
+    assert!(vips.contains("10.96.0.10/32"), "{vips}");
+
+    // Drift: the periodic sync (every 5 s here) puts a deleted service back.
+    in_node("ipvsadm", &["-D", "-t", "10.96.0.10:80"]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        // Fails (no such service) until it is back.
+        let output = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &netns,
+                "ipvsadm",
+                "-Ln",
+                "-t",
+                "10.96.0.10:80",
+            ])
+            .output()
+            .expect("running ipvsadm");
+        let now = String::from_utf8_lossy(&output.stdout);
+        if output.status.success() && now.contains("->") {
+            eprintln!("restored after deletion:\n{now}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the deleted IPVS service was not restored"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }
 
 #[test]
