@@ -253,3 +253,29 @@ fn every_proxy_rule_measured_matches_trace() {
         32 + 1 + 2 + 1
     );
 }
+
+/// `kubewire cleanup`'s IPVS part in a namespace of its own: our services (scheduler
+/// flag 3) and kube-ipvs0 go, a service someone else made stays.
+/// `tests/vm/run proxy_lab ipvs`.
+#[test]
+#[ignore = "needs IPVS: tests/vm/run proxy_lab ipvs"]
+fn ipvs_cleanup_removes_our_services_and_kube_ipvs0_only() {
+    let ns = common::Netns::new("kwipvs");
+    ns.ip(&["link", "add", "kube-ipvs0", "type", "dummy"]);
+    ns.ip(&["addr", "add", "10.96.0.1/32", "dev", "kube-ipvs0"]);
+    ns.exec(
+        "ipvsadm",
+        &["-A", "-t", "10.96.0.1:80", "-s", "rr", "-b", "flag-3"],
+    );
+    ns.exec("ipvsadm", &["-A", "-t", "192.0.2.1:80", "-s", "wlc"]);
+    let deleted = ns
+        .block_on(|| async { kubewire::proxy::ipvs::apply::cleanup().await })
+        .unwrap();
+    assert_eq!(deleted, 1);
+    let left = ns.exec("ipvsadm", &["-Ln"]);
+    eprintln!("after cleanup:\n{left}");
+    assert!(!left.contains("10.96.0.1:80"), "{left}");
+    assert!(left.contains("192.0.2.1:80"), "{left}");
+    let links = ns.ip(&["link", "show"]);
+    assert!(!links.contains("kube-ipvs0"), "{links}");
+}
