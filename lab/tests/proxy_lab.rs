@@ -8,6 +8,7 @@ mod common;
 mod proxy_support;
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -278,4 +279,120 @@ fn ipvs_cleanup_removes_our_services_and_kube_ipvs0_only() {
     assert!(left.contains("192.0.2.1:80"), "{left}");
     let links = ns.ip(&["link", "show"]);
     assert!(!links.contains("kube-ipvs0"), "{links}");
+}
+
+/// Graceful termination against the kernel: an endpoint removed while a TCP
+/// connection to it is open keeps weight 0 and carries the connection; once the
+/// connection is closed, the next sync deletes it. The reconciler alone, in a
+/// namespace with a backend namespace behind a veth. `tests/vm/run proxy_lab ipvs`.
+#[test]
+#[ignore = "needs IPVS: tests/vm/run proxy_lab ipvs"]
+fn ipvs_removed_endpoint_drains_its_open_connection() {
+    use kubewire::ipvs::{Destination, Ipvs, Protocol, Service, ServiceKey};
+    use kubewire::proxy::ipvs::apply::Reconciler;
+    use kubewire::proxy::ipvs::compile::{Desired, VirtualServer};
+    use kubewire::runtime::SyncReason;
+    use std::io::{Read, Write};
+
+    let lb = common::Netns::new("kwgl");
+    let backend = common::Netns::new("kwgb");
+    lb.ip(&[
+        "link",
+        "add",
+        "veth-lb",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "veth-be",
+        "netns",
+        &backend.name,
+    ]);
+    lb.ip(&["addr", "add", "10.1.0.1/24", "dev", "veth-lb"]);
+    lb.ip(&["link", "set", "veth-lb", "up"]);
+    backend.ip(&["addr", "add", "10.1.0.2/24", "dev", "veth-be"]);
+    backend.ip(&["link", "set", "veth-be", "up"]);
+    backend.ip(&["route", "add", "default", "via", "10.1.0.1"]);
+    let listener = backend.run(|| std::net::TcpListener::bind("10.1.0.2:8080").unwrap());
+
+    let key = ServiceKey::Address {
+        protocol: Protocol::Tcp,
+        address: "10.96.0.1".parse().unwrap(),
+        port: 80,
+    };
+    let desired = |endpoints: &[&str]| {
+        let mut service = Service::new(key, "rr");
+        service.flags.sched_flag3 = true;
+        let mut out = Desired::default();
+        out.vips.insert(key_address(&key));
+        out.services.insert(
+            key,
+            VirtualServer {
+                service,
+                destinations: endpoints
+                    .iter()
+                    .map(|e| {
+                        let a: SocketAddr = e.parse().unwrap();
+                        (a, Destination::new(a.ip(), a.port()))
+                    })
+                    .collect(),
+                owner: "x/web:80/TCP".into(),
+            },
+        );
+        out
+    };
+    let listing = || lb.exec("ipvsadm", &["-Ln", "-t", "10.96.0.1:80"]);
+    lb.block_on(|| async {
+        let mut reconciler = Reconciler::new(Ipvs::new().unwrap(), Duration::from_secs(600));
+        reconciler
+            .sync(
+                desired(&["10.1.0.2:8080", "10.1.0.3:8080"]),
+                SyncReason::Start,
+            )
+            .await
+            .unwrap();
+        // Round robin: connect until one lands on the live backend.
+        let (mut client, mut server) = loop {
+            let client = std::net::TcpStream::connect_timeout(
+                &"10.96.0.1:80".parse().unwrap(),
+                Duration::from_secs(1),
+            );
+            if let Ok(client) = client {
+                break (client, listener.accept().unwrap().0);
+            }
+        };
+        eprintln!("connected:\n{}", listing());
+        reconciler
+            .sync(desired(&["10.1.0.3:8080"]), SyncReason::Change)
+            .await
+            .unwrap();
+        let draining = listing();
+        eprintln!("endpoint removed, connection open:\n{draining}");
+        assert!(
+            draining.contains("10.1.0.2:8080") && draining.contains("Masq    0"),
+            "{draining}"
+        );
+        client.write_all(b"still here").unwrap();
+        let mut buffer = [0u8; 10];
+        server.read_exact(&mut buffer).unwrap();
+        assert_eq!(&buffer, b"still here");
+        drop(client);
+        drop(server);
+        std::thread::sleep(Duration::from_secs(1));
+        reconciler
+            .sync(desired(&["10.1.0.3:8080"]), SyncReason::Change)
+            .await
+            .unwrap();
+        let after = listing();
+        eprintln!("connection closed, next sync:\n{after}");
+        assert!(!after.contains("10.1.0.2:8080"), "{after}");
+        assert!(after.contains("10.1.0.3:8080"), "{after}");
+    });
+}
+
+fn key_address(key: &kubewire::ipvs::ServiceKey) -> std::net::IpAddr {
+    match key {
+        kubewire::ipvs::ServiceKey::Address { address, .. } => *address,
+        kubewire::ipvs::ServiceKey::Fwmark { .. } => unreachable!("an address service"),
+    }
 }

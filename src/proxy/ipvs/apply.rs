@@ -6,8 +6,8 @@
 //! What the kernel holds is read in full (one dump of services and destinations, one
 //! of addresses) on the first sync, after a failure and on every periodic sync,
 //! which so repairs drift; other syncs diff against what was last applied, kept in
-//! memory, and read back only the destinations of services with draining endpoints
-//! (their connection counts decide when they go). IPVS calls block: they run on
+//! memory, and read back only the destinations of services losing endpoints (their
+//! connection counts decide when they go). IPVS calls block: they run on
 //! tokio's blocking pool, one batch per sync.
 
 use std::collections::BTreeSet;
@@ -45,6 +45,9 @@ pub struct Reconciler {
     known: Option<KernelState>,
     draining: Draining,
     grace: Duration,
+    /// The dummy interface's index at the last sync: a new one (someone deleted
+    /// the interface, which we recreate) means its addresses are gone too.
+    dummy_index: Option<u32>,
 }
 
 impl Reconciler {
@@ -56,6 +59,7 @@ impl Reconciler {
             known: None,
             draining: Draining::new(),
             grace,
+            dummy_index: None,
         }
     }
 
@@ -80,8 +84,13 @@ impl Reconciler {
         applied: &mut Applied,
     ) -> anyhow::Result<()> {
         let dummy = self.dummy_interface().await?;
+        if self.dummy_index.replace(dummy) != Some(dummy) {
+            self.known = None;
+        }
         let mut kernel = match self.known.take() {
-            Some(known) if reason != SyncReason::Periodic => self.refresh_draining(known).await?,
+            Some(known) if reason != SyncReason::Periodic => {
+                self.refresh_leaving(known, desired).await?
+            }
             known => {
                 let dumped = self.dump(dummy).await?;
                 if let Some(known) = known {
@@ -169,9 +178,26 @@ impl Reconciler {
         Ok(KernelState::from_dump(services, vips))
     }
 
-    /// Reads the connection counts of every draining destination's service.
-    async fn refresh_draining(&mut self, mut known: KernelState) -> anyhow::Result<KernelState> {
-        let keys: BTreeSet<ServiceKey> = self.draining.keys().map(|(key, _)| *key).collect();
+    /// Reads the destinations (with their connection counts) of every service that
+    /// has one no longer wanted: draining, or about to, which its count decides.
+    async fn refresh_leaving(
+        &mut self,
+        mut known: KernelState,
+        desired: &Desired,
+    ) -> anyhow::Result<KernelState> {
+        let keys: BTreeSet<ServiceKey> = known
+            .services
+            .iter()
+            .filter(|(key, service)| {
+                desired.services.get(key).is_some_and(|wanted| {
+                    service
+                        .destinations
+                        .keys()
+                        .any(|a| !wanted.destinations.contains_key(a))
+                })
+            })
+            .map(|(key, _)| *key)
+            .collect();
         if keys.is_empty() {
             return Ok(known);
         }
