@@ -255,6 +255,17 @@ fn every_proxy_rule_measured_matches_trace() {
     );
 }
 
+/// Every rule of examples/proxy with the IPVS backend, measured against `proxy
+/// trace` as for nftables: rejects without endpoints, internalTrafficPolicy Local
+/// drops, the eTP Local NodePort only where it has an endpoint, the externalIP, the
+/// LB IP refused outside its source ranges. `tests/vm/run proxy_lab ipvs`.
+#[test]
+#[ignore = "needs IPVS: tests/vm/run proxy_lab ipvs"]
+fn ipvs_every_proxy_rule_measured_matches_trace() {
+    let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/proxy");
+    assert_eq!(probes_match_trace(&manifests, "ipvs", 12), 32 + 1 + 2 + 1);
+}
+
 /// `kubewire cleanup`'s IPVS part in a namespace of its own: our services (scheduler
 /// flag 3) and kube-ipvs0 go, a service someone else made stays.
 /// `tests/vm/run proxy_lab ipvs`.
@@ -343,7 +354,11 @@ fn ipvs_removed_endpoint_drains_its_open_connection() {
     };
     let listing = || lb.exec("ipvsadm", &["-Ln", "-t", "10.96.0.1:80"]);
     lb.block_on(|| async {
-        let mut reconciler = Reconciler::new(Ipvs::new().unwrap(), Duration::from_secs(600));
+        let mut reconciler = Reconciler::new(
+            Ipvs::new().unwrap(),
+            Duration::from_secs(600),
+            Default::default(),
+        );
         reconciler
             .sync(
                 desired(&["10.1.0.2:8080", "10.1.0.3:8080"]),

@@ -84,6 +84,7 @@ impl AnyController {
                 node.to_string(),
                 network.service_cidrs.clone(),
                 &args.proxy,
+                metrics,
             )?),
             ControllerKind::Cni => AnyController::Cni(CniController::new(
                 node.to_string(),

@@ -45,7 +45,12 @@ impl ProxyController {
     /// Resolves `auto`: IPVS when its socket opens (the kernel has IPVS), else
     /// nftables; says which in the log. An explicit `ipvs` without IPVS is an error,
     /// never a silent fallback.
-    pub fn new(node: String, default_cidrs: Vec<IpNet>, args: &ProxyArgs) -> anyhow::Result<Self> {
+    pub fn new(
+        node: String,
+        default_cidrs: Vec<IpNet>,
+        args: &ProxyArgs,
+        metrics: &crate::telemetry::Metrics,
+    ) -> anyhow::Result<Self> {
         let nftables = || {
             Backend::Nftables(nftables::apply::Reconciler::new(
                 nftables::nft::ProxyNft::default(),
@@ -55,13 +60,21 @@ impl ProxyController {
         let backend = match args.proxy_backend {
             ProxyBackend::Nftables => nftables(),
             ProxyBackend::Ipvs => match crate::ipvs::Ipvs::new() {
-                Ok(handle) => Backend::Ipvs(Box::new(ipvs::apply::Reconciler::new(handle, grace))),
+                Ok(handle) => Backend::Ipvs(Box::new(ipvs::apply::Reconciler::new(
+                    handle,
+                    grace,
+                    ipvs::metrics::IpvsMetrics::register(metrics),
+                ))),
                 Err(err) => anyhow::bail!("--proxy-backend=ipvs: {err}"),
             },
             ProxyBackend::Auto => match crate::ipvs::Ipvs::new() {
                 Ok(handle) => {
                     tracing::info!("service proxy backend: IPVS (the kernel has it)");
-                    Backend::Ipvs(Box::new(ipvs::apply::Reconciler::new(handle, grace)))
+                    Backend::Ipvs(Box::new(ipvs::apply::Reconciler::new(
+                        handle,
+                        grace,
+                        ipvs::metrics::IpvsMetrics::register(metrics),
+                    )))
                 }
                 Err(err) => {
                     tracing::info!("service proxy backend: nftables ({err})");

@@ -19,7 +19,8 @@ use ipnet::IpNet;
 
 use super::compile::{DUMMY_INTERFACE, Desired, is_ours};
 use super::diff::{self, Action, Draining, KernelDestination, KernelState};
-use crate::ipvs::{Ipvs, IpvsError, ServiceKey};
+use super::metrics::IpvsMetrics;
+use crate::ipvs::{Ipvs, IpvsError, ServiceKey, Stats};
 use crate::proxy::nftables;
 use crate::routing::netlink::Netlink;
 use crate::runtime::SyncReason;
@@ -48,10 +49,11 @@ pub struct Reconciler {
     /// The dummy interface's index at the last sync: a new one (someone deleted
     /// the interface, which we recreate) means its addresses are gone too.
     dummy_index: Option<u32>,
+    metrics: IpvsMetrics,
 }
 
 impl Reconciler {
-    pub fn new(ipvs: Ipvs, grace: Duration) -> Self {
+    pub fn new(ipvs: Ipvs, grace: Duration, metrics: IpvsMetrics) -> Self {
         Self {
             ipvs: Arc::new(Mutex::new(ipvs)),
             netlink: None,
@@ -60,6 +62,7 @@ impl Reconciler {
             draining: Draining::new(),
             grace,
             dummy_index: None,
+            metrics,
         }
     }
 
@@ -92,10 +95,12 @@ impl Reconciler {
                 self.refresh_leaving(known, desired).await?
             }
             known => {
-                let dumped = self.dump(dummy).await?;
+                let (dumped, stats) = self.dump(dummy).await?;
+                self.metrics.observe_stats(&stats, desired);
                 if let Some(known) = known {
                     applied.drift_repaired = known.configuration() != dumped.configuration();
                     if applied.drift_repaired {
+                        self.metrics.drift_repairs.inc();
                         tracing::warn!(
                             "IPVS services or {DUMMY_INTERFACE} addresses were changed by someone else; repairing"
                         );
@@ -112,6 +117,7 @@ impl Reconciler {
             self.grace,
         );
         applied.ipvs_changes = actions.len();
+        self.metrics.changes.inc_by(actions.len() as u64);
         let (ipvs_actions, vip_actions): (Vec<Action>, Vec<Action>) = actions
             .into_iter()
             .partition(|a| !matches!(a, Action::AddVip(_) | Action::DeleteVip(_)));
@@ -136,6 +142,14 @@ impl Reconciler {
             kernel.record(&action);
         }
         self.run_ipvs(deletions, &mut kernel).await?;
+        self.metrics.services.set(kernel.services.len() as i64);
+        self.metrics.destinations.set(
+            kernel
+                .services
+                .values()
+                .map(|s| s.destinations.len() as i64)
+                .sum(),
+        );
         self.known = Some(kernel);
         Ok(())
     }
@@ -163,8 +177,12 @@ impl Reconciler {
         Ok(index)
     }
 
-    /// Our services and destinations, and the dummy interface's addresses.
-    async fn dump(&mut self, dummy: u32) -> anyhow::Result<KernelState> {
+    /// Our services and destinations, the dummy interface's addresses, and the
+    /// kernel's counters of our services.
+    async fn dump(
+        &mut self,
+        dummy: u32,
+    ) -> anyhow::Result<(KernelState, Vec<(ServiceKey, Stats)>)> {
         let ipvs = self.ipvs.clone();
         let services = blocking(move || lock(&ipvs)?.services()).await?;
         let vips: BTreeSet<IpAddr> = self
@@ -175,7 +193,12 @@ impl Reconciler {
             .filter(|a| a.index == dummy)
             .map(|a| a.address.addr())
             .collect();
-        Ok(KernelState::from_dump(services, vips))
+        let stats = services
+            .iter()
+            .filter(|s| is_ours(&s.service))
+            .map(|s| (s.service.key, s.stats))
+            .collect();
+        Ok((KernelState::from_dump(services, vips), stats))
     }
 
     /// Reads the destinations (with their connection counts) of every service that

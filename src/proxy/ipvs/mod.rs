@@ -6,6 +6,7 @@
 //!   nftables glue table;
 //! - [`diff`]: pure, kernel state + desired state → the changes, with graceful
 //!   termination;
+//! - [`metrics`]: what is kept, and the kernel's counters per virtual service;
 //! - [`apply`]: the reconciler, the only part that speaks to the kernel (through
 //!   [`crate::ipvs`], rtnetlink and the nftables backend's reconciler).
 //!
@@ -17,4 +18,5 @@
 pub mod apply;
 pub mod compile;
 pub mod diff;
+pub mod metrics;
 pub mod schedule;
