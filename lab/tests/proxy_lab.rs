@@ -8,15 +8,16 @@ mod common;
 mod proxy_support;
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use common::{kubewire, success, temp_dir, unique};
 use kube::ResourceExt;
 use serde_json::Value;
 
-const AGENT_ARGS: [&str; 3] = [
+const AGENT_ARGS: [&str; 2] = [
     "--agent-arg=--run-service-proxy=true",
-    "--agent-arg=--proxy-backend=nftables",
     "--agent-arg=--run-firewall=false",
 ];
 
@@ -56,9 +57,10 @@ fn trace(manifests: &Path, node: &str, from: &str, to: &str, port: u64, protocol
     serde_json::from_str(&out).unwrap()
 }
 
-/// Runs the lab on `manifests` and checks every Service probe against `proxy trace`.
-/// Returns how many probes were answered.
-fn probes_match_trace(manifests: &Path) -> usize {
+/// Runs the lab on `manifests` with the proxy `backend` and checks every Service
+/// probe (each tried `tries` times) against `proxy trace`. Returns how many probes
+/// were answered.
+fn probes_match_trace(manifests: &Path, backend: &str, tries: u32) -> usize {
     let lab = Lab {
         name: unique("kwpx"),
         state: temp_dir(),
@@ -66,10 +68,25 @@ fn probes_match_trace(manifests: &Path) -> usize {
     let mut args = lab.args("run");
     args.extend(["--manifests".into(), manifests.display().to_string()]);
     args.extend(AGENT_ARGS.iter().map(|a| a.to_string()));
-    args.extend(["--services", "--tries", "24", "--format", "json"].map(String::from));
+    args.push(format!("--agent-arg=--proxy-backend={backend}"));
+    args.extend(
+        [
+            "--services",
+            "--tries",
+            &tries.to_string(),
+            "--format",
+            "json",
+        ]
+        .map(String::from),
+    );
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let report: Value = serde_json::from_str(&success(kubewire(&args), "lab run")).unwrap();
+    report_matches_trace(manifests, &report)
+}
 
+/// Checks every Service probe of a `lab probe --services` report against `proxy
+/// trace`; returns how many probes were answered.
+fn report_matches_trace(manifests: &Path, report: &Value) -> usize {
     let snapshot = kubewire::cache::manifests::load_snapshot(manifests).unwrap();
     let pod_ip = |key: &str| -> (String, String) {
         let (ns, name) = key.split_once('/').unwrap();
@@ -146,7 +163,84 @@ fn probes_match_trace(manifests: &Path) -> usize {
 fn demo_cluster_ips_and_node_ports_answer_from_exactly_the_endpoints() {
     let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo");
     // 9 pods × 2 ClusterIPs + 3 NodePorts, all served.
-    assert_eq!(probes_match_trace(&manifests), 21);
+    assert_eq!(probes_match_trace(&manifests, "nftables", 24), 21);
+}
+
+/// The same with the IPVS backend (round robin): a ClusterIP reached from pods on
+/// every node, backed on other nodes too, and the NodePort from the external
+/// namespace on every node; then the kernel state on n1 (virtual services, VIPs on
+/// kube-ipvs0), and a virtual service deleted behind the agent's back comes back
+/// with the periodic sync. Needs a kernel with IPVS and the dummy interface:
+/// `tests/vm/run proxy_lab ipvs`.
+#[test]
+#[ignore = "needs IPVS: tests/vm/run proxy_lab ipvs"]
+fn ipvs_demo_cluster_ips_and_node_ports_answer_from_exactly_the_endpoints() {
+    let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo");
+    let lab = Lab {
+        name: unique("kwpv"),
+        state: temp_dir(),
+    };
+    let mut up = lab.args("up");
+    up.extend(["--manifests".into(), manifests.display().to_string()]);
+    up.extend(AGENT_ARGS.iter().map(|a| a.to_string()));
+    up.extend(
+        [
+            "--agent-arg=--proxy-backend=ipvs",
+            "--agent-arg=--sync-period=5s",
+        ]
+        .map(String::from),
+    );
+    let up: Vec<&str> = up.iter().map(String::as_str).collect();
+    success(kubewire(&up), "lab up");
+
+    let mut probe = lab.args("probe");
+    probe.extend(["--services", "--tries", "12", "--format", "json"].map(String::from));
+    let probe: Vec<&str> = probe.iter().map(String::as_str).collect();
+    let report: Value = serde_json::from_str(&success(kubewire(&probe), "lab probe")).unwrap();
+    assert_eq!(report_matches_trace(&manifests, &report), 21);
+
+    let netns = format!("kw-{}-node-n1", lab.name);
+    let in_node = |program: &str, args: &[&str]| -> String {
+        let mut all = vec!["netns", "exec", netns.as_str(), program];
+        all.extend(args);
+        common::sh("ip", &all)
+    };
+    let services = in_node("ipvsadm", &["-Ln"]);
+    eprintln!("ipvsadm -Ln on n1:\n{services}");
+    assert!(services.contains("TCP  10.96.0.10:80 rr"), "{services}");
+    assert!(services.contains("TCP  10.96.0.20:8080 rr"), "{services}");
+    let vips = in_node("ip", &["-o", "addr", "show", "dev", "kube-ipvs0"]);
+    eprintln!("kube-ipvs0 on n1:\n{vips}");
+    assert!(vips.contains("10.96.0.10/32"), "{vips}");
+
+    // Drift: the periodic sync (every 5 s here) puts a deleted service back.
+    in_node("ipvsadm", &["-D", "-t", "10.96.0.10:80"]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        // Fails (no such service) until it is back.
+        let output = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &netns,
+                "ipvsadm",
+                "-Ln",
+                "-t",
+                "10.96.0.10:80",
+            ])
+            .output()
+            .expect("running ipvsadm");
+        let now = String::from_utf8_lossy(&output.stdout);
+        if output.status.success() && now.contains("->") {
+            eprintln!("restored after deletion:\n{now}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the deleted IPVS service was not restored"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }
 
 #[test]
@@ -155,5 +249,165 @@ fn every_proxy_rule_measured_matches_trace() {
     // 6 pods × 7 ClusterIPs, less `empty` (6, rejected) and `local` from n2's 4 pods
     // (dropped); NodePort 30080 on n1 only (eTP Local), 30443 on both nodes; the
     // externalIP; not the LB IP (outside its source ranges).
-    assert_eq!(probes_match_trace(&manifests), 32 + 1 + 2 + 1);
+    assert_eq!(
+        probes_match_trace(&manifests, "nftables", 24),
+        32 + 1 + 2 + 1
+    );
+}
+
+/// Every rule of examples/proxy with the IPVS backend, measured against `proxy
+/// trace` as for nftables: rejects without endpoints, internalTrafficPolicy Local
+/// drops, the eTP Local NodePort only where it has an endpoint, the externalIP, the
+/// LB IP refused outside its source ranges. `tests/vm/run proxy_lab ipvs`.
+#[test]
+#[ignore = "needs IPVS: tests/vm/run proxy_lab ipvs"]
+fn ipvs_every_proxy_rule_measured_matches_trace() {
+    let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/proxy");
+    assert_eq!(probes_match_trace(&manifests, "ipvs", 12), 32 + 1 + 2 + 1);
+}
+
+/// `kubewire cleanup`'s IPVS part in a namespace of its own: our services (scheduler
+/// flag 3) and kube-ipvs0 go, a service someone else made stays.
+/// `tests/vm/run proxy_lab ipvs`.
+#[test]
+#[ignore = "needs IPVS: tests/vm/run proxy_lab ipvs"]
+fn ipvs_cleanup_removes_our_services_and_kube_ipvs0_only() {
+    let ns = common::Netns::new("kwipvs");
+    ns.ip(&["link", "add", "kube-ipvs0", "type", "dummy"]);
+    ns.ip(&["addr", "add", "10.96.0.1/32", "dev", "kube-ipvs0"]);
+    ns.exec(
+        "ipvsadm",
+        &["-A", "-t", "10.96.0.1:80", "-s", "rr", "-b", "flag-3"],
+    );
+    ns.exec("ipvsadm", &["-A", "-t", "192.0.2.1:80", "-s", "wlc"]);
+    let deleted = ns
+        .block_on(|| async { kubewire::proxy::ipvs::apply::cleanup().await })
+        .unwrap();
+    assert_eq!(deleted, 1);
+    let left = ns.exec("ipvsadm", &["-Ln"]);
+    eprintln!("after cleanup:\n{left}");
+    assert!(!left.contains("10.96.0.1:80"), "{left}");
+    assert!(left.contains("192.0.2.1:80"), "{left}");
+    let links = ns.ip(&["link", "show"]);
+    assert!(!links.contains("kube-ipvs0"), "{links}");
+}
+
+/// Graceful termination against the kernel: an endpoint removed while a TCP
+/// connection to it is open keeps weight 0 and carries the connection; once the
+/// connection is closed, the next sync deletes it. The reconciler alone, in a
+/// namespace with a backend namespace behind a veth. `tests/vm/run proxy_lab ipvs`.
+#[test]
+#[ignore = "needs IPVS: tests/vm/run proxy_lab ipvs"]
+fn ipvs_removed_endpoint_drains_its_open_connection() {
+    use kubewire::ipvs::{Destination, Ipvs, Protocol, Service, ServiceKey};
+    use kubewire::proxy::ipvs::apply::Reconciler;
+    use kubewire::proxy::ipvs::compile::{Desired, VirtualServer};
+    use kubewire::runtime::SyncReason;
+    use std::io::{Read, Write};
+
+    let lb = common::Netns::new("kwgl");
+    let backend = common::Netns::new("kwgb");
+    lb.ip(&[
+        "link",
+        "add",
+        "veth-lb",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "veth-be",
+        "netns",
+        &backend.name,
+    ]);
+    lb.ip(&["addr", "add", "10.1.0.1/24", "dev", "veth-lb"]);
+    lb.ip(&["link", "set", "veth-lb", "up"]);
+    backend.ip(&["addr", "add", "10.1.0.2/24", "dev", "veth-be"]);
+    backend.ip(&["link", "set", "veth-be", "up"]);
+    backend.ip(&["route", "add", "default", "via", "10.1.0.1"]);
+    let listener = backend.run(|| std::net::TcpListener::bind("10.1.0.2:8080").unwrap());
+
+    let key = ServiceKey::Address {
+        protocol: Protocol::Tcp,
+        address: "10.96.0.1".parse().unwrap(),
+        port: 80,
+    };
+    let desired = |endpoints: &[&str]| {
+        let mut service = Service::new(key, "rr");
+        service.flags.sched_flag3 = true;
+        let mut out = Desired::default();
+        out.vips.insert(key_address(&key));
+        out.services.insert(
+            key,
+            VirtualServer {
+                service,
+                destinations: endpoints
+                    .iter()
+                    .map(|e| {
+                        let a: SocketAddr = e.parse().unwrap();
+                        (a, Destination::new(a.ip(), a.port()))
+                    })
+                    .collect(),
+                owner: "x/web:80/TCP".into(),
+            },
+        );
+        out
+    };
+    let listing = || lb.exec("ipvsadm", &["-Ln", "-t", "10.96.0.1:80"]);
+    lb.block_on(|| async {
+        let mut reconciler = Reconciler::new(
+            Ipvs::new().unwrap(),
+            Duration::from_secs(600),
+            Default::default(),
+        );
+        reconciler
+            .sync(
+                desired(&["10.1.0.2:8080", "10.1.0.3:8080"]),
+                SyncReason::Start,
+            )
+            .await
+            .unwrap();
+        // Round robin: connect until one lands on the live backend.
+        let (mut client, mut server) = loop {
+            let client = std::net::TcpStream::connect_timeout(
+                &"10.96.0.1:80".parse().unwrap(),
+                Duration::from_secs(1),
+            );
+            if let Ok(client) = client {
+                break (client, listener.accept().unwrap().0);
+            }
+        };
+        eprintln!("connected:\n{}", listing());
+        reconciler
+            .sync(desired(&["10.1.0.3:8080"]), SyncReason::Change)
+            .await
+            .unwrap();
+        let draining = listing();
+        eprintln!("endpoint removed, connection open:\n{draining}");
+        assert!(
+            draining.contains("10.1.0.2:8080") && draining.contains("Masq    0"),
+            "{draining}"
+        );
+        client.write_all(b"still here").unwrap();
+        let mut buffer = [0u8; 10];
+        server.read_exact(&mut buffer).unwrap();
+        assert_eq!(&buffer, b"still here");
+        drop(client);
+        drop(server);
+        std::thread::sleep(Duration::from_secs(1));
+        reconciler
+            .sync(desired(&["10.1.0.3:8080"]), SyncReason::Change)
+            .await
+            .unwrap();
+        let after = listing();
+        eprintln!("connection closed, next sync:\n{after}");
+        assert!(!after.contains("10.1.0.2:8080"), "{after}");
+        assert!(after.contains("10.1.0.3:8080"), "{after}");
+    });
+}
+
+fn key_address(key: &kubewire::ipvs::ServiceKey) -> std::net::IpAddr {
+    match key {
+        kubewire::ipvs::ServiceKey::Address { address, .. } => *address,
+        kubewire::ipvs::ServiceKey::Fwmark { .. } => unreachable!("an address service"),
+    }
 }

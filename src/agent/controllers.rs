@@ -4,7 +4,7 @@ use super::AgentArgs;
 use crate::cache::{Kind, Snapshot};
 use crate::cni::CniController;
 use crate::firewall::FirewallController;
-use crate::proxy::{ProxyBackend, ProxyController};
+use crate::proxy::ProxyController;
 use crate::routing::RoutingController;
 use crate::runtime::{Controller, SyncReason, Synced};
 use crate::telemetry::Metrics;
@@ -80,15 +80,12 @@ impl AnyController {
                 args.firewall.config(node),
                 metrics,
             ))),
-            ControllerKind::Proxy => {
-                if args.proxy.proxy_backend == ProxyBackend::Ipvs {
-                    anyhow::bail!(crate::proxy::IPVS_NOT_BUILT);
-                }
-                AnyController::Proxy(ProxyController::new(
-                    node.to_string(),
-                    network.service_cidrs.clone(),
-                ))
-            }
+            ControllerKind::Proxy => AnyController::Proxy(ProxyController::new(
+                node.to_string(),
+                network.service_cidrs.clone(),
+                &args.proxy,
+                metrics,
+            )?),
             ControllerKind::Cni => AnyController::Cni(CniController::new(
                 node.to_string(),
                 args.cni.config(&network),

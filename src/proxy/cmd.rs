@@ -15,6 +15,7 @@ pub enum ProxyCommand {
 pub struct PlanArgs {
     #[command(flatten)]
     pub target: NodeManifestsArg,
+    /// `auto` plans for nftables (a plan does not look at this machine's kernel).
     #[arg(long, value_enum, default_value_t = super::ProxyBackend::Nftables)]
     pub backend: super::ProxyBackend,
     /// Service CIDRs when the manifests have no ServiceCIDR objects.
@@ -65,10 +66,14 @@ fn load(target: &NodeManifestsArg, service_cidrs: &[ipnet::IpNet]) -> anyhow::Re
 /// `proxy plan`, as the text it prints: for nftables, the transaction that replaces
 /// the table.
 pub fn plan(args: &PlanArgs) -> anyhow::Result<String> {
-    if args.backend == super::ProxyBackend::Ipvs {
-        anyhow::bail!(super::IPVS_NOT_BUILT);
-    }
     let map = load(&args.target, &args.service_cluster_ip_range)?;
+    if args.backend == super::ProxyBackend::Ipvs {
+        let (desired, problems) = super::ipvs::compile::compile(&map);
+        for problem in &problems {
+            eprintln!("kubewire: warning: {problem}");
+        }
+        return Ok(super::ipvs::compile::render(&desired, &map.node));
+    }
     let (ruleset, problems) = super::nftables::compile::compile(&map);
     for problem in &problems {
         eprintln!("kubewire: warning: {problem}");

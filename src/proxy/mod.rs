@@ -1,10 +1,11 @@
 //! The service proxy (a kube-proxy replacement): Services and EndpointSlices read into
 //! one [`model::ServiceMap`] per node by [`services`], which [`trace`] decides single
 //! packets from and [`nftables`] compiles into the `inet kubewire-proxy` table.
-//! The IPVS backend is not built: choosing it is an error, never a silent fallback.
+//! or [`ipvs`] renders into IPVS virtual services (with the same table as glue).
 
 mod args;
 pub mod cmd;
+pub mod ipvs;
 pub mod model;
 pub mod nftables;
 pub mod services;
@@ -25,24 +26,67 @@ pub const KINDS: [Kind; 4] = [
     Kind::ServiceCIDR,
 ];
 
-/// The error for `--proxy-backend ipvs` / `proxy plan --backend ipvs`.
-pub const IPVS_NOT_BUILT: &str = "the IPVS backend is not built in this kubewire; use the nftables backend (--proxy-backend=nftables)";
+/// The backend that keeps one node's Services in the kernel.
+enum Backend {
+    Nftables(nftables::apply::Reconciler),
+    Ipvs(Box<ipvs::apply::Reconciler>),
+}
 
-/// Keeps this node's `inet kubewire-proxy` table equal to what its Services compile to.
+/// Keeps this node's Services in the kernel: the `inet kubewire-proxy` table, and
+/// with IPVS the virtual services and VIPs too.
 pub struct ProxyController {
     node: String,
     /// Service CIDRs when the cluster has no ServiceCIDR objects.
     default_cidrs: Vec<IpNet>,
-    reconciler: nftables::apply::Reconciler,
+    backend: Backend,
 }
 
 impl ProxyController {
-    pub fn new(node: String, default_cidrs: Vec<IpNet>) -> Self {
-        Self {
+    /// Resolves `auto`: IPVS when its socket opens (the kernel has IPVS), else
+    /// nftables; says which in the log. An explicit `ipvs` without IPVS is an error,
+    /// never a silent fallback.
+    pub fn new(
+        node: String,
+        default_cidrs: Vec<IpNet>,
+        args: &ProxyArgs,
+        metrics: &crate::telemetry::Metrics,
+    ) -> anyhow::Result<Self> {
+        let nftables = || {
+            Backend::Nftables(nftables::apply::Reconciler::new(
+                nftables::nft::ProxyNft::default(),
+            ))
+        };
+        let grace = args.ipvs_graceful_period;
+        let backend = match args.proxy_backend {
+            ProxyBackend::Nftables => nftables(),
+            ProxyBackend::Ipvs => match crate::ipvs::Ipvs::new() {
+                Ok(handle) => Backend::Ipvs(Box::new(ipvs::apply::Reconciler::new(
+                    handle,
+                    grace,
+                    ipvs::metrics::IpvsMetrics::register(metrics),
+                ))),
+                Err(err) => anyhow::bail!("--proxy-backend=ipvs: {err}"),
+            },
+            ProxyBackend::Auto => match crate::ipvs::Ipvs::new() {
+                Ok(handle) => {
+                    tracing::info!("service proxy backend: IPVS (the kernel has it)");
+                    Backend::Ipvs(Box::new(ipvs::apply::Reconciler::new(
+                        handle,
+                        grace,
+                        ipvs::metrics::IpvsMetrics::register(metrics),
+                    )))
+                }
+                Err(err) => {
+                    tracing::info!("service proxy backend: nftables ({err})");
+                    nftables()
+                }
+            },
+        };
+        Ok(Self {
             node,
             default_cidrs,
-            reconciler: nftables::apply::Reconciler::new(nftables::nft::ProxyNft::default()),
-        }
+            backend,
+        })
     }
 }
 
@@ -57,18 +101,34 @@ impl Controller for ProxyController {
 
     async fn sync(&mut self, snapshot: &Snapshot, reason: SyncReason) -> anyhow::Result<Synced> {
         let map = services::build(snapshot, &self.node, &self.default_cidrs);
-        let (ruleset, problems) = nftables::compile::compile(&map);
         let mut bad_objects = map.errors.clone();
-        bad_objects.extend(problems);
-        let applied = self.reconciler.sync(ruleset, reason).await?;
-        if applied != nftables::apply::Applied::Nothing {
-            tracing::debug!(?applied, ports = map.ports.len(), "service proxy updated");
+        match &mut self.backend {
+            Backend::Nftables(reconciler) => {
+                let (ruleset, problems) = nftables::compile::compile(&map);
+                bad_objects.extend(problems);
+                let applied = reconciler.sync(ruleset, reason).await?;
+                if applied != nftables::apply::Applied::Nothing {
+                    tracing::debug!(?applied, ports = map.ports.len(), "service proxy updated");
+                }
+            }
+            Backend::Ipvs(reconciler) => {
+                let (desired, problems) = ipvs::compile::compile(&map);
+                bad_objects.extend(problems);
+                let applied = reconciler.sync(desired, reason).await?;
+                if applied.ipvs_changes > 0 {
+                    tracing::debug!(
+                        ?applied,
+                        ports = map.ports.len(),
+                        "IPVS service proxy updated"
+                    );
+                }
+            }
         }
         Ok(Synced { bad_objects })
     }
 
-    /// Removes the proxy's nftables table (and nothing else; there are no IPVS
-    /// services).
+    /// Removes the proxy's nftables table, our IPVS services and the dummy interface
+    /// (whichever backend ran), and nothing else.
     async fn cleanup(&mut self) -> anyhow::Result<()> {
         if nftables::nft::ProxyNft::default().delete_table().await? {
             tracing::info!(
@@ -76,6 +136,10 @@ impl Controller for ProxyController {
                 nftables::ruleset::FAMILY,
                 nftables::ruleset::TABLE
             );
+        }
+        let deleted = ipvs::apply::cleanup().await?;
+        if deleted > 0 {
+            tracing::info!("deleted {deleted} IPVS services");
         }
         Ok(())
     }

@@ -63,6 +63,11 @@ pub struct ServicePort {
     /// Whether any endpoint is usable at all (kube-proxy's `hasAnyEndpoints`): without
     /// one every address of the port rejects; with one, an empty policy set drops.
     pub has_endpoints: bool,
+    /// The IPVS scheduler the Service asks for (`kubewire.io/service.scheduler`, else
+    /// `kube-router.io/service.scheduler`), as written; read by the IPVS backend only.
+    pub scheduler: Option<String>,
+    /// Its `…/service.schedflags`, as written.
+    pub sched_flags: Option<String>,
 }
 
 /// How a packet reaches a Service port.

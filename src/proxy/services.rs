@@ -274,6 +274,8 @@ fn service_ports(
                 cluster_endpoints: Vec::new(),
                 local_endpoints: Vec::new(),
                 has_endpoints: false,
+                scheduler: annotation(service, "service.scheduler"),
+                sched_flags: annotation(service, "service.schedflags"),
             };
             categorize(&mut service_port, &endpoints);
             out.push(service_port);
@@ -297,6 +299,16 @@ fn parse_ips<'a>(
         }
     }
     ips
+}
+
+/// A Service annotation under kubewire's prefix, else kube-router's (whose users
+/// migrate with their annotations as they are).
+fn annotation(service: &Service, name: &str) -> Option<String> {
+    let annotations = service.metadata.annotations.as_ref()?;
+    ["kubewire.io/", "kube-router.io/"]
+        .iter()
+        .find_map(|prefix| annotations.get(&format!("{prefix}{name}")))
+        .map(|value| value.trim().to_string())
 }
 
 fn same_family(ips: &[IpAddr], v6: bool) -> Vec<IpAddr> {

@@ -31,7 +31,9 @@ use netlink_packet_route::route::{
 };
 use netlink_packet_route::{AddressFamily, IpProtocol, RouteNetlinkMessage};
 use rtnetlink::proto::{ConnectionHandle, sys::SocketAddr};
-use rtnetlink::{LinkBridge, LinkIp6Tnl, LinkIpIp, LinkMessageBuilder, LinkUnspec, LinkVxlan};
+use rtnetlink::{
+    LinkBridge, LinkDummy, LinkIp6Tnl, LinkIpIp, LinkMessageBuilder, LinkUnspec, LinkVxlan,
+};
 
 use super::model::{IpipDevice, Mac, ROUTE_PROTOCOL, VxlanDevice};
 
@@ -297,6 +299,19 @@ impl Netlink {
         let message = LinkUnspec::new_with_index(index).alias(alias).build();
         self.one(RouteNetlinkMessage::SetLink(message), 0).await?;
         Ok(index)
+    }
+
+    /// Creates a dummy interface, left down (addresses on it are local all the same:
+    /// what the IPVS proxy needs its VIPs for). Returns its index.
+    pub async fn add_dummy(&self, name: &str) -> Result<u32> {
+        self.add_link(LinkMessageBuilder::<LinkDummy>::new(name).build())
+            .await?;
+        self.link(name)
+            .await?
+            .map(|l| l.index)
+            .ok_or(NetlinkError::Unexpected(format!(
+                "{name} vanished right after it was created"
+            )))
     }
 
     pub async fn add_vxlan(&self, device: &VxlanDevice) -> Result<()> {

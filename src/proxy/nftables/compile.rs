@@ -20,6 +20,11 @@
 //! - `nat-postrouting` masquerades marked packets (mark 0x4000, like kube-proxy) and
 //!   hairpin connections (a DNATed packet whose source is its destination).
 //!
+//! The IPVS backend uses the same table as its glue ([`glue`]): everything above but
+//! the DNAT — no counts, endpoint maps or `endpoints-N` chains, and the `services`
+//! dispatch hooked as a filter chain that only sets the masquerade mark, before
+//! IPVS (which takes the packet at local-in or local-out) rewrites it.
+//!
 //! sessionAffinity ClientIP is not programmed: the packet path cannot record the
 //! chosen endpoint with a per-Service timeout without a chain per Service.
 
@@ -38,9 +43,33 @@ pub const FIXED_COUNTS: usize = 16;
 /// The packet mark that asks `nat-postrouting` to masquerade (kube-proxy's).
 pub const MASQUERADE_MARK: &str = "0x4000";
 
+/// Which dataplane the table is for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Dataplane {
+    /// The table does everything, DNAT included.
+    #[default]
+    Nftables,
+    /// IPVS balances; the table marks for masquerade, filters and masquerades.
+    IpvsGlue,
+}
+
 /// The desired table for `map`, and problems found (a frontend claimed twice).
 pub fn compile(map: &ServiceMap) -> (Ruleset, Vec<String>) {
-    let mut builder = Builder::default();
+    compile_for(map, Dataplane::Nftables)
+}
+
+/// The IPVS backend's glue table for `map` (same name, same filter and masquerade
+/// rules, no DNAT), and problems found.
+pub fn glue(map: &ServiceMap) -> (Ruleset, Vec<String>) {
+    compile_for(map, Dataplane::IpvsGlue)
+}
+
+fn compile_for(map: &ServiceMap, dataplane: Dataplane) -> (Ruleset, Vec<String>) {
+    let mut builder = Builder {
+        dataplane,
+        ..Builder::default()
+    };
+    let nat = dataplane == Dataplane::Nftables;
     // ClusterIPs are claimed first: one Service's externalIP cannot shadow another's.
     for cluster_ip in [true, false] {
         for port in &map.ports {
@@ -75,16 +104,26 @@ pub fn compile(map: &ServiceMap) -> (Ruleset, Vec<String>) {
                 declare(false, format!("type {frontend} . {addr}; flags interval;")),
             ),
         ];
-        for name in [
-            "service-ips",
-            "no-endpoint-services",
-            "cluster-counts",
-            "local-counts",
-        ] {
+        let verdict_maps: &[&str] = if nat {
+            &[
+                "service-ips",
+                "no-endpoint-services",
+                "cluster-counts",
+                "local-counts",
+            ]
+        } else {
+            &["service-ips", "no-endpoint-services"]
+        };
+        for name in verdict_maps {
             sets.push((name, declare(true, format!("type {frontend} : verdict;"))));
         }
         let ip = f.ip();
-        for name in ["endpoints", "local-endpoints"] {
+        let slot_maps: &[&str] = if nat {
+            &["endpoints", "local-endpoints"]
+        } else {
+            &[]
+        };
+        for name in slot_maps {
             sets.push((
                 name,
                 declare(
@@ -132,7 +171,11 @@ pub fn compile(map: &ServiceMap) -> (Ruleset, Vec<String>) {
             .iter()
             .any(|n| matches!(n, IpNet::V6(_)) == v6)
     };
-    ruleset.chains = chains(&builder.counts, [has_pod_cidrs(false), has_pod_cidrs(true)]);
+    ruleset.chains = chains(
+        &builder.counts,
+        [has_pod_cidrs(false), has_pod_cidrs(true)],
+        dataplane,
+    );
     (ruleset, builder.problems)
 }
 
@@ -156,6 +199,7 @@ impl Family {
 
 #[derive(Default)]
 struct Builder {
+    dataplane: Dataplane,
     /// Set name → elements.
     elements: BTreeMap<String, BTreeMap<String, Option<String>>>,
     /// Endpoint counts in use, (local?, N).
@@ -227,6 +271,14 @@ impl Builder {
                 self.put(f.name("firewall-allow"), format!("{key} . {source}"), None);
             }
         }
+        if port.external_local
+            && port.local_endpoints.is_empty()
+            && self.dataplane == Dataplane::IpvsGlue
+        {
+            // IPVS has one destination set per address: the local one, empty.
+            self.put(f.name("no-endpoint-services"), key, Some("drop".into()));
+            return;
+        }
         if port.external_local {
             self.put(
                 f.name("service-ips"),
@@ -253,6 +305,13 @@ impl Builder {
         } else {
             ("cluster-counts", "endpoints", "endpoints")
         };
+        if self.dataplane == Dataplane::IpvsGlue {
+            for endpoint in endpoints {
+                let ip = endpoint.ip().to_string();
+                self.put(f.name("hairpin"), format!("{ip} . {ip}"), None);
+            }
+            return;
+        }
         let n = endpoints.len();
         self.counts.insert((local, n));
         self.put(
@@ -292,8 +351,14 @@ fn both(rule: impl Fn(Family) -> String) -> Vec<String> {
     vec![rule(Family(false)), rule(Family(true))]
 }
 
-/// The fixed chains, plus `endpoints-N` for every count in use.
-fn chains(counts: &BTreeSet<(bool, usize)>, has_pod_cidrs: [bool; 2]) -> BTreeMap<String, Chain> {
+/// The fixed chains, plus `endpoints-N` for every count in use (for the IPVS glue:
+/// the fixed chains without DNAT).
+fn chains(
+    counts: &BTreeSet<(bool, usize)>,
+    has_pod_cidrs: [bool; 2],
+    dataplane: Dataplane,
+) -> BTreeMap<String, Chain> {
+    let nat = dataplane == Dataplane::Nftables;
     let frontend = |f: Family| format!("{} daddr . meta l4proto . th dport", f.ip());
     let mark = format!("meta mark set meta mark | {MASQUERADE_MARK}");
     let mut out = BTreeMap::new();
@@ -345,12 +410,20 @@ fn chains(counts: &BTreeSet<(bool, usize)>, has_pod_cidrs: [bool; 2]) -> BTreeMa
         format!("{} daddr @{} drop", f.ip(), f.name("service-cidrs"))
     }));
     add("cluster-ips-check", chain(None, check));
+    // IPVS rewrites at local-in and local-out (priority dstnat + 2): the mark is set
+    // before, by filter chains; with IPVS no packet is DNATed by conntrack, and a
+    // packet from an endpoint to itself only ever crosses postrouting as a hairpin.
+    let (hook_kind, hairpin_condition) = if nat {
+        ("nat", "ct status dnat ")
+    } else {
+        ("filter", "")
+    };
     for (name, hook) in [("nat-prerouting", "prerouting"), ("nat-output", "output")] {
         add(
-            name,
+            &name.replace("nat-", if nat { "nat-" } else { "mark-" }),
             chain(
                 Some(&format!(
-                    "type nat hook {hook} priority -100; policy accept;"
+                    "type {hook_kind} hook {hook} priority -100; policy accept;"
                 )),
                 vec!["jump services".into()],
             ),
@@ -358,7 +431,7 @@ fn chains(counts: &BTreeSet<(bool, usize)>, has_pod_cidrs: [bool; 2]) -> BTreeMa
     }
     let mut postrouting = both(|f| {
         format!(
-            "ct status dnat {0} saddr . {0} daddr @{1} masquerade",
+            "{hairpin_condition}{0} saddr . {0} daddr @{1} masquerade",
             f.ip(),
             f.name("hairpin")
         )
@@ -381,6 +454,7 @@ fn chains(counts: &BTreeSet<(bool, usize)>, has_pod_cidrs: [bool; 2]) -> BTreeMa
         ),
     );
     let to_cluster = |f: Family| format!("{} vmap @{}", frontend(f), f.name("cluster-counts"));
+    let dnat = |rules: Vec<String>| if nat { rules } else { Vec::new() };
     let mut cluster_ip = Vec::new();
     for f in [Family(false), Family(true)] {
         if has_pod_cidrs[usize::from(f.0)] {
@@ -391,30 +465,37 @@ fn chains(counts: &BTreeSet<(bool, usize)>, has_pod_cidrs: [bool; 2]) -> BTreeMa
             ));
         }
     }
-    cluster_ip.extend(both(to_cluster));
+    cluster_ip.extend(dnat(both(to_cluster)));
     add("cluster-ip", chain(None, cluster_ip));
     let mut external = vec![mark.clone()];
-    external.extend(both(to_cluster));
+    external.extend(dnat(both(to_cluster)));
     add("external", chain(None, external));
     let mut local = Vec::new();
     for f in [Family(false), Family(true)] {
         let ip = f.ip();
+        let node_ips = f.name("node-ips");
+        if !nat {
+            // IPVS sends every source to this node's endpoints; only the node's own
+            // traffic needs its source rewritten.
+            local.push(format!("{ip} saddr @{node_ips} {mark}"));
+            continue;
+        }
         local.push(format!(
             "{ip} saddr @{} {}",
             f.name("pod-cidrs"),
             to_cluster(f)
         ));
-        local.push(format!("{ip} saddr @{} {mark}", f.name("node-ips")));
-        local.push(format!(
-            "{ip} saddr @{} {}",
-            f.name("node-ips"),
-            to_cluster(f)
-        ));
+        local.push(format!("{ip} saddr @{node_ips} {mark}"));
+        local.push(format!("{ip} saddr @{node_ips} {}", to_cluster(f)));
         local.push(format!("{} vmap @{}", frontend(f), f.name("local-counts")));
     }
-    local.push("drop".into());
+    if nat {
+        local.push("drop".into());
+    }
     add("external-local", chain(None, local));
-    let wanted: BTreeSet<(bool, usize)> = (1..=FIXED_COUNTS)
+    // No DNAT, no endpoint chains.
+    let fixed = if nat { FIXED_COUNTS } else { 0 };
+    let wanted: BTreeSet<(bool, usize)> = (1..=fixed)
         .flat_map(|n| [(false, n), (true, n)])
         .chain(counts.iter().copied())
         .collect();
