@@ -31,6 +31,7 @@ mod routing_support;
 mod apiserver;
 mod demo;
 mod firewall;
+mod ipvs;
 mod memory;
 mod proxy;
 mod routing;
@@ -106,6 +107,12 @@ const BENCHMARKS: &[Benchmark] = &[
         about: "service proxy nftables: 10,000 services x 10 endpoints",
         needs_binaries: false,
         run: proxy::run,
+    },
+    Benchmark {
+        name: "ipvs",
+        about: "IPVS backend, 1,000 services x 10 endpoints, side by side with ipvsadm (needs IPVS: the VM)",
+        needs_binaries: false,
+        run: ipvs::run,
     },
     Benchmark {
         name: "routing",
