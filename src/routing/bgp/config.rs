@@ -66,7 +66,7 @@ impl Default for Backoff {
 }
 
 /// One BGP neighbour.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerConfig {
     /// The neighbour's address; sessions are accepted only from it.
     pub address: IpAddr,

@@ -82,6 +82,9 @@ pub struct ExportPolicy {
     /// Extra copies of the local AS put in front of the path, eBGP only (the one
     /// copy every eBGP route gets is not counted).
     pub prepend: u8,
+    /// The AS those copies are of (kube-router's `path-prepend.as`); default the
+    /// local AS.
+    pub prepend_as: Option<u32>,
 }
 
 /// Where a route in the Loc-RIB came from.
@@ -154,7 +157,12 @@ pub fn export(
     if to.peer.ibgp {
         out.local_pref.get_or_insert(DEFAULT_LOCAL_PREF);
     } else {
-        out.prepend(local.asn, 1 + to.policy.prepend as usize);
+        // Prepended copies sit behind the AS every eBGP hop adds.
+        out.prepend(
+            to.policy.prepend_as.unwrap_or(local.asn),
+            to.policy.prepend as usize,
+        );
+        out.prepend(local.asn, 1);
         out.local_pref = None;
         out.originator_id = None;
         out.cluster_list.clear();
@@ -297,6 +305,7 @@ mod tests {
         let policy = ExportPolicy {
             communities: vec![(65000 << 16) | 42],
             prepend: 2,
+            prepend_as: None,
         };
         let out = export(
             &net("10.1.0.0/24"),

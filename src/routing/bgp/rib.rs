@@ -206,6 +206,26 @@ impl Rib {
         self.select(touched)
     }
 
+    /// Replaces the import policy and re-checks every received route.
+    pub fn set_import(&mut self, import: ImportPolicy) -> Vec<BestChange> {
+        if import == self.import {
+            return vec![];
+        }
+        self.import = import;
+        let mut touched = vec![];
+        for (address, (_, rib)) in self.peers.iter_mut() {
+            for (prefix, (attrs, accepted)) in rib.routes.iter_mut() {
+                let verdict = self.import.check(prefix, attrs, &self.local_identity);
+                if verdict.is_ok() != *accepted {
+                    tracing::debug!(%address, %prefix, ?verdict, "import policy changed its verdict");
+                    *accepted = verdict.is_ok();
+                    touched.push(*prefix);
+                }
+            }
+        }
+        self.select(touched)
+    }
+
     /// Announces (or changes) a locally originated route.
     pub fn originate(&mut self, prefix: IpNet, attrs: Arc<PathAttrs>) -> Vec<BestChange> {
         self.originated.insert(prefix, attrs);

@@ -29,6 +29,8 @@ pub use update::{UpdateContext, decode_update, encode_updates};
 pub const AS_TRANS: u16 = 23456;
 /// Marker, length and type.
 pub const HEADER_LEN: usize = 19;
+/// The message type octet of an UPDATE (the header's last byte).
+pub const TYPE_UPDATE: u8 = 2;
 /// RFC 4271's limit; extended messages (RFC 8654) are not offered.
 pub const MAX_MESSAGE_LEN: usize = 4096;
 
