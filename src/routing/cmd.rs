@@ -5,10 +5,10 @@ use std::fmt::Write;
 use ipnet::IpNet;
 use serde::Serialize;
 
-use super::compile::{self, HostFacts};
-use super::model::{RoutingPlan, Tunnel};
 use super::bgp_controller::peers::PeerKind;
 use super::bgp_controller::{self, BgpPlan, status};
+use super::compile::{self, HostFacts};
+use super::model::{RoutingPlan, Tunnel};
 use super::ruleset;
 use crate::network::NetworkArgs;
 use crate::offline::{self, NodeManifestsArg, OutputFormat};
@@ -27,7 +27,11 @@ pub enum RoutingCommand {
 #[derive(Debug, clap::Args)]
 pub struct RoutingPeersArgs {
     /// The agent's BGP status endpoint (its `--bgp-status-addr`).
-    #[arg(long, env = "KUBEWIRE_BGP_STATUS_ADDR", default_value = "127.0.0.1:20246")]
+    #[arg(
+        long,
+        env = "KUBEWIRE_BGP_STATUS_ADDR",
+        default_value = "127.0.0.1:20246"
+    )]
     pub bgp_status_addr: std::net::SocketAddr,
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub format: OutputFormat,
@@ -148,7 +152,10 @@ fn render_bgp(bgp: Option<&BgpPlanOutput>) -> String {
             "  peer {} AS {} ({kind}{}){}{}",
             p.address,
             p.asn,
-            p.node.as_ref().map(|n| format!(", Node {n}")).unwrap_or_default(),
+            p.node
+                .as_ref()
+                .map(|n| format!(", Node {n}"))
+                .unwrap_or_default(),
             if p.password { " md5" } else { "" },
             p.multihop_ttl
                 .map(|t| format!(" multihop ttl {t}"))

@@ -85,6 +85,9 @@ pub struct ExportPolicy {
     /// The AS those copies are of (kube-router's `path-prepend.as`); default the
     /// local AS.
     pub prepend_as: Option<u32>,
+    /// Send only locally originated routes (a node is not a transit router for its
+    /// external peers: they hear each node's own routes from that node).
+    pub only_local: bool,
 }
 
 /// Where a route in the Loc-RIB came from.
@@ -135,6 +138,7 @@ pub fn export(
     let mut out = attrs.clone();
     match source {
         RouteSource::Local => {}
+        RouteSource::Peer(_) if to.policy.only_local => return None,
         RouteSource::Peer(from) => {
             if from.address == to.peer.address {
                 // Split horizon: never back to where it came from.
@@ -305,7 +309,8 @@ mod tests {
         let policy = ExportPolicy {
             communities: vec![(65000 << 16) | 42],
             prepend: 2,
-            prepend_as: None,
+            prepend_as: Some(65009),
+            only_local: false,
         };
         let out = export(
             &net("10.1.0.0/24"),
@@ -315,7 +320,7 @@ mod tests {
             &target(&to, &policy),
         )
         .expect("exported");
-        assert_eq!(out.as_path[0].asns, vec![65000, 65000, 65000, 65001]);
+        assert_eq!(out.as_path[0].asns, vec![65000, 65009, 65009, 65001]);
         assert_eq!(out.next_hop, NextHop::V4(Ipv4Addr::new(192, 0, 2, 1)));
         assert_eq!(out.local_pref, None);
         assert_eq!(out.med, None);
@@ -354,6 +359,21 @@ mod tests {
         assert_eq!(out.originator_id, Some(ibgp_a.router_id));
         assert_eq!(out.cluster_list, vec![rr.cluster_id]);
         assert!(export(&p, &route, &src(&client), &rr, &target(&ibgp_b, &policy)).is_some());
+        // Not to a neighbour that takes only our own routes.
+        let only_local = ExportPolicy {
+            only_local: true,
+            ..ExportPolicy::default()
+        };
+        assert!(
+            export(
+                &p,
+                &route,
+                &src(&ibgp_a),
+                &LOCAL,
+                &target(&ebgp, &only_local)
+            )
+            .is_none()
+        );
         // iBGP-learned to eBGP: yes, next hop self.
         let out =
             export(&p, &route, &src(&ibgp_a), &LOCAL, &target(&ebgp, &policy)).expect("exported");

@@ -34,15 +34,20 @@ pub enum KernelChange {
 #[derive(Debug, Default)]
 pub struct LearnedRoutes {
     best: BTreeMap<IpNet, LearnedRoute>,
-    owned: BTreeSet<IpNet>,
+    /// The cluster's pod CIDRs (aggregated): routes inside them come from the Nodes.
+    owned: Vec<IpNet>,
 }
 
 pub type SharedLearned = Arc<Mutex<LearnedRoutes>>;
 
 impl LearnedRoutes {
-    /// Prefixes the routing controller routes from the Nodes.
-    pub fn set_owned(&mut self, owned: BTreeSet<IpNet>) {
+    /// The ranges the routing controller routes from the Nodes.
+    pub fn set_owned(&mut self, owned: Vec<IpNet>) {
         self.owned = owned;
+    }
+
+    fn owned(&self, prefix: &IpNet) -> bool {
+        self.owned.iter().any(|o| o.contains(prefix))
     }
 
     pub fn clear(&mut self) {
@@ -66,7 +71,7 @@ impl LearnedRoutes {
                     return self.best.remove(&prefix).and_then(|_| self.delete(prefix));
                 };
                 let route = LearnedRoute { gateway, peer };
-                if self.best.insert(prefix, route) == Some(route) || self.owned.contains(&prefix) {
+                if self.best.insert(prefix, route) == Some(route) || self.owned(&prefix) {
                     return None;
                 }
                 Some(KernelChange::Replace(RouteSpec {
@@ -84,14 +89,14 @@ impl LearnedRoutes {
     }
 
     fn delete(&self, prefix: IpNet) -> Option<KernelChange> {
-        (!self.owned.contains(&prefix)).then_some(KernelChange::Delete(prefix))
+        (!self.owned(&prefix)).then_some(KernelChange::Delete(prefix))
     }
 
     /// The routes to install, for the routing plan.
     pub fn routes(&self) -> Vec<Route> {
         self.best
             .iter()
-            .filter(|(prefix, _)| !self.owned.contains(prefix))
+            .filter(|(prefix, _)| !self.owned(prefix))
             .map(|(prefix, r)| Route {
                 destination: *prefix,
                 gateway: r.gateway,
@@ -195,7 +200,7 @@ mod tests {
     #[test]
     fn events_become_kernel_changes_except_for_cluster_prefixes() {
         let mut t = LearnedRoutes::default();
-        t.set_owned([net("10.244.1.0/24")].into());
+        t.set_owned(vec![net("10.244.0.0/22")]);
         let Some(KernelChange::Replace(spec)) = t.apply(learned("198.51.100.0/24", [192, 0, 2, 1]))
         else {
             panic!("a replace")

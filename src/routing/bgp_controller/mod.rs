@@ -16,7 +16,7 @@ pub mod metrics;
 pub mod peers;
 pub mod status;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -187,7 +187,7 @@ impl BgpRouting {
     ) -> anyhow::Result<Vec<String>> {
         self.start_background();
         let mut problems = vec![];
-        let owned: BTreeSet<IpNet> = routing
+        let owned: Vec<IpNet> = routing
             .nftables
             .cluster_pod_cidrs
             .iter()

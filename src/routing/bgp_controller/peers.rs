@@ -161,6 +161,7 @@ pub fn plan(
         communities: vec![],
         prepend: me.bgp.prepend.map_or(0, |(_, n)| n),
         prepend_as: me.bgp.prepend.map(|(a, _)| a),
+        only_local: true,
     };
     let external = config
         .peers
@@ -178,9 +179,11 @@ pub fn plan(
     {
         let mut p = base(*address, *peer_asn);
         p.password = password.clone();
+        p.export = export.clone();
         if *peer_asn != asn {
             p.multihop_ttl = config.multihop_ttl;
-            p.export = export.clone();
+        } else {
+            p.export.prepend = 0;
         }
         // The node's annotation wins over the flag for the same address.
         peers.insert(*address, (p, kind, None));
