@@ -29,6 +29,7 @@ mod proxy_support;
 mod routing_support;
 
 mod apiserver;
+mod bgp;
 mod demo;
 mod firewall;
 mod memory;
@@ -106,6 +107,12 @@ const BENCHMARKS: &[Benchmark] = &[
         about: "service proxy nftables: 10,000 services x 10 endpoints",
         needs_binaries: false,
         run: proxy::run,
+    },
+    Benchmark {
+        name: "bgp",
+        about: "BGP: kubewire and BIRD each announcing 10,000 and 100,000 prefixes to BIRD: time and memory",
+        needs_binaries: false,
+        run: bgp::run,
     },
     Benchmark {
         name: "routing",
