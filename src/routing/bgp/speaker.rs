@@ -150,6 +150,7 @@ impl Speaker {
             session_inputs,
             listeners,
             sessions: vec![],
+            interned: Default::default(),
         };
         for peer in &config.peers {
             state.add_peer(peer.clone());
@@ -301,9 +302,24 @@ struct SpeakerState {
     /// Kept to set the MD5 keys of neighbours added later.
     listeners: Vec<Arc<tokio::net::TcpListener>>,
     sessions: Vec<JoinHandle<()>>,
+    /// One shared copy of each distinct attribute set the node announces: most of
+    /// its routes carry the same attributes.
+    interned: std::collections::HashSet<Arc<PathAttrs>>,
 }
 
 impl SpeakerState {
+    fn intern(&mut self, attrs: Arc<PathAttrs>) -> Arc<PathAttrs> {
+        if let Some(shared) = self.interned.get(&attrs) {
+            return shared.clone();
+        }
+        // Drop sets no route uses any more before the set grows.
+        if self.interned.len() >= 1024 {
+            self.interned.retain(|a| Arc::strong_count(a) > 1);
+        }
+        self.interned.insert(attrs.clone());
+        attrs
+    }
+
     /// Starts the session of a new neighbour.
     fn add_peer(&mut self, peer: PeerConfig) {
         if let Some(password) = &peer.password {
@@ -439,6 +455,7 @@ impl SpeakerState {
     fn on_command(&mut self, command: Command) {
         match command {
             Command::Announce(prefix, attrs) => {
+                let attrs = self.intern(attrs);
                 let changes = self.rib.originate(prefix, attrs);
                 self.pending.extend(changes);
             }
@@ -592,9 +609,28 @@ impl SpeakerState {
         };
         let desired: Vec<(IpNet, Option<Arc<PathAttrs>>)> = {
             let target = neighbour.export_target(up);
+            // Local routes with the same (interned) attributes and family export to
+            // the same attributes: keep one copy of each result for the batch.
+            let mut shared: HashMap<(*const PathAttrs, bool), Option<Arc<PathAttrs>>> =
+                HashMap::new();
             prefixes
                 .iter()
-                .map(|p| (*p, self.rib.export_for(p, &target)))
+                .map(|p| {
+                    let key = self
+                        .rib
+                        .best()
+                        .get(p)
+                        .filter(|b| b.source == RouteSource::Local)
+                        .map(|b| (Arc::as_ptr(&b.attrs), p.addr().is_ipv4()));
+                    let out = match key {
+                        Some(key) => shared
+                            .entry(key)
+                            .or_insert_with(|| self.rib.export_for(p, &target))
+                            .clone(),
+                        None => self.rib.export_for(p, &target),
+                    };
+                    (*p, out)
+                })
                 .collect()
         };
         let Some(up) = neighbour.up.as_mut() else {
