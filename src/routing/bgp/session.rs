@@ -49,6 +49,8 @@ pub enum SessionReport {
     },
     Down {
         peer: IpAddr,
+        /// The connection dropped without a NOTIFICATION (graceful restart applies).
+        graceful: bool,
     },
     Routes {
         peer: IpAddr,
@@ -372,7 +374,8 @@ impl SessionTask {
                 }
             }
             Action::Down => {
-                let _ = self.reports.send(SessionReport::Down { peer });
+                let graceful = self.fsm.down_was_graceful();
+                let _ = self.reports.send(SessionReport::Down { peer, graceful });
             }
             Action::Routes(changes) => {
                 let _ = self.reports.send(SessionReport::Routes { peer, changes });

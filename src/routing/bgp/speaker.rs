@@ -20,10 +20,10 @@ use tokio::task::JoinHandle;
 
 use super::config::{PeerConfig, SpeakerConfig};
 use super::fsm::{FsmConfig, Session, State};
-use super::message::{LocalOpen, encode_updates};
+use super::message::{LocalOpen, encode_updates, end_of_rib};
 use super::policy::{ExportTarget, ImportPolicy, LocalIdentity, PeerIdentity, RouteSource};
 use super::rib::{AdjRibOut, BestChange, Rib};
-use super::route::{AsSegment, NextHop, OutChange, PathAttrs};
+use super::route::{AsSegment, NextHop, OutChange, PathAttrs, RouteChange};
 use super::session::{SessionInput, SessionReport, SessionTask, SharedStatus};
 use super::socket;
 
@@ -72,6 +72,8 @@ pub struct PeerStatus {
 }
 
 enum Command {
+    /// A restarting neighbour's restart time ended (its restart count then).
+    StaleTimeout(IpAddr, u64),
     Announce(IpNet, Arc<PathAttrs>),
     Withdraw(IpNet),
     SetPeers(Vec<PeerConfig>),
@@ -151,6 +153,7 @@ impl Speaker {
             listeners,
             sessions: vec![],
             interned: Default::default(),
+            commands: commands.downgrade(),
         };
         for peer in &config.peers {
             state.add_peer(peer.clone());
@@ -262,6 +265,8 @@ struct Neighbour {
     inputs: mpsc::UnboundedSender<SessionInput>,
     status: SharedStatus,
     up: Option<UpSession>,
+    /// Graceful restarts seen, so an old restart's timer cannot end a newer one.
+    restarts: u64,
 }
 
 impl Neighbour {
@@ -305,6 +310,8 @@ struct SpeakerState {
     /// One shared copy of each distinct attribute set the node announces: most of
     /// its routes carry the same attributes.
     interned: std::collections::HashSet<Arc<PathAttrs>>,
+    /// For restart timers; weak, so the speaker still stops when its handle goes.
+    commands: mpsc::WeakUnboundedSender<Command>,
 }
 
 impl SpeakerState {
@@ -339,6 +346,7 @@ impl SpeakerState {
                 router_id: self.config.router_id,
                 hold_time: peer.hold_time.unwrap_or(self.config.hold_time),
                 families: peer.families,
+                graceful_restart: self.config.graceful_restart,
             },
             peer_asn: peer.asn,
             passive: peer.passive,
@@ -359,6 +367,7 @@ impl SpeakerState {
                 inputs,
                 status,
                 up: None,
+                restarts: 0,
             },
         );
     }
@@ -505,6 +514,15 @@ impl SpeakerState {
                 list.sort_by_key(|p| p.address);
                 let _ = reply.send(list);
             }
+            Command::StaleTimeout(peer, restart) => {
+                if self.peers.get(&peer).is_some_and(|n| n.restarts == restart)
+                    && self.rib.has_stale(&peer)
+                {
+                    tracing::info!(%peer, "BGP neighbour's restart time is over: its stale routes are withdrawn");
+                    let changes = self.rib.flush_stale(&peer, None);
+                    self.pending.extend(changes);
+                }
+            }
             Command::Shutdown => {}
         }
     }
@@ -536,18 +554,64 @@ impl SpeakerState {
                 });
                 let prefixes: Vec<IpNet> = self.rib.best().keys().copied().collect();
                 self.send_to(&peer, &prefixes);
-            }
-            SessionReport::Down { peer } => {
-                tracing::info!(%peer, "BGP session down");
-                if let Some(n) = self.peers.get_mut(&peer) {
-                    n.up = None;
+                // End-of-RIB after the initial routes (RFC 4724 §2): a restarting
+                // neighbour drops what we no longer announce.
+                if let Some(n) = self.peers.get(&peer)
+                    && let Some(up) = &n.up
+                {
+                    let families = up.session.families;
+                    let _ = n.inputs.send(SessionInput::Send(end_of_rib(families)));
+                    // Stale routes of families no longer negotiated get no EoR.
+                    let mut changes = vec![];
+                    for (v6, carried) in [(false, families.ipv4), (true, families.ipv6)] {
+                        if !carried {
+                            changes.extend(self.rib.flush_stale(&peer, Some(v6)));
+                        }
+                    }
+                    self.propagate(changes);
                 }
-                let changes = self.rib.peer_down(&peer);
-                self.propagate(changes);
+            }
+            SessionReport::Down { peer, graceful } => {
+                let restart_time = self.peers.get_mut(&peer).and_then(|n| {
+                    let up = n.up.take()?;
+                    let time = up.session.peer.graceful_restart?;
+                    (graceful && self.config.graceful_restart.is_some()).then(|| {
+                        n.restarts += 1;
+                        (time, n.restarts)
+                    })
+                });
+                match restart_time {
+                    Some((time, restart)) => {
+                        tracing::info!(%peer, restart_time = time, "BGP session down: the neighbour may be restarting, its routes are kept");
+                        self.rib.peer_restarting(&peer);
+                        let commands = self.commands.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_secs(u64::from(time))).await;
+                            if let Some(commands) = commands.upgrade() {
+                                let _ = commands.send(Command::StaleTimeout(peer, restart));
+                            }
+                        });
+                    }
+                    None => {
+                        tracing::info!(%peer, "BGP session down");
+                        let changes = self.rib.peer_down(&peer);
+                        self.propagate(changes);
+                    }
+                }
             }
             SessionReport::Routes { peer, changes } => {
-                let changes = self.rib.receive(&peer, changes);
-                self.propagate(changes);
+                let eors: Vec<bool> = changes
+                    .iter()
+                    .filter_map(|c| match c {
+                        RouteChange::EndOfRib { ipv6 } => Some(*ipv6),
+                        _ => None,
+                    })
+                    .collect();
+                let mut best = self.rib.receive(&peer, changes);
+                for ipv6 in eors {
+                    best.extend(self.rib.flush_stale(&peer, Some(ipv6)));
+                }
+                self.propagate(best);
             }
             SessionReport::RouteRefresh { peer } => {
                 if let Some(n) = self.peers.get(&peer)

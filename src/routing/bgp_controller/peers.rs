@@ -71,6 +71,9 @@ impl SpeakerPlan {
         config.cluster_id = id.cluster_id;
         config.import = self.import.clone();
         config.peers = self.peers.clone();
+        config.graceful_restart = id
+            .graceful_restart
+            .map(|t| u16::try_from(t.as_secs().min(4095)).unwrap_or(4095));
         config
     }
 }
