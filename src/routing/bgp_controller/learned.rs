@@ -36,6 +36,10 @@ pub struct LearnedRoutes {
     best: BTreeMap<IpNet, LearnedRoute>,
     /// The cluster's pod CIDRs (aggregated): routes inside them come from the Nodes.
     owned: Vec<IpNet>,
+    /// Routes found in the kernel when the agent started with graceful restart:
+    /// kept (forwarding goes on) until the neighbours have told us again, or the
+    /// restart time is over.
+    stale: BTreeMap<IpNet, LearnedRoute>,
 }
 
 pub type SharedLearned = Arc<Mutex<LearnedRoutes>>;
@@ -52,6 +56,29 @@ impl LearnedRoutes {
 
     pub fn clear(&mut self) {
         self.best.clear();
+    }
+
+    /// Keeps routes a previous run installed (kernel routes: destination, gateway).
+    pub fn keep_stale(&mut self, routes: impl IntoIterator<Item = (IpNet, IpAddr)>) {
+        for (prefix, gateway) in routes {
+            if !self.owned(&prefix) {
+                // The neighbour is unknown after a restart; the gateway stands in.
+                let route = LearnedRoute {
+                    gateway,
+                    peer: gateway,
+                };
+                self.stale.insert(prefix, route);
+            }
+        }
+    }
+
+    /// Ends the restart: the stale routes no neighbour gave again, to delete.
+    pub fn take_stale(&mut self) -> Vec<IpNet> {
+        let stale = std::mem::take(&mut self.stale);
+        stale
+            .into_keys()
+            .filter(|p| !self.best.contains_key(p) && !self.owned(p))
+            .collect()
     }
 
     /// Records `event`; returns the kernel change it needs, if any.
@@ -82,6 +109,7 @@ impl LearnedRoutes {
                 }))
             }
             RouteEvent::Withdrawn { prefix } => {
+                self.stale.remove(&prefix);
                 self.best.remove(&prefix)?;
                 self.delete(prefix)
             }
@@ -92,10 +120,15 @@ impl LearnedRoutes {
         (!self.owned(&prefix)).then_some(KernelChange::Delete(prefix))
     }
 
-    /// The routes to install, for the routing plan.
+    /// The routes to install, for the routing plan (stale ones included).
     pub fn routes(&self) -> Vec<Route> {
+        let stale = self
+            .stale
+            .iter()
+            .filter(|(prefix, _)| !self.best.contains_key(prefix));
         self.best
             .iter()
+            .chain(stale)
             .filter(|(prefix, _)| !self.owned(prefix))
             .map(|(prefix, r)| Route {
                 destination: *prefix,
@@ -238,5 +271,25 @@ mod tests {
             None
         );
         assert!(t.routes().is_empty());
+    }
+
+    #[test]
+    fn stale_routes_stay_until_the_restart_ends() {
+        let mut t = LearnedRoutes::default();
+        t.set_owned(vec![net("10.244.0.0/16")]);
+        let gw = IpAddr::from([192, 0, 2, 1]);
+        t.keep_stale([
+            (net("198.51.100.0/24"), gw),
+            (net("203.0.113.0/24"), gw),
+            (net("10.244.3.0/24"), gw),
+        ]);
+        let listed = |t: &LearnedRoutes| -> Vec<String> {
+            t.routes().iter().map(|r| r.destination.to_string()).collect()
+        };
+        assert_eq!(listed(&t), ["198.51.100.0/24", "203.0.113.0/24"]);
+        // One is learned again; at the end only the other is deleted.
+        t.apply(learned("198.51.100.0/24", [192, 0, 2, 1]));
+        assert_eq!(t.take_stale(), vec![net("203.0.113.0/24")]);
+        assert_eq!(listed(&t), ["198.51.100.0/24"]);
     }
 }

@@ -134,6 +134,8 @@ pub struct BgpRouting {
     status: SharedStatus,
     metrics: BgpMetrics,
     background: Vec<JoinHandle<()>>,
+    /// The kernel's routes from a previous run were taken over (once per process).
+    took_over: bool,
 }
 
 impl BgpRouting {
@@ -145,6 +147,7 @@ impl BgpRouting {
             status: SharedStatus::default(),
             metrics: BgpMetrics::register(metrics),
             background: vec![],
+            took_over: false,
         }
     }
 
@@ -215,7 +218,7 @@ impl BgpRouting {
         }
         let running = match &mut self.running {
             Some(running) => running,
-            None => self.start(&plan.speaker).await?,
+            None => self.start(&plan.speaker, routing).await?,
         };
         if running.peers != plan.speaker.peers {
             running.handle.set_peers(plan.speaker.peers.clone());
@@ -246,13 +249,22 @@ impl BgpRouting {
         Ok(problems)
     }
 
-    async fn start(&mut self, plan: &SpeakerPlan) -> anyhow::Result<&mut Running> {
+    async fn start(
+        &mut self,
+        plan: &SpeakerPlan,
+        routing: &RoutingPlan,
+    ) -> anyhow::Result<&mut Running> {
         let handle = Speaker::start(plan.speaker_config())
             .await
             .context("starting the BGP speaker")?;
         tracing::info!(asn = plan.identity.asn, router_id = %plan.identity.router_id, peers = plan.peers.len(), "BGP speaker started");
         let netlink = Netlink::connect().context("opening a netlink socket for BGP routes")?;
         self.learned.lock().await.clear();
+        if let Some(time) = self.config.graceful_restart
+            && !std::mem::replace(&mut self.took_over, true)
+        {
+            self.take_over(&netlink, routing, time).await?;
+        }
         let installer = tokio::spawn(learned::install(
             handle.subscribe(),
             self.learned.clone(),
@@ -270,6 +282,57 @@ impl BgpRouting {
             import: plan.import.clone(),
             announced: BTreeMap::new(),
         }))
+    }
+
+    /// Graceful restart, restarting side: the routes a previous run learned are
+    /// still in the kernel (kill -9 leaves them); keep them forwarding until the
+    /// neighbours have sent them again or `time` is over, then delete the rest.
+    async fn take_over(
+        &mut self,
+        netlink: &Netlink,
+        routing: &RoutingPlan,
+        time: Duration,
+    ) -> anyhow::Result<()> {
+        let compiled: std::collections::BTreeSet<IpNet> =
+            routing.routes.iter().map(|r| r.destination).collect();
+        let kept: Vec<(IpNet, std::net::IpAddr)> = netlink
+            .routes(crate::routing::model::ROUTE_PROTOCOL)
+            .await
+            .context("listing routes a previous run installed")?
+            .into_iter()
+            .filter(|r| !compiled.contains(&r.destination) && !r.onlink)
+            .filter_map(|r| Some((r.destination, r.gateway?)))
+            .collect();
+        if kept.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(routes = kept.len(), ?time, "graceful restart: keeping the BGP routes of the previous run until the peers resend them");
+        self.learned.lock().await.keep_stale(kept);
+        let (table, metrics) = (self.learned.clone(), self.metrics.clone());
+        let netlink = Netlink::connect().context("opening a netlink socket for BGP routes")?;
+        self.background.push(tokio::spawn(async move {
+            tokio::time::sleep(time).await;
+            let mut table = table.lock().await;
+            let gone = table.take_stale();
+            if gone.is_empty() {
+                return;
+            }
+            tracing::info!(routes = gone.len(), "graceful restart over: removing BGP routes no peer sent again");
+            let Ok(routes) = netlink.routes(crate::routing::model::ROUTE_PROTOCOL).await else {
+                metrics.install_errors.inc();
+                return;
+            };
+            let delete: Vec<_> = routes
+                .into_iter()
+                .filter(|r| gone.contains(&r.destination))
+                .collect();
+            for result in netlink.delete_routes(&delete).await {
+                if result.is_err() {
+                    metrics.install_errors.inc();
+                }
+            }
+        }));
+        Ok(())
     }
 
     /// Sends Cease to every peer and stops the speaker.
