@@ -91,6 +91,28 @@ impl Lab {
         arg.load_up().unwrap().plan().unwrap().clone()
     }
 
+    /// The agent process of `node`: (pid, its command line).
+    fn agent(&self, node: &str) -> (i32, Vec<String>) {
+        let arg = LabArg {
+            name: self.name.clone(),
+            state_dir: Some(self.state_dir.clone().into()),
+        };
+        let state = arg.load_up().unwrap();
+        let pid = state
+            .processes
+            .iter()
+            .find(|p| p.role == format!("agent {node}"))
+            .map(|p| p.pid)
+            .expect("the agent's process record");
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        let args = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        (pid, args)
+    }
+
     fn agent_log(&self, node: &str) -> String {
         let path = Path::new(&self.state_dir)
             .join("nodes")
@@ -242,7 +264,12 @@ fn manifests() -> tempfile::TempDir {
 /// BIRD in the fabric: one eBGP session per node from its subnet's gateway, the
 /// pod CIDRs it learns into the fabric's kernel, and a static route and a default
 /// route offered to the nodes (the default must be refused).
-fn bird_config(plan: &LabPlan) -> String {
+fn bird_config(plan: &LabPlan, graceful_restart: bool) -> String {
+    let gr = if graceful_restart {
+        "graceful restart on;\n  graceful restart time 60;"
+    } else {
+        ""
+    };
     let mut config = format!(
         r#"router id 192.168.1.1;
 protocol device {{ scan time 1; }}
@@ -255,6 +282,7 @@ template bgp node {{
   connect delay time 1;
   connect retry time 2;
   error wait time 1, 4;
+  {gr}
   ipv4 {{ import all; export where source = RTS_STATIC; }};
   ipv6 {{ import all; export none; }};
 }}
@@ -330,7 +358,7 @@ async fn fabric_bird_learns_pod_cidrs_and_lb_ips_and_pods_reach_across_subnets()
         ],
     );
     let plan = lab.plan();
-    let bird = Bird::start(&plan.fabric_netns, &bird_config(&plan));
+    let bird = Bird::start(&plan.fabric_netns, &bird_config(&plan, false));
 
     // BIRD learns each node's pod CIDRs from that node, and the LB IP from all.
     wait_for(
@@ -449,5 +477,148 @@ async fn fabric_bird_learns_pod_cidrs_and_lb_ips_and_pods_reach_across_subnets()
                 Err(format!("{left:?}"))
             }
         },
+    );
+}
+
+/// An agent started again by the test (killed on drop).
+struct Restarted(Child);
+
+impl Drop for Restarted {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Whether BIRD has `prefix` from `protocol`.
+fn bird_has(bird: &Bird, prefix: &str, protocol: &str) -> bool {
+    bird.birdc(&["show", "route", prefix, "protocol", protocol])
+        .contains(prefix)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_and_restart_of_an_agent_keeps_its_routes_with_graceful_restart() {
+    if let Some(why) = missing_prerequisite() {
+        kubewire_lab::harness::skip(&why);
+        return;
+    }
+    let manifests = manifests();
+    let lab = Lab::up(
+        manifests.path(),
+        &[
+            "--agent-arg=--run-bgp=true",
+            &format!("--agent-arg=--cluster-asn={CLUSTER_AS}"),
+            "--agent-arg=--bgp-graceful-restart=true",
+            "--agent-arg=--bgp-graceful-restart-time=60s",
+            "--agent-arg=--overlay-type=none",
+            "--agent-arg=--run-firewall=false",
+            "--agent-arg=--bgp-holdtime=9s",
+        ],
+    );
+    let plan = lab.plan();
+    let bird = Bird::start(&plan.fabric_netns, &bird_config(&plan, true));
+    let n1 = plan.node("n1").unwrap();
+    let gateway = plan.gateway_of(n1);
+    let our_route = format!("198.51.100.0/24 via {gateway}");
+    let has = |netns: &str, what: &str| our_routes(netns).iter().any(|r| r.starts_with(what));
+    wait_for(
+        "BIRD has n1's pod CIDR and n1 has BIRD's route",
+        Duration::from_secs(30),
+        || {
+            if !bird_has(&bird, "10.244.1.0/24", "n1") {
+                return Err(bird.birdc(&["show", "route"]));
+            }
+            if !has(&n1.netns, &our_route) {
+                return Err(format!("{:?}", our_routes(&n1.netns)));
+            }
+            Ok(())
+        },
+    );
+    let failed = pod_to_pod(&plan).await;
+    assert!(failed.is_empty(), "before the kill:\n{}", failed.join("\n"));
+
+    // kill -9: no NOTIFICATION, nothing cleaned up.
+    let (pid, args) = lab.agent("n1");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // Well past the 9 s hold time: BIRD still routes n1's pods, n1 still routes
+    // BIRD's prefix, and pods on n1 still reach pods behind the fabric.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let session = bird.birdc(&["show", "protocols", "n1"]);
+    assert!(
+        !session.contains("Established"),
+        "n1's session should be down: {session}"
+    );
+    assert!(
+        bird_has(&bird, "10.244.1.0/24", "n1"),
+        "BIRD dropped n1's pod CIDR while its agent was dead:\n{}",
+        bird.birdc(&["show", "route"])
+    );
+    assert!(has(&n1.netns, &our_route), "{:?}", our_routes(&n1.netns));
+    let failed = pod_to_pod(&plan).await;
+    assert!(
+        failed.is_empty(),
+        "while n1's agent was dead:\n{}",
+        failed.join("\n")
+    );
+
+    // The agent again, same command line: the session comes back, the routes
+    // never left either side.
+    let log = std::fs::File::create(Path::new(&lab.state_dir).join("nodes/n1/agent-restarted.log"))
+        .unwrap();
+    let child = Command::new("ip")
+        .args(["netns", "exec", &n1.netns])
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let _restarted = Restarted(child);
+    // From the restart until 3 s after the session is back, BIRD's route never
+    // leaves n1's kernel (the new agent's first sync keeps it).
+    let started = Instant::now();
+    let mut back: Option<Instant> = None;
+    while back.is_none_or(|at| at.elapsed() < Duration::from_secs(3)) {
+        assert!(
+            has(&n1.netns, &our_route),
+            "BIRD's route left n1 {:?} after the restart: {:?}
+{}",
+            started.elapsed(),
+            our_routes(&n1.netns),
+            std::fs::read_to_string(Path::new(&lab.state_dir).join("nodes/n1/agent-restarted.log"))
+                .unwrap_or_default()
+        );
+        if back.is_none()
+            && bird
+                .birdc(&["show", "protocols", "n1"])
+                .contains("Established")
+        {
+            println!(
+                "n1's session back {:.1} s after the restart",
+                started.elapsed().as_secs_f64()
+            );
+            back = Some(Instant::now());
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "n1's session did not come back"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        bird_has(&bird, "10.244.1.0/24", "n1"),
+        "{}",
+        bird.birdc(&["show", "route"])
+    );
+    assert!(has(&n1.netns, &our_route), "{:?}", our_routes(&n1.netns));
+    let failed = pod_to_pod(&plan).await;
+    assert!(
+        failed.is_empty(),
+        "after the restart:\n{}",
+        failed.join("\n")
     );
 }

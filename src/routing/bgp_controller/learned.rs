@@ -284,7 +284,10 @@ mod tests {
             (net("10.244.3.0/24"), gw),
         ]);
         let listed = |t: &LearnedRoutes| -> Vec<String> {
-            t.routes().iter().map(|r| r.destination.to_string()).collect()
+            t.routes()
+                .iter()
+                .map(|r| r.destination.to_string())
+                .collect()
         };
         assert_eq!(listed(&t), ["198.51.100.0/24", "203.0.113.0/24"]);
         // One is learned again; at the end only the other is deleted.
