@@ -29,6 +29,7 @@ mod proxy_support;
 mod routing_support;
 
 mod apiserver;
+mod bgp;
 mod demo;
 mod firewall;
 mod ipvs;
@@ -113,6 +114,12 @@ const BENCHMARKS: &[Benchmark] = &[
         about: "IPVS backend, 1,000 services x 10 endpoints, side by side with ipvsadm (needs IPVS: the VM)",
         needs_binaries: false,
         run: ipvs::run,
+    },
+    Benchmark {
+        name: "bgp",
+        about: "BGP: kubewire and BIRD each announcing 10,000 and 100,000 prefixes to BIRD: time and memory",
+        needs_binaries: false,
+        run: bgp::run,
     },
     Benchmark {
         name: "routing",

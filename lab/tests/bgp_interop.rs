@@ -942,3 +942,170 @@ fn frr_learns_our_routes_and_we_learn_frrs_with_md5() {
         speaker.shutdown().await;
     });
 }
+
+/// BIRD for the graceful-restart tests: IPv4 only, graceful restart on, and the
+/// static routes given.
+fn gr_bird_config(statics: &[&str]) -> String {
+    let routes: String = statics
+        .iter()
+        .map(|p| format!("route {p} blackhole; "))
+        .collect();
+    format!(
+        r#"router id {BIRD_V4};
+protocol device {{ scan time 1; }}
+protocol static s4 {{ ipv4; {routes}}}
+protocol bgp kw4 {{
+  local as 65020;
+  neighbor {OUR_V4} port {OUR_PORT} as {OUR_AS};
+  hold time 9;
+  connect delay time 1;
+  connect retry time 2;
+  error wait time 1, 4;
+  graceful restart on;
+  graceful restart time 30;
+  ipv4 {{ import all; export where source = RTS_STATIC; }};
+}}
+"#
+    )
+}
+
+/// Our side for them: one IPv4 neighbour, graceful restart with 30 s.
+fn gr_config() -> SpeakerConfig {
+    let mut config = our_config(65020, |_| {}, |_| {});
+    config.peers.retain(|p| p.address.is_ipv4());
+    config.listen.retain(|l| l.is_ipv4());
+    config.graceful_restart = Some(30);
+    config
+}
+
+/// Waits for `prefix`'s withdrawal for at most `limit`; true if it came.
+async fn withdrawn_within(
+    events: &mut UnboundedReceiver<RouteEvent>,
+    prefix: IpNet,
+    limit: Duration,
+) -> bool {
+    tokio::time::timeout(limit, async {
+        loop {
+            match events.recv().await {
+                Some(RouteEvent::Withdrawn { prefix: p }) if p == prefix => return,
+                Some(_) => {}
+                None => std::future::pending::<()>().await,
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+#[test]
+fn graceful_restart_helper_keeps_birds_routes_through_its_restart() {
+    if let Some(why) = missing_prerequisite() {
+        kubewire_lab::harness::skip(&why);
+        return;
+    }
+    let link = Link::new();
+    let birds = &link.birds;
+    link.ours.block_on(|| async move {
+        let speaker = Speaker::start(gr_config()).await.expect("speaker starts");
+        let mut events = speaker.subscribe();
+        let bird = Bird::start(
+            birds,
+            &gr_bird_config(&["198.51.100.0/24", "198.51.101.0/24"]),
+        );
+        let up = eventually(Duration::from_secs(30), || async {
+            protocol_line(&bird, "kw4")
+                .await
+                .contains("Established")
+                .then_some(())
+        })
+        .await;
+        assert!(up.is_some(), "not established: {}", bird.log());
+        learn(
+            &mut events,
+            &[net("198.51.100.0/24"), net("198.51.101.0/24")],
+        )
+        .await;
+
+        // BIRD is killed (no NOTIFICATION): both routes stay, well past the hold
+        // time, though the session is down.
+        drop(bird);
+        assert!(
+            !withdrawn_within(&mut events, net("198.51.100.0/24"), Duration::from_secs(12)).await,
+            "BIRD's route was withdrawn while it restarted"
+        );
+        let down = speaker.peers().await;
+        assert!(
+            down.iter().all(|p| p.state != State::Established),
+            "{down:?}"
+        );
+        assert_eq!(down[0].prefixes_accepted, 2, "{down:?}");
+
+        // BIRD comes back with one of the two: after its End-of-RIB the other,
+        // stale one goes (long before the 30 s restart time), the kept one stays.
+        let started = Instant::now();
+        let bird = Bird::start(birds, &gr_bird_config(&["198.51.100.0/24"]));
+        assert!(
+            withdrawn_within(&mut events, net("198.51.101.0/24"), Duration::from_secs(20)).await,
+            "the route BIRD no longer has was not withdrawn after its End-of-RIB: {}",
+            bird.log()
+        );
+        println!(
+            "ours: stale route gone {:?} after BIRD restarted",
+            started.elapsed()
+        );
+        let peers = speaker.peers().await;
+        assert_eq!(peers[0].state, State::Established, "{peers:?}");
+        assert_eq!(peers[0].prefixes_accepted, 1, "{peers:?}");
+        speaker.shutdown().await;
+    });
+}
+
+#[test]
+fn graceful_restart_bird_keeps_our_routes_while_we_restart() {
+    if let Some(why) = missing_prerequisite() {
+        kubewire_lab::harness::skip(&why);
+        return;
+    }
+    let link = Link::new();
+    let bird = Bird::start(&link.birds, &gr_bird_config(&[]));
+    // Our first life, on its own runtime: announce two routes, then die without
+    // a NOTIFICATION (the runtime is dropped, its sockets just close), as kill -9
+    // would.
+    link.ours.run(|| {
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        runtime.block_on(async {
+            let speaker = Speaker::start(gr_config()).await.expect("speaker starts");
+            speaker.announce(net("10.129.0.0/24"), None, RouteAttrs::default());
+            speaker.announce(net("10.130.0.0/24"), None, RouteAttrs::default());
+            bird_route(&bird, "10.129.0.0/24").await;
+            bird_route(&bird, "10.130.0.0/24").await;
+            std::mem::forget(speaker);
+        });
+        runtime.shutdown_background();
+    });
+    link.ours.block_on(|| async {
+        // Past the hold time BIRD still routes both: it waits for our restart.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        for prefix in ["10.129.0.0/24", "10.130.0.0/24"] {
+            let out = bird.birdc(&["show", "route", prefix]).await;
+            assert!(
+                out.contains(prefix),
+                "BIRD dropped {prefix} while we restarted: {out}\n{}",
+                bird.birdc(&["show", "protocols", "all", "kw4"]).await
+            );
+        }
+        // The second life announces one of them; after our End-of-RIB BIRD drops
+        // the other and keeps this one.
+        let speaker = Speaker::start(gr_config()).await.expect("speaker starts");
+        speaker.announce(net("10.129.0.0/24"), None, RouteAttrs::default());
+        let gone = eventually(Duration::from_secs(20), || async {
+            let out = bird.birdc(&["show", "route", "10.130.0.0/24"]).await;
+            (!out.contains("10.130.0.0/24")).then_some(())
+        })
+        .await;
+        assert!(gone.is_some(), "BIRD kept our stale route: {}", bird.log());
+        let kept = bird.birdc(&["show", "route", "10.129.0.0/24"]).await;
+        assert!(kept.contains("10.129.0.0/24"), "{kept}");
+        speaker.shutdown().await;
+    });
+}

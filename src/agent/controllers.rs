@@ -71,11 +71,10 @@ impl AnyController {
     ) -> anyhow::Result<AnyController> {
         let network = args.network.config();
         Ok(match kind {
-            ControllerKind::Routing => AnyController::Routing(RoutingController::new(
-                node.to_string(),
-                args.routing.config(&network),
-                metrics,
-            )?),
+            ControllerKind::Routing => AnyController::Routing(
+                RoutingController::new(node.to_string(), args.routing.config(&network), metrics)?
+                    .with_bgp(args.routing.bgp_config()?, metrics),
+            ),
             ControllerKind::Firewall => AnyController::Firewall(Box::new(FirewallController::new(
                 args.firewall.config(node),
                 metrics,

@@ -5,6 +5,8 @@ use std::fmt::Write;
 use ipnet::IpNet;
 use serde::Serialize;
 
+use super::bgp_controller::peers::PeerKind;
+use super::bgp_controller::{self, BgpPlan, status};
 use super::compile::{self, HostFacts};
 use super::model::{RoutingPlan, Tunnel};
 use super::ruleset;
@@ -14,8 +16,25 @@ use crate::offline::{self, NodeManifestsArg, OutputFormat};
 /// The routing controller's offline verbs.
 #[derive(Debug, clap::Subcommand)]
 pub enum RoutingCommand {
-    /// The bridge, routes, tunnels and nftables rules this node would install.
+    /// The bridge, routes, tunnels and nftables rules this node would install, and
+    /// with `--run-bgp` its BGP peers and the prefixes it would announce.
     Plan(RoutingPlanArgs),
+    /// The running agent's BGP sessions: state, uptime, prefixes received,
+    /// accepted and advertised (read from its `--bgp-status-addr`).
+    Peers(RoutingPeersArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RoutingPeersArgs {
+    /// The agent's BGP status endpoint (its `--bgp-status-addr`).
+    #[arg(
+        long,
+        env = "KUBEWIRE_BGP_STATUS_ADDR",
+        default_value = "127.0.0.1:20246"
+    )]
+    pub bgp_status_addr: std::net::SocketAddr,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub format: OutputFormat,
 }
 
 #[derive(Debug, clap::Args)]
@@ -41,7 +60,113 @@ pub struct RoutingPlanArgs {
 pub async fn dispatch(cmd: RoutingCommand) -> anyhow::Result<()> {
     match cmd {
         RoutingCommand::Plan(args) => offline::print(plan(&args)),
+        RoutingCommand::Peers(args) => {
+            let body = status::fetch(args.bgp_status_addr, "/bgp/peers").await?;
+            let peers: Vec<status::PeerView> = serde_json::from_str(&body)
+                .map_err(|e| anyhow::anyhow!("the agent's answer is not a peer list: {e}"))?;
+            match args.format {
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&peers)?),
+                OutputFormat::Text => print!("{}", status::render_peers(&peers)),
+            }
+            Ok(())
+        }
     }
+}
+
+/// The BGP part of `routing plan`, as JSON.
+#[derive(Serialize)]
+struct BgpPlanOutput {
+    asn: u32,
+    router_id: std::net::Ipv4Addr,
+    route_reflector: bool,
+    peers: Vec<BgpPeerOutput>,
+    announce: std::collections::BTreeMap<IpNet, String>,
+    import_deny: Vec<IpNet>,
+}
+
+#[derive(Serialize)]
+struct BgpPeerOutput {
+    address: std::net::IpAddr,
+    asn: u32,
+    kind: PeerKind,
+    node: Option<String>,
+    password: bool,
+    multihop_ttl: Option<u8>,
+}
+
+fn bgp_output(plan: &BgpPlan) -> BgpPlanOutput {
+    let id = &plan.speaker.identity;
+    BgpPlanOutput {
+        asn: id.asn,
+        router_id: id.router_id,
+        route_reflector: id.route_reflector,
+        peers: plan
+            .speaker
+            .peers
+            .iter()
+            .map(|p| {
+                let (kind, node) = plan
+                    .speaker
+                    .kinds
+                    .get(&p.address)
+                    .cloned()
+                    .unwrap_or((PeerKind::Flag, None));
+                BgpPeerOutput {
+                    address: p.address,
+                    asn: p.asn,
+                    kind,
+                    node,
+                    password: p.password.is_some(),
+                    multihop_ttl: p.multihop_ttl,
+                }
+            })
+            .collect(),
+        announce: plan.announce_why.clone(),
+        import_deny: plan.speaker.import.deny.clone(),
+    }
+}
+
+fn render_bgp(bgp: Option<&BgpPlanOutput>) -> String {
+    let Some(bgp) = bgp else {
+        return "\nbgp\n  off (--run-bgp=false)\n".to_string();
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nbgp\n  AS {} router id {}{}",
+        bgp.asn,
+        bgp.router_id,
+        if bgp.route_reflector {
+            " (route reflector)"
+        } else {
+            ""
+        }
+    );
+    for p in &bgp.peers {
+        let kind = serde_json::to_value(p.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  peer {} AS {} ({kind}{}){}{}",
+            p.address,
+            p.asn,
+            p.node
+                .as_ref()
+                .map(|n| format!(", Node {n}"))
+                .unwrap_or_default(),
+            if p.password { " md5" } else { "" },
+            p.multihop_ttl
+                .map(|t| format!(" multihop ttl {t}"))
+                .unwrap_or_default()
+        );
+    }
+    for (prefix, why) in &bgp.announce {
+        let _ = writeln!(out, "  announce {prefix}    # {why}");
+    }
+    let _ = writeln!(out, "  never imported: {}", join(&bgp.import_deny));
+    out
 }
 
 /// The JSON form: the plan plus the nftables table as `nft -f` text.
@@ -50,6 +175,7 @@ struct PlanOutput<'a> {
     #[serde(flatten)]
     plan: &'a RoutingPlan,
     nftables_ruleset: String,
+    bgp: Option<BgpPlanOutput>,
 }
 
 /// `routing plan` output.
@@ -71,16 +197,42 @@ pub fn plan(args: &RoutingPlanArgs) -> anyhow::Result<String> {
         local_subnets,
         underlay_mtu: Some(args.underlay_mtu),
     };
-    let plan = compile::compile(&snapshot, &args.target.node, &options, &host)?;
+    let mut plan = compile::compile(&snapshot, &args.target.node, &options, &host)?;
+    let bgp = match args.routing.bgp_config()? {
+        None => None,
+        Some(config) => {
+            let mut problems = vec![];
+            let bgp = bgp_controller::plan(
+                &config,
+                &snapshot,
+                &plan,
+                &options.network.service_cidrs,
+                &mut problems,
+            )
+            .map_err(|e| anyhow::anyhow!("BGP: {e}"))?;
+            plan.problems.extend(problems);
+            Some(bgp_output(&bgp))
+        }
+    };
     Ok(match args.format {
         OutputFormat::Json => {
             let output = PlanOutput {
                 plan: &plan,
                 nftables_ruleset: ruleset::render(&plan.nftables),
+                bgp,
             };
             serde_json::to_string_pretty(&output)? + "\n"
         }
-        OutputFormat::Text => render_text(&plan, assumed),
+        OutputFormat::Text => {
+            let text = render_text(&plan, assumed);
+            // The BGP section goes before the nftables table.
+            match text.split_once("\nnftables\n") {
+                Some((head, tail)) => {
+                    format!("{head}{}\nnftables\n{tail}", render_bgp(bgp.as_ref()))
+                }
+                None => text + &render_bgp(bgp.as_ref()),
+            }
+        }
     })
 }
 
@@ -184,7 +336,6 @@ pub fn render_text(plan: &RoutingPlan, subnets_assumed: bool) -> String {
             let _ = writeln!(out, "  {problem}");
         }
     }
-    out.push_str("\nbgp\n  none (no BGP speaker in this build)\n");
     out.push_str("\nnftables\n");
     out.push_str(&ruleset::render(&plan.nftables));
     out

@@ -10,6 +10,7 @@
 pub mod apply;
 mod args;
 pub mod bgp;
+pub mod bgp_controller;
 pub mod cmd;
 pub mod compile;
 pub mod diff;
@@ -27,11 +28,20 @@ use crate::cache::{Kind, Snapshot};
 use crate::runtime::{Controller, SyncReason, Synced};
 use crate::telemetry::Metrics;
 use apply::Reconciler;
+use bgp_controller::{BgpConfig, BgpRouting};
 use compile::CompileOptions;
 use metrics::RoutingMetrics;
 
 /// The kinds whose changes the routing controller follows.
 pub const WATCHED_KINDS: [Kind; 2] = [Kind::Node, Kind::ServiceCIDR];
+/// With BGP, also the Services whose IPs may be announced and their endpoints
+/// (`externalTrafficPolicy: Local`).
+pub const WATCHED_KINDS_BGP: [Kind; 4] = [
+    Kind::Node,
+    Kind::ServiceCIDR,
+    Kind::Service,
+    Kind::EndpointSlice,
+];
 
 /// Keeps this node's bridge, routes, tunnels and routing table in line with the
 /// cluster.
@@ -39,6 +49,7 @@ pub struct RoutingController {
     node: String,
     options: CompileOptions,
     reconciler: Reconciler,
+    bgp: Option<BgpRouting>,
 }
 
 impl RoutingController {
@@ -49,7 +60,39 @@ impl RoutingController {
             node,
             options,
             reconciler,
+            bgp: None,
         })
+    }
+
+    /// Runs the BGP speaker too (`--run-bgp`).
+    pub fn with_bgp(mut self, config: Option<BgpConfig>, metrics: &Metrics) -> Self {
+        self.bgp = config.map(|c| BgpRouting::new(c, metrics));
+        self
+    }
+
+    /// A sync in BGP mode: the compiled plan drives the speaker, and the routes it
+    /// learned join the plan before it is applied (so neither undoes the other).
+    async fn sync_with_bgp(
+        &mut self,
+        snapshot: &Snapshot,
+        reason: SyncReason,
+    ) -> anyhow::Result<(apply::SyncReport, Vec<String>)> {
+        let network = &self.options.network;
+        let node_ips = compile::node_ips(snapshot, &self.node, network)?;
+        let host = self.reconciler.host_facts(&node_ips).await?;
+        let mut plan = compile::compile(snapshot, &self.node, &self.options, &host)?;
+        let Some(bgp) = self.bgp.as_mut() else {
+            anyhow::bail!("BGP is not configured");
+        };
+        let bgp_result = bgp.sync(snapshot, &plan, &network.service_cidrs).await;
+        let report = {
+            let learned = bgp.learned().lock().await;
+            plan.routes.extend(learned.routes());
+            self.reconciler.apply(&plan, reason).await?
+        };
+        let mut problems = plan.problems;
+        problems.extend(bgp_result?);
+        Ok((report, problems))
     }
 }
 
@@ -59,14 +102,21 @@ impl Controller for RoutingController {
     }
 
     fn kinds(&self) -> &'static [Kind] {
-        &WATCHED_KINDS
+        if self.bgp.is_some() {
+            &WATCHED_KINDS_BGP
+        } else {
+            &WATCHED_KINDS
+        }
     }
 
     async fn sync(&mut self, snapshot: &Snapshot, reason: SyncReason) -> anyhow::Result<Synced> {
-        let (report, problems) = self
-            .reconciler
-            .sync(snapshot, &self.node, &self.options, reason)
-            .await?;
+        let (report, problems) = if self.bgp.is_some() {
+            self.sync_with_bgp(snapshot, reason).await?
+        } else {
+            self.reconciler
+                .sync(snapshot, &self.node, &self.options, reason)
+                .await?
+        };
         if report.changed_anything() {
             if reason == SyncReason::Periodic {
                 tracing::warn!(?report, "routing repaired changes made outside kubewire");
@@ -82,6 +132,9 @@ impl Controller for RoutingController {
     /// Removes the routes, tunnels, bridge (if ours) and nftables table this
     /// controller created.
     async fn cleanup(&mut self) -> anyhow::Result<()> {
+        if let Some(bgp) = self.bgp.as_mut() {
+            bgp.stop().await;
+        }
         apply::cleanup(self.reconciler.netlink()).await
     }
 }

@@ -183,19 +183,22 @@ pub struct VxlanPeer {
     pub vtep_addresses: Vec<IpAddr>,
 }
 
-/// Why a route exists: the cluster object it came from. Routes learned from BGP
-/// peers will be another variant; apply treats every source the same.
+/// Why a route exists: the cluster object or BGP neighbour it came from; apply
+/// treats every source the same.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum RouteSource {
     /// Another Node's pod CIDR.
     Node { name: String },
+    /// The best route a BGP neighbour gave for a prefix outside the cluster.
+    Bgp { peer: IpAddr },
 }
 
 impl fmt::Display for RouteSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RouteSource::Node { name } => write!(f, "Node {name}"),
+            RouteSource::Bgp { peer } => write!(f, "BGP peer {peer}"),
         }
     }
 }

@@ -66,7 +66,7 @@ impl Default for Backoff {
 }
 
 /// One BGP neighbour.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerConfig {
     /// The neighbour's address; sessions are accepted only from it.
     pub address: IpAddr,
@@ -151,6 +151,11 @@ pub struct SpeakerConfig {
     /// What is accepted from every neighbour.
     pub import: ImportPolicy,
     pub peers: Vec<PeerConfig>,
+    /// Graceful restart (RFC 4724) with this restart time in seconds: offered to
+    /// every neighbour; the routes of a neighbour that offered it too are kept
+    /// (stale) for its restart time when its session drops, until it sends
+    /// End-of-RIB after coming back.
+    pub graceful_restart: Option<u16>,
 }
 
 impl SpeakerConfig {
@@ -166,6 +171,7 @@ impl SpeakerConfig {
             cluster_id: None,
             import: ImportPolicy::default(),
             peers: vec![],
+            graceful_restart: None,
         }
     }
 

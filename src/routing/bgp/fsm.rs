@@ -165,6 +165,11 @@ pub struct Fsm {
     /// Restart automatically after a failure (cleared by Stop).
     running: bool,
     idle_hold: Duration,
+    /// A NOTIFICATION arrived: the failure it causes is not a restart.
+    notified: bool,
+    /// The last established session ended without a NOTIFICATION either way (a
+    /// dropped connection: graceful restart applies, RFC 4724 §4.2).
+    down_graceful: bool,
 }
 
 fn fsm_error(state: State) -> Notification {
@@ -200,7 +205,14 @@ impl Fsm {
             session: None,
             running: false,
             idle_hold,
+            notified: false,
+            down_graceful: false,
         }
+    }
+
+    /// Whether the last Down was a dropped connection rather than a NOTIFICATION.
+    pub fn down_was_graceful(&self) -> bool {
+        self.down_graceful
     }
 
     pub fn state(&self) -> State {
@@ -523,6 +535,7 @@ impl Fsm {
     fn on_message(&mut self, msg: BgpMessage, out: &mut Vec<Action>) {
         if let BgpMessage::Notification(n) = &msg {
             tracing::info!(notification = ?n, "neighbour sent NOTIFICATION");
+            self.notified = true;
             self.fail(out, None);
             return;
         }
@@ -611,7 +624,9 @@ impl Fsm {
         for timer in [Timer::ConnectRetry, Timer::Hold, Timer::Keepalive] {
             out.push(Action::StopTimer(timer));
         }
+        let notified = std::mem::take(&mut self.notified);
         if self.state == State::Established {
+            self.down_graceful = notification.is_none() && !notified;
             out.push(Action::Down);
         }
         self.state = State::Idle;

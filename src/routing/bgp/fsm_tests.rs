@@ -26,6 +26,7 @@ fn config(peer_asn: u32, passive: bool) -> FsmConfig {
             router_id: LOCAL_ID,
             hold_time: 90,
             families: Families::BOTH,
+            graceful_restart: None,
         },
         peer_asn,
         passive,
@@ -43,6 +44,7 @@ fn peer_open(asn: u32, id: [u8; 4], hold: u16) -> BgpMessage {
         router_id: Ipv4Addr::from(id),
         hold_time: hold,
         families: Families::BOTH,
+        graceful_restart: None,
     })
 }
 
@@ -434,7 +436,7 @@ fn updates_become_routes_and_bad_updates_notifications() {
     let nlri = vec![Ipv4UnicastAddress::new_no_path_id(
         Ipv4Unicast::from_net("10.1.0.0/24".parse().expect("net")).expect("unicast"),
     )];
-    // An empty UPDATE (End-of-RIB) carries nothing.
+    // An empty UPDATE is the IPv4 End-of-RIB.
     let mut fsm = established();
     let actions = fsm.handle(Event::Received {
         conn: 1,
@@ -442,7 +444,10 @@ fn updates_become_routes_and_bad_updates_notifications() {
     });
     assert_eq!(
         actions,
-        vec![Action::StartTimer(Timer::Hold, Duration::from_secs(30))]
+        vec![
+            Action::StartTimer(Timer::Hold, Duration::from_secs(30)),
+            Action::Routes(vec![RouteChange::EndOfRib { ipv6: false }])
+        ]
     );
     // A withdrawal.
     let actions = fsm.handle(Event::Received {

@@ -23,4 +23,4 @@ pub mod socket;
 pub mod speaker;
 
 pub use config::{Families, PeerConfig, SpeakerConfig};
-pub use speaker::{PeerStatus, RouteAttrs, RouteEvent, Speaker, SpeakerHandle};
+pub use speaker::{PeerStatus, RouteAttrs, RouteEvent, Speaker, SpeakerHandle, SpeakerObserver};

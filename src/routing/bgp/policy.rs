@@ -82,6 +82,12 @@ pub struct ExportPolicy {
     /// Extra copies of the local AS put in front of the path, eBGP only (the one
     /// copy every eBGP route gets is not counted).
     pub prepend: u8,
+    /// The AS those copies are of (kube-router's `path-prepend.as`); default the
+    /// local AS.
+    pub prepend_as: Option<u32>,
+    /// Send only locally originated routes (a node is not a transit router for its
+    /// external peers: they hear each node's own routes from that node).
+    pub only_local: bool,
 }
 
 /// Where a route in the Loc-RIB came from.
@@ -132,6 +138,7 @@ pub fn export(
     let mut out = attrs.clone();
     match source {
         RouteSource::Local => {}
+        RouteSource::Peer(_) if to.policy.only_local => return None,
         RouteSource::Peer(from) => {
             if from.address == to.peer.address {
                 // Split horizon: never back to where it came from.
@@ -154,7 +161,12 @@ pub fn export(
     if to.peer.ibgp {
         out.local_pref.get_or_insert(DEFAULT_LOCAL_PREF);
     } else {
-        out.prepend(local.asn, 1 + to.policy.prepend as usize);
+        // Prepended copies sit behind the AS every eBGP hop adds.
+        out.prepend(
+            to.policy.prepend_as.unwrap_or(local.asn),
+            to.policy.prepend as usize,
+        );
+        out.prepend(local.asn, 1);
         out.local_pref = None;
         out.originator_id = None;
         out.cluster_list.clear();
@@ -297,6 +309,8 @@ mod tests {
         let policy = ExportPolicy {
             communities: vec![(65000 << 16) | 42],
             prepend: 2,
+            prepend_as: Some(65009),
+            only_local: false,
         };
         let out = export(
             &net("10.1.0.0/24"),
@@ -306,7 +320,7 @@ mod tests {
             &target(&to, &policy),
         )
         .expect("exported");
-        assert_eq!(out.as_path[0].asns, vec![65000, 65000, 65000, 65001]);
+        assert_eq!(out.as_path[0].asns, vec![65000, 65009, 65009, 65001]);
         assert_eq!(out.next_hop, NextHop::V4(Ipv4Addr::new(192, 0, 2, 1)));
         assert_eq!(out.local_pref, None);
         assert_eq!(out.med, None);
@@ -345,6 +359,21 @@ mod tests {
         assert_eq!(out.originator_id, Some(ibgp_a.router_id));
         assert_eq!(out.cluster_list, vec![rr.cluster_id]);
         assert!(export(&p, &route, &src(&client), &rr, &target(&ibgp_b, &policy)).is_some());
+        // Not to a neighbour that takes only our own routes.
+        let only_local = ExportPolicy {
+            only_local: true,
+            ..ExportPolicy::default()
+        };
+        assert!(
+            export(
+                &p,
+                &route,
+                &src(&ibgp_a),
+                &LOCAL,
+                &target(&ebgp, &only_local)
+            )
+            .is_none()
+        );
         // iBGP-learned to eBGP: yes, next hop self.
         let out =
             export(&p, &route, &src(&ibgp_a), &LOCAL, &target(&ebgp, &policy)).expect("exported");

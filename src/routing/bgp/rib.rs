@@ -71,6 +71,9 @@ pub fn compare(a: &Candidate, b: &Candidate) -> Ordering {
 pub struct AdjRibIn {
     /// Prefix → attributes and whether import policy accepted them.
     routes: BTreeMap<IpNet, (Arc<PathAttrs>, bool)>,
+    /// Routes kept from before the neighbour restarted (RFC 4724), not yet
+    /// announced again: gone at its End-of-RIB or when the restart time ends.
+    stale: std::collections::BTreeSet<IpNet>,
 }
 
 impl AdjRibIn {
@@ -166,9 +169,49 @@ impl Rib {
         self.peers.get(peer).map(|(_, rib)| rib)
     }
 
-    /// A session came up: its (empty) Adj-RIB-In starts.
+    /// A session came up: its (empty) Adj-RIB-In starts, or, after a graceful
+    /// restart, keeps the stale routes until End-of-RIB.
     pub fn peer_up(&mut self, peer: PeerIdentity) {
-        self.peers.insert(peer.address, (peer, AdjRibIn::default()));
+        match self.peers.get_mut(&peer.address) {
+            Some((identity, rib)) if !rib.stale.is_empty() => *identity = peer,
+            _ => {
+                self.peers.insert(peer.address, (peer, AdjRibIn::default()));
+            }
+        }
+    }
+
+    /// A session that negotiated graceful restart went down: its routes stay, as
+    /// stale, and keep forwarding until it comes back.
+    pub fn peer_restarting(&mut self, address: &IpAddr) {
+        if let Some((_, rib)) = self.peers.get_mut(address) {
+            rib.stale = rib.routes.keys().copied().collect();
+        }
+    }
+
+    /// Whether the neighbour's routes are kept for a restart.
+    pub fn has_stale(&self, address: &IpAddr) -> bool {
+        self.peers
+            .get(address)
+            .is_some_and(|(_, rib)| !rib.stale.is_empty())
+    }
+
+    /// Drops the neighbour's stale routes of one family (End-of-RIB) or of both
+    /// (`None`: the restart time is over).
+    pub fn flush_stale(&mut self, address: &IpAddr, ipv6: Option<bool>) -> Vec<BestChange> {
+        let Some((_, rib)) = self.peers.get_mut(address) else {
+            return vec![];
+        };
+        let gone: Vec<IpNet> = rib
+            .stale
+            .iter()
+            .filter(|p| ipv6.is_none_or(|v6| p.addr().is_ipv6() == v6))
+            .copied()
+            .collect();
+        for prefix in &gone {
+            rib.stale.remove(prefix);
+            rib.routes.remove(prefix);
+        }
+        self.select(gone)
     }
 
     /// A session went down: its routes are gone.
@@ -188,7 +231,9 @@ impl Rib {
         let mut touched = vec![];
         for change in changes {
             match change {
+                RouteChange::EndOfRib { .. } => {}
                 RouteChange::Announce { prefix, attrs } => {
+                    rib.stale.remove(&prefix);
                     let verdict = self.import.check(&prefix, &attrs, &self.local_identity);
                     if let Err(why) = verdict {
                         tracing::debug!(%address, %prefix, ?why, "route rejected by import policy");
@@ -197,9 +242,30 @@ impl Rib {
                     touched.push(prefix);
                 }
                 RouteChange::Withdraw(prefix) => {
+                    rib.stale.remove(&prefix);
                     if rib.routes.remove(&prefix).is_some() {
                         touched.push(prefix);
                     }
+                }
+            }
+        }
+        self.select(touched)
+    }
+
+    /// Replaces the import policy and re-checks every received route.
+    pub fn set_import(&mut self, import: ImportPolicy) -> Vec<BestChange> {
+        if import == self.import {
+            return vec![];
+        }
+        self.import = import;
+        let mut touched = vec![];
+        for (address, (_, rib)) in self.peers.iter_mut() {
+            for (prefix, (attrs, accepted)) in rib.routes.iter_mut() {
+                let verdict = self.import.check(prefix, attrs, &self.local_identity);
+                if verdict.is_ok() != *accepted {
+                    tracing::debug!(%address, %prefix, ?verdict, "import policy changed its verdict");
+                    *accepted = verdict.is_ok();
+                    touched.push(*prefix);
                 }
             }
         }
@@ -416,6 +482,46 @@ mod tests {
             assert_eq!(compare(&a, &b), want, "{name}");
             assert_eq!(compare(&b, &a), want.reverse(), "{name} (reversed)");
         }
+    }
+
+    #[test]
+    fn graceful_restart_keeps_stale_routes_until_end_of_rib_or_timeout() {
+        let mut rib = Rib::new(LOCAL, ImportPolicy::default());
+        let e1 = peer(1, 65001);
+        rib.peer_up(e1.clone());
+        let a = attrs(&[65001], |_| {});
+        let announce = |p: &str| RouteChange::Announce {
+            prefix: net(p),
+            attrs: a.clone(),
+        };
+        rib.receive(
+            &e1.address,
+            vec![
+                announce("10.1.0.0/24"),
+                announce("10.2.0.0/24"),
+                announce("2001:db8::/48"),
+            ],
+        );
+        // Down for a restart: nothing leaves the Loc-RIB.
+        rib.peer_restarting(&e1.address);
+        assert!(rib.has_stale(&e1.address));
+        assert_eq!(rib.best().len(), 3);
+        // Back: it announces one route again, then End-of-RIB (IPv4) drops the
+        // other IPv4 route; the IPv6 one waits for its own EoR or the timeout.
+        rib.peer_up(e1.clone());
+        rib.receive(&e1.address, vec![announce("10.1.0.0/24")]);
+        let gone = rib.flush_stale(&e1.address, Some(false));
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].prefix, net("10.2.0.0/24"));
+        assert!(rib.best().contains_key(&net("10.1.0.0/24")));
+        assert!(rib.has_stale(&e1.address));
+        let gone = rib.flush_stale(&e1.address, None);
+        assert_eq!(gone.len(), 1);
+        assert!(!rib.has_stale(&e1.address));
+        assert_eq!(rib.best().len(), 1);
+        // A plain session end drops everything, as before.
+        rib.peer_down(&e1.address);
+        assert!(rib.best().is_empty());
     }
 
     #[test]

@@ -139,6 +139,10 @@ pub enum RouteChange {
         attrs: Arc<PathAttrs>,
     },
     Withdraw(IpNet),
+    /// The peer has sent all its routes of a family (RFC 4724 §2 End-of-RIB).
+    EndOfRib {
+        ipv6: bool,
+    },
 }
 
 /// A route as it goes out to one peer: attributes already rewritten by the export

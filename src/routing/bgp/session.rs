@@ -49,6 +49,8 @@ pub enum SessionReport {
     },
     Down {
         peer: IpAddr,
+        /// The connection dropped without a NOTIFICATION (graceful restart applies).
+        graceful: bool,
     },
     Routes {
         peer: IpAddr,
@@ -64,6 +66,11 @@ pub enum SessionReport {
 pub struct SessionStatus {
     pub state: State,
     pub established_at: Option<Instant>,
+    /// UPDATE messages received and sent, over every session with this neighbour.
+    pub updates_in: u64,
+    pub updates_out: u64,
+    /// Times an established session went down.
+    pub flaps: u64,
 }
 
 pub type SharedStatus = Arc<Mutex<SessionStatus>>;
@@ -123,6 +130,9 @@ impl SessionTask {
         let status = Arc::new(Mutex::new(SessionStatus {
             state: State::Idle,
             established_at: None,
+            updates_in: 0,
+            updates_out: 0,
+            flaps: 0,
         }));
         let task = SessionTask {
             ibgp: peer.asn == fsm_config.local.asn,
@@ -209,6 +219,11 @@ impl SessionTask {
                 }
             }
             SessionInput::Frame(conn, Ok(bytes)) => {
+                if bytes.get(message::HEADER_LEN - 1) == Some(&message::TYPE_UPDATE)
+                    && let Ok(mut status) = self.status.lock()
+                {
+                    status.updates_in += 1;
+                }
                 let asn4 = self.fsm.session().is_some_and(|s| s.asn4);
                 let event = match message::decode(&bytes, asn4) {
                     Ok(msg) => Event::Received { conn, msg },
@@ -232,6 +247,9 @@ impl SessionTask {
                 if self.fsm.state() == State::Established
                     && let Some(conn) = self.fsm.conn()
                 {
+                    if let Ok(mut status) = self.status.lock() {
+                        status.updates_out += msgs.len() as u64;
+                    }
                     for msg in msgs {
                         self.write(conn, &msg);
                     }
@@ -298,6 +316,9 @@ impl SessionTask {
             if state != status.state {
                 tracing::info!(peer = %self.peer.address, from = %status.state, to = %state, "BGP session state");
             }
+            if status.state == State::Established && state != State::Established {
+                status.flaps += 1;
+            }
             status.state = state;
             if state != State::Established {
                 status.established_at = None;
@@ -353,7 +374,8 @@ impl SessionTask {
                 }
             }
             Action::Down => {
-                let _ = self.reports.send(SessionReport::Down { peer });
+                let graceful = self.fsm.down_was_graceful();
+                let _ = self.reports.send(SessionReport::Down { peer, graceful });
             }
             Action::Routes(changes) => {
                 let _ = self.reports.send(SessionReport::Routes { peer, changes });

@@ -9,7 +9,8 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -19,10 +20,10 @@ use tokio::task::JoinHandle;
 
 use super::config::{PeerConfig, SpeakerConfig};
 use super::fsm::{FsmConfig, Session, State};
-use super::message::{LocalOpen, encode_updates};
-use super::policy::{ExportTarget, LocalIdentity, PeerIdentity, RouteSource};
+use super::message::{LocalOpen, encode_updates, end_of_rib};
+use super::policy::{ExportTarget, ImportPolicy, LocalIdentity, PeerIdentity, RouteSource};
 use super::rib::{AdjRibOut, BestChange, Rib};
-use super::route::{AsSegment, NextHop, OutChange, PathAttrs};
+use super::route::{AsSegment, NextHop, OutChange, PathAttrs, RouteChange};
 use super::session::{SessionInput, SessionReport, SessionTask, SharedStatus};
 use super::socket;
 
@@ -64,11 +65,19 @@ pub struct PeerStatus {
     pub prefixes_received: usize,
     pub prefixes_accepted: usize,
     pub prefixes_advertised: usize,
+    pub updates_in: u64,
+    pub updates_out: u64,
+    /// Times an established session went down.
+    pub flaps: u64,
 }
 
 enum Command {
+    /// A restarting neighbour's restart time ended (its restart count then).
+    StaleTimeout(IpAddr, u64),
     Announce(IpNet, Arc<PathAttrs>),
     Withdraw(IpNet),
+    SetPeers(Vec<PeerConfig>),
+    SetImport(ImportPolicy),
     Subscribe(mpsc::UnboundedSender<RouteEvent>),
     Peers(oneshot::Sender<Vec<PeerStatus>>),
     Shutdown,
@@ -79,6 +88,23 @@ enum Command {
 pub struct SpeakerHandle {
     commands: mpsc::UnboundedSender<Command>,
     task: JoinHandle<()>,
+}
+
+/// A cheap clone of the handle that can only ask for the neighbours' status (for
+/// metrics and the status endpoint).
+#[derive(Clone)]
+pub struct SpeakerObserver {
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl SpeakerObserver {
+    pub async fn peers(&self) -> Vec<PeerStatus> {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Peers(tx)).is_err() {
+            return vec![];
+        }
+        rx.await.unwrap_or_default()
+    }
 }
 
 pub struct Speaker;
@@ -96,10 +122,10 @@ impl Speaker {
             .collect();
         let mut listeners = vec![];
         for addr in &config.listen {
-            listeners.push(
+            listeners.push(Arc::new(
                 socket::listen(*addr, &keys)
                     .with_context(|| format!("listening for BGP on {addr}"))?,
-            );
+            ));
         }
 
         let (reports_tx, reports) = mpsc::unbounded_channel();
@@ -109,50 +135,30 @@ impl Speaker {
             route_reflector: config.route_reflector,
             cluster_id: config.cluster_id.unwrap_or(config.router_id),
         };
-        let mut peers = HashMap::new();
-        let mut session_inputs = HashMap::new();
-        let mut sessions = vec![];
-        for peer in &config.peers {
-            let fsm_config = FsmConfig {
-                local: LocalOpen {
-                    asn: config.asn,
-                    router_id: config.router_id,
-                    hold_time: peer.hold_time.unwrap_or(config.hold_time),
-                    families: peer.families,
-                },
-                peer_asn: peer.asn,
-                passive: peer.passive,
-                connect_retry: config.connect_retry,
-                backoff: config.backoff,
-            };
-            let (task, inputs, status) =
-                SessionTask::new(peer.clone(), fsm_config, reports_tx.clone());
-            sessions.push(tokio::spawn(task.run()));
-            session_inputs.insert(peer.address, inputs.clone());
-            peers.insert(
-                peer.address,
-                Neighbour {
-                    config: peer.clone(),
-                    inputs,
-                    status,
-                    up: None,
-                },
-            );
-        }
-        let session_inputs = Arc::new(session_inputs);
-        let listeners = listeners
-            .into_iter()
-            .map(|l| tokio::spawn(accept_loop(l, session_inputs.clone())))
+        let session_inputs: SessionInputs = Arc::new(RwLock::new(HashMap::new()));
+        let listener_tasks = listeners
+            .iter()
+            .map(|l| tokio::spawn(accept_loop(l.clone(), session_inputs.clone())))
             .collect();
 
         let (commands, commands_rx) = mpsc::unbounded_channel();
-        let state = SpeakerState {
+        let mut state = SpeakerState {
             rib: Rib::new(identity, config.import.clone()),
-            peers,
+            peers: HashMap::new(),
             subscribers: vec![],
             pending: vec![],
+            config: config.clone(),
+            reports_tx,
+            session_inputs,
+            listeners,
+            sessions: vec![],
+            interned: Default::default(),
+            commands: commands.downgrade(),
         };
-        let task = tokio::spawn(state.run(commands_rx, reports, sessions, listeners));
+        for peer in &config.peers {
+            state.add_peer(peer.clone());
+        }
+        let task = tokio::spawn(state.run(commands_rx, reports, listener_tasks));
         Ok(SpeakerHandle { commands, task })
     }
 }
@@ -182,6 +188,17 @@ impl SpeakerHandle {
         let _ = self.commands.send(Command::Withdraw(prefix.trunc()));
     }
 
+    /// Replaces the neighbours: sessions of removed or changed neighbours end (their
+    /// routes are withdrawn), new ones start; unchanged ones are left alone.
+    pub fn set_peers(&self, peers: Vec<PeerConfig>) {
+        let _ = self.commands.send(Command::SetPeers(peers));
+    }
+
+    /// Replaces the import policy and re-checks every received route against it.
+    pub fn set_import(&self, import: ImportPolicy) {
+        let _ = self.commands.send(Command::SetImport(import));
+    }
+
     /// Learned-route events: first the current best learned routes, then every
     /// change, in order and without loss.
     pub fn subscribe(&self) -> mpsc::UnboundedReceiver<RouteEvent> {
@@ -191,11 +208,13 @@ impl SpeakerHandle {
     }
 
     pub async fn peers(&self) -> Vec<PeerStatus> {
-        let (tx, rx) = oneshot::channel();
-        if self.commands.send(Command::Peers(tx)).is_err() {
-            return vec![];
+        self.observer().peers().await
+    }
+
+    pub fn observer(&self) -> SpeakerObserver {
+        SpeakerObserver {
+            commands: self.commands.clone(),
         }
-        rx.await.unwrap_or_default()
     }
 
     /// Sends Cease to every neighbour and waits for the speaker to stop.
@@ -207,15 +226,13 @@ impl SpeakerHandle {
 
 /// Hands accepted connections to the session of their neighbour; others are
 /// dropped (the MD5 keys already refuse unsigned SYNs from configured neighbours).
-async fn accept_loop(
-    listener: tokio::net::TcpListener,
-    sessions: Arc<HashMap<IpAddr, mpsc::UnboundedSender<SessionInput>>>,
-) {
+async fn accept_loop(listener: Arc<tokio::net::TcpListener>, sessions: SessionInputs) {
     loop {
         match listener.accept().await {
             Ok((stream, from)) => {
                 let ip = from.ip().to_canonical();
-                match sessions.get(&ip) {
+                let session = sessions.read().ok().and_then(|s| s.get(&ip).cloned());
+                match session {
                     Some(session) => {
                         let _ = session.send(SessionInput::Accepted(stream));
                     }
@@ -232,6 +249,9 @@ async fn accept_loop(
     }
 }
 
+/// The input channel of every neighbour's session, shared with the listeners.
+type SessionInputs = Arc<RwLock<HashMap<IpAddr, mpsc::UnboundedSender<SessionInput>>>>;
+
 /// An established session as export needs it.
 struct UpSession {
     identity: PeerIdentity,
@@ -245,6 +265,8 @@ struct Neighbour {
     inputs: mpsc::UnboundedSender<SessionInput>,
     status: SharedStatus,
     up: Option<UpSession>,
+    /// Graceful restarts seen, so an old restart's timer cannot end a newer one.
+    restarts: u64,
 }
 
 impl Neighbour {
@@ -278,14 +300,124 @@ struct SpeakerState {
     /// Loc-RIB changes from announcements not yet sent: a burst of `announce`
     /// calls goes out in a few UPDATEs instead of one per prefix.
     pending: Vec<BestChange>,
+    /// Timers and identity new sessions are started with.
+    config: SpeakerConfig,
+    reports_tx: mpsc::UnboundedSender<SessionReport>,
+    session_inputs: SessionInputs,
+    /// Kept to set the MD5 keys of neighbours added later.
+    listeners: Vec<Arc<tokio::net::TcpListener>>,
+    sessions: Vec<JoinHandle<()>>,
+    /// One shared copy of each distinct attribute set the node announces: most of
+    /// its routes carry the same attributes.
+    interned: std::collections::HashSet<Arc<PathAttrs>>,
+    /// For restart timers; weak, so the speaker still stops when its handle goes.
+    commands: mpsc::WeakUnboundedSender<Command>,
 }
 
 impl SpeakerState {
+    fn intern(&mut self, attrs: Arc<PathAttrs>) -> Arc<PathAttrs> {
+        if let Some(shared) = self.interned.get(&attrs) {
+            return shared.clone();
+        }
+        // Drop sets no route uses any more before the set grows.
+        if self.interned.len() >= 1024 {
+            self.interned.retain(|a| Arc::strong_count(a) > 1);
+        }
+        self.interned.insert(attrs.clone());
+        attrs
+    }
+
+    /// Starts the session of a new neighbour.
+    fn add_peer(&mut self, peer: PeerConfig) {
+        if let Some(password) = &peer.password {
+            for listener in &self.listeners {
+                let v6 = listener.local_addr().is_ok_and(|a| a.is_ipv6());
+                if v6 == peer.address.is_ipv6()
+                    && let Err(e) =
+                        socket::set_md5(listener.as_raw_fd(), v6, peer.address, password.as_bytes())
+                {
+                    tracing::warn!(peer = %peer.address, error = %e, "setting the TCP-MD5 key on the BGP listener");
+                }
+            }
+        }
+        let fsm_config = FsmConfig {
+            local: LocalOpen {
+                asn: self.config.asn,
+                router_id: self.config.router_id,
+                hold_time: peer.hold_time.unwrap_or(self.config.hold_time),
+                families: peer.families,
+                graceful_restart: self.config.graceful_restart,
+            },
+            peer_asn: peer.asn,
+            passive: peer.passive,
+            connect_retry: self.config.connect_retry,
+            backoff: self.config.backoff,
+        };
+        let (task, inputs, status) =
+            SessionTask::new(peer.clone(), fsm_config, self.reports_tx.clone());
+        self.sessions.retain(|s| !s.is_finished());
+        self.sessions.push(tokio::spawn(task.run()));
+        if let Ok(mut map) = self.session_inputs.write() {
+            map.insert(peer.address, inputs.clone());
+        }
+        self.peers.insert(
+            peer.address,
+            Neighbour {
+                config: peer,
+                inputs,
+                status,
+                up: None,
+                restarts: 0,
+            },
+        );
+    }
+
+    /// Stops a neighbour's session (Cease) and drops its routes.
+    fn remove_peer(&mut self, address: IpAddr) {
+        let Some(neighbour) = self.peers.remove(&address) else {
+            return;
+        };
+        let _ = neighbour.inputs.send(SessionInput::Stop);
+        if let Ok(mut map) = self.session_inputs.write() {
+            map.remove(&address);
+        }
+        if neighbour.config.password.is_some() {
+            for listener in &self.listeners {
+                let v6 = listener.local_addr().is_ok_and(|a| a.is_ipv6());
+                if v6 == address.is_ipv6() {
+                    let _ = socket::set_md5(listener.as_raw_fd(), v6, address, &[]);
+                }
+            }
+        }
+        let changes = self.rib.peer_down(&address);
+        self.pending.extend(changes);
+    }
+
+    fn set_peers(&mut self, wanted: Vec<PeerConfig>) {
+        let wanted: HashMap<IpAddr, PeerConfig> =
+            wanted.into_iter().map(|p| (p.address, p)).collect();
+        let stale: Vec<IpAddr> = self
+            .peers
+            .iter()
+            .filter(|(a, n)| wanted.get(a) != Some(&n.config))
+            .map(|(a, _)| *a)
+            .collect();
+        for address in stale {
+            tracing::info!(peer = %address, "BGP neighbour removed or changed");
+            self.remove_peer(address);
+        }
+        for (address, peer) in wanted {
+            if !self.peers.contains_key(&address) {
+                tracing::info!(peer = %address, asn = peer.asn, "BGP neighbour added");
+                self.add_peer(peer);
+            }
+        }
+    }
+
     async fn run(
         mut self,
         mut commands: mpsc::UnboundedReceiver<Command>,
         mut reports: mpsc::UnboundedReceiver<SessionReport>,
-        sessions: Vec<JoinHandle<()>>,
         listeners: Vec<JoinHandle<()>>,
     ) {
         'running: loop {
@@ -324,6 +456,7 @@ impl SpeakerState {
             let _ = neighbour.inputs.send(SessionInput::Stop);
         }
         // Session tasks end once their Cease is queued; give them a moment.
+        let sessions = std::mem::take(&mut self.sessions);
         let _ =
             tokio::time::timeout(Duration::from_secs(2), futures::future::join_all(sessions)).await;
     }
@@ -331,11 +464,17 @@ impl SpeakerState {
     fn on_command(&mut self, command: Command) {
         match command {
             Command::Announce(prefix, attrs) => {
+                let attrs = self.intern(attrs);
                 let changes = self.rib.originate(prefix, attrs);
                 self.pending.extend(changes);
             }
             Command::Withdraw(prefix) => {
                 let changes = self.rib.withdraw_local(prefix);
+                self.pending.extend(changes);
+            }
+            Command::SetPeers(peers) => self.set_peers(peers),
+            Command::SetImport(import) => {
+                let changes = self.rib.set_import(import);
                 self.pending.extend(changes);
             }
             Command::Subscribe(tx) => {
@@ -366,11 +505,23 @@ impl SpeakerState {
                                 .up
                                 .as_ref()
                                 .map_or(0, |u| u.adj_rib_out.advertised()),
+                            updates_in: status.map_or(0, |s| s.updates_in),
+                            updates_out: status.map_or(0, |s| s.updates_out),
+                            flaps: status.map_or(0, |s| s.flaps),
                         }
                     })
                     .collect();
                 list.sort_by_key(|p| p.address);
                 let _ = reply.send(list);
+            }
+            Command::StaleTimeout(peer, restart) => {
+                if self.peers.get(&peer).is_some_and(|n| n.restarts == restart)
+                    && self.rib.has_stale(&peer)
+                {
+                    tracing::info!(%peer, "BGP neighbour's restart time is over: its stale routes are withdrawn");
+                    let changes = self.rib.flush_stale(&peer, None);
+                    self.pending.extend(changes);
+                }
             }
             Command::Shutdown => {}
         }
@@ -403,18 +554,64 @@ impl SpeakerState {
                 });
                 let prefixes: Vec<IpNet> = self.rib.best().keys().copied().collect();
                 self.send_to(&peer, &prefixes);
-            }
-            SessionReport::Down { peer } => {
-                tracing::info!(%peer, "BGP session down");
-                if let Some(n) = self.peers.get_mut(&peer) {
-                    n.up = None;
+                // End-of-RIB after the initial routes (RFC 4724 §2): a restarting
+                // neighbour drops what we no longer announce.
+                if let Some(n) = self.peers.get(&peer)
+                    && let Some(up) = &n.up
+                {
+                    let families = up.session.families;
+                    let _ = n.inputs.send(SessionInput::Send(end_of_rib(families)));
+                    // Stale routes of families no longer negotiated get no EoR.
+                    let mut changes = vec![];
+                    for (v6, carried) in [(false, families.ipv4), (true, families.ipv6)] {
+                        if !carried {
+                            changes.extend(self.rib.flush_stale(&peer, Some(v6)));
+                        }
+                    }
+                    self.propagate(changes);
                 }
-                let changes = self.rib.peer_down(&peer);
-                self.propagate(changes);
+            }
+            SessionReport::Down { peer, graceful } => {
+                let restart_time = self.peers.get_mut(&peer).and_then(|n| {
+                    let up = n.up.take()?;
+                    let time = up.session.peer.graceful_restart?;
+                    (graceful && self.config.graceful_restart.is_some()).then(|| {
+                        n.restarts += 1;
+                        (time, n.restarts)
+                    })
+                });
+                match restart_time {
+                    Some((time, restart)) => {
+                        tracing::info!(%peer, restart_time = time, "BGP session down: the neighbour may be restarting, its routes are kept");
+                        self.rib.peer_restarting(&peer);
+                        let commands = self.commands.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_secs(u64::from(time))).await;
+                            if let Some(commands) = commands.upgrade() {
+                                let _ = commands.send(Command::StaleTimeout(peer, restart));
+                            }
+                        });
+                    }
+                    None => {
+                        tracing::info!(%peer, "BGP session down");
+                        let changes = self.rib.peer_down(&peer);
+                        self.propagate(changes);
+                    }
+                }
             }
             SessionReport::Routes { peer, changes } => {
-                let changes = self.rib.receive(&peer, changes);
-                self.propagate(changes);
+                let eors: Vec<bool> = changes
+                    .iter()
+                    .filter_map(|c| match c {
+                        RouteChange::EndOfRib { ipv6 } => Some(*ipv6),
+                        _ => None,
+                    })
+                    .collect();
+                let mut best = self.rib.receive(&peer, changes);
+                for ipv6 in eors {
+                    best.extend(self.rib.flush_stale(&peer, Some(ipv6)));
+                }
+                self.propagate(best);
             }
             SessionReport::RouteRefresh { peer } => {
                 if let Some(n) = self.peers.get(&peer)
@@ -476,9 +673,28 @@ impl SpeakerState {
         };
         let desired: Vec<(IpNet, Option<Arc<PathAttrs>>)> = {
             let target = neighbour.export_target(up);
+            // Local routes with the same (interned) attributes and family export to
+            // the same attributes: keep one copy of each result for the batch.
+            let mut shared: HashMap<(*const PathAttrs, bool), Option<Arc<PathAttrs>>> =
+                HashMap::new();
             prefixes
                 .iter()
-                .map(|p| (*p, self.rib.export_for(p, &target)))
+                .map(|p| {
+                    let key = self
+                        .rib
+                        .best()
+                        .get(p)
+                        .filter(|b| b.source == RouteSource::Local)
+                        .map(|b| (Arc::as_ptr(&b.attrs), p.addr().is_ipv4()));
+                    let out = match key {
+                        Some(key) => shared
+                            .entry(key)
+                            .or_insert_with(|| self.rib.export_for(p, &target))
+                            .clone(),
+                        None => self.rib.export_for(p, &target),
+                    };
+                    (*p, out)
+                })
                 .collect()
         };
         let Some(up) = neighbour.up.as_mut() else {

@@ -254,10 +254,21 @@ mod raw_neighbour {
                 router_id: NEIGHBOUR,
                 hold_time: 9,
                 families: Families::IPV4,
+                graceful_restart: None,
             });
             send(&mut stream, &open).await;
             send(&mut stream, &BgpMessage::KeepAlive).await;
             assert_eq!(read_msg(&mut stream).await, Some(BgpMessage::KeepAlive));
+            // Nothing announced yet: the first UPDATE is the End-of-RIB.
+            assert_eq!(
+                read_non_keepalive(&mut stream).await,
+                Some(BgpMessage::Update(BgpUpdateMessage::new(
+                    vec![],
+                    vec![],
+                    vec![]
+                ))),
+                "End-of-RIB after the (empty) initial routes"
+            );
             return stream;
         }
         panic!("the speaker did not accept the neighbour within 5s")

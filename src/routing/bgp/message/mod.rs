@@ -23,12 +23,14 @@ use netgauze_parse_utils::traits::ParseFromWithOneInput;
 
 pub use netgauze_bgp_pkt::notification::BgpNotificationMessage as Notification;
 pub use open::{LocalOpen, PeerOpen, open_message, read_open};
-pub use update::{UpdateContext, decode_update, encode_updates};
+pub use update::{UpdateContext, decode_update, encode_updates, end_of_rib};
 
 /// The 2-byte AS a 4-byte-AS speaker puts where a 2-byte AS is expected (RFC 6793).
 pub const AS_TRANS: u16 = 23456;
 /// Marker, length and type.
 pub const HEADER_LEN: usize = 19;
+/// The message type octet of an UPDATE (the header's last byte).
+pub const TYPE_UPDATE: u8 = 2;
 /// RFC 4271's limit; extended messages (RFC 8654) are not offered.
 pub const MAX_MESSAGE_LEN: usize = 4096;
 

@@ -5,7 +5,8 @@ use std::net::Ipv4Addr;
 
 use netgauze_bgp_pkt::BgpMessage;
 use netgauze_bgp_pkt::capabilities::{
-    BgpCapability, FourOctetAsCapability, MultiProtocolExtensionsCapability,
+    BgpCapability, FourOctetAsCapability, GracefulRestartAddressFamily, GracefulRestartCapability,
+    MultiProtocolExtensionsCapability,
 };
 use netgauze_bgp_pkt::open::{BgpOpenMessage, BgpOpenMessageParameter};
 use netgauze_iana::address_family::AddressType;
@@ -20,6 +21,10 @@ pub struct LocalOpen {
     pub router_id: Ipv4Addr,
     pub hold_time: u16,
     pub families: Families,
+    /// Graceful restart (RFC 4724): the restart time offered, in seconds. Sent with
+    /// the forwarding bit set for every family (the kernel keeps our routes while
+    /// the speaker is away).
+    pub graceful_restart: Option<u16>,
 }
 
 /// Our OPEN: multiprotocol IPv4/IPv6 unicast, route refresh and the 4-byte AS.
@@ -36,6 +41,24 @@ pub fn open_message(local: &LocalOpen) -> BgpMessage {
         ));
     }
     caps.push(BgpCapability::RouteRefresh);
+    if let Some(time) = local.graceful_restart {
+        let mut families = vec![];
+        if local.families.ipv4 {
+            families.push(GracefulRestartAddressFamily::new(
+                true,
+                AddressType::Ipv4Unicast,
+            ));
+        }
+        if local.families.ipv6 {
+            families.push(GracefulRestartAddressFamily::new(
+                true,
+                AddressType::Ipv6Unicast,
+            ));
+        }
+        caps.push(BgpCapability::GracefulRestartCapability(
+            GracefulRestartCapability::new(false, false, time.min(4095), families),
+        ));
+    }
     caps.push(BgpCapability::FourOctetAs(FourOctetAsCapability::new(
         local.asn,
     )));
@@ -58,6 +81,8 @@ pub struct PeerOpen {
     pub families: Families,
     pub route_refresh: bool,
     pub asn4: bool,
+    /// The peer's graceful-restart time when it offered the capability.
+    pub graceful_restart: Option<u16>,
 }
 
 pub fn read_open(open: &BgpOpenMessage) -> PeerOpen {
@@ -67,6 +92,7 @@ pub fn read_open(open: &BgpOpenMessage) -> PeerOpen {
     };
     let mut any_mp = false;
     let (mut route_refresh, mut asn4) = (false, false);
+    let mut graceful_restart = None;
     for cap in open.capabilities() {
         match cap {
             BgpCapability::MultiProtocolExtensions(mp) => {
@@ -81,6 +107,7 @@ pub fn read_open(open: &BgpOpenMessage) -> PeerOpen {
                 route_refresh = true
             }
             BgpCapability::FourOctetAs(_) => asn4 = true,
+            BgpCapability::GracefulRestartCapability(gr) => graceful_restart = Some(gr.time()),
             _ => {}
         }
     }
@@ -95,6 +122,7 @@ pub fn read_open(open: &BgpOpenMessage) -> PeerOpen {
         families,
         route_refresh,
         asn4,
+        graceful_restart,
     }
 }
 
@@ -110,6 +138,7 @@ mod tests {
             router_id: Ipv4Addr::new(10, 0, 0, 1),
             hold_time: 90,
             families: Families::BOTH,
+            graceful_restart: Some(120),
         };
         let BgpMessage::Open(open) =
             decode(&encode(&open_message(&local)).expect("encodes"), true).expect("decodes")
@@ -120,6 +149,7 @@ mod tests {
         let peer = read_open(&open);
         assert_eq!(peer.asn, 4_200_000_001);
         assert_eq!(peer.families, Families::BOTH);
+        assert_eq!(peer.graceful_restart, Some(120));
         assert!(peer.route_refresh && peer.asn4);
         assert_eq!(peer.hold_time, 90);
     }

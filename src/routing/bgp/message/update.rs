@@ -49,6 +49,9 @@ pub fn decode_update(
     update: &BgpUpdateMessage,
     ctx: &UpdateContext,
 ) -> Result<Vec<RouteChange>, Notification> {
+    if let Some(ipv6) = end_of_rib_family(update) {
+        return Ok(vec![RouteChange::EndOfRib { ipv6 }]);
+    }
     let mut changes = vec![];
     for w in update.withdraw_routes() {
         if ctx.families.ipv4 {
@@ -277,6 +280,51 @@ fn merge_as4_path(as_path: Vec<AsSegment>, as4: Vec<AsSegment>) -> Vec<AsSegment
     }
     merged.extend(as4);
     merged
+}
+
+/// The family an End-of-RIB marker is for: an empty UPDATE (IPv4), or one whose
+/// only attribute is an empty MP_UNREACH_NLRI (RFC 4724 §2).
+fn end_of_rib_family(update: &BgpUpdateMessage) -> Option<bool> {
+    if !update.withdraw_routes().is_empty() || !update.nlri().is_empty() {
+        return None;
+    }
+    match update.path_attributes() {
+        [] => Some(false),
+        [attr] => match attr.value() {
+            PathAttributeValue::MpUnreach(MpUnreach::Ipv4Unicast { nlri }) if nlri.is_empty() => {
+                Some(false)
+            }
+            PathAttributeValue::MpUnreach(MpUnreach::Ipv6Unicast { nlri }) if nlri.is_empty() => {
+                Some(true)
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The End-of-RIB markers of the negotiated families.
+pub fn end_of_rib(families: Families) -> Vec<BgpMessage> {
+    let mut out = vec![];
+    if families.ipv4 {
+        out.push(BgpMessage::Update(BgpUpdateMessage::new(
+            vec![],
+            vec![],
+            vec![],
+        )));
+    }
+    if families.ipv6
+        && let Some(attr) = optional_attr(PathAttributeValue::MpUnreach(MpUnreach::Ipv6Unicast {
+            nlri: vec![].into(),
+        }))
+    {
+        out.push(BgpMessage::Update(BgpUpdateMessage::new(
+            vec![],
+            vec![attr],
+            vec![],
+        )));
+    }
+    out
 }
 
 /// Packs outgoing changes into UPDATEs of at most 4096 bytes: IPv4 in the classic

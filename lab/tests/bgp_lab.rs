@@ -1,0 +1,624 @@
+//! BGP mode in the lab (root, bird2): three dual-stack nodes on two subnets
+//! (examples/routing/three-nodes.yaml), each Node annotated with
+//! `kube-router.io/peer.ips`/`peer.asns` pointing at its subnet's fabric gateway,
+//! agents run with `--run-bgp --cluster-asn --advertise-loadbalancer-ip` and
+//! `--overlay-type=none`, and a BIRD 2 in the fabric netns that puts the pod CIDRs
+//! it learns into the fabric's kernel.
+//!
+//! Checked: BIRD learns every node's pod CIDRs (IPv4 and IPv6) with that node as
+//! next hop and the LoadBalancer IP from every node; every node has its iBGP mesh
+//! sessions up and accepted the other nodes' pod CIDRs over them (`kubewire routing
+//! peers`); pods on all three nodes reach each other across the subnets without a
+//! tunnel (the fabric routes what BGP taught it); a route BIRD announces is
+//! installed with proto 44 and removed when withdrawn, while the default route it
+//! also announces is refused.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{kubewire, our_routes, sh, success, temp_dir, unique};
+use kubewire_lab::lifecycle::LabArg;
+use kubewire_lab::probe::{self, Probe, Reply};
+use kubewire_lab::topology::{LabPlan, Protocol};
+
+const CLUSTER_AS: u32 = 64512;
+const FABRIC_AS: u32 = 65000;
+const LB_IP: &str = "203.0.113.10";
+const POD_PORT: u16 = 8080;
+
+fn missing_prerequisite() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("needs root (network namespaces)".into());
+    }
+    for tool in ["bird", "birdc"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            return Some(format!(
+                "{tool} not installed (scripts/install-deps installs bird2)"
+            ));
+        }
+    }
+    None
+}
+
+/// `lab down` on drop.
+struct Lab {
+    name: String,
+    state_dir: String,
+    _state: tempfile::TempDir,
+}
+
+impl Lab {
+    fn up(manifests: &Path, agent_args: &[&str]) -> Lab {
+        let state = temp_dir();
+        let lab = Lab {
+            name: unique("b"),
+            state_dir: state.path().join("lab").display().to_string(),
+            _state: state,
+        };
+        let mut up = lab.args("up");
+        up.extend(["--manifests", manifests.to_str().unwrap()]);
+        up.extend(agent_args);
+        success(kubewire(&up), "lab up");
+        lab
+    }
+
+    fn args<'a>(&'a self, verb: &'a str) -> Vec<&'a str> {
+        vec![
+            "lab",
+            verb,
+            "--name",
+            &self.name,
+            "--state-dir",
+            &self.state_dir,
+        ]
+    }
+
+    fn plan(&self) -> LabPlan {
+        let arg = LabArg {
+            name: self.name.clone(),
+            state_dir: Some(self.state_dir.clone().into()),
+        };
+        arg.load_up().unwrap().plan().unwrap().clone()
+    }
+
+    /// The agent process of `node`: (pid, its command line).
+    fn agent(&self, node: &str) -> (i32, Vec<String>) {
+        let arg = LabArg {
+            name: self.name.clone(),
+            state_dir: Some(self.state_dir.clone().into()),
+        };
+        let state = arg.load_up().unwrap();
+        let pid = state
+            .processes
+            .iter()
+            .find(|p| p.role == format!("agent {node}"))
+            .map(|p| p.pid)
+            .expect("the agent's process record");
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        let args = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        (pid, args)
+    }
+
+    fn agent_log(&self, node: &str) -> String {
+        let path = Path::new(&self.state_dir)
+            .join("nodes")
+            .join(node)
+            .join("agent.log");
+        std::fs::read_to_string(path).unwrap_or_default()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = kubewire(&self.args("down"));
+    }
+}
+
+/// BIRD in a netns, killed on drop.
+struct Bird {
+    child: Child,
+    socket: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Bird {
+    fn start(netns: &str, config: &str) -> Bird {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("bird.conf");
+        let socket = dir.path().join("bird.ctl");
+        let log = dir.path().join("bird.log");
+        std::fs::write(&conf, format!("log \"{}\" all;\n{config}", log.display())).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", netns, "bird", "-f", "-c"])
+            .arg(&conf)
+            .arg("-s")
+            .arg(&socket)
+            .arg("-P")
+            .arg(dir.path().join("bird.pid"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("stderr")).unwrap())
+            .spawn()
+            .unwrap();
+        let mut bird = Bird { child, socket, dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !bird.birdc(&["show", "status"]).contains("Daemon is up") {
+            if let Ok(Some(status)) = bird.child.try_wait() {
+                panic!("bird exited ({status}): {}", bird.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "bird did not start: {}",
+                bird.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bird
+    }
+
+    fn birdc(&self, args: &[&str]) -> String {
+        if !self.socket.exists() {
+            return String::new();
+        }
+        let out = Command::new("timeout")
+            .arg("10")
+            .arg("birdc")
+            .arg("-s")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn log(&self) -> String {
+        ["bird.log", "stderr"]
+            .iter()
+            .map(|f| std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default())
+            .collect()
+    }
+}
+
+impl Drop for Bird {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `check` every 100 ms for up to `limit`; prints how long it took.
+fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> Result<(), String>) {
+    let started = Instant::now();
+    loop {
+        match check() {
+            Ok(()) => break,
+            Err(why) => assert!(
+                started.elapsed() < limit,
+                "timed out waiting until {what}: {why}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("{what}: {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// The three nodes, each annotated to peer with its subnet's gateway, a
+/// LoadBalancer Service, and two pods per node.
+fn manifests() -> tempfile::TempDir {
+    let dir = temp_dir();
+    let nodes = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/routing/three-nodes.yaml");
+    let mut text = std::fs::read_to_string(nodes).unwrap();
+    // n1, n2 on 192.168.1.0/24 (gateway .1), n3 on 192.168.2.0/24 (gateway .1).
+    for (node, gateway) in [
+        ("n1", "192.168.1.1"),
+        ("n2", "192.168.1.1"),
+        ("n3", "192.168.2.1"),
+    ] {
+        let annotations = format!(
+            "    kube-router.io/peer.ips: \"{gateway}\"\n    kube-router.io/peer.asns: \"{FABRIC_AS}\"\n"
+        );
+        let header = format!("  name: {node}\n");
+        let with = if text.contains(&format!("{header}  annotations:\n")) {
+            text.replace(
+                &format!("{header}  annotations:\n"),
+                &format!("{header}  annotations:\n{annotations}"),
+            )
+        } else {
+            text.replace(&header, &format!("{header}  annotations:\n{annotations}"))
+        };
+        text = with;
+    }
+    std::fs::write(dir.path().join("nodes.yaml"), text).unwrap();
+    let mut objects = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: default}}\n\
+         spec: {{type: LoadBalancer, clusterIP: 10.96.0.50, clusterIPs: [10.96.0.50], ports: [{{port: 80}}]}}\n\
+         status: {{loadBalancer: {{ingress: [{{ip: {LB_IP}}}]}}}}\n---\n"
+    );
+    for n in 1..=3 {
+        for (pod, host) in [("a", 10), ("b", 11)] {
+            objects += &format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: n{n}{pod}, namespace: default, labels: {{app: {pod}}}}}\n\
+                 spec: {{nodeName: n{n}, containers: [{{name: c, ports: [{{containerPort: {POD_PORT}}}]}}]}}\n\
+                 status: {{podIP: '10.244.{n}.{host}', podIPs: [{{ip: '10.244.{n}.{host}'}}, {{ip: 'fd00:10:244:{n}::{host}'}}]}}\n---\n"
+            );
+        }
+    }
+    std::fs::write(dir.path().join("objects.yaml"), objects).unwrap();
+    dir
+}
+
+/// BIRD in the fabric: one eBGP session per node from its subnet's gateway, the
+/// pod CIDRs it learns into the fabric's kernel, and a static route and a default
+/// route offered to the nodes (the default must be refused).
+fn bird_config(plan: &LabPlan, graceful_restart: bool) -> String {
+    let gr = if graceful_restart {
+        "graceful restart on;\n  graceful restart time 60;"
+    } else {
+        ""
+    };
+    let mut config = format!(
+        r#"router id 192.168.1.1;
+protocol device {{ scan time 1; }}
+protocol kernel k4 {{ ipv4 {{ import none; export where net ~ [ 10.244.0.0/16+ ]; }}; }}
+protocol kernel k6 {{ ipv6 {{ import none; export where net ~ [ fd00:10:244::/48+ ]; }}; }}
+protocol static offered {{ ipv4; route 198.51.100.0/24 blackhole; route 0.0.0.0/0 blackhole; }}
+template bgp node {{
+  local as {FABRIC_AS};
+  hold time 9;
+  connect delay time 1;
+  connect retry time 2;
+  error wait time 1, 4;
+  {gr}
+  ipv4 {{ import all; export where source = RTS_STATIC; }};
+  ipv6 {{ import all; export none; }};
+}}
+"#
+    );
+    for node in &plan.nodes {
+        let v4 = node.addresses().into_iter().find(IpAddr::is_ipv4).unwrap();
+        let gateway = plan.gateway_of(node);
+        config += &format!(
+            "protocol bgp {} from node {{ neighbor {v4} as {CLUSTER_AS}; source address {gateway}; }}\n",
+            node.name
+        );
+    }
+    config
+}
+
+/// `kubewire routing peers --format json` inside a node.
+fn peers(node_netns: &str) -> Vec<serde_json::Value> {
+    let exe = common::kubewire_bin();
+    let out = Command::new("ip")
+        .args(["netns", "exec", node_netns])
+        .arg(exe)
+        .args(["routing", "peers", "--format", "json"])
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+async fn pod_to_pod(plan: &LabPlan) -> Vec<String> {
+    let mut probes = vec![];
+    for from in &plan.pods {
+        for to in plan.pods.iter().filter(|p| p.key() != from.key()) {
+            for ip in &to.ips {
+                probes.push((from.key(), to.key(), SocketAddr::new(*ip, POD_PORT)));
+            }
+        }
+    }
+    let outcomes =
+        futures::future::join_all(probes.into_iter().map(|(from, to, addr)| async move {
+            let probe = Probe {
+                netns: probe::source_netns(plan, &from).unwrap().to_string(),
+                from: from.clone(),
+                to: addr,
+                protocol: Protocol::Tcp,
+            };
+            let reply: Option<Reply> = probe::ask(&probe, Duration::from_secs(1)).await;
+            (from, to, addr, reply)
+        }))
+        .await;
+    outcomes
+        .into_iter()
+        .filter(|(_, to, _, reply)| reply.as_ref().is_none_or(|r| r.who != *to))
+        .map(|(from, to, addr, reply)| format!("{from} -> {to} at {addr}: {reply:?}"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fabric_bird_learns_pod_cidrs_and_lb_ips_and_pods_reach_across_subnets() {
+    if let Some(why) = missing_prerequisite() {
+        kubewire_lab::harness::skip(&why);
+        return;
+    }
+    let manifests = manifests();
+    let lab = Lab::up(
+        manifests.path(),
+        &[
+            "--agent-arg=--run-bgp=true",
+            &format!("--agent-arg=--cluster-asn={CLUSTER_AS}"),
+            "--agent-arg=--advertise-loadbalancer-ip=true",
+            "--agent-arg=--overlay-type=none",
+            "--agent-arg=--run-firewall=false",
+            "--agent-arg=--bgp-holdtime=9s",
+        ],
+    );
+    let plan = lab.plan();
+    let bird = Bird::start(&plan.fabric_netns, &bird_config(&plan, false));
+
+    // BIRD learns each node's pod CIDRs from that node, and the LB IP from all.
+    wait_for(
+        "BIRD learned every pod CIDR and the LB IP",
+        Duration::from_secs(30),
+        || {
+            for node in &plan.nodes {
+                for cidr in &node.pod_cidrs {
+                    let want = node
+                        .addresses()
+                        .into_iter()
+                        .find(|a| a.is_ipv4() == cidr.addr().is_ipv4())
+                        .unwrap();
+                    let out =
+                        bird.birdc(&["show", "route", &cidr.to_string(), "protocol", &node.name]);
+                    if !out.contains(&format!("via {want}")) {
+                        return Err(format!("{cidr} via {want} from {}: {out}", node.name));
+                    }
+                }
+            }
+            let out = bird.birdc(&["show", "route", &format!("{LB_IP}/32")]);
+            let paths = out
+                .lines()
+                .filter(|l| l.trim_start().starts_with("via "))
+                .count();
+            if paths != plan.nodes.len() {
+                return Err(format!("{LB_IP}: {paths} paths: {out}"));
+            }
+            Ok(())
+        },
+    );
+    // BIRD knows only what the nodes announce: not their other pods' routes
+    // learned over the mesh (AS-path), nor the ClusterIP (not advertised).
+    let clusterip = bird.birdc(&["show", "route", "10.96.0.50/32"]);
+    assert!(!clusterip.contains("via "), "{clusterip}");
+
+    // The iBGP mesh: each node has both other nodes established and accepted
+    // their two pod CIDRs each; the fabric session is up too.
+    wait_for(
+        "every node's mesh and fabric sessions are up",
+        Duration::from_secs(30),
+        || {
+            for node in &plan.nodes {
+                let list = peers(&node.netns);
+                let mesh: Vec<_> = list.iter().filter(|p| p["kind"] == "mesh").collect();
+                let fabric: Vec<_> = list.iter().filter(|p| p["kind"] == "annotation").collect();
+                let ok = mesh.len() == 2
+                    && fabric.len() == 1
+                    && list.iter().all(|p| p["state"] == "Established")
+                    && mesh.iter().all(|p| {
+                        p["prefixes_accepted"].as_u64() >= Some(2)
+                            && p["prefixes_advertised"].as_u64() >= Some(3)
+                    });
+                if !ok {
+                    return Err(format!(
+                        "{}: {list:#?}\n{}",
+                        node.name,
+                        lab.agent_log(&node.name)
+                    ));
+                }
+            }
+            Ok(())
+        },
+    );
+
+    // The fabric routes pod CIDRs only because BGP taught it: pods everywhere
+    // reach each other, across subnets with no tunnel.
+    let fabric_routes = sh(
+        "ip",
+        &["-n", &plan.fabric_netns, "route", "show", "proto", "bird"],
+    );
+    assert!(
+        fabric_routes.contains("10.244.3.0/24 via 192.168.2.13"),
+        "{fabric_routes}"
+    );
+    let failed = pod_to_pod(&plan).await;
+    assert!(
+        failed.is_empty(),
+        "pod connections that failed:\n{}",
+        failed.join("\n")
+    );
+
+    // BIRD's static route is installed on every node with our proto, its default
+    // route is refused; withdrawn, the route goes.
+    let has = |netns: &str, what: &str| our_routes(netns).iter().any(|r| r.starts_with(what));
+    wait_for(
+        "every node installed BIRD's route",
+        Duration::from_secs(15),
+        || {
+            for node in &plan.nodes {
+                let gateway = plan.gateway_of(node);
+                if !has(&node.netns, &format!("198.51.100.0/24 via {gateway}")) {
+                    return Err(format!("{}: {:?}", node.name, our_routes(&node.netns)));
+                }
+                if has(&node.netns, "default") || has(&node.netns, "0.0.0.0/0") {
+                    return Err(format!("{} installed the default route", node.name));
+                }
+            }
+            Ok(())
+        },
+    );
+    bird.birdc(&["disable", "offered"]);
+    wait_for(
+        "the withdrawn route left every node",
+        Duration::from_secs(15),
+        || {
+            let left: BTreeSet<&str> = plan
+                .nodes
+                .iter()
+                .filter(|n| has(&n.netns, "198.51.100.0/24"))
+                .map(|n| n.name.as_str())
+                .collect();
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{left:?}"))
+            }
+        },
+    );
+}
+
+/// An agent started again by the test (killed on drop).
+struct Restarted(Child);
+
+impl Drop for Restarted {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Whether BIRD has `prefix` from `protocol`.
+fn bird_has(bird: &Bird, prefix: &str, protocol: &str) -> bool {
+    bird.birdc(&["show", "route", prefix, "protocol", protocol])
+        .contains(prefix)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_and_restart_of_an_agent_keeps_its_routes_with_graceful_restart() {
+    if let Some(why) = missing_prerequisite() {
+        kubewire_lab::harness::skip(&why);
+        return;
+    }
+    let manifests = manifests();
+    let lab = Lab::up(
+        manifests.path(),
+        &[
+            "--agent-arg=--run-bgp=true",
+            &format!("--agent-arg=--cluster-asn={CLUSTER_AS}"),
+            "--agent-arg=--bgp-graceful-restart=true",
+            "--agent-arg=--bgp-graceful-restart-time=60s",
+            "--agent-arg=--overlay-type=none",
+            "--agent-arg=--run-firewall=false",
+            "--agent-arg=--bgp-holdtime=9s",
+        ],
+    );
+    let plan = lab.plan();
+    let bird = Bird::start(&plan.fabric_netns, &bird_config(&plan, true));
+    let n1 = plan.node("n1").unwrap();
+    let gateway = plan.gateway_of(n1);
+    let our_route = format!("198.51.100.0/24 via {gateway}");
+    let has = |netns: &str, what: &str| our_routes(netns).iter().any(|r| r.starts_with(what));
+    wait_for(
+        "BIRD has n1's pod CIDR and n1 has BIRD's route",
+        Duration::from_secs(30),
+        || {
+            if !bird_has(&bird, "10.244.1.0/24", "n1") {
+                return Err(bird.birdc(&["show", "route"]));
+            }
+            if !has(&n1.netns, &our_route) {
+                return Err(format!("{:?}", our_routes(&n1.netns)));
+            }
+            Ok(())
+        },
+    );
+    let failed = pod_to_pod(&plan).await;
+    assert!(failed.is_empty(), "before the kill:\n{}", failed.join("\n"));
+
+    // kill -9: no NOTIFICATION, nothing cleaned up.
+    let (pid, args) = lab.agent("n1");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // Well past the 9 s hold time: BIRD still routes n1's pods, n1 still routes
+    // BIRD's prefix, and pods on n1 still reach pods behind the fabric.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let session = bird.birdc(&["show", "protocols", "n1"]);
+    assert!(
+        !session.contains("Established"),
+        "n1's session should be down: {session}"
+    );
+    assert!(
+        bird_has(&bird, "10.244.1.0/24", "n1"),
+        "BIRD dropped n1's pod CIDR while its agent was dead:\n{}",
+        bird.birdc(&["show", "route"])
+    );
+    assert!(has(&n1.netns, &our_route), "{:?}", our_routes(&n1.netns));
+    let failed = pod_to_pod(&plan).await;
+    assert!(
+        failed.is_empty(),
+        "while n1's agent was dead:\n{}",
+        failed.join("\n")
+    );
+
+    // The agent again, same command line: the session comes back, the routes
+    // never left either side.
+    let log = std::fs::File::create(Path::new(&lab.state_dir).join("nodes/n1/agent-restarted.log"))
+        .unwrap();
+    let child = Command::new("ip")
+        .args(["netns", "exec", &n1.netns])
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let _restarted = Restarted(child);
+    // From the restart until 3 s after the session is back, BIRD's route never
+    // leaves n1's kernel (the new agent's first sync keeps it).
+    let started = Instant::now();
+    let mut back: Option<Instant> = None;
+    while back.is_none_or(|at| at.elapsed() < Duration::from_secs(3)) {
+        assert!(
+            has(&n1.netns, &our_route),
+            "BIRD's route left n1 {:?} after the restart: {:?}
+{}",
+            started.elapsed(),
+            our_routes(&n1.netns),
+            std::fs::read_to_string(Path::new(&lab.state_dir).join("nodes/n1/agent-restarted.log"))
+                .unwrap_or_default()
+        );
+        if back.is_none()
+            && bird
+                .birdc(&["show", "protocols", "n1"])
+                .contains("Established")
+        {
+            println!(
+                "n1's session back {:.1} s after the restart",
+                started.elapsed().as_secs_f64()
+            );
+            back = Some(Instant::now());
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "n1's session did not come back"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        bird_has(&bird, "10.244.1.0/24", "n1"),
+        "{}",
+        bird.birdc(&["show", "route"])
+    );
+    assert!(has(&n1.netns, &our_route), "{:?}", our_routes(&n1.netns));
+    let failed = pod_to_pod(&plan).await;
+    assert!(
+        failed.is_empty(),
+        "after the restart:\n{}",
+        failed.join("\n")
+    );
+}
