@@ -1045,6 +1045,60 @@ spec: {podSelector: {matchLabels: {app: web}}, egress: [{to: [{ipBlock: {cidr: 1
     }
 
     #[test]
+    fn a_peer_that_does_not_parse_matches_nothing_and_the_pod_stays_isolated() {
+        let policy = |from: &str| {
+            format!(
+                "kind: NetworkPolicy\nmetadata: {{name: web, namespace: x}}\n\
+                 spec: {{podSelector: {{matchLabels: {{app: web}}}}, ingress: [{{from: [{from}]}}]}}\n"
+            )
+        };
+        let pods = [
+            pod("w1", "n1", "10.0.1.1", "app: web"),
+            pod("c1", "n1", "10.0.1.2", "app: client"),
+        ]
+        .concat();
+        // Only a bad ipBlock: isolated, nothing admitted (before: the policy was
+        // dropped and w1 was open to everyone).
+        let input_bad = input(&format!(
+            "{pods}{}",
+            policy("{ipBlock: {cidr: 10.0.0.0/33}}")
+        ));
+        assert_eq!(input_bad.errors.len(), 1, "{:?}", input_bad.errors);
+        assert_eq!(input_bad.errors[0].reason, "invalid_peer");
+        let ruleset = compile(&input_bad, &options("n1"));
+        let dispatch = &ruleset.sets["ingress-dispatch4"].elements["10.0.1.1"];
+        let admitted = ruleset
+            .chains
+            .get("ingress/x/web")
+            .map_or(0, |chain| chain.rules.len());
+        assert!(
+            dispatch == "continue" || (dispatch == "jump ingress/x/web" && admitted == 0),
+            "w1 must be isolated with nothing admitted: {dispatch}, {admitted} rules"
+        );
+        assert!(
+            !ruleset.sets["ingress-dispatch4"]
+                .elements
+                .contains_key("10.0.1.2")
+        );
+        // Beside a good peer: exactly the good peer's rule.
+        let both = input(&format!(
+            "{pods}{}",
+            policy("{ipBlock: {cidr: 10.0.0.0/33}}, {podSelector: {matchLabels: {app: client}}}")
+        ));
+        let good = input(&format!(
+            "{pods}{}",
+            policy("{podSelector: {matchLabels: {app: client}}}")
+        ));
+        let (both, good) = (
+            compile(&both, &options("n1")),
+            compile(&good, &options("n1")),
+        );
+        assert_eq!(both.chains["ingress/x/web"].rules.len(), 1);
+        assert_eq!(both.chains, good.chains);
+        assert_eq!(both.sets, good.sets);
+    }
+
+    #[test]
     fn incremental_equals_full_compile() {
         use crate::firewall::cluster::PodEndpoint;
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/netpol/cases");

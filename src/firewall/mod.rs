@@ -30,7 +30,7 @@ pub use args::FirewallArgs;
 pub use input::FirewallInput;
 
 use crate::cache::{Kind, Snapshot};
-use crate::runtime::{BadObject, Controller, SyncReason, Synced};
+use crate::runtime::{Controller, SyncReason, Synced};
 use crate::telemetry::Metrics;
 
 /// The kinds the firewall reads.
@@ -65,7 +65,7 @@ impl Controller for FirewallController {
 
     async fn sync(&mut self, snapshot: &Snapshot, reason: SyncReason) -> anyhow::Result<Synced> {
         let input = self.reader.read(snapshot);
-        let bad_objects = input.errors.iter().cloned().map(BadObject::from).collect();
+        let bad_objects = input.errors.clone();
         let desired = self.compiler.compile(input);
         let applied = self.reconciler.sync(desired, reason).await?;
         if let apply::Applied::Incremental { transaction } = &applied {
