@@ -43,6 +43,9 @@ impl FirewallInput {
 /// the entry, so it cannot be reused while the entry exists).
 type ObjectKey = usize;
 
+/// A policy as read, with the fields of it that failed closed.
+type ParsedPolicy = (Policy, Vec<PolicyError>);
+
 type PodEntry = (Arc<Pod>, Option<Arc<PodEndpoint>>, Vec<ObjectError>);
 
 /// Reads snapshot after snapshot, reusing the previous conversion of every pod and
@@ -51,7 +54,7 @@ type PodEntry = (Arc<Pod>, Option<Arc<PodEndpoint>>, Vec<ObjectError>);
 #[derive(Default)]
 pub struct InputReader {
     pods: ObjectMap<PodEntry>,
-    policies: ObjectMap<(Arc<NetworkPolicy>, (Policy, Vec<PolicyError>))>,
+    policies: ObjectMap<(Arc<NetworkPolicy>, ParsedPolicy)>,
     /// The policy objects of the last read, in order, and what they gave.
     last_policies: Vec<ObjectKey>,
     last_read: (Arc<Vec<Policy>>, Vec<BadObject>),
