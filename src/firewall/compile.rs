@@ -1099,6 +1099,67 @@ spec: {podSelector: {matchLabels: {app: web}}, egress: [{to: [{ipBlock: {cidr: 1
     }
 
     #[test]
+    fn a_pod_claiming_anothers_address_takes_nothing_from_it() {
+        let claimant = |name: &str, node: &str, started: &str| {
+            format!(
+                "kind: Pod\nmetadata: {{name: {name}, namespace: x, labels: {{app: web}}}}\n\
+                 spec: {{nodeName: {node}, containers: [{{name: c, ports: [{{containerPort: 8080, name: http}}]}}]}}\n\
+                 status: {{phase: Running, podIP: 10.0.1.1, startTime: '{started}'}}\n---\n"
+            )
+        };
+        let owner = claimant("owner", "n1", "2026-01-02T00:00:00Z");
+        // A stale status on another node, started before the owner.
+        let stale = claimant("stale", "n2", "2026-01-01T00:00:00Z");
+        let client = pod("c1", "n2", "10.0.2.2", "app: client");
+        let with = |pods: &[&str]| input(&format!("{}{POLICIES}", pods.concat()));
+        let alone = with(&[&owner, &client]);
+        let both = with(&[&owner, &stale, &client]);
+        let reported: Vec<(&str, &str)> = both
+            .errors
+            .iter()
+            .map(|e| (e.message.as_str(), e.reason.as_str()))
+            .collect();
+        assert_eq!(
+            reported,
+            [(
+                "Pod x/stale: status.podIPs[0].ip: 10.0.1.1 is also claimed by Pod x/owner, which owns it (running, most recently started); ignored here",
+                "duplicate_pod_ip"
+            )]
+        );
+        for node in ["n1", "n2"] {
+            let full = compile(&alone, &options(node));
+            assert_eq!(
+                compile(&both, &options(node)),
+                full,
+                "{node}: the stale pod changes nothing"
+            );
+            // Deleting the stale pod leaves the owner's entries (before: they vanished
+            // on every node until an unrelated change).
+            let mut compiler = IncrementalCompiler::new(options(node));
+            compiler.compile(alone.clone());
+            compiler.compile(both.clone());
+            assert_eq!(
+                compiler.compile(alone.clone()),
+                full,
+                "{node}: stale pod deleted"
+            );
+            // Deleting the owner hands the address to the remaining claimant.
+            let stale_only = with(&[&stale, &client]);
+            assert!(stale_only.errors.is_empty());
+            assert_eq!(
+                compiler.compile(with(&[&owner, &stale, &client])),
+                full,
+                "{node}: stale pod back"
+            );
+            assert_eq!(
+                compiler.compile(stale_only.clone()),
+                compile(&stale_only, &options(node)),
+                "{node}: owner deleted"
+            );
+        }
+    }
+
+    #[test]
     fn incremental_equals_full_compile() {
         use crate::firewall::cluster::PodEndpoint;
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/netpol/cases");

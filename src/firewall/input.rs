@@ -121,7 +121,7 @@ impl InputReader {
 }
 
 fn object_error(error: &ObjectError) -> BadObject {
-    BadObject::from(error.to_string())
+    BadObject::new(error.kind(), error.reason, error.to_string())
 }
 
 fn policy_error(error: &PolicyError) -> BadObject {
