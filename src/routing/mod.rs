@@ -24,7 +24,7 @@ use anyhow::Context;
 pub use args::RoutingArgs;
 
 use crate::cache::{Kind, Snapshot};
-use crate::runtime::{BadObject, Controller, SyncReason, Synced};
+use crate::runtime::{Controller, SyncReason, Synced};
 use crate::telemetry::Metrics;
 use apply::Reconciler;
 use compile::CompileOptions;
@@ -75,7 +75,7 @@ impl Controller for RoutingController {
             }
         }
         Ok(Synced {
-            bad_objects: problems.into_iter().map(BadObject::from).collect(),
+            bad_objects: problems.into_iter().map(nodes::bad_object).collect(),
         })
     }
 
