@@ -12,6 +12,7 @@ pub mod manifests;
 mod pod;
 mod signal;
 mod snapshot;
+mod strict;
 mod trim;
 mod watch;
 
