@@ -100,6 +100,7 @@ impl Metrics {
             "Objects (or fields) the controller could not use in its last sync",
             bad_objects.clone(),
         );
+        registry.register_collector(Box::new(super::process::ProcessCollector));
         let bad_objects_by_kind = Family::<BadObjectLabel, Gauge>::default();
         registry.register(
             "kubewire_bad_objects",
@@ -232,6 +233,19 @@ mod tests {
             text.contains("kubewire_bad_objects{kind=\"Node\",reason=\"no_pod_cidr\"} 0"),
             "{text}"
         );
+        for name in [
+            "process_cpu_seconds_total ",
+            "process_resident_memory_bytes ",
+            "process_virtual_memory_bytes ",
+            "process_start_time_seconds ",
+            "process_open_fds ",
+            "process_max_fds ",
+        ] {
+            assert!(
+                text.contains(&format!("\n{name}")),
+                "{name} missing: {text}"
+            );
+        }
         assert!(text.contains("kubewire_build_info{version=\""), "{text}");
         assert!(
             text.contains("kubewire_cache_objects{kind=\"Pod\"} 3"),
