@@ -8,6 +8,7 @@
 
 mod discovery;
 mod kind;
+pub mod liveness;
 pub mod manifests;
 mod pod;
 mod signal;
