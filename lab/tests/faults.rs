@@ -179,3 +179,160 @@ async fn frozen_past_the_watch_history_the_agent_relists_after_410_and_converges
     assert!(log.contains("watch failed"), "{log}");
     server.shutdown().await;
 }
+
+mod lab_support;
+
+/// A TCP echo server (in the server pod) and a client (in the client pod) that sends
+/// a numbered line every 100 ms for `seconds` and needs each echoed back within 2 s;
+/// it prints `ok N` or where the connection broke, and exits non-zero then.
+const ECHO_SERVER: &str = "
+import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('0.0.0.0', 9000)); s.listen(4)
+while True:
+    c, _ = s.accept()
+    f = c.makefile('rwb', buffering=0)
+    for line in f:
+        f.write(line)
+";
+const ECHO_CLIENT: &str = "
+import socket, sys, time
+c = socket.create_connection((sys.argv[1], 9000), timeout=2)
+f = c.makefile('rwb', buffering=0)
+end = time.time() + float(sys.argv[2]); n = 0
+try:
+    while time.time() < end:
+        f.write(b'%d\\n' % n)
+        if f.readline() != b'%d\\n' % n:
+            print('broken at', n); sys.exit(1)
+        n += 1; time.sleep(0.1)
+except Exception as e:
+    print('broken at', n, e); sys.exit(1)
+print('ok', n)
+";
+
+/// `kill -9` of the agent of a policed pod's node: an established connection to that
+/// pod keeps flowing while the agent is gone and after the lab restarted it (as a
+/// kubelet would); `lab status` reports whatever answers /healthz, also an agent the
+/// lab did not record, and the lab does not start a second one beside it.
+#[test]
+fn a_killed_agent_is_restarted_and_an_established_connection_survives() {
+    use kubewire_lab::state::{LabState, LabStateFile};
+    if !kubewire_lab::harness::require_root() {
+        return;
+    }
+    let lab = lab_support::TestLab::new("f", false).with_default_controllers();
+    let pod = |name: &str, port: u16| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: x, labels: {{app: {name}}}}}\n\
+             spec: {{nodeName: n1, containers: [{{name: c, ports: [{{containerPort: {port}}}]}}]}}\n---\n"
+        )
+    };
+    let policy = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: only-client, namespace: x}\n\
+        spec: {podSelector: {matchLabels: {app: server}}, ingress: [{from: [{podSelector: {matchLabels: {app: client}}}], ports: [{port: 9000}]}]}\n";
+    lab.write(
+        "objects.yaml",
+        &(pod("server", 8080) + &pod("client", 8081) + &pod("other", 8082) + policy),
+    );
+    common::success(lab.run("up", &[]), "lab up");
+    let dir = lab.state.as_ref().unwrap().path().join("lab");
+    let state = || LabState::load(&dir).unwrap().unwrap();
+    let plan = state().plan.unwrap();
+    let netns_of = |name: &str| {
+        let pod = plan.pods.iter().find(|p| p.name == name).unwrap();
+        (pod.netns.clone().unwrap(), pod.ips[0])
+    };
+    let (server_ns, server_ip) = netns_of("server");
+    let (client_ns, _) = netns_of("client");
+    let node_ns = plan.nodes[0].netns.clone();
+
+    let mut server = std::process::Command::new("ip")
+        .args(["netns", "exec", &server_ns, "python3", "-c", ECHO_SERVER])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let client = std::process::Command::new("ip")
+        .args(["netns", "exec", &client_ns, "python3", "-c", ECHO_CLIENT])
+        .args([&server_ip.to_string(), "15"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+
+    let agent = |lab: &LabState| {
+        lab.processes
+            .iter()
+            .rev()
+            .find(|p| p.role == "agent n1")
+            .cloned()
+            .unwrap()
+    };
+    let killed = agent(&state());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(killed.pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let gone = Instant::now();
+    let restarted = common::wait_for("the lab to restart the killed agent", || {
+        let now = agent(&state());
+        (now.pid != killed.pid && now.is_alive()).then_some(now)
+    });
+    let status = common::wait_for("the restarted agent to be healthy", || {
+        let out = common::success(lab.run("status", &[]), "lab status");
+        out.lines()
+            .any(|l| l.trim_start().starts_with("n1") && l.contains("agent running, healthz 200"))
+            .then_some(out)
+    });
+    println!(
+        "agent restarted (pid {}) and healthy {:?} after kill -9",
+        restarted.pid,
+        gone.elapsed()
+    );
+    let output = client.wait_with_output().unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && said.starts_with("ok"),
+        "the connection broke: {said}\n{status}"
+    );
+    // The restarted agent polices: the server stays closed to other pods.
+    let (other_ns, _) = netns_of("other");
+    let connect = format!(
+        "import socket; socket.create_connection(('{server_ip}', 9000), timeout=2); print('connected')"
+    );
+    let (connected, said, _) = kubewire_lab::harness::try_sh(
+        "ip",
+        &["netns", "exec", &other_ns, "python3", "-c", &connect],
+    );
+    assert!(!connected, "x/other reached the policed server: {said}");
+    // The restarted agent polices again: the table is back in the node.
+    let (ok, table, _) = kubewire_lab::harness::try_sh(
+        "ip",
+        &[
+            "netns", "exec", &node_ns, "nft", "list", "table", "inet", "kubewire",
+        ],
+    );
+    assert!(ok && table.contains("ingress"), "{table}");
+
+    // An agent the lab did not record (as one started by hand) that answers /healthz
+    // is running: status says so and the lab starts no second one.
+    LabStateFile::new(&dir)
+        .update(|s| s.processes.retain(|p| p.role != "agent n1"))
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        state().processes.iter().all(|p| p.role != "agent n1"),
+        "a second agent was started"
+    );
+    assert!(restarted.is_alive());
+    let out = common::success(lab.run("status", &[]), "lab status");
+    assert!(
+        out.contains("agent running, healthz 200") && out.contains("(not started by the lab)"),
+        "{out}"
+    );
+    // `down` still stops it: it runs in the lab's node netns.
+    common::success(lab.run("down", &[]), "lab down");
+    assert!(!restarted.is_alive());
+}
