@@ -1,7 +1,9 @@
 //! Faults around the agent, as integration tests: the API server hung (TCP open, no
 //! answers) for a while — reported within 30 s, the agent converges once it answers —
 //! and hung for longer than its watch history (the agent relists after 410 Gone and
-//! converges); `kubewire cleanup` leaving other owners' nftables tables as they were.
+//! converges); `kill -9` of an agent (the lab restarts it, an established connection
+//! through a policed pod keeps flowing); `kubewire cleanup` leaving other owners'
+//! nftables tables as they were.
 //!
 //! The hung server is the embedded one, frozen in place ([`ApiServer::freeze`]).
 //! `KUBEWIRE_FAULT_FREEZE` (seconds, default 35) sets how long the first test keeps
@@ -335,4 +337,153 @@ fn a_killed_agent_is_restarted_and_an_established_connection_survives() {
     // `down` still stops it: it runs in the lab's node netns.
     common::success(lab.run("down", &[]), "lab down");
     assert!(!restarted.is_alive());
+}
+
+/// The tables of other owners in a node: kube-proxy's (nftables mode), Docker's (as
+/// iptables-nft writes them) and another agent's.
+const FOREIGN_TABLES: &str = "
+table ip kube-proxy {
+    set cluster-ips { type ipv4_addr; elements = { 10.96.0.1 }; }
+    chain services { ip daddr @cluster-ips counter; }
+    chain nat-prerouting { type nat hook prerouting priority dstnat; policy accept; jump services; }
+}
+table ip6 kube-proxy {
+    chain filter-input { type filter hook input priority -110; policy accept; ct state new counter; }
+}
+table ip nat {
+    chain DOCKER { iifname \"docker0\" counter return; }
+    chain PREROUTING { type nat hook prerouting priority dstnat; policy accept; fib daddr type local counter jump DOCKER; }
+}
+table ip filter {
+    chain DOCKER-USER { counter return; }
+    chain FORWARD { type filter hook forward priority filter; policy accept; counter jump DOCKER-USER; }
+}
+table inet other-agent {
+    map pods { type ipv4_addr : verdict; elements = { 10.244.1.99 : accept }; }
+    chain forward { type filter hook forward priority filter + 5; policy accept; ip saddr vmap @pods; }
+}
+";
+
+fn tables(netns: &str) -> Vec<(String, String)> {
+    let listed =
+        kubewire_lab::harness::sh("ip", &["netns", "exec", netns, "nft", "list", "tables"]);
+    listed
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace().skip(1);
+            Some((words.next()?.to_string(), words.next()?.to_string()))
+        })
+        .collect()
+}
+
+/// A table as `nft list` prints it, counter values left out: packets moving through
+/// the node meanwhile are not a change of the table.
+fn table_text(netns: &str, family: &str, name: &str) -> String {
+    let text = kubewire_lab::harness::sh(
+        "ip",
+        &["netns", "exec", netns, "nft", "list", "table", family, name],
+    );
+    let mut words: Vec<&str> = Vec::new();
+    let mut skip = 0;
+    for word in text.split(' ') {
+        if skip > 0 {
+            skip -= 1;
+            continue;
+        }
+        if word == "packets" || word == "bytes" {
+            skip = 1;
+        }
+        words.push(word);
+    }
+    words.join(" ")
+}
+
+/// `kubewire cleanup` in a node where kubewire runs beside kube-proxy, Docker and
+/// another agent: our tables go, theirs stay exactly as they were.
+#[test]
+fn cleanup_leaves_kube_proxys_dockers_and_another_agents_tables() {
+    use kubewire_lab::state::LabState;
+    if !kubewire_lab::harness::require_root() {
+        return;
+    }
+    let lab = lab_support::TestLab::new("g", false).with_default_controllers();
+    lab.write(
+        "objects.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\n\
+         spec: {nodeName: n1, containers: [{name: c, ports: [{containerPort: 80}]}]}\n",
+    );
+    common::success(lab.run("up", &[]), "lab up");
+    let dir = lab.state.as_ref().unwrap().path().join("lab");
+    let lab_state = LabState::load(&dir).unwrap().unwrap();
+    let node = &lab_state.plan.as_ref().unwrap().nodes[0];
+    let agent = lab_state
+        .processes
+        .iter()
+        .find(|p| p.role == "agent n1")
+        .unwrap();
+    // Stopped, not killed: it keeps its place (the lab restarts only dead agents) and
+    // cannot repair what cleanup removes.
+    let pid = nix::unistd::Pid::from_raw(agent.pid);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let file = lab_state.dir.join("foreign.nft");
+    std::fs::write(&file, FOREIGN_TABLES).unwrap();
+    kubewire_lab::harness::sh(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &node.netns,
+            "nft",
+            "-f",
+            &file.display().to_string(),
+        ],
+    );
+    let before = tables(&node.netns);
+    let ours = |(_, name): &&(String, String)| name.starts_with("kubewire");
+    assert!(
+        before.iter().filter(ours).count() >= 2,
+        "the agent's tables are there: {before:?}"
+    );
+    let foreign: Vec<(String, String, String)> = before
+        .iter()
+        .filter(|t| !ours(t))
+        .map(|(family, name)| {
+            (
+                family.clone(),
+                name.clone(),
+                table_text(&node.netns, family, name),
+            )
+        })
+        .collect();
+    assert_eq!(foreign.len(), 5, "{before:?}");
+
+    let node_dir = lab_state.node_dir("n1");
+    let cni_dir = node_dir.join("cni").display().to_string();
+    let output = common::output_within(
+        {
+            let mut command = std::process::Command::new("ip");
+            command
+                .args(["netns", "exec", &node.netns])
+                .arg(common::kubewire_bin())
+                .args(["cleanup", "--node-name", "n1", "--cni-conf-dir", &cni_dir]);
+            command
+        },
+        Duration::from_secs(60),
+    );
+    assert!(
+        output.status.success(),
+        "cleanup failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let after = tables(&node.netns);
+    assert!(!after.iter().any(|t| ours(&t)), "ours are gone: {after:?}");
+    for (family, name, text) in &foreign {
+        assert_eq!(
+            &table_text(&node.netns, family, name),
+            text,
+            "{family} {name} changed"
+        );
+    }
+    assert_eq!(after.len(), foreign.len(), "{after:?}");
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
 }
