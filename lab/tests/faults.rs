@@ -2,8 +2,9 @@
 //! answers) for a while — reported within 30 s, the agent converges once it answers —
 //! and hung for longer than its watch history (the agent relists after 410 Gone and
 //! converges); `kill -9` of an agent (the lab restarts it, an established connection
-//! through a policed pod keeps flowing); `kubewire cleanup` leaving other owners'
-//! nftables tables as they were.
+//! through a policed pod keeps flowing); a route, the tunnel and the bridge address
+//! tampered with and repaired within one check period; `kubewire cleanup` leaving
+//! other owners' nftables tables as they were.
 //!
 //! The hung server is the embedded one, frozen in place ([`ApiServer::freeze`]).
 //! `KUBEWIRE_FAULT_FREEZE` (seconds, default 35) sets how long the first test keeps
@@ -486,4 +487,69 @@ fn cleanup_leaves_kube_proxys_dockers_and_another_agents_tables() {
     }
     assert_eq!(after.len(), foreign.len(), "{after:?}");
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+}
+
+/// What the routing controller owns in a node, tampered with by hand: each is back
+/// within one check period (`--sync-period`), nothing else needed.
+#[test]
+fn tampering_with_a_route_the_tunnel_or_the_bridge_is_repaired_within_one_period() {
+    if !kubewire_lab::harness::require_root() {
+        return;
+    }
+    const PERIOD: Duration = Duration::from_secs(2);
+    let mut lab = lab_support::TestLab::new("t", false).with_default_controllers();
+    lab.agent_args = vec!["--agent-arg=--sync-period=2s"];
+    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo/nodes.yaml");
+    std::fs::copy(&demo, lab.manifests.path().join("nodes.yaml")).unwrap();
+    common::success(lab.run("up", &[]), "lab up");
+    let netns = format!("kw-{}-node-n1", lab.name);
+    let ip = |args: &[&str]| {
+        let mut all = vec!["-n", netns.as_str()];
+        all.extend_from_slice(args);
+        kubewire_lab::harness::sh("ip", &all)
+    };
+    let routes = || common::our_routes(&netns).join("\n");
+    common::wait_for("n1's routes", || {
+        let routes = routes();
+        (routes.contains("10.244.2.0/24 via 192.168.50.12")
+            && routes.contains("10.244.3.0/24 via 10.244.3.0 dev kubewire-vx"))
+        .then_some(())
+    });
+    let bridge = || ip(&["addr", "show", "kube-bridge"]);
+    assert!(bridge().contains("10.244.1.1/24"), "{}", bridge());
+
+    let repaired = |what: &str, tamper: &dyn Fn(), check: &dyn Fn() -> bool| {
+        tamper();
+        assert!(!check(), "{what}: the tampering did not take");
+        let started = Instant::now();
+        while !check() {
+            assert!(
+                started.elapsed() < PERIOD + Duration::from_secs(2),
+                "{what} not repaired within one check period ({PERIOD:?})"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        println!("{what}: repaired after {:?}", started.elapsed());
+    };
+    repaired(
+        "a deleted route",
+        &|| {
+            ip(&["route", "del", "10.244.2.0/24"]);
+        },
+        &|| routes().contains("10.244.2.0/24 via 192.168.50.12"),
+    );
+    repaired(
+        "a deleted VXLAN device (with its route)",
+        &|| {
+            ip(&["link", "del", "kubewire-vx"]);
+        },
+        &|| routes().contains("10.244.3.0/24 via 10.244.3.0 dev kubewire-vx"),
+    );
+    repaired(
+        "the bridge's gateway address removed",
+        &|| {
+            ip(&["addr", "del", "10.244.1.1/24", "dev", "kube-bridge"]);
+        },
+        &|| bridge().contains("10.244.1.1/24"),
+    );
 }
