@@ -553,3 +553,107 @@ fn tampering_with_a_route_the_tunnel_or_the_bridge_is_repaired_within_one_period
         &|| bridge().contains("10.244.1.1/24"),
     );
 }
+
+/// A stale Pod status claiming another pod's address (on a third node, started
+/// earlier; a third node because deleting a pod can change its node's bridge MAC,
+/// which is not what this test is about): the running, most recently started pod keeps it; the stale one is
+/// counted on every node; deleting the stale pod leaves the owner's firewall entries
+/// (before: the owner's address left the policy's peer set on every node, and the
+/// owner lost its access until some unrelated change).
+#[test]
+fn a_pod_claiming_anothers_address_takes_nothing_from_it_in_a_lab() {
+    use k8s_openapi::api::core::v1::Pod;
+    if !kubewire_lab::harness::require_root() {
+        return;
+    }
+    let lab = lab_support::TestLab::new("d", false).with_default_controllers();
+    let pod = |name: &str, app: &str, node: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: x, labels: {{app: {app}}}}}\n\
+             spec: {{nodeName: {node}, containers: [{{name: c, ports: [{{containerPort: 80}}]}}]}}\n---\n"
+        )
+    };
+    let policy = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: from-client, namespace: x}\n\
+        spec: {podSelector: {matchLabels: {app: server}}, ingress: [{from: [{podSelector: {matchLabels: {app: client}}}]}]}\n";
+    lab.write(
+        "objects.yaml",
+        &(pod("server", "server", "n1")
+            + &pod("owner", "client", "n2")
+            + &pod("stale", "other", "n3")
+            + policy),
+    );
+    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo/nodes.yaml");
+    std::fs::copy(&demo, lab.manifests.path().join("nodes.yaml")).unwrap();
+    common::success(lab.run("up", &[]), "lab up");
+    let dir = lab.state.as_ref().unwrap().path().join("lab");
+    let plan = kubewire_lab::state::LabState::load(&dir)
+        .unwrap()
+        .unwrap()
+        .plan
+        .unwrap();
+    let ip_of = |name: &str| plan.pods.iter().find(|p| p.name == name).unwrap().ips[0];
+    let (server_ip, owner_ip) = (ip_of("server"), ip_of("owner"));
+    let reaches = || {
+        let to = format!("{server_ip}:80");
+        let output = lab.run(
+            "connect",
+            &["--from", "x/owner", "--to", &to, "--timeout", "2s"],
+        );
+        output.status.success()
+    };
+    assert!(reaches(), "x/owner reaches x/server");
+    let counted = |node: &str| {
+        let netns = plan
+            .nodes
+            .iter()
+            .find(|n| n.name == node)
+            .unwrap()
+            .netns
+            .clone();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let metrics = runtime
+            .block_on(kubewire_lab::agents::http_get(
+                &netns,
+                kubewire_lab::agents::METRICS_ADDR,
+                "/metrics",
+            ))
+            .map(|(_, body)| body)
+            .unwrap_or_default();
+        metric(
+            &metrics,
+            "kubewire_bad_objects{kind=\"Pod\",reason=\"duplicate_pod_ip\"}",
+        )
+    };
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let kubeconfig = common::success(lab.run("kubeconfig", &[]), "lab kubeconfig");
+    let pods: kube::Api<Pod> =
+        kube::Api::namespaced(common::kube_client(&runtime, &kubeconfig), "x");
+    let stale = json!({"status": {"podIP": owner_ip.to_string(), "podIPs": [{"ip": owner_ip.to_string()}],
+        "startTime": "2020-01-01T00:00:00Z"}});
+    runtime
+        .block_on(pods.patch_status(
+            "stale",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&stale),
+        ))
+        .unwrap();
+    for node in ["n1", "n2", "n3"] {
+        common::wait_for("the duplicate address counted", || {
+            (counted(node) == Some(1.0)).then_some(())
+        });
+    }
+    assert!(
+        reaches(),
+        "the owner keeps its access while the stale pod claims its address"
+    );
+    runtime
+        .block_on(pods.delete("stale", &Default::default()))
+        .unwrap();
+    for node in ["n1", "n2", "n3"] {
+        common::wait_for("the duplicate gone", || {
+            (counted(node) == Some(0.0)).then_some(())
+        });
+    }
+    assert!(reaches(), "deleting the stale pod took the owner's access");
+}
