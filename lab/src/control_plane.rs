@@ -104,6 +104,10 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let upstream = server.addr();
     let client = kubewire::agent::client_from_kubeconfig(&host_kubeconfig).await?;
+    let supervisor = tokio::spawn(super::supervise::run(
+        LabStateFile::new(&state.dir),
+        crate::binaries::agent()?,
+    ));
     let kubelet = tokio::spawn(async move {
         if let Err(err) = kubelet::run(LabStateFile::new(&state.dir), client).await {
             tracing::error!(error = %format!("{err:#}"), "the kubelet stopped");
@@ -117,6 +121,7 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
         _ = terminated() => {}
     }
     kubelet.abort();
+    supervisor.abort();
     server.shutdown().await;
     Ok(())
 }

@@ -28,6 +28,7 @@ pub mod process;
 pub mod report;
 pub mod responder;
 pub mod state;
+pub mod supervise;
 pub mod synthetic;
 pub mod topology;
 
@@ -316,25 +317,32 @@ async fn status(lab: &LabState) -> anyhow::Result<String> {
     );
     let _ = writeln!(out, "nodes:");
     for node in &plan.nodes {
-        let agent = lab
+        // The agent is whatever answers the node's /healthz: the lab's own, one the
+        // control plane restarted, or one started by hand.
+        let recorded = lab
             .processes
             .iter()
-            .find(|p| p.role == format!("agent {}", node.name));
-        let health = match agent {
-            Some(p) if !p.is_alive() => "agent not running".to_string(),
-            None => "no agent".to_string(),
-            Some(_) => {
-                match tokio::time::timeout(
-                    Duration::from_secs(3),
-                    agents::http_get(&node.netns, agents::HEALTH_ADDR, "/healthz"),
-                )
-                .await
-                {
-                    Ok(Ok((code, body))) => format!("healthz {code} {}", body.trim()),
-                    Ok(Err(err)) => format!("healthz unreachable: {err:#}"),
-                    Err(_) => "healthz timed out".to_string(),
+            .rev()
+            .find(|p| p.role == format!("agent {}", node.name))
+            .is_some_and(|p| p.is_alive());
+        let asked = tokio::time::timeout(
+            Duration::from_secs(3),
+            agents::http_get(&node.netns, agents::HEALTH_ADDR, "/healthz"),
+        )
+        .await;
+        let health = match (asked, recorded) {
+            (Ok(Ok((code, body))), _) => format!(
+                "agent running, healthz {code} {}{}",
+                body.trim().replace('\n', "; "),
+                if recorded {
+                    ""
+                } else {
+                    " (not started by the lab)"
                 }
-            }
+            ),
+            (Ok(Err(_)), false) => "agent not running".to_string(),
+            (Ok(Err(err)), true) => format!("agent running, healthz unreachable: {err:#}"),
+            (Err(_), _) => "agent not answering (healthz timed out)".to_string(),
         };
         let cidrs: Vec<String> = node.pod_cidrs.iter().map(ToString::to_string).collect();
         let _ = writeln!(

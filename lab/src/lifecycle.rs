@@ -106,6 +106,7 @@ pub async fn up(args: &UpArgs) -> anyhow::Result<LabState> {
     let mut lab = state::create_dir(&args.lab.name, &dir)?;
     lab.plan = Some(plan.clone());
     lab.cni_bin_dirs = plugin_dirs(&args.cni_bin_dirs);
+    lab.agent_args = args.agent_args.clone();
     lab.save()?;
     let shared = LabStateFile::new(&dir);
     match build(&shared, &plan, &objects, args).await {

@@ -208,9 +208,14 @@ pub async fn report_running(
         .node(&pod.node)
         .with_context(|| format!("Pod {}: node {} is not in the lab", pod.key(), pod.node))?;
     let ips: Vec<String> = ips.iter().map(ToString::to_string).collect();
+    // As a kubelet: the time it started the pod (which pod owns an address two
+    // Pods claim depends on it).
+    let started =
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
     let mut patch = json!({
         "status": {
             "phase": "Running",
+            "startTime": started,
             "hostIP": node.address.to_string(),
             "hostIPs": super::topology::host_ips(node),
             "podIP": ips.first(),

@@ -45,6 +45,9 @@ pub struct LabState {
     pub kubeconfig: Option<PathBuf>,
     /// `up` finished: every agent was healthy and every pod wired.
     pub complete: bool,
+    /// The `--agent-arg`s of `up`, for agents the control plane restarts.
+    #[serde(default)]
+    pub agent_args: Vec<String>,
 }
 
 impl LabState {

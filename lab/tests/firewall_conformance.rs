@@ -31,9 +31,12 @@ fn every_case_matches_its_expected_matrix() {
             }
             let expected_errors = expectation.errors();
             if input.errors.len() != expected_errors.len()
-                || !expected_errors
-                    .iter()
-                    .all(|e| input.errors.iter().any(|got| got.contains(e.as_str())))
+                || !expected_errors.iter().all(|e| {
+                    input
+                        .errors
+                        .iter()
+                        .any(|got| got.message.contains(e.as_str()))
+                })
             {
                 failures.push(format!(
                     "{label}: reported {:?}, expected reports containing {expected_errors:?}",

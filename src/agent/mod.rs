@@ -55,6 +55,11 @@ pub async fn run(args: AgentArgs, wanted: &[ControllerKind]) -> anyhow::Result<(
     read.sort();
     read.dedup();
     tracing::info!(node = %node_name, controllers = ?kinds.iter().map(|c| c.name()).collect::<Vec<_>>(), kinds = ?read, "kubewire starting");
+    tokio::spawn(crate::cache::liveness::monitor(
+        client.clone(),
+        metrics.clone(),
+        health.clone(),
+    ));
     let cache = Cache::start(
         client,
         &read,

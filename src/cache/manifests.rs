@@ -12,7 +12,7 @@ use kube::ResourceExt;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::{Kind, Snapshot};
+use super::{Kind, Snapshot, strict};
 
 /// The label the API server puts on every Namespace.
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
@@ -70,11 +70,25 @@ pub fn parse_documents(file: &Path, text: &str) -> Result<Vec<ManifestObject>, M
             path: file.to_path_buf(),
             message: err.to_string(),
         })?;
+    // The text as written, read again only to quote a value in an error message.
+    let as_written = std::cell::OnceCell::new();
     let mut objects = Vec::new();
     for (index, document) in documents.into_iter().enumerate() {
-        let index = index + 1;
-        for value in flatten_lists(document) {
-            if let Some(object) = parse_object(file, index, value)? {
+        let is_list = document.get("kind").and_then(Value::as_str) == Some("List");
+        for (item, value) in flatten_lists(document).into_iter().enumerate() {
+            let written = |field: &str| -> Option<String> {
+                let documents: &Vec<Value> = as_written.get_or_init(|| {
+                    let mut options = yaml_options();
+                    options.strict_booleans = true;
+                    serde_saphyr::from_multiple_with_options(text, options).unwrap_or_default()
+                });
+                let mut object = documents.get(index)?;
+                if is_list {
+                    object = object.get("items")?.get(item)?;
+                }
+                strict::at_path(object, field)?.as_str().map(str::to_string)
+            };
+            if let Some(object) = parse_object(file, index + 1, value, &written)? {
                 objects.push(object);
             }
         }
@@ -107,17 +121,26 @@ fn flatten_lists(document: Value) -> Vec<Value> {
     }
 }
 
+/// Reads one object; `written` gives a field's value as written (for the boolean
+/// hint: YAML 1.1 reads a bare `y` as `true`).
 fn parse_object(
     file: &Path,
     index: usize,
     mut value: Value,
+    written: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Option<ManifestObject>, ManifestError> {
-    let field_error = |object: String, field: &str, message: String| ManifestError::Field {
-        path: file.to_path_buf(),
-        index,
-        object,
-        field: field.to_string(),
-        message,
+    let field_error = |object: String, field: &str, message: String| {
+        let message = match strict::is_boolean_for_string(&message) {
+            true => strict::boolean_hint(field, written(field).as_deref()),
+            false => message,
+        };
+        ManifestError::Field {
+            path: file.to_path_buf(),
+            index,
+            object,
+            field: field.to_string(),
+            message,
+        }
     };
     let Some(kind_name) = value
         .get("kind")
@@ -132,12 +155,19 @@ fn parse_object(
     };
     apply_defaults(kind, &mut value);
     let label = object_label(kind, &value);
-    if value
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .is_none()
-    {
-        return Err(field_error(label, "metadata.name", "missing".into()));
+    match value.pointer("/metadata/name") {
+        Some(Value::String(_)) => {}
+        None | Some(Value::Null) => {
+            return Err(field_error(label, "metadata.name", "missing".into()));
+        }
+        Some(Value::Bool(_)) => {
+            let message = "invalid type: boolean, expected a string".to_string();
+            return Err(field_error(label, "metadata.name", message));
+        }
+        Some(other) => {
+            let message = format!("{other} is not a string: quote it");
+            return Err(field_error(label, "metadata.name", message));
+        }
     }
     // Deserialize once into the typed object so a bad field is reported here, with
     // its path, rather than when a compiler reads it.
@@ -158,8 +188,11 @@ fn parse_object(
     Ok(Some(ManifestObject { kind, value }))
 }
 
-fn check_typed<K: DeserializeOwned>(value: &Value) -> Result<(), (String, String)> {
-    typed::<K>(value).map(drop)
+/// Strictly, as `kubectl apply` validates: a wrong type or an unknown field is an error.
+fn check_typed<K: DeserializeOwned + serde::Serialize>(
+    value: &Value,
+) -> Result<(), (String, String)> {
+    strict::typed_strict::<K>(value).map(drop)
 }
 
 /// Deserializes `value` as `K`, naming the offending field on error.
@@ -405,6 +438,49 @@ mod tests {
                 .contains("`kind`: missing")
         );
         assert!(matches!(parse("a: [1,\n"), Err(ManifestError::Yaml { .. })));
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_naming_the_field() {
+        let err = parse(
+            "kind: NetworkPolicy\nmetadata: {name: p, namespace: x}\n\
+             spec: {podSelector: {}, ingress: [{from: [{podSelecter: {}}]}]}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "t.yaml: document 1 (NetworkPolicy x/p): field `spec.ingress[0].from[0].podSelecter`: unknown field (kubectl's strict validation rejects it; check the spelling)"
+        );
+        let err = parse("kind: Node\nmetadata: {name: n1, lables: {a: b}}\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("field `metadata.lables`: unknown field"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_yaml_11_boolean_where_a_string_belongs_says_quote_it() {
+        let err = parse("kind: Namespace\nmetadata: {name: y}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.ends_with("field `metadata.name`: `y` is read as a boolean (YAML 1.1, as kubectl reads it), not a string: quote it, `name: \"y\"`"),
+            "{err}"
+        );
+        let err = parse(
+            "kind: Node\nmetadata: {name: n1}\n---\nkind: List\nitems:\n- kind: Pod\n  metadata: {name: a, namespace: x}\n  spec: {containers: [{name: on}]}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains(
+                "document 2 (Pod x/a): field `spec.containers[0].name`: `on` is read as a boolean"
+            ),
+            "{err}"
+        );
+        assert!(parse("kind: Namespace\nmetadata: {name: \"y\"}\n").is_ok());
     }
 
     #[test]

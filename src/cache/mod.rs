@@ -8,10 +8,12 @@
 
 mod discovery;
 mod kind;
+pub mod liveness;
 pub mod manifests;
 mod pod;
 mod signal;
 mod snapshot;
+mod strict;
 mod trim;
 mod watch;
 

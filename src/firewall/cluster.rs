@@ -5,7 +5,8 @@
 //! A pod without an IP, or one that has finished (phase Succeeded/Failed, its IP may
 //! already belong to another pod), is not an endpoint at all. A hostNetwork pod is an
 //! endpoint (it can be probed) but is never policed and never matches a pod selector:
-//! its traffic carries its node's address.
+//! its traffic carries its node's address. An address two policed pods claim belongs
+//! to one of them (the running, most recently started); the others lose it, reported.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use crate::cache::Pod;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
 use super::selector::Labels;
@@ -135,9 +137,19 @@ pub struct NodeInfo {
 /// partially used, the rest of the cluster is not affected.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObjectError {
+    /// `Kind namespace/name`.
     pub object: String,
     pub field: String,
     pub message: String,
+    /// The metric label: `invalid`, or `duplicate_pod_ip`.
+    pub reason: &'static str,
+}
+
+impl ObjectError {
+    /// The object's kind, the first word of `object`.
+    pub fn kind(&self) -> &str {
+        self.object.split(' ').next().unwrap_or_default()
+    }
 }
 
 impl fmt::Display for ObjectError {
@@ -181,11 +193,15 @@ impl Cluster {
             let info = node_info(node, &mut cluster.errors);
             cluster.nodes.insert(node.name_any(), info);
         }
+        let mut claims = Vec::with_capacity(snapshot.pods.len());
         for pod in &snapshot.pods {
             let (endpoint, errors) = read_pod(pod);
             cluster.errors.extend(errors);
-            cluster.pods.extend(endpoint);
+            if let Some(endpoint) = endpoint {
+                claims.push((endpoint, Claim::of(pod)));
+            }
         }
+        cluster.pods = resolve_shared_addresses(claims, &mut cluster.errors);
         cluster
             .pods
             .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
@@ -251,6 +267,7 @@ pub fn pod_endpoint(pod: &Pod, errors: &mut Vec<ObjectError>) -> Option<PodEndpo
             Ok(_) => {}
             Err(err) => errors.push(ObjectError {
                 object: object.clone(),
+                reason: "invalid",
                 field,
                 message: format!("`{text}` is not an IP address: {err}"),
             }),
@@ -273,6 +290,7 @@ pub fn pod_endpoint(pod: &Pod, errors: &mut Vec<ObjectError>) -> Option<PodEndpo
             let Some(protocol) = Protocol::parse(protocol_text) else {
                 errors.push(ObjectError {
                     object: object.clone(),
+                    reason: "invalid",
                     field: format!("{field}.protocol"),
                     message: format!("unknown protocol `{protocol_text}`"),
                 });
@@ -281,6 +299,7 @@ pub fn pod_endpoint(pod: &Pod, errors: &mut Vec<ObjectError>) -> Option<PodEndpo
             let Some(number) = u16::try_from(port.container_port).ok().filter(|n| *n > 0) else {
                 errors.push(ObjectError {
                     object: object.clone(),
+                    reason: "invalid",
                     field: format!("{field}.containerPort"),
                     message: format!("{} is not a port number", port.container_port),
                 });
@@ -304,6 +323,97 @@ pub fn pod_endpoint(pod: &Pod, errors: &mut Vec<ObjectError>) -> Option<PodEndpo
     })
 }
 
+/// How strongly a pod claims its addresses: a running pod over one that is not, then
+/// the most recently started, then the most recently created; last, the name, so the
+/// same objects always give the same owner.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Claim {
+    running: bool,
+    started: Option<Time>,
+    created: Option<Time>,
+    /// Reversed so that, all else equal, `a` beats `b`.
+    key: std::cmp::Reverse<(String, String)>,
+}
+
+impl Claim {
+    fn of(pod: &Pod) -> Self {
+        let status = pod.status.as_ref();
+        Self {
+            running: status.and_then(|s| s.phase.as_deref()) == Some("Running"),
+            started: status.and_then(|s| s.start_time.clone()),
+            created: pod.metadata.creation_timestamp.clone(),
+            key: std::cmp::Reverse((pod.namespace().unwrap_or_default(), pod.name_any())),
+        }
+    }
+}
+
+/// Gives every address two or more policed pods claim (a stale status, an address
+/// reused by a restarted pod) to one of them, by [`Claim`], and takes it from the
+/// others, each reported. Policies then follow the owner only, and a loser that goes
+/// away takes nothing of the owner's with it. A loser left without addresses is no
+/// endpoint. HostNetwork pods share their node's addresses by design and are left be.
+fn resolve_shared_addresses(
+    claims: Vec<(Arc<PodEndpoint>, Claim)>,
+    errors: &mut Vec<ObjectError>,
+) -> Vec<Arc<PodEndpoint>> {
+    let mut owners: std::collections::HashMap<IpAddr, usize> = std::collections::HashMap::new();
+    let mut shared = false;
+    for (index, (pod, claim)) in claims.iter().enumerate() {
+        if !pod.policed() {
+            continue;
+        }
+        for ip in &pod.ips {
+            match owners.entry(*ip) {
+                std::collections::hash_map::Entry::Vacant(entry) => {
+                    entry.insert(index);
+                }
+                std::collections::hash_map::Entry::Occupied(mut entry) => {
+                    shared = true;
+                    if *claim > claims[*entry.get()].1 {
+                        entry.insert(index);
+                    }
+                }
+            }
+        }
+    }
+    if !shared {
+        return claims.into_iter().map(|(pod, _)| pod).collect();
+    }
+    let mut pods = Vec::with_capacity(claims.len());
+    for (index, (pod, _)) in claims.iter().enumerate() {
+        let lost: Vec<(IpAddr, usize)> = pod
+            .ips
+            .iter()
+            .filter_map(|ip| {
+                let owner = *owners.get(ip)?;
+                (pod.policed() && owner != index).then_some((*ip, owner))
+            })
+            .collect();
+        if lost.is_empty() {
+            pods.push(pod.clone());
+            continue;
+        }
+        for (ip, owner) in &lost {
+            let position = pod.ips.iter().position(|i| i == ip).unwrap_or_default();
+            errors.push(ObjectError {
+                object: format!("Pod {}", pod.key()),
+                field: format!("status.podIPs[{position}].ip"),
+                message: format!(
+                    "{ip} is also claimed by Pod {}, which owns it (running, most recently started); ignored here",
+                    claims[*owner].0.key()
+                ),
+                reason: "duplicate_pod_ip",
+            });
+        }
+        let mut kept = pod.as_ref().clone();
+        kept.ips.retain(|ip| !lost.iter().any(|(l, _)| l == ip));
+        if !kept.ips.is_empty() {
+            pods.push(Arc::new(kept));
+        }
+    }
+    pods
+}
+
 fn node_info(node: &Node, errors: &mut Vec<ObjectError>) -> NodeInfo {
     let object = format!("Node {}", node.name_any());
     let mut info = NodeInfo::default();
@@ -320,6 +430,7 @@ fn node_info(node: &Node, errors: &mut Vec<ObjectError>) -> NodeInfo {
             Ok(ip) => info.addresses.push(ip),
             Err(_) => errors.push(ObjectError {
                 object: object.clone(),
+                reason: "invalid",
                 field: format!("status.addresses[{i}].address"),
                 message: format!("`{}` is not an IP address", address.address),
             }),
@@ -331,6 +442,7 @@ fn node_info(node: &Node, errors: &mut Vec<ObjectError>) -> NodeInfo {
     info.pod_cidrs = cidrs.into_iter().map(|c| c.cidr).collect();
     errors.extend(problems.into_iter().map(|problem| ObjectError {
         object: object.clone(),
+        reason: "invalid",
         field: problem.field,
         message: problem.message,
     }));
@@ -378,6 +490,75 @@ mod tests {
                 .get(NAMESPACE_NAME_LABEL)
                 .map(String::as_str),
             Some("x")
+        );
+    }
+
+    fn claimant(name: &str, ip: &str, phase: &str, started: &str) -> String {
+        format!(
+            "kind: Pod\nmetadata: {{name: {name}, namespace: x}}\nspec: {{nodeName: n1, containers: [{{name: c}}]}}\n\
+             status: {{phase: {phase}, podIPs: [{{ip: '{ip}'}}], startTime: '{started}'}}\n---\n"
+        )
+    }
+
+    #[test]
+    fn an_address_two_pods_claim_goes_to_the_running_most_recently_started() {
+        let yaml = [
+            claimant("old", "10.0.0.1", "Running", "2026-01-01T00:00:00Z"),
+            claimant("new", "10.0.0.1", "Running", "2026-01-02T00:00:00Z"),
+            claimant("pending", "10.0.0.1", "Pending", "2026-01-03T00:00:00Z"),
+            claimant("other", "10.0.0.2", "Running", "2026-01-01T00:00:00Z"),
+            "kind: Pod\nmetadata: {name: host, namespace: x}\nspec: {hostNetwork: true, containers: [{name: c}]}\n\
+             status: {phase: Running, podIP: 10.0.0.2}\n"
+                .to_string(),
+        ]
+        .concat();
+        let resolved = cluster(&yaml);
+        let keys: Vec<String> = resolved.pods.iter().map(|p| p.key()).collect();
+        assert_eq!(
+            keys,
+            ["x/host", "x/new", "x/other"],
+            "losers without addresses are no endpoints"
+        );
+        assert_eq!(
+            resolved
+                .pod_by_ip("10.0.0.1".parse().unwrap())
+                .map(|p| p.key()),
+            Some("x/new".into())
+        );
+        let errors: Vec<(String, &str)> = resolved
+            .errors
+            .iter()
+            .map(|e| (e.object.clone(), e.reason))
+            .collect();
+        assert_eq!(
+            errors,
+            [
+                ("Pod x/old".to_string(), "duplicate_pod_ip"),
+                ("Pod x/pending".to_string(), "duplicate_pod_ip")
+            ]
+        );
+        assert_eq!(
+            resolved.errors[0].to_string(),
+            "Pod x/old: status.podIPs[0].ip: 10.0.0.1 is also claimed by Pod x/new, which owns it (running, most recently started); ignored here"
+        );
+        // The same objects in another order give the same owner; a dual-stack loser
+        // keeps the address nobody else claims.
+        let yaml = [
+            claimant("b", "10.0.0.1", "Running", "2026-01-01T00:00:00Z"),
+            claimant("a", "10.0.0.1", "Running", "2026-01-01T00:00:00Z"),
+            "kind: Pod\nmetadata: {name: c, namespace: x}\nspec: {containers: [{name: c}]}\n\
+             status: {phase: Pending, podIPs: [{ip: 10.0.0.1}, {ip: 'fd00::1'}]}\n"
+                .to_string(),
+        ]
+        .concat();
+        let resolved = cluster(&yaml);
+        let owner = resolved
+            .pod_by_ip("10.0.0.1".parse().unwrap())
+            .map(|p| p.key());
+        assert_eq!(owner, Some("x/a".into()), "ties go to the first name");
+        assert_eq!(
+            resolved.pod("x/c").map(|p| p.ips.clone()),
+            Some(vec!["fd00::1".parse().unwrap()])
         );
     }
 }

@@ -1045,6 +1045,121 @@ spec: {podSelector: {matchLabels: {app: web}}, egress: [{to: [{ipBlock: {cidr: 1
     }
 
     #[test]
+    fn a_peer_that_does_not_parse_matches_nothing_and_the_pod_stays_isolated() {
+        let policy = |from: &str| {
+            format!(
+                "kind: NetworkPolicy\nmetadata: {{name: web, namespace: x}}\n\
+                 spec: {{podSelector: {{matchLabels: {{app: web}}}}, ingress: [{{from: [{from}]}}]}}\n"
+            )
+        };
+        let pods = [
+            pod("w1", "n1", "10.0.1.1", "app: web"),
+            pod("c1", "n1", "10.0.1.2", "app: client"),
+        ]
+        .concat();
+        // Only a bad ipBlock: isolated, nothing admitted (before: the policy was
+        // dropped and w1 was open to everyone).
+        let input_bad = input(&format!(
+            "{pods}{}",
+            policy("{ipBlock: {cidr: 10.0.0.0/33}}")
+        ));
+        assert_eq!(input_bad.errors.len(), 1, "{:?}", input_bad.errors);
+        assert_eq!(input_bad.errors[0].reason, "invalid_peer");
+        let ruleset = compile(&input_bad, &options("n1"));
+        let dispatch = &ruleset.sets["ingress-dispatch4"].elements["10.0.1.1"];
+        let admitted = ruleset
+            .chains
+            .get("ingress/x/web")
+            .map_or(0, |chain| chain.rules.len());
+        assert!(
+            dispatch == "continue" || (dispatch == "jump ingress/x/web" && admitted == 0),
+            "w1 must be isolated with nothing admitted: {dispatch}, {admitted} rules"
+        );
+        assert!(
+            !ruleset.sets["ingress-dispatch4"]
+                .elements
+                .contains_key("10.0.1.2")
+        );
+        // Beside a good peer: exactly the good peer's rule.
+        let both = input(&format!(
+            "{pods}{}",
+            policy("{ipBlock: {cidr: 10.0.0.0/33}}, {podSelector: {matchLabels: {app: client}}}")
+        ));
+        let good = input(&format!(
+            "{pods}{}",
+            policy("{podSelector: {matchLabels: {app: client}}}")
+        ));
+        let (both, good) = (
+            compile(&both, &options("n1")),
+            compile(&good, &options("n1")),
+        );
+        assert_eq!(both.chains["ingress/x/web"].rules.len(), 1);
+        assert_eq!(both.chains, good.chains);
+        assert_eq!(both.sets, good.sets);
+    }
+
+    #[test]
+    fn a_pod_claiming_anothers_address_takes_nothing_from_it() {
+        let claimant = |name: &str, node: &str, started: &str| {
+            format!(
+                "kind: Pod\nmetadata: {{name: {name}, namespace: x, labels: {{app: web}}}}\n\
+                 spec: {{nodeName: {node}, containers: [{{name: c, ports: [{{containerPort: 8080, name: http}}]}}]}}\n\
+                 status: {{phase: Running, podIP: 10.0.1.1, startTime: '{started}'}}\n---\n"
+            )
+        };
+        let owner = claimant("owner", "n1", "2026-01-02T00:00:00Z");
+        // A stale status on another node, started before the owner.
+        let stale = claimant("stale", "n2", "2026-01-01T00:00:00Z");
+        let client = pod("c1", "n2", "10.0.2.2", "app: client");
+        let with = |pods: &[&str]| input(&format!("{}{POLICIES}", pods.concat()));
+        let alone = with(&[&owner, &client]);
+        let both = with(&[&owner, &stale, &client]);
+        let reported: Vec<(&str, &str)> = both
+            .errors
+            .iter()
+            .map(|e| (e.message.as_str(), e.reason.as_str()))
+            .collect();
+        assert_eq!(
+            reported,
+            [(
+                "Pod x/stale: status.podIPs[0].ip: 10.0.1.1 is also claimed by Pod x/owner, which owns it (running, most recently started); ignored here",
+                "duplicate_pod_ip"
+            )]
+        );
+        for node in ["n1", "n2"] {
+            let full = compile(&alone, &options(node));
+            assert_eq!(
+                compile(&both, &options(node)),
+                full,
+                "{node}: the stale pod changes nothing"
+            );
+            // Deleting the stale pod leaves the owner's entries (before: they vanished
+            // on every node until an unrelated change).
+            let mut compiler = IncrementalCompiler::new(options(node));
+            compiler.compile(alone.clone());
+            compiler.compile(both.clone());
+            assert_eq!(
+                compiler.compile(alone.clone()),
+                full,
+                "{node}: stale pod deleted"
+            );
+            // Deleting the owner hands the address to the remaining claimant.
+            let stale_only = with(&[&stale, &client]);
+            assert!(stale_only.errors.is_empty());
+            assert_eq!(
+                compiler.compile(with(&[&owner, &stale, &client])),
+                full,
+                "{node}: stale pod back"
+            );
+            assert_eq!(
+                compiler.compile(stale_only.clone()),
+                compile(&stale_only, &options(node)),
+                "{node}: owner deleted"
+            );
+        }
+    }
+
+    #[test]
     fn incremental_equals_full_compile() {
         use crate::firewall::cluster::PodEndpoint;
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/netpol/cases");

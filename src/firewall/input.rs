@@ -12,6 +12,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use super::cluster::{self, Cluster, ObjectError, PodEndpoint};
 use super::policy::{self, Policy, PolicyError};
 use crate::cache::Snapshot;
+use crate::runtime::BadObject;
 
 #[derive(Clone, Debug, Default)]
 pub struct FirewallInput {
@@ -19,8 +20,8 @@ pub struct FirewallInput {
     /// Shared with the previous read when no policy object changed, so comparing and
     /// dropping them costs nothing then.
     pub policies: Arc<Vec<Policy>>,
-    /// Human-readable problems: policies left out, object fields ignored.
-    pub errors: Vec<String>,
+    /// What could not be used: policy fields (failed closed), object fields ignored.
+    pub errors: Vec<BadObject>,
 }
 
 impl FirewallInput {
@@ -28,8 +29,8 @@ impl FirewallInput {
         let cluster = Cluster::from_snapshot(snapshot);
         let (policies, policy_errors) =
             policy::parse_all(snapshot.network_policies.iter().map(|p| p.as_ref()));
-        let mut errors: Vec<String> = cluster.errors.iter().map(|e| e.to_string()).collect();
-        errors.extend(policy_errors.iter().map(|e| e.to_string()));
+        let mut errors: Vec<BadObject> = cluster.errors.iter().map(object_error).collect();
+        errors.extend(policy_errors.iter().map(policy_error));
         Self {
             cluster,
             policies: Arc::new(policies),
@@ -42,6 +43,9 @@ impl FirewallInput {
 /// the entry, so it cannot be reused while the entry exists).
 type ObjectKey = usize;
 
+/// A policy as read, with the fields of it that failed closed.
+type ParsedPolicy = (Policy, Vec<PolicyError>);
+
 type PodEntry = (Arc<Pod>, Option<Arc<PodEndpoint>>, Vec<ObjectError>);
 
 /// Reads snapshot after snapshot, reusing the previous conversion of every pod and
@@ -50,10 +54,10 @@ type PodEntry = (Arc<Pod>, Option<Arc<PodEndpoint>>, Vec<ObjectError>);
 #[derive(Default)]
 pub struct InputReader {
     pods: ObjectMap<PodEntry>,
-    policies: ObjectMap<(Arc<NetworkPolicy>, Result<Policy, PolicyError>)>,
+    policies: ObjectMap<(Arc<NetworkPolicy>, ParsedPolicy)>,
     /// The policy objects of the last read, in order, and what they gave.
     last_policies: Vec<ObjectKey>,
-    last_read: (Arc<Vec<Policy>>, Vec<String>),
+    last_read: (Arc<Vec<Policy>>, Vec<BadObject>),
 }
 
 type ObjectMap<V> = HashMap<ObjectKey, V, BuildHasherDefault<AddressHasher>>;
@@ -76,7 +80,7 @@ impl InputReader {
             result
         });
         self.pods = pods;
-        let mut errors: Vec<String> = cluster.errors.iter().map(|e| e.to_string()).collect();
+        let mut errors: Vec<BadObject> = cluster.errors.iter().map(object_error).collect();
         let keys: Vec<ObjectKey> = snapshot
             .network_policies
             .iter()
@@ -94,8 +98,8 @@ impl InputReader {
         }
     }
 
-    /// The policies that parse, and the errors of those that do not.
-    fn read_policies(&mut self, snapshot: &Snapshot) -> (Arc<Vec<Policy>>, Vec<String>) {
+    /// Every policy, and the fields that did not parse.
+    fn read_policies(&mut self, snapshot: &Snapshot) -> (Arc<Vec<Policy>>, Vec<BadObject>) {
         let mut policies = ObjectMap::with_capacity_and_hasher(
             snapshot.network_policies.len(),
             Default::default(),
@@ -107,15 +111,21 @@ impl InputReader {
                 Some(entry) => entry,
                 None => (object.clone(), policy::parse(object)),
             };
-            match &entry.1 {
-                Ok(policy) => good.push(policy.clone()),
-                Err(error) => errors.push(error.to_string()),
-            }
+            good.push(entry.1.0.clone());
+            errors.extend(entry.1.1.iter().map(policy_error));
             policies.insert(key, entry);
         }
         self.policies = policies;
         (Arc::new(good), errors)
     }
+}
+
+fn object_error(error: &ObjectError) -> BadObject {
+    BadObject::new(error.kind(), error.reason, error.to_string())
+}
+
+fn policy_error(error: &PolicyError) -> BadObject {
+    BadObject::new("NetworkPolicy", error.reason, error.to_string())
 }
 
 /// Hashes object addresses (one `usize`) with a multiply and a rotate: they are
@@ -151,7 +161,7 @@ mod tests {
         for case in [
             "u22-ingress-from-updated-pod/1",
             "u22-ingress-from-updated-pod/2",
-            "s15-bad-policy-is-skipped/1",
+            "s15-bad-field-fails-closed/1",
         ] {
             let snapshot = manifests::load_snapshot(&root.join(case)).unwrap();
             let first = reader.read(&snapshot);

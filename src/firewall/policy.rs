@@ -1,7 +1,9 @@
 //! NetworkPolicy v1 read into a validated form with every default applied: a policy
-//! that parses has a meaning, and that meaning is exactly the API's. A policy that
-//! does not parse is reported (naming the policy and the field) and left out; the
-//! others are not affected.
+//! that parses has a meaning, and that meaning is exactly the API's. A field that does
+//! not parse is reported (naming the policy and the field) and fails closed: a bad
+//! peer or port matches nothing while the policy still isolates the pods it selects,
+//! a bad podSelector selects the whole namespace, an unknown policy type isolates both
+//! directions. Leaving the policy out instead would open its pods to everyone.
 //!
 //! Defaults applied here: `policyTypes` absent means Ingress, plus Egress when the
 //! policy has at least one egress rule; `podSelector` absent means every pod of the
@@ -174,54 +176,77 @@ impl fmt::Display for PortMatch {
     }
 }
 
-/// A policy that was left out, and why.
+/// A field of a policy that did not parse, and how the policy fails closed around it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PolicyError {
     /// `namespace/name`.
     pub policy: String,
     pub field: String,
     pub message: String,
+    /// What the policy does instead: always at least as strict as any valid reading.
+    pub outcome: String,
+    /// The metric label: `invalid_peer`, `invalid_port`, `invalid_pod_selector`,
+    /// `invalid_policy_type`.
+    pub reason: &'static str,
 }
 
 impl fmt::Display for PolicyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "NetworkPolicy {}: {}: {} (policy ignored)",
-            self.policy, self.field, self.message
+            "NetworkPolicy {}: {}: {}; {}",
+            self.policy, self.field, self.message, self.outcome
         )
     }
 }
 
 impl std::error::Error for PolicyError {}
 
-/// Reads every policy; the bad ones come back as errors.
+/// What a peer or port that does not parse becomes: nothing, while the policy still
+/// isolates the pods it selects (leaving the policy out would open them to everyone).
+const MATCHES_NOTHING: &str = "it matches nothing (the policy still isolates the pods it selects)";
+
+/// Reads every policy; the fields that did not parse come back as errors.
 pub fn parse_all<'a>(
     policies: impl IntoIterator<Item = &'a NetworkPolicy>,
 ) -> (Vec<Policy>, Vec<PolicyError>) {
     let mut good = Vec::new();
     let mut bad = Vec::new();
     for policy in policies {
-        match parse(policy) {
-            Ok(policy) => good.push(policy),
-            Err(err) => bad.push(err),
-        }
+        let (policy, errors) = parse(policy);
+        good.push(policy);
+        bad.extend(errors);
     }
     (good, bad)
 }
 
-pub fn parse(policy: &NetworkPolicy) -> Result<Policy, PolicyError> {
+/// Reads one policy. A field that does not parse never widens what the policy admits:
+/// a bad peer or port matches nothing, a bad `podSelector` selects every pod of the
+/// namespace and an unknown policy type isolates both directions. Each is reported.
+pub fn parse(policy: &NetworkPolicy) -> (Policy, Vec<PolicyError>) {
     let namespace = policy.namespace().unwrap_or_else(|| "default".into());
     let name = policy.name_any();
-    let error = |field: String, message: String| PolicyError {
-        policy: format!("{namespace}/{name}"),
-        field,
-        message,
+    let mut errors = Vec::new();
+    let mut error = |reason: &'static str, field: String, message: String, outcome: String| {
+        errors.push(PolicyError {
+            policy: format!("{namespace}/{name}"),
+            field,
+            message,
+            outcome,
+            reason,
+        })
     };
     let spec = policy.spec.clone().unwrap_or_default();
     let pod_selector = match &spec.pod_selector {
-        Some(selector) => Selector::parse(selector)
-            .map_err(|e| error(format!("spec.podSelector.{}", e.field), e.message))?,
+        Some(selector) => Selector::parse(selector).unwrap_or_else(|e| {
+            error(
+                "invalid_pod_selector",
+                format!("spec.podSelector.{}", e.field),
+                e.message,
+                format!("the policy selects every pod of namespace {namespace} (fails closed)"),
+            );
+            Selector::everything()
+        }),
         None => Selector::everything(),
     };
     let ingress_rules = spec.ingress.unwrap_or_default();
@@ -235,60 +260,62 @@ pub fn parse(policy: &NetworkPolicy) -> Result<Policy, PolicyError> {
                 "Ingress" => isolates_ingress = true,
                 "Egress" => isolates_egress = true,
                 other => {
-                    return Err(error(
+                    error(
+                        "invalid_policy_type",
                         format!("spec.policyTypes[{i}]"),
                         format!("unknown policy type `{other}` (Ingress, Egress)"),
-                    ));
+                        "the policy isolates both directions (fails closed)".into(),
+                    );
+                    isolates_ingress = true;
+                    isolates_egress = true;
                 }
             }
         }
     }
-    let mut ingress = Vec::new();
-    for (i, rule) in ingress_rules.iter().enumerate() {
-        let field = format!("spec.ingress[{i}]");
-        ingress.push(
-            parse_rule(
-                &namespace,
-                rule.from.as_deref(),
-                rule.ports.as_deref(),
-                &field,
-                "from",
-            )
-            .map_err(|(f, m)| error(f, m))?,
-        );
+    let mut field_errors = Vec::new();
+    let ingress: Vec<Rule> = ingress_rules
+        .iter()
+        .enumerate()
+        .map(|(i, rule)| {
+            let field = format!("spec.ingress[{i}]");
+            let (peers, ports) = (rule.from.as_deref(), rule.ports.as_deref());
+            parse_rule(&namespace, peers, ports, &field, "from", &mut field_errors)
+        })
+        .collect();
+    let egress: Vec<Rule> = egress_rules
+        .iter()
+        .enumerate()
+        .map(|(i, rule)| {
+            let field = format!("spec.egress[{i}]");
+            let (peers, ports) = (rule.to.as_deref(), rule.ports.as_deref());
+            parse_rule(&namespace, peers, ports, &field, "to", &mut field_errors)
+        })
+        .collect();
+    for (reason, (field, message)) in field_errors {
+        error(reason, field, message, MATCHES_NOTHING.into());
     }
-    let mut egress = Vec::new();
-    for (i, rule) in egress_rules.iter().enumerate() {
-        let field = format!("spec.egress[{i}]");
-        egress.push(
-            parse_rule(
-                &namespace,
-                rule.to.as_deref(),
-                rule.ports.as_deref(),
-                &field,
-                "to",
-            )
-            .map_err(|(f, m)| error(f, m))?,
-        );
-    }
-    Ok(Policy {
+    let policy = Policy {
         namespace: namespace.clone(),
         name: name.clone(),
         pod_selector,
         ingress: isolates_ingress.then_some(ingress),
         egress: isolates_egress.then_some(egress),
-    })
+    };
+    (policy, errors)
 }
 
 type FieldError = (String, String);
 
+/// One rule; a peer or port that does not parse is left out of its list (and
+/// reported in `errors`), so a list of only bad entries admits nothing.
 fn parse_rule(
     namespace: &str,
     peers: Option<&[NetworkPolicyPeer]>,
     ports: Option<&[NetworkPolicyPort]>,
     field: &str,
     peers_field: &str,
-) -> Result<Rule, FieldError> {
+    errors: &mut Vec<(&'static str, FieldError)>,
+) -> Rule {
     // An empty list means the same as an absent one: no restriction.
     let peers = match peers {
         None | Some([]) => None,
@@ -296,10 +323,12 @@ fn parse_rule(
             peers
                 .iter()
                 .enumerate()
-                .map(|(j, peer)| {
+                .filter_map(|(j, peer)| {
                     parse_peer(namespace, peer, &format!("{field}.{peers_field}[{j}]"))
+                        .map_err(|e| errors.push(("invalid_peer", e)))
+                        .ok()
                 })
-                .collect::<Result<Vec<_>, _>>()?,
+                .collect(),
         ),
     };
     let ports = match ports {
@@ -308,11 +337,15 @@ fn parse_rule(
             ports
                 .iter()
                 .enumerate()
-                .map(|(k, port)| parse_port(port, &format!("{field}.ports[{k}]")))
-                .collect::<Result<Vec<_>, _>>()?,
+                .filter_map(|(k, port)| {
+                    parse_port(port, &format!("{field}.ports[{k}]"))
+                        .map_err(|e| errors.push(("invalid_port", e)))
+                        .ok()
+                })
+                .collect(),
         ),
     };
-    Ok(Rule { peers, ports })
+    Rule { peers, ports }
 }
 
 fn parse_peer(namespace: &str, peer: &NetworkPolicyPeer, field: &str) -> Result<Peer, FieldError> {
@@ -452,6 +485,14 @@ mod tests {
     use serde_json::json;
 
     fn policy(spec: serde_json::Value) -> Result<Policy, PolicyError> {
+        let (policy, mut errors) = parse_with_errors(spec);
+        match errors.is_empty() {
+            true => Ok(policy),
+            false => Err(errors.remove(0)),
+        }
+    }
+
+    fn parse_with_errors(spec: serde_json::Value) -> (Policy, Vec<PolicyError>) {
         parse(
             &serde_json::from_value(json!({
                 "metadata": {"name": "p", "namespace": "x"},
@@ -595,6 +636,60 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn a_field_that_does_not_parse_fails_closed() {
+        // A bad peer matches nothing; the good peer beside it still does, and the
+        // policy still isolates ingress.
+        let (parsed, errors) = parse_with_errors(json!({
+            "podSelector": {"matchLabels": {"pod": "a"}},
+            "ingress": [
+                {"from": [{"ipBlock": {"cidr": "10.0.0.0/33"}}, {"podSelector": {}}]},
+                {"from": [{"ipBlock": {"cidr": "nonsense"}}]},
+                {"ports": [{"port": 70000}]},
+            ],
+        }));
+        let rules = parsed.ingress.expect("still isolates ingress");
+        assert_eq!(rules[0].peers.as_ref().map(Vec::len), Some(1));
+        assert_eq!(
+            rules[1].peers,
+            Some(vec![]),
+            "a rule of bad peers admits nothing"
+        );
+        assert_eq!(
+            (rules[2].peers.clone(), rules[2].ports.clone()),
+            (None, Some(vec![]))
+        );
+        let fields: Vec<(&str, &str)> = errors
+            .iter()
+            .map(|e| (e.field.as_str(), e.reason))
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                ("spec.ingress[0].from[0].ipBlock.cidr", "invalid_peer"),
+                ("spec.ingress[1].from[0].ipBlock.cidr", "invalid_peer"),
+                ("spec.ingress[2].ports[0].port", "invalid_port"),
+            ]
+        );
+        assert!(
+            errors[0].to_string().contains("matches nothing"),
+            "{}",
+            errors[0]
+        );
+        // A bad podSelector selects the whole namespace; a bad type isolates both ways.
+        let (parsed, errors) = parse_with_errors(json!({
+            "podSelector": {"matchExpressions": [{"key": "a", "operator": "Is"}]},
+            "policyTypes": ["Egres"],
+        }));
+        assert_eq!(parsed.pod_selector, Selector::everything());
+        assert_eq!(
+            (parsed.ingress, parsed.egress),
+            (Some(vec![]), Some(vec![]))
+        );
+        let reasons: Vec<&str> = errors.iter().map(|e| e.reason).collect();
+        assert_eq!(reasons, ["invalid_pod_selector", "invalid_policy_type"]);
     }
 
     #[test]

@@ -16,7 +16,7 @@ pub use args::{ProxyArgs, ProxyBackend};
 use ipnet::IpNet;
 
 use crate::cache::{Kind, Snapshot};
-use crate::runtime::{Controller, SyncReason, Synced};
+use crate::runtime::{BadObject, Controller, SyncReason, Synced};
 
 /// The kinds the proxy reads.
 pub const KINDS: [Kind; 4] = [
@@ -101,11 +101,12 @@ impl Controller for ProxyController {
 
     async fn sync(&mut self, snapshot: &Snapshot, reason: SyncReason) -> anyhow::Result<Synced> {
         let map = services::build(snapshot, &self.node, &self.default_cidrs);
-        let mut bad_objects = map.errors.clone();
+        let mut bad_objects: Vec<BadObject> =
+            map.errors.iter().cloned().map(BadObject::from).collect();
         match &mut self.backend {
             Backend::Nftables(reconciler) => {
                 let (ruleset, problems) = nftables::compile::compile(&map);
-                bad_objects.extend(problems);
+                bad_objects.extend(problems.into_iter().map(BadObject::from));
                 let applied = reconciler.sync(ruleset, reason).await?;
                 if applied != nftables::apply::Applied::Nothing {
                     tracing::debug!(?applied, ports = map.ports.len(), "service proxy updated");
@@ -113,7 +114,7 @@ impl Controller for ProxyController {
             }
             Backend::Ipvs(reconciler) => {
                 let (desired, problems) = ipvs::compile::compile(&map);
-                bad_objects.extend(problems);
+                bad_objects.extend(problems.into_iter().map(BadObject::from));
                 let applied = reconciler.sync(desired, reason).await?;
                 if applied.ipvs_changes > 0 {
                     tracing::debug!(

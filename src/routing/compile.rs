@@ -102,9 +102,10 @@ pub fn compile(
         .find(|n| n.name == node)
         .ok_or_else(|| CompileError::NodeNotFound(node.to_string()))?;
     let node_ips = primary_and_other(local, args.node_ip)?;
-    if local.pod_cidrs.is_empty() {
-        problems.push(format!(
-            "Node {node}: no pod CIDRs (spec.podCIDRs is empty and no annotation): pods on this node get no bridge address"
+    for without in nodes.iter().filter(|n| n.pod_cidrs.is_empty()) {
+        problems.push(super::nodes::no_pod_cidr(
+            &without.name,
+            without.name == node,
         ));
     }
 
@@ -498,6 +499,42 @@ mod tests {
     }
 
     #[test]
+    fn a_node_without_pod_cidr_is_reported_and_the_others_still_routed() {
+        let yaml = format!(
+            "{THREE_NODES}\n---\nkind: Node\nmetadata: {{name: n4}}\n\
+             status: {{addresses: [{{type: InternalIP, address: 192.168.1.14}}]}}\n"
+        );
+        let options = args(OverlayType::Subnet, OverlayEncap::Vxlan);
+        let with = plan(&yaml, "n1", &options);
+        let without = plan(THREE_NODES, "n1", &options);
+        assert_eq!(route_lines(&with), route_lines(&without));
+        let bad: Vec<_> = with
+            .problems
+            .iter()
+            .cloned()
+            .map(super::super::nodes::bad_object)
+            .collect();
+        assert_eq!(bad.len(), 1, "{:?}", with.problems);
+        assert_eq!(
+            (bad[0].kind.as_str(), bad[0].reason.as_str()),
+            ("Node", "no_pod_cidr")
+        );
+        assert!(
+            bad[0].message.starts_with("Node n4: spec.podCIDRs"),
+            "{}",
+            bad[0]
+        );
+        // As its own node: no bridge address, still reported the same way.
+        let own = plan(&yaml, "n4", &options);
+        assert!(own.bridge.addresses.is_empty());
+        assert!(
+            own.problems
+                .iter()
+                .any(|p| p.contains("pods on this node get no bridge address"))
+        );
+    }
+
+    #[test]
     fn unrouted_with_overlay_none_says_the_underlay_must_route_it() {
         let plan = plan(
             THREE_NODES,
@@ -736,6 +773,7 @@ mod tests {
             plan.problems,
             [
                 "Node n5: metadata.annotations[kubewire.io/pod-cidrs]: `x` is not a CIDR",
+                "Node n5: spec.podCIDRs: empty, and no pod CIDR annotation; its pods get no route from this node",
                 "Node n4: pod CIDR 10.244.2.128/25 overlaps 10.244.2.0/24 of Node n2; not routed",
             ]
         );

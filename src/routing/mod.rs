@@ -125,7 +125,7 @@ impl Controller for RoutingController {
             }
         }
         Ok(Synced {
-            bad_objects: problems,
+            bad_objects: problems.into_iter().map(nodes::bad_object).collect(),
         })
     }
 

@@ -10,6 +10,29 @@ use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 
 use crate::node::{self, NodeAddress};
+use crate::runtime::BadObject;
+
+/// The field and fault of a Node with no pod CIDR (no IPAM yet, or none configured):
+/// its pods get no bridge address (this node) or no route (another node).
+const NO_POD_CIDR: &str = "spec.podCIDRs: empty, and no pod CIDR annotation";
+
+/// The problem of a Node with no pod CIDR, as `local` (this node) or a peer sees it.
+pub fn no_pod_cidr(name: &str, local: bool) -> String {
+    let effect = match local {
+        true => "pods on this node get no bridge address",
+        false => "its pods get no route from this node",
+    };
+    format!("Node {name}: {NO_POD_CIDR}; {effect}")
+}
+
+/// A routing problem as a bad object: counted as `no_pod_cidr` when it is one.
+pub fn bad_object(problem: String) -> BadObject {
+    let mut bad = BadObject::from(problem);
+    if bad.kind == "Node" && bad.message.contains(NO_POD_CIDR) {
+        bad.reason = "no_pod_cidr".into();
+    }
+    bad
+}
 
 /// A Node as routing sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,6 +77,23 @@ mod tests {
 
     fn node(json: serde_json::Value) -> Node {
         serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn a_node_without_pod_cidr_is_its_own_reason() {
+        let bad = bad_object(no_pod_cidr("n2", false));
+        assert_eq!(
+            (bad.kind.as_str(), bad.reason.as_str()),
+            ("Node", "no_pod_cidr")
+        );
+        assert_eq!(
+            bad.message,
+            "Node n2: spec.podCIDRs: empty, and no pod CIDR annotation; its pods get no route from this node"
+        );
+        assert_eq!(
+            bad_object("Node n2: pod CIDR x overlaps y".into()).reason,
+            "invalid"
+        );
     }
 
     #[test]

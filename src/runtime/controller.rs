@@ -1,5 +1,6 @@
 use std::future::Future;
 
+use super::BadObject;
 use crate::cache::{Kind, Snapshot};
 
 /// Why a sync runs; reconcilers use it to decide how hard to look for drift.
@@ -20,7 +21,7 @@ pub enum SyncReason {
 /// closed; everything else was applied). The runtime logs each once and counts them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Synced {
-    pub bad_objects: Vec<String>,
+    pub bad_objects: Vec<BadObject>,
 }
 
 /// One controller: a pure compile from the snapshot and a reconcile of the kernel,

@@ -13,6 +13,6 @@ mod controller;
 mod run;
 
 pub use backoff::Backoff;
-pub use bad_objects::BadObjects;
+pub use bad_objects::{BadObject, BadObjectChanges, BadObjects};
 pub use controller::{Controller, SyncReason, Synced};
 pub use run::{Runtime, run};

@@ -32,9 +32,11 @@ pub async fn run<C: Controller>(mut controller: C, runtime: Runtime) -> anyhow::
                 metrics.observe_sync(started.elapsed());
                 runtime.health.synced(name);
                 backoff.reset();
-                for error in bad_objects.update(&synced.bad_objects) {
-                    tracing::warn!(controller = name, %error, "ignoring a bad object or field");
+                let reported = bad_objects.update(&synced.bad_objects);
+                for bad in &reported.new {
+                    tracing::warn!(controller = name, kind = %bad.kind, reason = %bad.reason, error = %bad.message, "ignoring a bad object or field");
                 }
+                runtime.metrics.count_bad_objects(&reported);
                 metrics.set_bad_objects(bad_objects.len());
                 if reason == SyncReason::Start {
                     // SAFETY: malloc_trim only returns free heap pages to the kernel.

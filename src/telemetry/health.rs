@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 #[derive(Clone)]
 pub struct Health {
     inner: Arc<Mutex<BTreeMap<String, Option<Instant>>>>,
+    /// Lines shown in /healthz that do not make it fail (a hung API server: the
+    /// dataplane is fine and a restart would not help).
+    details: Arc<Mutex<BTreeMap<String, String>>>,
     stale_after: Duration,
 }
 
@@ -22,8 +25,29 @@ impl Health {
     pub fn new(stale_after: Duration) -> Self {
         Self {
             inner: Arc::default(),
+            details: Arc::default(),
             stale_after,
         }
+    }
+
+    /// Sets (or with `None` clears) the detail line `name`.
+    pub fn set_detail(&self, name: &str, detail: Option<String>) {
+        if let Ok(mut details) = self.details.lock() {
+            match detail {
+                Some(text) => details.insert(name.to_string(), text),
+                None => details.remove(name),
+            };
+        }
+    }
+
+    fn detail_lines(&self) -> String {
+        let Ok(details) = self.details.lock() else {
+            return String::new();
+        };
+        details
+            .iter()
+            .map(|(name, text)| format!("{name}: {text}\n"))
+            .collect()
     }
 
     /// Declares a controller that must sync for the agent to be healthy.
@@ -61,16 +85,17 @@ impl Health {
                 Some(_) => {}
             }
         }
+        let details = self.detail_lines();
         if problems.is_empty() {
             let names: Vec<&str> = map.keys().map(String::as_str).collect();
             HealthReport {
                 healthy: true,
-                body: format!("ok: {}\n", names.join(", ")),
+                body: format!("ok: {}\n{details}", names.join(", ")),
             }
         } else {
             HealthReport {
                 healthy: false,
-                body: problems.join("\n") + "\n",
+                body: problems.join("\n") + "\n" + &details,
             }
         }
     }
@@ -92,6 +117,14 @@ mod tests {
         assert!(!report.healthy && report.body.contains("routing: not synced yet"));
         health.synced("routing");
         assert!(health.report().healthy);
+        health.set_detail("apiserver", Some("not answering".into()));
+        let report = health.report();
+        assert!(
+            report.healthy && report.body.ends_with("apiserver: not answering\n"),
+            "{report:?}"
+        );
+        health.set_detail("apiserver", None);
+        assert!(!health.report().body.contains("apiserver"));
         std::thread::sleep(Duration::from_millis(80));
         health.synced("routing");
         let report = health.report();

@@ -22,6 +22,12 @@ pub struct ControllerLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BadObjectLabel {
+    pub kind: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabel {
     version: String,
 }
@@ -41,6 +47,7 @@ pub struct Metrics {
     sync_duration: HistogramFamily,
     sync_errors: Family<ControllerLabel, Counter>,
     bad_objects: Family<ControllerLabel, Gauge>,
+    bad_objects_by_kind: Family<BadObjectLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -93,6 +100,13 @@ impl Metrics {
             "Objects (or fields) the controller could not use in its last sync",
             bad_objects.clone(),
         );
+        registry.register_collector(Box::new(super::process::ProcessCollector));
+        let bad_objects_by_kind = Family::<BadObjectLabel, Gauge>::default();
+        registry.register(
+            "kubewire_bad_objects",
+            "Objects (or fields) some controller cannot use now, by kind and reason; each is logged once naming object and field",
+            bad_objects_by_kind.clone(),
+        );
         Self {
             registry: Arc::new(Mutex::new(registry)),
             cache_objects,
@@ -100,6 +114,7 @@ impl Metrics {
             sync_duration,
             sync_errors,
             bad_objects,
+            bad_objects_by_kind,
         }
     }
 
@@ -125,6 +140,20 @@ impl Metrics {
                 kind: kind.to_string(),
             })
             .inc();
+    }
+
+    /// Counts a controller's newly reported bad objects and uncounts the fixed ones.
+    pub fn count_bad_objects(&self, changes: &crate::runtime::BadObjectChanges) {
+        let label = |bad: &crate::runtime::BadObject| BadObjectLabel {
+            kind: bad.kind.clone(),
+            reason: bad.reason.clone(),
+        };
+        for bad in &changes.new {
+            self.bad_objects_by_kind.get_or_create(&label(bad)).inc();
+        }
+        for bad in &changes.gone {
+            self.bad_objects_by_kind.get_or_create(&label(bad)).dec();
+        }
     }
 
     pub fn controller(&self, name: &str) -> ControllerMetrics {
@@ -183,7 +212,40 @@ mod tests {
         metrics
             .controller("firewall")
             .observe_sync(Duration::from_millis(5));
+        let bad = crate::runtime::BadObject::new("Node", "no_pod_cidr", "Node n1: spec.podCIDRs");
+        metrics.count_bad_objects(&crate::runtime::BadObjectChanges {
+            new: vec![
+                bad.clone(),
+                crate::runtime::BadObject::from("Pod a/b: status.podIP"),
+            ],
+            gone: vec![],
+        });
+        metrics.count_bad_objects(&crate::runtime::BadObjectChanges {
+            new: vec![],
+            gone: vec![bad],
+        });
         let text = metrics.encode();
+        assert!(
+            text.contains("kubewire_bad_objects{kind=\"Pod\",reason=\"invalid\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kubewire_bad_objects{kind=\"Node\",reason=\"no_pod_cidr\"} 0"),
+            "{text}"
+        );
+        for name in [
+            "process_cpu_seconds_total ",
+            "process_resident_memory_bytes ",
+            "process_virtual_memory_bytes ",
+            "process_start_time_seconds ",
+            "process_open_fds ",
+            "process_max_fds ",
+        ] {
+            assert!(
+                text.contains(&format!("\n{name}")),
+                "{name} missing: {text}"
+            );
+        }
         assert!(text.contains("kubewire_build_info{version=\""), "{text}");
         assert!(
             text.contains("kubewire_cache_objects{kind=\"Pod\"} 3"),

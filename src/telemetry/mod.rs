@@ -3,6 +3,7 @@
 mod health;
 mod logging;
 mod metrics;
+mod process;
 mod server;
 
 pub use health::{Health, HealthReport};

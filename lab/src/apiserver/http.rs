@@ -36,6 +36,7 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    shared.thawed().await;
     let path = uri.path().trim_end_matches('/');
     let response = match path {
         "/version" => json_response(StatusCode::OK, &discovery::version()),

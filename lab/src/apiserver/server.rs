@@ -35,6 +35,9 @@ pub struct Shared {
     pub versions: watch::Sender<u64>,
     /// Becomes `true` when the server stops; every watch then ends.
     pub shutdown: watch::Sender<bool>,
+    /// `true` while the server is frozen (a fault for tests): connections are accepted
+    /// and kept, nothing is answered, open watches deliver nothing.
+    pub frozen: watch::Sender<bool>,
     pub bookmark_interval: Duration,
     pub addr: SocketAddr,
 }
@@ -46,6 +49,12 @@ impl Shared {
 
     pub fn read<T>(&self, read: impl FnOnce(&ApiState) -> T) -> T {
         read(&self.lock())
+    }
+
+    /// Returns once the server is not frozen.
+    pub async fn thawed(&self) {
+        let mut frozen = self.frozen.subscribe();
+        let _ = frozen.wait_for(|frozen| !*frozen).await;
     }
 
     /// Runs a write, then wakes the watches if the resourceVersion moved.
@@ -92,6 +101,7 @@ impl ApiServer {
             state: Mutex::new(state),
             versions: watch::channel(rv).0,
             shutdown: watch::channel(false).0,
+            frozen: watch::channel(false).0,
             bookmark_interval: config.bookmark_interval,
             addr,
         });
@@ -145,6 +155,26 @@ impl ApiServer {
     /// beside the server; clients go through HTTP).
     pub fn write<T>(&self, write: impl FnOnce(&mut ApiState) -> T) -> T {
         self.shared.write(write)
+    }
+
+    /// Freezes the server as a hung kube-apiserver is: TCP connections are accepted
+    /// and stay open, but no request gets an answer and no watch an event until
+    /// [`ApiServer::thaw`]. Writes through [`ApiServer::write`] still happen.
+    pub fn freeze(&self) {
+        self.shared.frozen.send_replace(true);
+        tracing::warn!("API server frozen");
+    }
+
+    /// Ends a [`ApiServer::freeze`]: held requests are answered, watches go on.
+    pub fn thaw(&self) {
+        self.shared.frozen.send_replace(false);
+        tracing::info!("API server thawed");
+    }
+
+    /// Compacts the watch history to the last `keep` changes, as etcd compaction
+    /// does: a watch from an older resourceVersion gets 410 Gone and must relist.
+    pub fn compact(&self, keep: usize) {
+        self.shared.write(|state| state.set_history_limit(keep));
     }
 
     /// Closes the listener and every open watch.

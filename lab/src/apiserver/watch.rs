@@ -169,6 +169,8 @@ pub fn stream(
     };
     futures::stream::unfold(session, |mut session| async move {
         let chunk = session.next_chunk().await?;
+        // A frozen server holds every chunk, bookmarks included.
+        session.shared.thawed().await;
         Some((Ok(chunk), session))
     })
 }

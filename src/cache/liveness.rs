@@ -1,0 +1,159 @@
+//! Whether the API server answers. A hung server (TCP open, nothing coming back)
+//! looks to a watch like a quiet cluster, possibly for minutes; so the server is asked
+//! for `/version` every [`PROBE_INTERVAL`], each answer awaited at most
+//! [`PROBE_TIMEOUT`], and a server that does not answer is reported within about 20 s:
+//! one log line when it stops and one when it is back, `kubewire_apiserver_up`, a
+//! failure count, and a line in /healthz. /healthz stays green for it: the dataplane
+//! keeps the last state the agent saw, and a restart would not bring the server back.
+
+use std::time::{Duration, Instant};
+
+use kube::Client;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+
+use crate::telemetry::{Health, Metrics};
+
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(10);
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The name of the /healthz detail line.
+const HEALTH_DETAIL: &str = "apiserver";
+
+/// What the probes have seen; pure, so transitions are tested without a server.
+#[derive(Debug)]
+pub struct Liveness {
+    last_answer: Instant,
+    /// Since when the server has not answered, if it does not.
+    failing_since: Option<Instant>,
+}
+
+/// A change worth one log line.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Transition {
+    Stopped { error: String },
+    Back { after: Duration },
+}
+
+impl Liveness {
+    pub fn new(now: Instant) -> Self {
+        Self {
+            last_answer: now,
+            failing_since: None,
+        }
+    }
+
+    pub fn answered(&mut self, now: Instant) -> Option<Transition> {
+        self.last_answer = now;
+        self.failing_since
+            .take()
+            .map(|since| Transition::Back { after: now - since })
+    }
+
+    pub fn failed(&mut self, now: Instant, error: String) -> Option<Transition> {
+        match self.failing_since {
+            Some(_) => None,
+            None => {
+                self.failing_since = Some(now);
+                Some(Transition::Stopped { error })
+            }
+        }
+    }
+
+    /// The /healthz detail: `None` while the server answers.
+    pub fn detail(&self, now: Instant) -> Option<String> {
+        self.failing_since.map(|_| {
+            format!(
+                "not answering, last answer {}s ago (the cache may be stale; the dataplane keeps its last state)",
+                (now - self.last_answer).as_secs()
+            )
+        })
+    }
+}
+
+/// Probes the API server until the task is dropped.
+pub async fn monitor(client: Client, metrics: Metrics, health: Health) {
+    let up = Gauge::<i64>::default();
+    metrics.register(
+        "kubewire_apiserver_up",
+        "1 while the API server answers GET /version within 10 s, else 0",
+        up.clone(),
+    );
+    let failures = Counter::<u64>::default();
+    metrics.register(
+        "kubewire_apiserver_probe_failures",
+        "Probes of the API server (GET /version) that failed or got no answer within 10 s",
+        failures.clone(),
+    );
+    let mut liveness = Liveness::new(Instant::now());
+    loop {
+        let started = Instant::now();
+        let result = match tokio::time::timeout(PROBE_TIMEOUT, client.apiserver_version()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(err)) => Err(err.to_string()),
+            Err(_) => Err(format!(
+                "no answer to GET /version within {PROBE_TIMEOUT:?}"
+            )),
+        };
+        let now = Instant::now();
+        let transition = match result {
+            Ok(()) => {
+                up.set(1);
+                liveness.answered(now)
+            }
+            Err(error) => {
+                up.set(0);
+                failures.inc();
+                liveness.failed(now, error)
+            }
+        };
+        match transition {
+            Some(Transition::Stopped { error }) => {
+                tracing::error!(%error, "the API server is not answering: the watch cache may be stale; the dataplane keeps its last state")
+            }
+            Some(Transition::Back { after }) => {
+                tracing::warn!(after = ?after, "the API server answers again")
+            }
+            None => {}
+        }
+        health.set_detail(HEALTH_DETAIL, liveness.detail(now));
+        tokio::time::sleep(PROBE_INTERVAL.saturating_sub(started.elapsed())).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_transition_per_outage() {
+        let start = Instant::now();
+        let at = |s: u64| start + Duration::from_secs(s);
+        let mut liveness = Liveness::new(start);
+        assert_eq!(liveness.answered(at(10)), None);
+        assert_eq!(liveness.detail(at(10)), None);
+        assert_eq!(
+            liveness.failed(at(20), "timeout".into()),
+            Some(Transition::Stopped {
+                error: "timeout".into()
+            })
+        );
+        assert_eq!(
+            liveness.failed(at(30), "timeout".into()),
+            None,
+            "logged once"
+        );
+        assert!(
+            liveness
+                .detail(at(30))
+                .is_some_and(|d| d.starts_with("not answering, last answer 20s ago")),
+        );
+        assert_eq!(
+            liveness.answered(at(45)),
+            Some(Transition::Back {
+                after: Duration::from_secs(25)
+            })
+        );
+        assert_eq!(liveness.detail(at(45)), None);
+    }
+}
