@@ -1,0 +1,285 @@
+//! The one reconciler: keeps one table in a [`Backend`] equal to what a controller
+//! wants. It starts from what the kernel holds (read once, so a restarted agent
+//! applies only the difference: counters and rule handles survive), then applies the
+//! difference from what it last applied, kept in memory, without reading back.
+//!
+//! The periodic check is exact and cheap: every commit to nf_tables in the network
+//! namespace (ours or anyone's) increments the ruleset generation, so when it is
+//! still the one our own last commit produced, nothing can differ; otherwise the
+//! table is read back whole (chains, rules, every element) and any difference is
+//! repaired by the diff that follows.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+
+use super::backend::Backend;
+use super::cli::NftError;
+use super::model::{Table, TableId};
+use super::render::{self, Kind, Transaction};
+
+/// What one sync did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Applied {
+    Nothing,
+    Applied(Transaction),
+}
+
+impl Applied {
+    pub fn transaction(&self) -> Option<&Transaction> {
+        match self {
+            Applied::Nothing => None,
+            Applied::Applied(tx) => Some(tx),
+        }
+    }
+}
+
+/// What the reconciler knows of the kernel's table.
+#[derive(Clone, Debug)]
+enum Known {
+    /// Read it before the next change.
+    Unknown,
+    Absent,
+    Present(Table),
+}
+
+pub struct Reconciler<B> {
+    backend: B,
+    table: TableId,
+    known: Known,
+    /// The generation our last commit (or verified read) left: while it is current,
+    /// the table is what `known` says.
+    verified: Option<u32>,
+    metrics: NftMetrics,
+    /// Packet counts of the named counters at the last periodic sync.
+    packets: BTreeMap<String, u64>,
+    /// Periodic checks that found the generation moved and read the table.
+    pub reads: u64,
+}
+
+impl<B: Backend> Reconciler<B> {
+    pub fn new(backend: B, table: TableId) -> Self {
+        Self {
+            backend,
+            table,
+            known: Known::Unknown,
+            verified: None,
+            metrics: NftMetrics::get().clone(),
+            packets: BTreeMap::new(),
+            reads: 0,
+        }
+    }
+
+    pub fn backend(&mut self) -> &mut B {
+        &mut self.backend
+    }
+
+    pub fn table(&self) -> &TableId {
+        &self.table
+    }
+
+    /// The named counters' packets as of the last periodic sync.
+    pub fn packets(&self) -> &BTreeMap<String, u64> {
+        &self.packets
+    }
+
+    /// Forgets what the kernel holds: the next sync reads it.
+    pub fn invalidate(&mut self) {
+        self.known = Known::Unknown;
+        self.verified = None;
+    }
+
+    /// Brings the table to `desired`; `periodic` also checks for drift and reads the
+    /// counters. On error the next sync reads the table again.
+    pub async fn sync(&mut self, desired: &Table, periodic: bool) -> Result<Applied, NftError> {
+        let result = self.sync_inner(desired, periodic).await;
+        if result.is_err() {
+            self.invalidate();
+        }
+        result
+    }
+
+    async fn sync_inner(&mut self, desired: &Table, periodic: bool) -> Result<Applied, NftError> {
+        if periodic {
+            self.check().await?;
+            self.packets = self.backend.packets(&self.table).await?;
+        }
+        if matches!(self.known, Known::Unknown) {
+            self.load().await?;
+        }
+        let tx = match &self.known {
+            Known::Present(old) => render::diff(&self.table, old, desired)
+                .unwrap_or_else(|| render::replace(&self.table, desired)),
+            _ => render::create(&self.table, desired),
+        };
+        if tx.is_empty() {
+            self.known = Known::Present(desired.clone());
+            self.record_success();
+            return Ok(Applied::Nothing);
+        }
+        let before = self.backend.generation().await?;
+        let tx = match self.backend.apply(&tx).await {
+            Ok(()) => tx,
+            Err(err) if tx.kind == Kind::Diff => {
+                // nft refused a change it should take (nft 1.0.6 cannot add a rule
+                // naming an existing `typeof ... th dport` map): replace the table.
+                tracing::warn!(table = %self.table, error = %err, "an incremental nftables change failed; replacing the table");
+                let replace = render::replace(&self.table, desired);
+                self.backend.apply(&replace).await?;
+                replace
+            }
+            Err(err) => return Err(err),
+        };
+        let after = self.backend.generation().await?;
+        // Ours was the only commit in between when the generation moved by one.
+        self.verified =
+            (self.verified == Some(before) && after == before.wrapping_add(1)).then_some(after);
+        self.known = Known::Present(desired.clone());
+        let label = TxLabel {
+            table: self.table.name.clone(),
+            kind: tx.kind.as_str().into(),
+        };
+        self.metrics.transactions.get_or_create(&label).inc();
+        self.metrics
+            .transaction_size
+            .get_or_create(&TableLabel {
+                table: self.table.name.clone(),
+            })
+            .observe(tx.size() as f64);
+        self.record_success();
+        Ok(Applied::Applied(tx))
+    }
+
+    /// Reads the table to start from what is there.
+    async fn load(&mut self) -> Result<(), NftError> {
+        let generation = self.backend.generation().await?;
+        let observed = self.backend.read(&self.table).await?;
+        self.known = match observed {
+            Some(observed) => {
+                self.packets = observed.packets;
+                Known::Present(observed.table)
+            }
+            None => Known::Absent,
+        };
+        self.verified = Some(generation);
+        Ok(())
+    }
+
+    /// Reads the table back unless the generation says nothing was committed since
+    /// ours; a difference is logged and counted, and the sync that follows repairs it.
+    async fn check(&mut self) -> Result<(), NftError> {
+        let Known::Present(expected) = &self.known else {
+            return Ok(());
+        };
+        let generation = self.backend.generation().await?;
+        if self.verified == Some(generation) {
+            return Ok(());
+        }
+        self.reads += 1;
+        let expected = expected.clone();
+        self.load().await?;
+        let differences = match &self.known {
+            Known::Present(observed) => render::describe(&self.table, observed, &expected),
+            _ => vec!["the table is gone".to_string()],
+        };
+        if !differences.is_empty() {
+            tracing::warn!(table = %self.table, ?differences, "our nftables table was changed by someone else; repairing it");
+            self.metrics
+                .drift_repairs
+                .get_or_create(&TableLabel {
+                    table: self.table.name.clone(),
+                })
+                .inc();
+        }
+        Ok(())
+    }
+
+    fn record_success(&self) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        self.metrics
+            .last_sync
+            .get_or_create(&TableLabel {
+                table: self.table.name.clone(),
+            })
+            .set(now);
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TxLabel {
+    pub table: String,
+    /// `create`, `replace` or `diff`.
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabel {
+    pub table: String,
+}
+
+type SizeHistogram = Family<TableLabel, Histogram, fn() -> Histogram>;
+
+fn size_histogram() -> Histogram {
+    // 1 .. ~1M ops+elements
+    Histogram::new(exponential_buckets(1.0, 4.0, 11))
+}
+
+/// The nftables metrics, one family for every table (labelled by it).
+#[derive(Clone)]
+pub struct NftMetrics {
+    pub transactions: Family<TxLabel, Counter>,
+    pub transaction_size: SizeHistogram,
+    pub drift_repairs: Family<TableLabel, Counter>,
+    pub last_sync: Family<TableLabel, Gauge>,
+}
+
+impl NftMetrics {
+    /// The process's one set: every reconciler counts into it, whichever controller
+    /// created it, and [`NftMetrics::register`] exposes it.
+    pub fn get() -> &'static NftMetrics {
+        static METRICS: OnceLock<NftMetrics> = OnceLock::new();
+        METRICS.get_or_init(|| NftMetrics {
+            transactions: Family::default(),
+            transaction_size: Family::new_with_constructor(size_histogram),
+            drift_repairs: Family::default(),
+            last_sync: Family::default(),
+        })
+    }
+
+    /// Adds the metrics to the agent's registry (once per process: the firewall,
+    /// proxy and routing controllers each ask).
+    pub fn register(metrics: &crate::telemetry::Metrics) {
+        static REGISTERED: OnceLock<()> = OnceLock::new();
+        REGISTERED.get_or_init(|| {
+            let this = Self::get();
+            metrics.register(
+                "kubewire_nft_transactions",
+                "nftables transactions applied, by table and kind (create, replace, diff)",
+                this.transactions.clone(),
+            );
+            metrics.register(
+                "kubewire_nft_transaction_size",
+                "Commands plus set elements per nftables transaction, by table",
+                this.transaction_size.clone(),
+            );
+            metrics.register(
+                "kubewire_nft_drift_repairs",
+                "Times a table was found changed by someone else (or gone) and repaired",
+                this.drift_repairs.clone(),
+            );
+            metrics.register(
+                "kubewire_nft_last_sync_timestamp_seconds",
+                "When a table was last brought to the desired state (Unix time)",
+                this.last_sync.clone(),
+            );
+        });
+    }
+}
