@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use super::model::{Chain, ChainKind, FAMILY, Objects, Ruleset, Set, TABLE};
+use crate::nft::render::Script;
 use crate::nft::{self, Table, TableId, Transaction};
 
 /// `inet kubewire`.
@@ -19,10 +20,10 @@ pub fn table(ruleset: &Ruleset) -> Table {
     Lowering::default().lower(ruleset)
 }
 
-/// One transaction that replaces (or creates) the table with `ruleset`, for printing
-/// and for loading a table by hand.
-pub fn full(ruleset: &Ruleset) -> Transaction {
-    nft::render::replace(&table_id(), &table(ruleset))
+/// An `nft -f` file that replaces (or creates) the table with `ruleset`, for
+/// printing and for loading a table by hand.
+pub fn full(ruleset: &Ruleset) -> Script {
+    Script::replacing(&table_id(), &table(ruleset))
 }
 
 /// The change from `old` to `new`; `None` when only a replacement can make it.

@@ -398,7 +398,58 @@ fn removed<'a, T>(objects: &'a Differing<'a, T>) -> impl Iterator<Item = (&'a St
         })
 }
 
-/// A chain's definition as text (`nft list`-like), for printing a table.
+/// An `nft -f` file that replaces the table with its definition as `nft list` prints
+/// one: for showing what a controller would load (and loading it by hand).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Script(String);
+
+impl Script {
+    pub fn replacing(id: &TableId, table: &Table) -> Self {
+        Self(format!(
+            "table {id}\ndelete table {id}\n{}",
+            table_text(id, table)
+        ))
+    }
+
+    pub fn text(&self) -> String {
+        self.0.clone()
+    }
+}
+
+/// The table's definition as `nft list` prints one (our rule text, without
+/// fingerprints), for showing a plan.
+pub fn table_text(id: &TableId, table: &Table) -> String {
+    let mut out = format!("table {id} {{\n");
+    for name in table.counters.keys() {
+        let _ = writeln!(out, "\tcounter {name} {{\n\t}}");
+    }
+    for (name, set) in &table.sets {
+        let _ = writeln!(out, "\t{} {name} {{", set.keyword());
+        for part in set
+            .declaration
+            .split(';')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            let _ = writeln!(out, "\t\t{part}");
+        }
+        if let Some(comment) = &set.comment {
+            let _ = writeln!(out, "\t\tcomment \"{comment}\"");
+        }
+        if !set.elements.is_empty() {
+            let elements: Vec<String> = set.elements.keys().map(|k| set.element(k)).collect();
+            let _ = writeln!(out, "\t\telements = {{ {} }}", elements.join(", "));
+        }
+        out.push_str("\t}\n");
+    }
+    for (name, chain) in &table.chains {
+        out.push_str(&chain_text(name, chain));
+    }
+    out.push_str("}\n");
+    out
+}
+
+/// A chain's definition as text (`nft list`-like).
 pub fn chain_text(name: &str, chain: &Chain) -> String {
     let mut out = format!("\tchain {name} {{\n");
     if let Some(hook) = &chain.hook {

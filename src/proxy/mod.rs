@@ -51,11 +51,9 @@ impl ProxyController {
         args: &ProxyArgs,
         metrics: &crate::telemetry::Metrics,
     ) -> anyhow::Result<Self> {
-        let nftables = || {
-            Backend::Nftables(nftables::apply::Reconciler::new(
-                nftables::nft::ProxyNft::default(),
-            ))
-        };
+        crate::nft::NftMetrics::register(metrics);
+        let nftables =
+            || Backend::Nftables(nftables::apply::Reconciler::new(crate::nft::Nft::default()));
         let grace = args.ipvs_graceful_period;
         let backend = match args.proxy_backend {
             ProxyBackend::Nftables => nftables(),
@@ -130,7 +128,11 @@ impl Controller for ProxyController {
     /// Removes the proxy's nftables table, our IPVS services and the dummy interface
     /// (whichever backend ran), and nothing else.
     async fn cleanup(&mut self) -> anyhow::Result<()> {
-        if nftables::nft::ProxyNft::default().delete_table().await? {
+        let table = nftables::ruleset::table_id();
+        if crate::nft::Nft::default()
+            .delete_table(&table.family, &table.name)
+            .await?
+        {
             tracing::info!(
                 "deleted table {} {}",
                 nftables::ruleset::FAMILY,
