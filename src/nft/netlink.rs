@@ -165,6 +165,11 @@ pub struct ElementBatch {
 }
 
 impl ElementBatch {
+    /// Whether its set is a map.
+    pub fn is_map(&self) -> bool {
+        self.codec.value != Value::None
+    }
+
     /// Whether every element can be encoded here.
     pub fn supported(&self) -> bool {
         self.encode().is_ok()
