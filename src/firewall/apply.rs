@@ -54,7 +54,7 @@ impl Reconciler<Kernel> {
 impl<B: Backend> Reconciler<B> {
     pub fn with_backend(backend: B, metrics: FirewallMetrics) -> Self {
         Self {
-            inner: nft::Reconciler::new(backend, render::table_id()),
+            inner: nft::Reconciler::new(backend, render::table_id()).with_counters(),
             lowering: Lowering::default(),
             metrics,
             counter_values: BTreeMap::new(),

@@ -8,10 +8,15 @@
 //! still the one our own last commit produced, nothing can differ; otherwise the
 //! table is read back whole (chains, rules, every element) and any difference is
 //! repaired by the diff that follows.
+//!
+//! A chain no longer wanted is emptied at once but deleted only by a sync at least
+//! [`RETIRE_AFTER`] later: kernels before 6.2 may still count a reference to it from
+//! the elements the same transaction removed, and refuse the delete.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -21,8 +26,11 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
 use super::backend::Backend;
 use super::cli::NftError;
-use super::model::{Table, TableId};
+use super::model::{Chain, Table, TableId};
 use super::render::{self, Kind, Transaction};
+
+/// How long a chain no longer wanted stays (empty) before a sync deletes it.
+pub const RETIRE_AFTER: Duration = Duration::from_secs(1);
 
 /// What one sync did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,6 +67,11 @@ pub struct Reconciler<B> {
     metrics: NftMetrics,
     /// Packet counts of the named counters at the last periodic sync.
     packets: BTreeMap<String, u64>,
+    /// Whether the periodic sync reads the named counters (the firewall's drops).
+    read_counters: bool,
+    /// Chains no longer wanted, kept empty until this long after they were dropped.
+    retired: BTreeMap<String, Instant>,
+    retire_after: Duration,
     /// Periodic checks that found the generation moved and read the table.
     pub reads: u64,
 }
@@ -72,8 +85,23 @@ impl<B: Backend> Reconciler<B> {
             verified: None,
             metrics: NftMetrics::get().clone(),
             packets: BTreeMap::new(),
+            read_counters: false,
+            retired: BTreeMap::new(),
+            retire_after: RETIRE_AFTER,
             reads: 0,
         }
+    }
+
+    /// Deletes chains no longer wanted `after` they were emptied (tests shorten it).
+    pub fn with_retire_after(mut self, after: Duration) -> Self {
+        self.retire_after = after;
+        self
+    }
+
+    /// Also reads the named counters on each periodic sync (see [`Self::packets`]).
+    pub fn with_counters(mut self) -> Self {
+        self.read_counters = true;
+        self
     }
 
     pub fn backend(&mut self) -> &mut B {
@@ -84,7 +112,8 @@ impl<B: Backend> Reconciler<B> {
         &self.table
     }
 
-    /// The named counters' packets as of the last periodic sync.
+    /// The named counters' packets as of the last periodic sync (with
+    /// [`Self::with_counters`]) or table read.
     pub fn packets(&self) -> &BTreeMap<String, u64> {
         &self.packets
     }
@@ -108,11 +137,15 @@ impl<B: Backend> Reconciler<B> {
     async fn sync_inner(&mut self, desired: &Table, periodic: bool) -> Result<Applied, NftError> {
         if periodic {
             self.check().await?;
-            self.packets = self.backend.packets(&self.table).await?;
+            if self.read_counters {
+                self.packets = self.backend.packets(&self.table).await?;
+            }
         }
         if matches!(self.known, Known::Unknown) {
             self.load().await?;
         }
+        let desired = self.keep_retired(desired);
+        let desired = desired.as_ref();
         let tx = match &self.known {
             Known::Present(old) => render::diff(&self.table, old, desired)
                 .unwrap_or_else(|| render::replace(&self.table, desired)),
@@ -154,6 +187,41 @@ impl<B: Backend> Reconciler<B> {
             .observe(tx.size() as f64);
         self.record_success();
         Ok(Applied::Applied(tx))
+    }
+
+    /// `desired` plus, empty, the regular chains the kernel has that it dropped less
+    /// than `retire_after` ago.
+    fn keep_retired<'a>(&mut self, desired: &'a Table) -> Cow<'a, Table> {
+        let Known::Present(old) = &self.known else {
+            self.retired.clear();
+            return Cow::Borrowed(desired);
+        };
+        if old.chains.same(&desired.chains) {
+            return Cow::Borrowed(desired);
+        }
+        let now = Instant::now();
+        self.retired
+            .retain(|name, _| !desired.chains.contains_key(name));
+        let mut kept = Vec::new();
+        for (name, chain) in &old.chains {
+            if chain.hook.is_some() || desired.chains.contains_key(name) {
+                continue;
+            }
+            let since = *self.retired.entry(name.clone()).or_insert(now);
+            if now.duration_since(since) < self.retire_after {
+                kept.push(name.clone());
+            } else {
+                self.retired.remove(name);
+            }
+        }
+        if kept.is_empty() {
+            return Cow::Borrowed(desired);
+        }
+        let mut table = desired.clone();
+        for name in kept {
+            table.chains.insert(name, Arc::new(Chain::default()));
+        }
+        Cow::Owned(table)
     }
 
     /// Reads the table to start from what is there.
@@ -281,5 +349,119 @@ impl NftMetrics {
                 this.last_sync.clone(),
             );
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nft::{Elements, Fake, Hook, Rule, Set};
+
+    fn id() -> TableId {
+        TableId::new("inet", "t")
+    }
+
+    /// A base chain dispatching through a verdict map to `targets` (one element each).
+    fn table(targets: &[&str]) -> Table {
+        let mut t = Table::default();
+        t.chains.insert(
+            "base".into(),
+            Arc::new(Chain::new(
+                Some(Hook::new("filter", "forward", 0)),
+                ["ip daddr vmap @dispatch"],
+            )),
+        );
+        let mut elements = Elements::default();
+        for (i, target) in targets.iter().enumerate() {
+            t.chains.insert(
+                target.to_string(),
+                Arc::new(Chain::new(None, ["counter accept"])),
+            );
+            elements.insert(format!("10.0.0.{i}"), format!("jump {target}"));
+        }
+        t.sets.insert(
+            "dispatch".into(),
+            Arc::new(Set::new(true, "type ipv4_addr : verdict", None).with_elements(elements)),
+        );
+        t
+    }
+
+    fn kind(applied: &Applied) -> Option<Kind> {
+        applied.transaction().map(|tx| tx.kind)
+    }
+
+    #[tokio::test]
+    async fn a_restart_applies_only_the_difference() {
+        let mut first = Reconciler::new(Fake::default(), id());
+        let a = table(&["a", "b"]);
+        assert_eq!(
+            kind(&first.sync(&a, false).await.unwrap()),
+            Some(Kind::Create)
+        );
+        let fake = std::mem::take(first.backend());
+        let mut second = Reconciler::new(fake, id());
+        assert_eq!(second.sync(&a, false).await.unwrap(), Applied::Nothing);
+        let c = table(&["a", "b", "c"]);
+        let applied = second.sync(&c, false).await.unwrap();
+        assert_eq!(kind(&applied), Some(Kind::Diff));
+        assert!(
+            !applied
+                .transaction()
+                .unwrap()
+                .ops
+                .iter()
+                .any(|op| matches!(op, crate::nft::Op::DeleteTable)),
+        );
+        assert_eq!(second.backend().tables[&id()], c);
+    }
+
+    #[tokio::test]
+    async fn quiet_periodic_checks_read_nothing_and_tampering_is_repaired() {
+        let mut reconciler = Reconciler::new(Fake::default(), id());
+        let a = table(&["a"]);
+        reconciler.sync(&a, false).await.unwrap();
+        for _ in 0..3 {
+            assert_eq!(reconciler.sync(&a, true).await.unwrap(), Applied::Nothing);
+        }
+        assert_eq!(reconciler.reads, 0);
+        reconciler.backend().tamper(&id(), |t| {
+            let chain = t.as_mut().unwrap().chains.get_mut("a").unwrap();
+            Arc::make_mut(chain).rules.push(Rule::new("drop".into()));
+        });
+        let applied = reconciler.sync(&a, true).await.unwrap();
+        assert_eq!(kind(&applied), Some(Kind::Diff));
+        assert_eq!(reconciler.reads, 1);
+        assert_eq!(reconciler.backend().tables[&id()], a);
+        reconciler.backend().tamper(&id(), |t| *t = None);
+        let applied = reconciler.sync(&a, true).await.unwrap();
+        assert_eq!(kind(&applied), Some(Kind::Create));
+        assert_eq!(reconciler.sync(&a, true).await.unwrap(), Applied::Nothing);
+        assert_eq!(reconciler.reads, 2);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_chain_is_emptied_first_and_deleted_later() {
+        let mut reconciler =
+            Reconciler::new(Fake::default(), id()).with_retire_after(Duration::from_millis(50));
+        reconciler.sync(&table(&["a", "b"]), false).await.unwrap();
+        let only_a = table(&["a"]);
+        reconciler.sync(&only_a, false).await.unwrap();
+        let kernel = &reconciler.backend().tables[&id()];
+        assert!(kernel.chains["b"].rules.is_empty(), "emptied");
+        assert!(
+            !kernel.sets["dispatch"]
+                .elements
+                .values()
+                .any(|v| v == "jump b")
+        );
+        // Not yet: a sync within the delay keeps it.
+        assert_eq!(
+            reconciler.sync(&only_a, true).await.unwrap(),
+            Applied::Nothing
+        );
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let applied = reconciler.sync(&only_a, true).await.unwrap();
+        assert_eq!(kind(&applied), Some(Kind::Diff));
+        assert_eq!(reconciler.backend().tables[&id()], only_a);
     }
 }
