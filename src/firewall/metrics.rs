@@ -17,23 +17,12 @@ pub struct PolicyLabel {
     pub direction: String,
 }
 
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct FirewallMetrics {
     pub chains: Gauge,
     pub rules: Gauge,
     pub set_elements: Gauge,
     pub drops: Family<PolicyLabel, Counter>,
-}
-
-impl Default for FirewallMetrics {
-    fn default() -> Self {
-        Self {
-            chains: Gauge::default(),
-            rules: Gauge::default(),
-            set_elements: Gauge::default(),
-            drops: Family::default(),
-        }
-    }
 }
 
 impl FirewallMetrics {

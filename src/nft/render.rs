@@ -245,7 +245,7 @@ pub fn diff(id: &TableId, old: &Table, new: &Table) -> Option<Transaction> {
     }
     // 2. Element deletes (a changed map value is a delete and an add).
     let empty = Elements::default();
-    let changes: Vec<(&String, &Arc<Set>, Vec<&String>, Vec<(&String, &String)>)> = sets
+    let changes: Vec<SetChanges> = sets
         .iter()
         .filter_map(|(name, old, new)| {
             let new = new.as_ref()?;
@@ -337,6 +337,14 @@ pub fn describe(id: &TableId, observed: &Table, expected: &Table) -> Vec<String>
         })
         .collect()
 }
+
+/// A set's name, its new version, the keys gone and the elements added.
+type SetChanges<'a> = (
+    &'a String,
+    &'a Arc<Set>,
+    Vec<&'a String>,
+    Vec<(&'a String, &'a String)>,
+);
 
 /// (name, old, new) of each object the two do not share, in name order; `None` on
 /// the side that does not have it.

@@ -28,7 +28,7 @@ pub const KINDS: [Kind; 4] = [
 
 /// The backend that keeps one node's Services in the kernel.
 enum Backend {
-    Nftables(nftables::apply::Reconciler),
+    Nftables(Box<nftables::apply::Reconciler>),
     Ipvs(Box<ipvs::apply::Reconciler>),
 }
 
@@ -52,8 +52,11 @@ impl ProxyController {
         metrics: &crate::telemetry::Metrics,
     ) -> anyhow::Result<Self> {
         crate::nft::NftMetrics::register(metrics);
-        let nftables =
-            || Backend::Nftables(nftables::apply::Reconciler::new(crate::nft::Nft::default()));
+        let nftables = || {
+            Backend::Nftables(Box::new(nftables::apply::Reconciler::new(
+                crate::nft::Nft::default(),
+            )))
+        };
         let grace = args.ipvs_graceful_period;
         let backend = match args.proxy_backend {
             ProxyBackend::Nftables => nftables(),

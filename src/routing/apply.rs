@@ -46,7 +46,8 @@ impl SyncReport {
 pub struct Reconciler {
     netlink: Netlink,
     metrics: RoutingMetrics,
-    nft: nft::Reconciler<nft::Kernel>,
+    /// Boxed: the agent keeps controllers in one enum.
+    nft: Box<nft::Reconciler<nft::Kernel>>,
     /// Optional sysctls whose failed write was logged (once each: it fails again on
     /// every sync, and the metric counts those).
     logged_sysctls: BTreeSet<String>,
@@ -84,7 +85,10 @@ impl Reconciler {
         Ok(Reconciler {
             netlink: Netlink::connect()?,
             metrics,
-            nft: nft::Reconciler::new(nft::Kernel::new(Nft::default()), ruleset::table_id()),
+            nft: Box::new(nft::Reconciler::new(
+                nft::Kernel::new(Nft::default()),
+                ruleset::table_id(),
+            )),
             logged_sysctls: BTreeSet::new(),
         })
     }
