@@ -118,11 +118,7 @@ async fn bench_10k_services_10_endpoints() {
         let started = Instant::now();
         let applied = restarted.sync(ruleset, SyncReason::Change).await.unwrap();
         times.push(started.elapsed());
-        let kind = match applied {
-            Applied::Nothing => "nothing",
-            Applied::Full { .. } => "full",
-            Applied::Incremental { .. } => "incremental",
-        };
+        let kind = applied.kind().map_or("nothing", |k| k.as_str());
         *kinds.entry(kind.to_string()).or_default() += 1;
     }
     times.sort();

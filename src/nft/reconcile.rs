@@ -33,7 +33,7 @@ use super::render::{self, Kind, Transaction};
 pub const RETIRE_AFTER: Duration = Duration::from_secs(1);
 
 /// What one sync did.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Applied {
     Nothing,
     Applied(Transaction),
@@ -44,6 +44,27 @@ impl Applied {
         match self {
             Applied::Nothing => None,
             Applied::Applied(tx) => Some(tx),
+        }
+    }
+
+    /// The kind of transaction applied, if any.
+    pub fn kind(&self) -> Option<Kind> {
+        self.transaction().map(|tx| tx.kind)
+    }
+}
+
+/// Short: the kind and size, not every element.
+impl std::fmt::Debug for Applied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Applied::Nothing => f.write_str("Nothing"),
+            Applied::Applied(tx) => write!(
+                f,
+                "{}({} ops, size {})",
+                tx.kind.as_str(),
+                tx.ops.len(),
+                tx.size()
+            ),
         }
     }
 }

@@ -4,21 +4,9 @@
 //! checks for drift on the periodic sync.
 
 use super::ruleset::{self, Lowering, Ruleset};
-use crate::nft::{self, Backend, Kernel, Kind, Nft};
+pub use crate::nft::Applied;
+use crate::nft::{self, Backend, Kernel, Nft};
 use crate::runtime::SyncReason;
-
-/// What one sync did.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Applied {
-    Nothing,
-    /// Created or replaced the table.
-    Full {
-        commands: usize,
-    },
-    Incremental {
-        commands: usize,
-    },
-}
 
 pub struct Reconciler<B = Kernel> {
     inner: nft::Reconciler<B>,
@@ -46,20 +34,9 @@ impl<B: Backend> Reconciler<B> {
     /// Brings the kernel to `desired`.
     pub async fn sync(&mut self, desired: Ruleset, reason: SyncReason) -> anyhow::Result<Applied> {
         let table = self.lowering.lower(&desired);
-        let applied = self
+        Ok(self
             .inner
             .sync(&table, reason == SyncReason::Periodic)
-            .await?;
-        Ok(match applied {
-            nft::Applied::Nothing => Applied::Nothing,
-            nft::Applied::Applied(tx) => {
-                let commands = tx.ops.len();
-                if tx.kind == Kind::Diff {
-                    Applied::Incremental { commands }
-                } else {
-                    Applied::Full { commands }
-                }
-            }
-        })
+            .await?)
     }
 }
