@@ -257,3 +257,43 @@ fn routing_counters_survive_a_restart() {
     );
     assert_eq!(after, counted);
 }
+
+#[test]
+fn one_tables_commits_do_not_make_the_others_read() {
+    if !kubewire_lab::harness::require_root() {
+        return;
+    }
+    let (firewall, proxy) = (firewall(), proxy());
+    let ns = Netns::new("kwshare");
+    ns.block_on(|| async {
+        let new = |case: &Case| nft::Reconciler::new(Kernel::new(Nft::default()), case.id.clone());
+        let (mut f, mut p) = (new(&firewall), new(&proxy));
+        f.sync(&firewall.table, false).await.unwrap();
+        p.sync(&proxy.table, false).await.unwrap();
+        // The proxy changes its table (one element fewer) and back.
+        let mut smaller = proxy.table.clone();
+        let set = smaller.sets.get_mut(&proxy.map).unwrap();
+        let key = set.elements.keys().next().unwrap().clone();
+        std::sync::Arc::make_mut(set).elements.remove(&key);
+        p.sync(&smaller, false).await.unwrap();
+        p.sync(&proxy.table, false).await.unwrap();
+        assert_eq!(
+            f.sync(&firewall.table, true).await.unwrap(),
+            Applied::Nothing
+        );
+        assert_eq!(p.sync(&proxy.table, true).await.unwrap(), Applied::Nothing);
+        assert_eq!((f.reads, p.reads), (0, 0));
+        // Someone else's commit to the firewall's table is still seen.
+        let chain = &firewall.chain;
+        let (ok, _, err) = ns.try_exec(
+            "nft",
+            &["add", "rule", "inet", &firewall.id.name, chain, "counter"],
+        );
+        assert!(ok, "{err}");
+        assert!(matches!(
+            f.sync(&firewall.table, true).await.unwrap(),
+            Applied::Applied(_)
+        ));
+        assert_eq!(f.reads, 1);
+    });
+}

@@ -29,6 +29,12 @@ pub trait Backend: Send {
 
     /// A number every commit to any table changes.
     fn generation(&mut self) -> impl Future<Output = Result<u32, NftError>> + Send;
+
+    /// Which ruleset the generations count (a network namespace); reconcilers of one
+    /// scope tell each other which commits were theirs. `None`: not shared.
+    fn scope(&self) -> Option<String> {
+        None
+    }
 }
 
 /// nf_tables in one network namespace.
@@ -36,12 +42,23 @@ pub trait Backend: Send {
 pub struct Kernel {
     nft: Nft,
     session: Session,
+    /// The network namespace's inode, which names it for [`Backend::scope`].
+    netns_inode: Option<u64>,
 }
 
 impl Kernel {
+    /// nf_tables in `nft`'s network namespace (without one: the calling thread's).
     pub fn new(nft: Nft) -> Self {
+        use std::os::unix::fs::MetadataExt;
         let session = Session::new(nft.netns());
-        Self { nft, session }
+        let netns_inode = std::fs::metadata(nft.netns().unwrap_or("/proc/thread-self/ns/net"))
+            .ok()
+            .map(|m| m.ino());
+        Self {
+            nft,
+            session,
+            netns_inode,
+        }
     }
 
     pub fn nft(&self) -> &Nft {
@@ -122,5 +139,9 @@ impl Backend for Kernel {
         self.session
             .generation()
             .map_err(|err| NftError::Netlink(err.to_string()))
+    }
+
+    fn scope(&self) -> Option<String> {
+        self.netns_inode.map(|inode| format!("netns:{inode}"))
     }
 }

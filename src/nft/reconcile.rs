@@ -7,7 +7,9 @@
 //! namespace (ours or anyone's) increments the ruleset generation, so when it is
 //! still the one our own last commit produced, nothing can differ; otherwise the
 //! table is read back whole (chains, rules, every element) and any difference is
-//! repaired by the diff that follows.
+//! repaired by the diff that follows. Commits by the process's other reconcilers (the
+//! firewall's, the proxy's, routing's, each on its own table) are known as theirs and
+//! do not make the others read.
 //!
 //! A chain no longer wanted is emptied at once but deleted only by a sync at least
 //! [`RETIRE_AFTER`] later: kernels before 6.2 may still count a reference to it from
@@ -192,8 +194,11 @@ impl<B: Backend> Reconciler<B> {
         };
         let after = self.backend.generation().await?;
         // Ours was the only commit in between when the generation moved by one.
-        self.verified =
-            (self.verified == Some(before) && after == before.wrapping_add(1)).then_some(after);
+        let alone = after == before.wrapping_add(1);
+        if alone && let Some(scope) = self.backend.scope() {
+            OwnCommits::record(&scope, &self.table, after);
+        }
+        self.verified = (self.verified == Some(before) && alone).then_some(after);
         self.known = Known::Present(desired.clone());
         let label = TxLabel {
             table: self.table.name.clone(),
@@ -267,6 +272,11 @@ impl<B: Backend> Reconciler<B> {
             return Ok(());
         };
         let generation = self.backend.generation().await?;
+        if let (Some(verified), Some(scope)) = (self.verified, self.backend.scope())
+            && OwnCommits::others_only(&scope, &self.table, verified, generation)
+        {
+            self.verified = Some(generation);
+        }
         if self.verified == Some(generation) {
             return Ok(());
         }
@@ -299,6 +309,46 @@ impl<B: Backend> Reconciler<B> {
                 table: self.table.name.clone(),
             })
             .set(now);
+    }
+}
+
+/// The generations this process's reconcilers committed alone, per scope, and the
+/// table each changed (the most recent few thousand).
+struct OwnCommits;
+
+/// Scope → generation → table.
+type Commits = BTreeMap<String, BTreeMap<u32, TableId>>;
+
+impl OwnCommits {
+    const KEEP: usize = 4096;
+
+    fn log() -> &'static std::sync::Mutex<Commits> {
+        static LOG: OnceLock<std::sync::Mutex<Commits>> = OnceLock::new();
+        LOG.get_or_init(Default::default)
+    }
+
+    fn record(scope: &str, table: &TableId, generation: u32) {
+        if let Ok(mut log) = Self::log().lock() {
+            let commits = log.entry(scope.to_string()).or_default();
+            commits.insert(generation, table.clone());
+            while commits.len() > Self::KEEP {
+                commits.pop_first();
+            }
+        }
+    }
+
+    /// Whether every commit after `from` up to `to` was another table's, by us.
+    fn others_only(scope: &str, table: &TableId, from: u32, to: u32) -> bool {
+        if to <= from || (to - from) as usize > Self::KEEP {
+            return false;
+        }
+        let Ok(log) = Self::log().lock() else {
+            return false;
+        };
+        let Some(commits) = log.get(scope) else {
+            return false;
+        };
+        (from + 1..=to).all(|g| commits.get(&g).is_some_and(|t| t != table))
     }
 }
 
