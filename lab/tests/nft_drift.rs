@@ -169,10 +169,12 @@ fn drift_and_restart(case: Case) {
         nft(&format!("flush chain {family} {name} {}", case.chain));
         repaired(&mut reconciler, &case, "a flushed chain", Kind::Diff).await;
 
+        // The last key: for the proxy a numgen slot other than 0, so the number's
+        // byte order matters when the repair sends it over netlink.
         let key = case.table.sets[&case.map]
             .elements
             .keys()
-            .next()
+            .last()
             .unwrap()
             .clone();
         nft(&format!(
