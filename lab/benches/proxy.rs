@@ -1,13 +1,18 @@
 //! The service proxy's nftables backend at 10,000 Services of 10 endpoints each
 //! (root; prints numbers, asserts none): building the service map, compiling, the
-//! full load into a network namespace, one endpoint removed, and the periodic drift
-//! check with nothing to do. `cargo bench -p kubewire-lab --bench run -- proxy`
+//! full load into a network namespace, one endpoint removed, the periodic drift
+//! check with nothing to do (and the whole-table read it falls back to when someone
+//! else committed), a restart that finds the table in place, and one Service scaled
+//! from 10 to 40 endpoints one at a time (the transaction kinds it took).
+//! `cargo bench -p kubewire-lab --bench run -- proxy`
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
-use kubewire::proxy::nftables::apply::Reconciler;
+use kubewire::nft::{Backend, Kernel, Nft};
+use kubewire::proxy::nftables::apply::{Applied, Reconciler};
 use kubewire::proxy::nftables::compile::compile;
-use kubewire::proxy::nftables::nft::ProxyNft;
+use kubewire::proxy::nftables::ruleset;
 use kubewire::runtime::SyncReason;
 
 use crate::common::Netns;
@@ -41,7 +46,7 @@ async fn bench_10k_services_10_endpoints() {
         ruleset.chains.len()
     );
     let netns = Netns::new("kwpxbench");
-    let mut reconciler = Reconciler::new(ProxyNft::in_netns(&netns.name));
+    let mut reconciler = Reconciler::new(Nft::in_netns(&netns.name));
     let started = Instant::now();
     reconciler.sync(ruleset, SyncReason::Start).await.unwrap();
     println!("full load: {:?}", started.elapsed());
@@ -53,16 +58,73 @@ async fn bench_10k_services_10_endpoints() {
         .await
         .unwrap();
     println!(
-        "one service loses an endpoint: {:?} ({applied:?})",
+        "one service loses an endpoint (compiled already; lowering, diff, kernel): {:?} ({applied:?})",
+        started.elapsed()
+    );
+    let mut periodic = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let applied = reconciler
+            .sync(ruleset.clone(), SyncReason::Periodic)
+            .await
+            .unwrap();
+        periodic.push(started.elapsed());
+        assert_eq!(applied, Applied::Nothing);
+    }
+    periodic.sort();
+    println!(
+        "periodic sync, nothing to do (median of 5, lowering included): {:?}; reads by the drift check: {}",
+        periodic[2],
+        reconciler.inner().reads
+    );
+    let mut kernel = Kernel::new(Nft::in_netns(&netns.name));
+    let started = Instant::now();
+    kernel.generation().await.unwrap();
+    println!(
+        "  the drift check's generation query: {:?}",
         started.elapsed()
     );
     let started = Instant::now();
-    reconciler
-        .sync(ruleset, SyncReason::Periodic)
+    let observed = kernel.read(&ruleset::table_id()).await.unwrap().unwrap();
+    println!(
+        "  the whole table read back (when someone else committed): {:?} ({} elements)",
+        started.elapsed(),
+        observed.table.element_count()
+    );
+    drop(reconciler);
+
+    // A restarted agent: reads the table and applies nothing.
+    let mut restarted = Reconciler::new(Nft::in_netns(&netns.name));
+    let started = Instant::now();
+    let applied = restarted
+        .sync(ruleset.clone(), SyncReason::Start)
         .await
         .unwrap();
     println!(
-        "periodic drift check, nothing to do: {:?}",
+        "restart with the table in place: {:?} ({applied:?})",
         started.elapsed()
+    );
+
+    // One Service from 10 to 40 endpoints, one at a time.
+    let template = map.ports[1].cluster_endpoints[0];
+    let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+    let mut times = Vec::new();
+    map.ports[1].cluster_endpoints.truncate(10);
+    for n in 11..=40u16 {
+        map.ports[1]
+            .cluster_endpoints
+            .push(std::net::SocketAddr::new(template.ip(), 20_000 + n));
+        let (ruleset, _) = compile(&map);
+        let started = Instant::now();
+        let applied = restarted.sync(ruleset, SyncReason::Change).await.unwrap();
+        times.push(started.elapsed());
+        let kind = applied.kind().map_or("nothing", |k| k.as_str());
+        *kinds.entry(kind.to_string()).or_default() += 1;
+    }
+    times.sort();
+    println!(
+        "one service scaled 10 -> 40 endpoints one at a time: transactions {kinds:?}; median {:?}, max {:?}",
+        times[times.len() / 2],
+        times[times.len() - 1]
     );
 }

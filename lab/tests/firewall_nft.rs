@@ -1,16 +1,18 @@
 //! The compiled tables against the real kernel (root, each test in its own network
-//! namespace): every conformance plan loads; incremental diffs reach exactly the table
-//! a full load of the new state gives; the reconciler repairs drift.
+//! namespace): every conformance plan loads and reads back exactly (every chain, rule
+//! and element); incremental diffs reach exactly the table a full load of the new
+//! state gives; the reconciler repairs drift in place.
 
 mod firewall_support;
 
 use firewall_support::{NetNs, can_use_netns, cases_root, normalized_table, ruleset};
-use kubewire::firewall::apply::{Applied, Observed, Reconciler, differences};
+use kubewire::firewall::apply::{Applied, Reconciler};
 use kubewire::firewall::conformance;
 use kubewire::firewall::metrics::FirewallMetrics;
 use kubewire::firewall::model::{FAMILY, TABLE};
-use kubewire::firewall::{kernel, render};
-use kubewire::nft::Nft;
+use kubewire::firewall::render;
+use kubewire::nft::reconcile::TableLabel;
+use kubewire::nft::{Backend, Kernel, Nft, NftMetrics};
 use kubewire::runtime::SyncReason;
 
 #[test]
@@ -20,17 +22,17 @@ fn every_plan_loads_and_reads_back_unchanged() {
         return;
     }
     let ns = NetNs::new("plans");
+    let id = render::table_id();
+    let mut kernel = Kernel::new(Nft::in_netns(&ns.name));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
     let mut loaded = 0;
     for case in conformance::cases(&cases_root()).unwrap() {
         for step in &case.steps {
             for node in ["n1", "n2"] {
-                let ruleset = ruleset(step, node);
-                ns.nft(&render::full(&ruleset).text());
-                let listing: serde_json::Value = serde_json::from_str(
-                    &ns.exec("nft", &["-j", "list", "table", "inet", "kubewire"]),
-                )
-                .unwrap();
-                let differences = differences(&ruleset, &Observed::from_json(&listing), true);
+                let table = render::table(&ruleset(step, node));
+                ns.nft(&kubewire::nft::render::replace(&id, &table).text());
+                let observed = runtime.block_on(kernel.read(&id)).unwrap().unwrap();
+                let differences = kubewire::nft::render::describe(&id, &observed.table, &table);
                 assert!(
                     differences.is_empty(),
                     "{} {} on {node}: {differences:?}",
@@ -44,6 +46,11 @@ fn every_plan_loads_and_reads_back_unchanged() {
     assert!(loaded > 100);
 }
 
+/// The transaction the reconciler would create the table with (fingerprints included).
+fn load(ruleset: &kubewire::firewall::model::Ruleset) -> String {
+    kubewire::nft::render::replace(&render::table_id(), &render::table(ruleset)).text()
+}
+
 #[tokio::test]
 async fn diffs_reach_the_table_a_full_load_gives() {
     if !can_use_netns() {
@@ -54,7 +61,7 @@ async fn diffs_reach_the_table_a_full_load_gives() {
     let fresh = NetNs::new("fresh");
     let mut compared = 0;
     let mut through_netlink = 0;
-    let mut kernel = kernel::Kernel::new(Nft::in_netns(&incremental.name));
+    let mut kernel = Kernel::new(Nft::in_netns(&incremental.name));
     // Every pair of consecutive steps, both ways, plus jumps between unrelated cases
     // (which change chains, sets and counters, not only elements).
     let cases = conformance::cases(&cases_root()).unwrap();
@@ -72,9 +79,9 @@ async fn diffs_reach_the_table_a_full_load_gives() {
         for node in ["n1", "n2"] {
             let old = ruleset(&from, node);
             let new = ruleset(&to, node);
-            incremental.nft(&render::full(&old).text());
+            incremental.nft(&load(&old));
             let diff = render::diff(&old, &new).expect("same hooks: a diff exists");
-            if diff.element_batches().is_some() {
+            if Kernel::element_batches(&diff).is_some() {
                 through_netlink += 1;
             }
             // Elements-only diffs go over netlink, the others through nft -f.
@@ -82,7 +89,7 @@ async fn diffs_reach_the_table_a_full_load_gives() {
                 .apply(&diff)
                 .await
                 .unwrap_or_else(|err| panic!("{err}\n{}", diff.text()));
-            fresh.nft(&render::full(&new).text());
+            fresh.nft(&load(&new));
             assert_eq!(
                 normalized_table(&incremental),
                 normalized_table(&fresh),
@@ -115,6 +122,16 @@ async fn reconciler_applies_fully_then_incrementally_and_repairs_drift() {
     );
     let metrics = FirewallMetrics::default();
     let mut reconciler = Reconciler::new(Nft::in_netns(&ns.name), metrics.clone());
+    // The nft metrics are the process's, shared with other tests of this table.
+    let repairs = || {
+        NftMetrics::get()
+            .drift_repairs
+            .get_or_create(&TableLabel {
+                table: TABLE.into(),
+            })
+            .get()
+    };
+    let repairs_before = repairs();
 
     let first = reconciler
         .sync(before.clone(), SyncReason::Start)
@@ -151,9 +168,10 @@ async fn reconciler_applies_fully_then_incrementally_and_repairs_drift() {
             .unwrap(),
         Applied::Nothing
     );
-    assert_eq!(metrics.drift_repairs.get(), 0);
+    assert_eq!(repairs(), repairs_before);
 
-    // Someone adds a rule to a policy chain: the next periodic check rewrites the table.
+    // Someone adds a rule to a policy chain: the next periodic check flushes and
+    // refills that chain alone.
     let chain = after
         .chains
         .keys()
@@ -165,8 +183,17 @@ async fn reconciler_applies_fully_then_incrementally_and_repairs_drift() {
         .sync(after.clone(), SyncReason::Periodic)
         .await
         .unwrap();
-    assert!(matches!(repaired, Applied::Full { .. }), "{repaired:?}");
-    assert_eq!(metrics.drift_repairs.get(), 1);
+    match repaired {
+        Applied::Incremental { transaction } => assert!(
+            transaction
+                .text()
+                .starts_with(&format!("flush chain inet kubewire {chain}\n")),
+            "{}",
+            transaction.text()
+        ),
+        other => panic!("expected the chain refilled, got {other:?}"),
+    }
+    assert_eq!(repairs(), repairs_before + 1);
     assert_eq!(normalized_table(&ns), applied);
 
     // Someone deletes the table.
@@ -176,7 +203,7 @@ async fn reconciler_applies_fully_then_incrementally_and_repairs_drift() {
         .await
         .unwrap();
     assert!(matches!(repaired, Applied::Full { .. }), "{repaired:?}");
-    assert_eq!(metrics.drift_repairs.get(), 2);
+    assert_eq!(repairs(), repairs_before + 2);
     assert_eq!(normalized_table(&ns), applied);
 
     // Other tables are never touched, also not by cleanup.

@@ -4,9 +4,8 @@
 //! [`policy`] and [`cluster`] read a snapshot into validated NetworkPolicy semantics;
 //! [`evaluate`] is the reference decision for one connection (what `matrix` and
 //! `explain` print); [`compile`] turns the same semantics into the [`model`] of one
-//! node's table, [`render`] into transactions, and [`apply`] keeps the kernel equal
-//! to it, sending them through [`kernel`] ([`crate::nft`], or [`netlink`] for set
-//! elements).
+//! node's table, [`render`] lowers it into an [`crate::nft`] table, and [`apply`]
+//! keeps the kernel equal to it through the shared reconciler.
 
 pub mod apply;
 mod args;
@@ -17,11 +16,9 @@ pub mod conformance;
 pub mod evaluate;
 pub mod explain;
 pub mod input;
-pub mod kernel;
 pub mod matrix;
 pub mod metrics;
 pub mod model;
-pub mod netlink;
 pub mod policy;
 pub mod render;
 pub mod selector;
@@ -45,6 +42,7 @@ pub struct FirewallController {
 
 impl FirewallController {
     pub fn new(options: compile::CompileOptions, metrics: &Metrics) -> Self {
+        crate::nft::NftMetrics::register(metrics);
         let metrics = metrics::FirewallMetrics::register(metrics);
         Self {
             reader: input::InputReader::default(),
@@ -70,7 +68,7 @@ impl Controller for FirewallController {
         let applied = self.reconciler.sync(desired, reason).await?;
         if let apply::Applied::Incremental { transaction } = &applied {
             tracing::debug!(
-                commands = transaction.commands.len(),
+                commands = transaction.ops.len(),
                 size = transaction.size(),
                 "firewall updated"
             );

@@ -28,7 +28,7 @@ pub const KINDS: [Kind; 4] = [
 
 /// The backend that keeps one node's Services in the kernel.
 enum Backend {
-    Nftables(nftables::apply::Reconciler),
+    Nftables(Box<nftables::apply::Reconciler>),
     Ipvs(Box<ipvs::apply::Reconciler>),
 }
 
@@ -51,10 +51,11 @@ impl ProxyController {
         args: &ProxyArgs,
         metrics: &crate::telemetry::Metrics,
     ) -> anyhow::Result<Self> {
+        crate::nft::NftMetrics::register(metrics);
         let nftables = || {
-            Backend::Nftables(nftables::apply::Reconciler::new(
-                nftables::nft::ProxyNft::default(),
-            ))
+            Backend::Nftables(Box::new(nftables::apply::Reconciler::new(
+                crate::nft::Nft::default(),
+            )))
         };
         let grace = args.ipvs_graceful_period;
         let backend = match args.proxy_backend {
@@ -131,7 +132,11 @@ impl Controller for ProxyController {
     /// Removes the proxy's nftables table, our IPVS services and the dummy interface
     /// (whichever backend ran), and nothing else.
     async fn cleanup(&mut self) -> anyhow::Result<()> {
-        if nftables::nft::ProxyNft::default().delete_table().await? {
+        let table = nftables::ruleset::table_id();
+        if crate::nft::Nft::default()
+            .delete_table(&table.family, &table.name)
+            .await?
+        {
             tracing::info!(
                 "deleted table {} {}",
                 nftables::ruleset::FAMILY,

@@ -19,7 +19,7 @@ use super::model::*;
 use super::netlink::{Link, Netlink, NetlinkError, RouteSpec};
 use super::ruleset;
 use crate::cache::Snapshot;
-use crate::nft::Nft;
+use crate::nft::{self, Nft};
 use crate::runtime::SyncReason;
 
 /// What one sync changed.
@@ -41,12 +41,13 @@ impl SyncReport {
     }
 }
 
-/// The routing controller's hold on the kernel: one netlink socket and what it last
-/// applied with `nft`.
+/// The routing controller's hold on the kernel: one netlink socket, and the shared
+/// nftables reconciler for its table.
 pub struct Reconciler {
     netlink: Netlink,
     metrics: RoutingMetrics,
-    applied_nft: Option<AppliedTable>,
+    /// Boxed: the agent keeps controllers in one enum.
+    nft: Box<nft::Reconciler<nft::Kernel>>,
     /// Optional sysctls whose failed write was logged (once each: it fails again on
     /// every sync, and the metric counts those).
     logged_sysctls: BTreeSet<String>,
@@ -84,7 +85,10 @@ impl Reconciler {
         Ok(Reconciler {
             netlink: Netlink::connect()?,
             metrics,
-            applied_nft: None,
+            nft: Box::new(nft::Reconciler::new(
+                nft::Kernel::new(Nft::default()),
+                ruleset::table_id(),
+            )),
             logged_sysctls: BTreeSet::new(),
         })
     }
@@ -522,8 +526,8 @@ impl Reconciler {
         Ok(())
     }
 
-    /// Replaces the nftables table when its content changed; on a periodic check also
-    /// when someone changed or deleted it.
+    /// Applies the difference between the nftables table and the plan's; the periodic
+    /// sync also repairs what someone else changed (see [`nft::Reconciler`]).
     async fn apply_nftables(
         &mut self,
         plan: &RoutingPlan,
@@ -531,57 +535,13 @@ impl Reconciler {
         report: &mut SyncReport,
         failures: &mut Failures<'_>,
     ) {
-        let script = ruleset::replace_transaction(&plan.nftables);
-        let unchanged = self
-            .applied_nft
-            .as_ref()
-            .is_some_and(|applied| applied.script == script);
-        if unchanged && reason != SyncReason::Periodic {
-            return;
-        }
-        if let (true, Some(applied)) = (unchanged, &self.applied_nft) {
-            match stateless_listing().await {
-                Ok(Some(listing)) if listing == applied.listing => return,
-                Ok(_) => tracing::warn!(
-                    table = NFT_TABLE,
-                    "the routing nftables table was changed or deleted by someone else; rewriting it"
-                ),
-                Err(err) => {
-                    failures.add("nftables", format!("table inet {NFT_TABLE}: {err}"));
-                    return;
-                }
-            }
-        }
-        let applied = match Nft::default().apply(&script).await {
-            Ok(()) => stateless_listing().await,
-            Err(err) => Err(err),
-        };
-        match applied {
-            Ok(listing) => {
-                self.applied_nft = listing.map(|listing| AppliedTable { script, listing });
-                report.nftables_applied = true;
-            }
-            Err(err) => {
-                self.applied_nft = None;
-                failures.add("nftables", format!("table inet {NFT_TABLE}: {err}"));
-            }
+        let table = ruleset::table(&plan.nftables);
+        match self.nft.sync(&table, reason == SyncReason::Periodic).await {
+            Ok(nft::Applied::Nothing) => {}
+            Ok(nft::Applied::Applied(_)) => report.nftables_applied = true,
+            Err(err) => failures.add("nftables", format!("table inet {NFT_TABLE}: {err}")),
         }
     }
-}
-
-/// The routing table as last written: the script, and the kernel's own stateless
-/// listing of it right after, which a later listing must equal (any rule, chain or
-/// element someone added, changed or removed shows up as a difference).
-struct AppliedTable {
-    script: String,
-    listing: serde_json::Value,
-}
-
-/// `nft -j -s list table inet kubewire-routing` (no counters); `None` when absent.
-async fn stateless_listing() -> Result<Option<serde_json::Value>, crate::nft::NftError> {
-    Nft::default()
-        .list_json(&["-j", "-s", "list", "table", "inet", NFT_TABLE])
-        .await
 }
 
 /// Writes each sysctl that differs. A value already right is never written, so a
@@ -713,7 +673,7 @@ pub async fn cleanup(netlink: &Netlink) -> anyhow::Result<()> {
             }
         }
     }
-    if let Err(err) = Nft::default().apply(&ruleset::delete_transaction()).await {
+    if let Err(err) = Nft::default().delete_table("inet", NFT_TABLE).await {
         failures.push(format!("table inet {NFT_TABLE}: {err}"));
     }
     anyhow::ensure!(failures.is_empty(), "{}", failures.join("; "));

@@ -57,7 +57,7 @@ impl Reconciler {
         Self {
             ipvs: Arc::new(Mutex::new(ipvs)),
             netlink: None,
-            glue: nftables::apply::Reconciler::new(nftables::nft::ProxyNft::default()),
+            glue: nftables::apply::Reconciler::new(crate::nft::Nft::default()),
             known: None,
             draining: Draining::new(),
             grace,

@@ -1,8 +1,7 @@
 //! The nftables backend: the service map compiled ([`compile`]) into one
 //! `inet kubewire-proxy` table of fixed chains and per-family maps ([`ruleset`]),
-//! kept in the kernel by [`apply`] through the [`nft`] adapter.
+//! kept in the kernel by [`apply`] through the shared [`crate::nft`] layer.
 
 pub mod apply;
 pub mod compile;
-pub mod nft;
 pub mod ruleset;

@@ -1,15 +1,15 @@
-//! The desired `inet kubewire-proxy` table as data (sets, maps and chains with their
-//! rules as `nft` text), and its rendering into `nft -f` transactions: a full one
-//! that replaces the table atomically, and the element-level difference between two
-//! rulesets (chains and set declarations only change when the layout does).
+//! What [`super::compile`] produces for the `inet kubewire-proxy` table (sets, maps
+//! and chains with their rules as `nft` text), and its lowering into the shared
+//! [`nft::Table`], which renders, diffs and applies it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::nft::render::Script;
+use crate::nft::{self, Hook, Table, TableId};
 
 pub const FAMILY: &str = "inet";
 pub const TABLE: &str = "kubewire-proxy";
-
-/// Elements per `add element` command, to keep single lines reasonable.
-const ELEMENTS_PER_COMMAND: usize = 1000;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ruleset {
@@ -34,19 +34,6 @@ pub struct Chain {
     pub rules: Vec<String>,
 }
 
-impl Set {
-    fn keyword(&self) -> &'static str {
-        if self.map { "map" } else { "set" }
-    }
-
-    fn element(key: &str, value: &Option<String>) -> String {
-        match value {
-            Some(value) => format!("{key} : {value}"),
-            None => key.to_string(),
-        }
-    }
-}
-
 impl Ruleset {
     /// Number of set and map elements.
     pub fn element_count(&self) -> usize {
@@ -54,135 +41,73 @@ impl Ruleset {
     }
 }
 
-/// An `nft -f` transaction: applied entirely or not at all.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Transaction {
-    pub commands: Vec<String>,
+/// `inet kubewire-proxy`.
+pub fn table_id() -> TableId {
+    TableId::new(FAMILY, TABLE)
 }
 
-impl Transaction {
-    pub fn is_empty(&self) -> bool {
-        self.commands.is_empty()
-    }
+/// An `nft -f` file that replaces (or creates) the table with `ruleset`, for printing.
+pub fn full(ruleset: &Ruleset) -> Script {
+    Script::replacing(&table_id(), &Lowering::default().lower(ruleset))
+}
 
-    pub fn text(&self) -> String {
-        let mut text = self.commands.join("\n");
-        text.push('\n');
-        text
+/// Lowers rulesets, keeping the last table: a set whose elements did not change
+/// keeps its lowered form (a comparison, not a rebuild, per set).
+#[derive(Default)]
+pub struct Lowering {
+    last: Table,
+}
+
+impl Lowering {
+    pub fn lower(&mut self, ruleset: &Ruleset) -> Table {
+        let mut table = Table::default();
+        for (name, set) in &ruleset.sets {
+            let declared = nft::Set::new(set.map, &set.declaration, None);
+            let reused = self
+                .last
+                .sets
+                .get(name)
+                .filter(|old| old.id() == declared.id() && same_elements(old, set));
+            let lowered = match reused {
+                Some(old) => old.clone(),
+                None => Arc::new(
+                    declared.with_elements(
+                        set.elements
+                            .iter()
+                            .map(|(k, v)| (k.clone(), v.clone().unwrap_or_default()))
+                            .collect::<nft::Elements>(),
+                    ),
+                ),
+            };
+            table.sets.insert(name.clone(), lowered);
+        }
+        for (name, chain) in &ruleset.chains {
+            let hook = chain.base.as_deref().and_then(Hook::parse);
+            let lowered = nft::Chain::new(hook, chain.rules.iter().cloned());
+            let reused = self.last.chains.get(name).filter(|old| ***old == lowered);
+            table.chains.insert(
+                name.clone(),
+                reused.cloned().unwrap_or_else(|| Arc::new(lowered)),
+            );
+        }
+        self.last = table.clone();
+        table
     }
 }
 
-fn add_elements(out: &mut Vec<String>, verb: &str, name: &str, elements: &[String]) {
-    for chunk in elements.chunks(ELEMENTS_PER_COMMAND) {
-        out.push(format!(
-            "{verb} element {FAMILY} {TABLE} {name} {{ {} }}",
-            chunk.join(", ")
-        ));
+fn same_elements(lowered: &nft::Set, set: &Set) -> bool {
+    if lowered.elements.len() != set.elements.len() || lowered.interval() {
+        return false;
     }
-}
-
-/// The transaction that replaces the whole table with `ruleset` (creating it first so
-/// that the delete cannot fail): sets, then chains with their rules, then elements.
-pub fn full(ruleset: &Ruleset) -> Transaction {
-    let mut commands = vec![
-        format!("table {FAMILY} {TABLE}"),
-        format!("delete table {FAMILY} {TABLE}"),
-    ];
-    let mut body = format!("table {FAMILY} {TABLE} {{\n");
-    for (name, set) in &ruleset.sets {
-        body.push_str(&format!(
-            "  {} {name} {{ {} }}\n",
-            set.keyword(),
-            set.declaration
-        ));
-    }
-    for (name, chain) in &ruleset.chains {
-        body.push_str(&format!("  chain {name} {{\n"));
-        if let Some(base) = &chain.base {
-            body.push_str(&format!("    {base}\n"));
-        }
-        for rule in &chain.rules {
-            body.push_str(&format!("    {rule}\n"));
-        }
-        body.push_str("  }\n");
-    }
-    body.push('}');
-    commands.push(body);
-    for (name, set) in &ruleset.sets {
-        let elements: Vec<String> = set
-            .elements
-            .iter()
-            .map(|(k, v)| Set::element(k, v))
-            .collect();
-        add_elements(&mut commands, "add", name, &elements);
-    }
-    Transaction { commands }
-}
-
-/// The transaction that turns `applied` into `desired` element by element; `None`
-/// when a chain was added or its rules or a set declaration changed (then the table
-/// is replaced: nft 1.0.6 cannot add a rule that looks up an existing `typeof ... th
-/// dport` map, "conflicting protocols specified: ip vs. th"). Chains and sets that are
-/// no longer wanted are deleted after their elements.
-pub fn diff(applied: &Ruleset, desired: &Ruleset) -> Option<Transaction> {
-    for (name, set) in &desired.sets {
-        if let Some(old) = applied.sets.get(name)
-            && (old.declaration != set.declaration || old.map != set.map)
-        {
-            return None;
-        }
-    }
-    for (name, chain) in &desired.chains {
-        if applied.chains.get(name) != Some(chain) {
-            return None;
-        }
-    }
-    let mut commands = Vec::new();
-    for (name, set) in &desired.sets {
-        if !applied.sets.contains_key(name) {
-            commands.push(format!(
-                "add {} {FAMILY} {TABLE} {name} {{ {} }}",
-                set.keyword(),
-                set.declaration
-            ));
-        }
-    }
-    let empty = BTreeMap::new();
-    for (name, set) in &desired.sets {
-        let old = applied.sets.get(name).map_or(&empty, |s| &s.elements);
-        let removed: Vec<String> = old
-            .iter()
-            .filter(|(k, v)| set.elements.get(*k) != Some(*v))
-            .map(|(k, _)| k.clone())
-            .collect();
-        add_elements(&mut commands, "delete", name, &removed);
-    }
-    for (name, set) in &desired.sets {
-        let old = applied.sets.get(name).map_or(&empty, |s| &s.elements);
-        let added: Vec<String> = set
-            .elements
-            .iter()
-            .filter(|(k, v)| old.get(*k) != Some(*v))
-            .map(|(k, v)| Set::element(k, v))
-            .collect();
-        add_elements(&mut commands, "add", name, &added);
-    }
-    for name in applied.chains.keys() {
-        if !desired.chains.contains_key(name) {
-            commands.push(format!("delete chain {FAMILY} {TABLE} {name}"));
-        }
-    }
-    for (name, set) in &applied.sets {
-        if !desired.sets.contains_key(name) {
-            commands.push(format!("delete {} {FAMILY} {TABLE} {name}", set.keyword()));
-        }
-    }
-    Some(Transaction { commands })
+    set.elements.iter().all(|(k, v)| {
+        lowered.elements.get(k).map(String::as_str) == Some(v.as_deref().unwrap_or(""))
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nft::{Backend, Fake, Op};
 
     fn ruleset(elements: &[(&str, &str)], chains: &[&str]) -> Ruleset {
         let mut r = Ruleset::default();
@@ -216,38 +141,57 @@ mod tests {
         r
     }
 
-    #[test]
-    fn full_replaces_the_table() {
-        let text = full(&ruleset(&[("1.1.1.1", "goto a")], &["a"])).text();
+    #[tokio::test]
+    async fn diffs_are_element_level_and_chains_come_and_go() {
+        let id = table_id();
+        let mut lowering = Lowering::default();
+        let mut fake = Fake::default();
+        let old = lowering.lower(&ruleset(
+            &[("1.1.1.1", "goto a"), ("2.2.2.2", "goto a")],
+            &["a"],
+        ));
+        fake.apply(&nft::render::create(&id, &old)).await.unwrap();
+        let moved = lowering.lower(&ruleset(
+            &[("1.1.1.1", "goto a"), ("4.4.4.4", "goto a")],
+            &["a"],
+        ));
+        let tx = nft::render::diff(&id, &old, &moved).unwrap();
+        assert!(tx.elements_only());
         assert_eq!(
-            text,
-            "table inet kubewire-proxy\ndelete table inet kubewire-proxy\ntable inet kubewire-proxy {\n  map m { type ipv4_addr : verdict; }\n  chain a {\n    counter comment \"a\"\n  }\n  chain base {\n    type nat hook prerouting priority dstnat; policy accept;\n    ip daddr vmap @m\n  }\n}\nadd element inet kubewire-proxy m { 1.1.1.1 : goto a }\n"
+            tx.text(),
+            "delete element inet kubewire-proxy m { 2.2.2.2 }\nadd element inet kubewire-proxy m { 4.4.4.4 : goto a }\n"
         );
+        fake.apply(&tx).await.unwrap();
+        let grown = lowering.lower(&ruleset(
+            &[("1.1.1.1", "goto b"), ("4.4.4.4", "goto a")],
+            &["a", "b"],
+        ));
+        let tx = nft::render::diff(&id, &moved, &grown).unwrap();
+        assert!(
+            tx.ops
+                .iter()
+                .any(|op| matches!(op, Op::AddChain(n, None) if n == "b"))
+        );
+        fake.apply(&tx).await.unwrap();
+        let shrunk = lowering.lower(&ruleset(&[("1.1.1.1", "goto b")], &["b"]));
+        fake.apply(&nft::render::diff(&id, &grown, &shrunk).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(fake.tables[&id], shrunk);
     }
 
     #[test]
-    fn diffs_are_element_level() {
-        let old = ruleset(&[("1.1.1.1", "goto a"), ("2.2.2.2", "goto a")], &["a"]);
-        let new = ruleset(&[("1.1.1.1", "goto b"), ("3.3.3.3", "goto b")], &["b"]);
-        assert_eq!(diff(&old, &old), Some(Transaction::default()));
-        assert_eq!(diff(&old, &new), None, "a new chain replaces the table");
-        let fewer = ruleset(&[("1.1.1.1", "goto b"), ("3.3.3.3", "goto b")], &["b"]);
-        let mut more = fewer.clone();
-        more.chains.insert("a".into(), old.chains["a"].clone());
-        assert_eq!(
-            diff(&more, &fewer).unwrap().commands,
-            ["delete chain inet kubewire-proxy a"]
-        );
-        let moved = ruleset(&[("1.1.1.1", "goto a"), ("4.4.4.4", "goto a")], &["a"]);
-        assert_eq!(
-            diff(&old, &moved).unwrap().commands,
-            [
-                "delete element inet kubewire-proxy m { 2.2.2.2 }",
-                "add element inet kubewire-proxy m { 4.4.4.4 : goto a }",
-            ]
-        );
-        let mut redeclared = new.clone();
-        redeclared.sets.get_mut("m").unwrap().declaration = "type ipv6_addr : verdict;".into();
-        assert_eq!(diff(&new, &redeclared), None);
+    fn every_base_chain_of_the_compiled_tables_has_a_hook() {
+        let map = crate::proxy::model::ServiceMap::default();
+        for (ruleset, _) in [
+            super::super::compile::compile(&map),
+            super::super::compile::glue(&map),
+        ] {
+            for (name, chain) in &ruleset.chains {
+                if let Some(base) = &chain.base {
+                    assert!(Hook::parse(base).is_some(), "{name}: {base}");
+                }
+            }
+        }
     }
 }

@@ -1,9 +1,11 @@
 //! Set element changes sent straight to nf_tables over netlink: one batch (one atomic
 //! transaction) per change, without starting `nft` or letting it read the table's
-//! cache first, which is what makes a pod change cost milliseconds. Only element adds
-//! and deletes of the set types the firewall changes per pod go this way (addresses,
-//! address . protocol . port, verdict maps, counter maps); everything else goes
-//! through the `nft` CLI.
+//! cache first, which is what makes a pod change cost milliseconds. Elements whose
+//! types [`Codec`] can encode from the set's declaration go this way (addresses,
+//! protocols, ports, marks and numbers, their concatenations, as keys or values;
+//! verdicts; counter names); interval sets and anything else go through the `nft` CLI.
+//! The same socket asks for the ruleset generation, which every commit in the network
+//! namespace increments: the cheap half of the drift check.
 //!
 //! A [`Session`] keeps its socket open between transactions, and that matters for
 //! deletes: the kernel frees deleted elements after an RCU grace period, in the
@@ -16,18 +18,20 @@ use std::net::IpAddr;
 
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
-use super::model::{Family, SetKind, TABLE};
+use super::model::Set;
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 16;
 const NFNL_MSG_BATCH_END: u16 = 17;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_DELSETELEM: u16 = 14;
+const NFT_MSG_NEWGEN: u16 = 15;
+const NFT_MSG_GETGEN: u16 = 16;
+const NFTA_GEN_ID: u16 = 1;
 const NLMSG_ERROR: u16 = 2;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_CREATE: u16 = 0x400;
-const NFPROTO_INET: u8 = 1;
 const NLA_F_NESTED: u16 = 0x8000;
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 const NFTA_SET_ELEM_LIST_SET: u16 = 2;
@@ -56,17 +60,116 @@ pub enum NetlinkError {
     Rejected { set: String, source: std::io::Error },
 }
 
+/// How a set's keys and values are laid out in registers, read from its declaration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Codec {
+    key: Vec<Part>,
+    value: Value,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Part {
+    V4,
+    V6,
+    Proto,
+    /// A port, network byte order.
+    Service,
+    /// A mark or `numgen` number, host byte order.
+    Number,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Value {
+    None,
+    Verdict,
+    Counter,
+    Data(Vec<Part>),
+}
+
+impl Codec {
+    /// The layout of `set`, or `None` when netlink cannot carry its elements here
+    /// (intervals, timeouts, types not listed in [`Part`]).
+    pub fn of(set: &Set) -> Option<Self> {
+        if set.interval() || set.dynamic() {
+            return None;
+        }
+        let body = set.declaration.split(';').next()?.trim();
+        let (typeof_, body) = if let Some(rest) = body.strip_prefix("typeof ") {
+            (true, rest)
+        } else {
+            (false, body.strip_prefix("type ")?)
+        };
+        let parts = |text: &str| -> Option<Vec<Part>> {
+            text.split(" . ")
+                .map(|p| {
+                    if typeof_ {
+                        typeof_part(p.trim())
+                    } else {
+                        type_part(p.trim())
+                    }
+                })
+                .collect()
+        };
+        let (key, value) = match body.split_once(" : ") {
+            Some((key, value)) => (key, Some(value.trim())),
+            None => (body, None),
+        };
+        let value = match value {
+            None if !set.map => Value::None,
+            None => return None,
+            Some("verdict") => Value::Verdict,
+            Some("counter") => Value::Counter,
+            Some(data) => Value::Data(parts(data)?),
+        };
+        Some(Self {
+            key: parts(key)?,
+            value,
+        })
+    }
+}
+
+fn type_part(name: &str) -> Option<Part> {
+    Some(match name {
+        "ipv4_addr" => Part::V4,
+        "ipv6_addr" => Part::V6,
+        "inet_proto" => Part::Proto,
+        "inet_service" => Part::Service,
+        "mark" => Part::Number,
+        _ => return None,
+    })
+}
+
+fn typeof_part(expr: &str) -> Option<Part> {
+    Some(match expr {
+        "ip saddr" | "ip daddr" => Part::V4,
+        "ip6 saddr" | "ip6 daddr" => Part::V6,
+        "meta l4proto" | "ip protocol" | "ip6 nexthdr" => Part::Proto,
+        "th dport" | "th sport" | "tcp dport" | "udp dport" => Part::Service,
+        "meta mark" | "ct mark" => Part::Number,
+        _ if expr.starts_with("numgen ") => Part::Number,
+        _ => return None,
+    })
+}
+
 /// Adds or deletes elements of one set.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ElementBatch {
+    /// `inet`, `ip`, `ip6`.
+    pub family: String,
+    pub table: String,
     pub set: String,
-    pub kind: SetKind,
+    pub codec: Codec,
     pub delete: bool,
-    /// (key, value) in the model's nft syntax; the value is empty for plain sets.
+    /// (key, value) in nft syntax; the value is empty for plain sets.
     pub elements: Vec<(String, String)>,
 }
 
 impl ElementBatch {
+    /// Whether its set is a map.
+    pub fn is_map(&self) -> bool {
+        self.codec.value != Value::None
+    }
+
     /// Whether every element can be encoded here.
     pub fn supported(&self) -> bool {
         self.encode().is_ok()
@@ -78,32 +181,44 @@ impl ElementBatch {
             set: self.set.clone(),
             element: element.to_string(),
         };
-        let mut payload = vec![NFPROTO_INET, 0, 0, 0];
-        attr_str(&mut payload, NFTA_SET_ELEM_LIST_TABLE, TABLE);
+        let family = match self.family.as_str() {
+            "inet" => 1u8,
+            "ip" => 2,
+            "ip6" => 10,
+            other => return Err(unsupported(other)),
+        };
+        let mut payload = vec![family, 0, 0, 0];
+        attr_str(&mut payload, NFTA_SET_ELEM_LIST_TABLE, &self.table);
         attr_str(&mut payload, NFTA_SET_ELEM_LIST_SET, &self.set);
         let mut list = Vec::new();
         for (key, value) in &self.elements {
             let mut element = Vec::new();
-            let key_bytes = encode_key(self.kind, key).ok_or_else(|| unsupported(key))?;
+            let key_bytes = encode_parts(&self.codec.key, key).ok_or_else(|| unsupported(key))?;
             let mut key_attr = Vec::new();
             attr(&mut key_attr, NFTA_DATA_VALUE, &key_bytes);
             attr(&mut element, NFTA_SET_ELEM_KEY | NLA_F_NESTED, &key_attr);
             if !self.delete {
-                match self.kind {
-                    SetKind::Dispatch(_) => {
+                match &self.codec.value {
+                    Value::Verdict => {
                         let verdict = encode_verdict(value).ok_or_else(|| unsupported(value))?;
                         let mut data = Vec::new();
                         attr(&mut data, NFTA_DATA_VERDICT | NLA_F_NESTED, &verdict);
                         attr(&mut element, NFTA_SET_ELEM_DATA | NLA_F_NESTED, &data);
                     }
-                    SetKind::CounterMap(_) => {
+                    Value::Counter => {
                         let name = value
                             .strip_prefix('"')
                             .and_then(|v| v.strip_suffix('"'))
                             .ok_or_else(|| unsupported(value))?;
                         attr_str(&mut element, NFTA_SET_ELEM_OBJREF, name);
                     }
-                    _ => {}
+                    Value::Data(parts) => {
+                        let bytes = encode_parts(parts, value).ok_or_else(|| unsupported(value))?;
+                        let mut data = Vec::new();
+                        attr(&mut data, NFTA_DATA_VALUE, &bytes);
+                        attr(&mut element, NFTA_SET_ELEM_DATA | NLA_F_NESTED, &data);
+                    }
+                    Value::None => {}
                 }
             }
             attr(&mut list, NFTA_LIST_ELEM | NLA_F_NESTED, &element);
@@ -117,34 +232,47 @@ impl ElementBatch {
     }
 }
 
-fn encode_key(kind: SetKind, key: &str) -> Option<Vec<u8>> {
-    let address = |text: &str, family: Family| -> Option<Vec<u8>> {
-        match (text.parse::<IpAddr>().ok()?, family) {
-            (IpAddr::V4(ip), Family::V4) => Some(ip.octets().to_vec()),
-            (IpAddr::V6(ip), Family::V6) => Some(ip.octets().to_vec()),
-            _ => None,
+/// A key or value: each part of a concatenation fills whole 32-bit registers.
+fn encode_parts(parts: &[Part], text: &str) -> Option<Vec<u8>> {
+    let mut words = text.split(" . ");
+    let mut bytes = Vec::new();
+    for part in parts {
+        let word = words.next()?.trim();
+        match part {
+            Part::V4 => match word.parse::<IpAddr>().ok()? {
+                IpAddr::V4(ip) => bytes.extend_from_slice(&ip.octets()),
+                IpAddr::V6(_) => return None,
+            },
+            Part::V6 => match word.parse::<IpAddr>().ok()? {
+                IpAddr::V6(ip) => bytes.extend_from_slice(&ip.octets()),
+                IpAddr::V4(_) => return None,
+            },
+            Part::Proto => {
+                let protocol: u8 = match word {
+                    "tcp" => 6,
+                    "udp" => 17,
+                    "sctp" => 132,
+                    "icmp" => 1,
+                    "icmpv6" => 58,
+                    number => number.parse().ok()?,
+                };
+                bytes.extend_from_slice(&[protocol, 0, 0, 0]);
+            }
+            Part::Service => {
+                let port: u16 = word.parse().ok()?;
+                bytes.extend_from_slice(&port.to_be_bytes());
+                bytes.extend_from_slice(&[0, 0]);
+            }
+            Part::Number => {
+                let number: u32 = match word.strip_prefix("0x") {
+                    Some(hex) => u32::from_str_radix(hex, 16).ok()?,
+                    None => word.parse().ok()?,
+                };
+                bytes.extend_from_slice(&number.to_ne_bytes());
+            }
         }
-    };
-    match kind {
-        SetKind::Addr(f) | SetKind::Dispatch(f) | SetKind::CounterMap(f) => address(key, f),
-        SetKind::NamedPort(f) => {
-            // Each part of a concatenation fills whole 32-bit registers.
-            let mut parts = key.split(" . ");
-            let mut bytes = address(parts.next()?, f)?;
-            let protocol: u8 = match parts.next()? {
-                "tcp" => 6,
-                "udp" => 17,
-                "sctp" => 132,
-                _ => return None,
-            };
-            bytes.extend_from_slice(&[protocol, 0, 0, 0]);
-            let port: u16 = parts.next()?.parse().ok()?;
-            bytes.extend_from_slice(&port.to_be_bytes());
-            bytes.extend_from_slice(&[0, 0]);
-            parts.next().is_none().then_some(bytes)
-        }
-        SetKind::Interval(_) => None,
     }
+    words.next().is_none().then_some(bytes)
 }
 
 fn encode_verdict(value: &str) -> Option<Vec<u8>> {
@@ -285,6 +413,80 @@ impl Session {
     }
 }
 
+impl Session {
+    /// The ruleset generation of the network namespace: every commit (ours or
+    /// anyone's) increments it.
+    pub fn generation(&mut self) -> Result<u32, NetlinkError> {
+        let seq = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        let mut buffer = Vec::new();
+        message(
+            &mut buffer,
+            (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN,
+            NLM_F_REQUEST,
+            seq,
+            &[0, 0, 0, 0],
+        );
+        let socket = match self.socket.take() {
+            Some(socket) => socket,
+            None => open(self.netns.as_deref())?,
+        };
+        socket.send(&buffer, 0)?;
+        let mut receive = vec![0u8; 8192];
+        loop {
+            receive.clear();
+            let len = socket.recv(&mut receive, 0)?;
+            let mut offset = 0;
+            while offset + 20 <= len {
+                let msg_len = u32::from_ne_bytes([
+                    receive[offset],
+                    receive[offset + 1],
+                    receive[offset + 2],
+                    receive[offset + 3],
+                ]) as usize;
+                let kind = u16::from_ne_bytes([receive[offset + 4], receive[offset + 5]]);
+                let msg_seq = u32::from_ne_bytes([
+                    receive[offset + 8],
+                    receive[offset + 9],
+                    receive[offset + 10],
+                    receive[offset + 11],
+                ]);
+                if msg_seq == seq && kind == NLMSG_ERROR {
+                    let code = i32::from_ne_bytes([
+                        receive[offset + 16],
+                        receive[offset + 17],
+                        receive[offset + 18],
+                        receive[offset + 19],
+                    ]);
+                    return Err(std::io::Error::from_raw_os_error(-code).into());
+                }
+                // Header (16), nfgenmsg (4), then NFTA_GEN_ID: len, type, u32 (BE).
+                if msg_seq == seq
+                    && kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN
+                    && offset + 28 <= len
+                {
+                    let at = offset + 20;
+                    let attr_kind = u16::from_ne_bytes([receive[at + 2], receive[at + 3]]);
+                    if attr_kind == NFTA_GEN_ID {
+                        let id = u32::from_be_bytes([
+                            receive[at + 4],
+                            receive[at + 5],
+                            receive[at + 6],
+                            receive[at + 7],
+                        ]);
+                        self.socket = Some(socket);
+                        return Ok(id);
+                    }
+                }
+                if msg_len < 16 {
+                    break;
+                }
+                offset += (msg_len + 3) & !3;
+            }
+        }
+    }
+}
+
 /// A socket to nf_tables in the network namespace at `netns` (entered from a thread
 /// of its own, so the caller's thread stays where it is) or the current one.
 fn open(netns: Option<&str>) -> Result<Socket, NetlinkError> {
@@ -393,20 +595,32 @@ fn set_receive_timeout(socket: &Socket) -> Result<(), NetlinkError> {
 mod tests {
     use super::*;
 
+    fn codec(map: bool, declaration: &str) -> Option<Codec> {
+        Codec::of(&Set::new(map, declaration, None))
+    }
+
     #[test]
     fn keys_fill_registers() {
+        let v4 = codec(false, "type ipv4_addr").unwrap();
+        assert_eq!(encode_parts(&v4.key, "10.0.0.1"), Some(vec![10, 0, 0, 1]));
+        let v6 = codec(false, "type ipv6_addr").unwrap();
+        assert_eq!(encode_parts(&v6.key, "10.0.0.1"), None);
+        let named = codec(false, "type ipv4_addr . inet_proto . inet_service").unwrap();
         assert_eq!(
-            encode_key(SetKind::Addr(Family::V4), "10.0.0.1"),
-            Some(vec![10, 0, 0, 1])
-        );
-        assert_eq!(encode_key(SetKind::Addr(Family::V6), "10.0.0.1"), None);
-        assert_eq!(
-            encode_key(SetKind::NamedPort(Family::V4), "10.0.0.1 . tcp . 8080"),
+            encode_parts(&named.key, "10.0.0.1 . tcp . 8080"),
             Some(vec![10, 0, 0, 1, 6, 0, 0, 0, 0x1f, 0x90, 0, 0])
         );
+        assert_eq!(codec(false, "type ipv4_addr; flags interval"), None);
+        let endpoints = codec(
+            true,
+            "typeof ip daddr . meta l4proto . th dport . numgen random mod 1 : ip daddr . th dport",
+        )
+        .unwrap();
+        assert_eq!(endpoints.key.len(), 4);
+        assert_eq!(endpoints.value, Value::Data(vec![Part::V4, Part::Service]));
         assert_eq!(
-            encode_key(SetKind::Interval(Family::V4), "10.0.0.0-10.0.0.9"),
-            None
+            codec(true, "type ipv4_addr : verdict").unwrap().value,
+            Value::Verdict
         );
         assert!(encode_verdict("jump ingress/x/p").is_some());
         assert!(encode_verdict("continue").is_some());

@@ -1,7 +1,6 @@
-//! The thin adapter to nftables in the kernel, shared by the firewall, routing and
-//! proxy controllers: runs the `nft` CLI (one process per call, a whole transaction
-//! per `nft -f`), lists a table back as JSON, deletes a table, and sets the bridge
-//! netfilter switch. It knows no table of its own: each caller names its table.
+//! The `nft` CLI: one process per call, a whole transaction per `nft -f`, JSON
+//! listings, deleting a table; and the bridge netfilter switch. It knows no table of
+//! its own: each caller names its table.
 
 use std::path::Path;
 use std::process::Stdio;

@@ -1,0 +1,147 @@
+//! Where transactions go: the [`Backend`] trait, and [`Kernel`], the real one (an
+//! elements-only transaction over a kept-open netlink socket, anything else as one
+//! `nft -f`; reads through `nft -j`). [`super::fake::Fake`] is the other.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use super::cli::{Nft, NftError};
+use super::model::TableId;
+use super::netlink::{Codec, ElementBatch, Session};
+use super::read::{self, Observed};
+use super::render::{Op, Transaction};
+
+pub trait Backend: Send {
+    /// Applies the transaction atomically: all of it or none.
+    fn apply(&mut self, tx: &Transaction) -> impl Future<Output = Result<(), NftError>> + Send;
+
+    /// The table as it is now; `None` when there is none.
+    fn read(
+        &mut self,
+        table: &TableId,
+    ) -> impl Future<Output = Result<Option<Observed>, NftError>> + Send;
+
+    /// The named counters' packet counts (cheap: no rules, no elements).
+    fn packets(
+        &mut self,
+        table: &TableId,
+    ) -> impl Future<Output = Result<BTreeMap<String, u64>, NftError>> + Send;
+
+    /// A number every commit to any table changes.
+    fn generation(&mut self) -> impl Future<Output = Result<u32, NftError>> + Send;
+
+    /// Which ruleset the generations count (a network namespace); reconcilers of one
+    /// scope tell each other which commits were theirs. `None`: not shared.
+    fn scope(&self) -> Option<String> {
+        None
+    }
+}
+
+/// nf_tables in one network namespace.
+#[derive(Debug)]
+pub struct Kernel {
+    nft: Nft,
+    session: Session,
+    /// The network namespace's inode, which names it for [`Backend::scope`].
+    netns_inode: Option<u64>,
+}
+
+impl Kernel {
+    /// nf_tables in `nft`'s network namespace (without one: the calling thread's).
+    pub fn new(nft: Nft) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let session = Session::new(nft.netns());
+        let netns_inode = std::fs::metadata(nft.netns().unwrap_or("/proc/thread-self/ns/net"))
+            .ok()
+            .map(|m| m.ino());
+        Self {
+            nft,
+            session,
+            netns_inode,
+        }
+    }
+
+    pub fn nft(&self) -> &Nft {
+        &self.nft
+    }
+
+    /// The transaction as netlink element batches, when it is only elements and each
+    /// set's elements can be encoded.
+    pub fn element_batches(tx: &Transaction) -> Option<Vec<ElementBatch>> {
+        if !tx.elements_only() {
+            return None;
+        }
+        tx.ops
+            .iter()
+            .map(|op| {
+                let (set, name, delete, elements) = match op {
+                    Op::AddElements(set, name, elements) => (set, name, false, elements.clone()),
+                    Op::DeleteElements(set, name, keys) => (
+                        set,
+                        name,
+                        true,
+                        keys.iter().map(|k| (k.clone(), String::new())).collect(),
+                    ),
+                    _ => return None,
+                };
+                let batch = ElementBatch {
+                    family: tx.table.family.clone(),
+                    table: tx.table.name.clone(),
+                    set: name.clone(),
+                    codec: Codec::of(set)?,
+                    delete,
+                    elements,
+                };
+                batch.supported().then_some(batch)
+            })
+            .collect()
+    }
+}
+
+impl Backend for Kernel {
+    /// An elements-only transaction is sent in place: the kernel runs the whole
+    /// batch, commit included, within the send, so this blocks for the commit (about
+    /// a millisecond; longer only while another client holds the commit lock).
+    async fn apply(&mut self, tx: &Transaction) -> Result<(), NftError> {
+        match Self::element_batches(tx) {
+            Some(batches) => self
+                .session
+                .apply(&batches)
+                .map_err(|err| NftError::Netlink(err.to_string())),
+            None => self.nft.apply(&tx.text()).await,
+        }
+    }
+
+    async fn read(&mut self, table: &TableId) -> Result<Option<Observed>, NftError> {
+        match self.nft.list_table(&table.family, &table.name, false).await {
+            Ok(listing) => Ok(Some(read::observed(&listing))),
+            Err(NftError::NoTable { .. }) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    async fn packets(&mut self, table: &TableId) -> Result<BTreeMap<String, u64>, NftError> {
+        let listing = self
+            .nft
+            .list_json(&[
+                "-j",
+                "list",
+                "counters",
+                "table",
+                &table.family,
+                &table.name,
+            ])
+            .await?;
+        Ok(listing.as_ref().map(read::packets).unwrap_or_default())
+    }
+
+    async fn generation(&mut self) -> Result<u32, NftError> {
+        self.session
+            .generation()
+            .map_err(|err| NftError::Netlink(err.to_string()))
+    }
+
+    fn scope(&self) -> Option<String> {
+        self.netns_inode.map(|inode| format!("netns:{inode}"))
+    }
+}
