@@ -11,7 +11,7 @@ pub mod nftables;
 pub mod services;
 pub mod trace;
 
-pub use args::{ProxyArgs, ProxyBackend};
+pub use args::{NodePortAddresses, ProxyArgs, ProxyBackend, ServiceMapArgs};
 
 use ipnet::IpNet;
 
@@ -38,6 +38,7 @@ pub struct ProxyController {
     node: String,
     /// Service CIDRs when the cluster has no ServiceCIDR objects.
     default_cidrs: Vec<IpNet>,
+    map_args: ServiceMapArgs,
     backend: Backend,
 }
 
@@ -85,9 +86,47 @@ impl ProxyController {
         Ok(Self {
             node,
             default_cidrs,
+            map_args: args.map.clone(),
             backend,
         })
     }
+}
+
+impl ProxyController {
+    /// How to read the snapshot; with `--nodeport-addresses` CIDRs, the addresses on
+    /// this node's interfaces are read from the kernel every sync.
+    async fn options(&self) -> services::Options {
+        let mut local_addresses = Vec::new();
+        if matches!(
+            self.map_args.nodeport_addresses,
+            NodePortAddresses::Cidrs(_)
+        ) {
+            match local_addresses_now().await {
+                Ok(found) => local_addresses = found,
+                Err(err) => {
+                    tracing::warn!("reading the node's addresses for --nodeport-addresses: {err:#}")
+                }
+            }
+        }
+        services::Options {
+            node: self.node.clone(),
+            default_service_cidrs: self.default_cidrs.clone(),
+            nodeport_addresses: self.map_args.nodeport_addresses.clone(),
+            masquerade_all: self.map_args.masquerade_all,
+            local_addresses,
+        }
+    }
+}
+
+/// Every address on this node's interfaces.
+async fn local_addresses_now() -> anyhow::Result<Vec<std::net::IpAddr>> {
+    let netlink = crate::routing::netlink::Netlink::connect()?;
+    Ok(netlink
+        .addresses()
+        .await?
+        .into_iter()
+        .map(|a| a.address.addr())
+        .collect())
 }
 
 impl Controller for ProxyController {
@@ -100,7 +139,7 @@ impl Controller for ProxyController {
     }
 
     async fn sync(&mut self, snapshot: &Snapshot, reason: SyncReason) -> anyhow::Result<Synced> {
-        let map = services::build(snapshot, &self.node, &self.default_cidrs);
+        let map = services::build_with(snapshot, &self.options().await);
         let mut bad_objects = map.errors.clone();
         match &mut self.backend {
             Backend::Nftables(reconciler) => {

@@ -5,7 +5,11 @@
 //! - ClusterIP traffic goes to the internal policy's endpoints (none on this node
 //!   under internalTrafficPolicy Local → drop), masqueraded when it does not come from
 //!   a pod CIDR (only when pod CIDRs of that family are known, like kube-proxy's
-//!   `--cluster-cidr` detector);
+//!   `--cluster-cidr` detector) or always with `--masquerade-all`;
+//! - NodePorts answer on the node's NodePort addresses (`--nodeport-addresses`);
+//!   "the node's own traffic" is a source among the Node's addresses (the datapath
+//!   asks the kernel, `fib saddr type local`, which also knows addresses the Node
+//!   object does not list);
 //! - external traffic (NodePort on the node's addresses, externalIPs, LB IPs): LB IPs
 //!   drop sources outside loadBalancerSourceRanges; under externalTrafficPolicy Cluster
 //!   it is always masqueraded; under Local, pod traffic goes to every endpoint
@@ -58,7 +62,11 @@ pub fn trace(map: &ServiceMap, from: IpAddr, to: IpAddr, port: u16, protocol: Pr
         .ports
         .iter()
         .filter(|p| p.protocol == protocol)
-        .flat_map(|p| p.frontends(&map.node_ips).into_iter().map(move |f| (p, f)))
+        .flat_map(|p| {
+            p.frontends(&map.node_port_ips)
+                .into_iter()
+                .map(move |f| (p, f))
+        })
         .filter(|(_, f)| f.address == to && f.port == port)
         .min_by_key(|(_, f)| f.kind != FrontendKind::ClusterIp);
     if let Some((service_port, frontend)) = matched {
@@ -121,9 +129,11 @@ fn decide(map: &ServiceMap, port: &ServicePort, kind: FrontendKind, from: IpAddr
                     "internalTrafficPolicy Local and no endpoint on this node",
                 );
             }
-            let off_cluster = pod == Some(false);
+            let off_cluster = map.masquerade_all || pod == Some(false);
             let why = if port.internal_local {
                 "to this node's endpoints (internalTrafficPolicy Local)"
+            } else if port.topology_zone.is_some() {
+                "to the endpoints hinted for this node's zone"
             } else {
                 "to every endpoint"
             };
@@ -140,7 +150,11 @@ fn decide(map: &ServiceMap, port: &ServicePort, kind: FrontendKind, from: IpAddr
                 (
                     port.cluster_endpoints.as_slice(),
                     true,
-                    "to every endpoint (externalTrafficPolicy Cluster)",
+                    if port.topology_zone.is_some() {
+                        "to the endpoints hinted for this node's zone (externalTrafficPolicy Cluster)"
+                    } else {
+                        "to every endpoint (externalTrafficPolicy Cluster)"
+                    },
                 )
             } else if pod == Some(true) {
                 (
@@ -387,6 +401,39 @@ mod tests {
                     Verdict::None,
                 ),
             ],
+        );
+    }
+
+    #[test]
+    fn masquerade_all_masquerades_pod_traffic_too() {
+        let mut map = cluster(service(
+            "web",
+            json!({"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80}]}),
+            json!({}),
+            &[("10.244.2.10", "n2", true)],
+        ));
+        check(
+            &map,
+            &[(
+                "pod",
+                POD,
+                "10.96.0.10",
+                80,
+                TCP,
+                fwd(&["10.244.2.10:8080"], false),
+            )],
+        );
+        map.masquerade_all = true;
+        check(
+            &map,
+            &[(
+                "pod",
+                POD,
+                "10.96.0.10",
+                80,
+                TCP,
+                fwd(&["10.244.2.10:8080"], true),
+            )],
         );
     }
 

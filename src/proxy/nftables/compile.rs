@@ -96,7 +96,6 @@ fn compile_for(map: &ServiceMap, dataplane: Dataplane) -> (Ruleset, Vec<String>)
                 declare(false, format!("type {addr}; flags interval;")),
             ),
             ("cluster-ips", declare(false, format!("type {addr};"))),
-            ("node-ips", declare(false, format!("type {addr};"))),
             ("hairpin", declare(false, format!("type {addr} . {addr};"))),
             ("firewall-ips", declare(false, format!("type {frontend};"))),
             (
@@ -141,12 +140,6 @@ fn compile_for(map: &ServiceMap, dataplane: Dataplane) -> (Ruleset, Vec<String>)
             }
             ruleset.sets.insert(name, set);
         }
-        let family_ips = |list: &[IpAddr]| -> Vec<String> {
-            list.iter()
-                .filter(|ip| ip.is_ipv6() == v6)
-                .map(IpAddr::to_string)
-                .collect()
-        };
         let family_nets = |list: &[IpNet]| -> Vec<String> {
             list.iter()
                 .filter(|n| matches!(n, IpNet::V6(_)) == v6)
@@ -164,7 +157,6 @@ fn compile_for(map: &ServiceMap, dataplane: Dataplane) -> (Ruleset, Vec<String>)
             "service-cidrs",
             family_nets(&map.service_cidrs),
         );
-        fill(&mut ruleset, "node-ips", family_ips(&map.node_ips));
     }
     let has_pod_cidrs = |v6: bool| {
         map.pod_cidrs
@@ -174,6 +166,7 @@ fn compile_for(map: &ServiceMap, dataplane: Dataplane) -> (Ruleset, Vec<String>)
     ruleset.chains = chains(
         &builder.counts,
         [has_pod_cidrs(false), has_pod_cidrs(true)],
+        map.masquerade_all,
         dataplane,
     );
     (ruleset, builder.problems)
@@ -217,7 +210,7 @@ impl Builder {
     fn service_port(&mut self, map: &ServiceMap, port: &ServicePort, cluster_ip: bool) {
         let f = Family::of(port.cluster_ip);
         self.put(f.name("cluster-ips"), port.cluster_ip.to_string(), None);
-        let frontends = port.frontends(&map.node_ips);
+        let frontends = port.frontends(&map.node_port_ips);
         let wanted = frontends
             .iter()
             .filter(|f| (f.kind == FrontendKind::ClusterIp) == cluster_ip);
@@ -356,6 +349,7 @@ fn both(rule: impl Fn(Family) -> String) -> Vec<String> {
 fn chains(
     counts: &BTreeSet<(bool, usize)>,
     has_pod_cidrs: [bool; 2],
+    masquerade_all: bool,
     dataplane: Dataplane,
 ) -> BTreeMap<String, Chain> {
     let nat = dataplane == Dataplane::Nftables;
@@ -431,13 +425,13 @@ fn chains(
     }
     let mut postrouting = both(|f| {
         format!(
-            "{hairpin_condition}{0} saddr . {0} daddr @{1} masquerade",
+            "{hairpin_condition}{0} saddr . {0} daddr @{1} masquerade fully-random",
             f.ip(),
             f.name("hairpin")
         )
     });
     postrouting.push(format!(
-        "meta mark & {MASQUERADE_MARK} == {MASQUERADE_MARK} meta mark set meta mark ^ {MASQUERADE_MARK} masquerade"
+        "meta mark & {MASQUERADE_MARK} == {MASQUERADE_MARK} meta mark set meta mark ^ {MASQUERADE_MARK} masquerade fully-random"
     ));
     add(
         "nat-postrouting",
@@ -456,8 +450,11 @@ fn chains(
     let to_cluster = |f: Family| format!("{} vmap @{}", frontend(f), f.name("cluster-counts"));
     let dnat = |rules: Vec<String>| if nat { rules } else { Vec::new() };
     let mut cluster_ip = Vec::new();
+    if masquerade_all {
+        cluster_ip.push(mark.clone());
+    }
     for f in [Family(false), Family(true)] {
-        if has_pod_cidrs[usize::from(f.0)] {
+        if has_pod_cidrs[usize::from(f.0)] && !masquerade_all {
             cluster_ip.push(format!(
                 "{} saddr != @{} {mark}",
                 f.ip(),
@@ -470,24 +467,28 @@ fn chains(
     let mut external = vec![mark.clone()];
     external.extend(dnat(both(to_cluster)));
     add("external", chain(None, external));
+    // The node's own traffic is any from a local address, whichever interface has it.
+    let from_node = "fib saddr type local";
     let mut local = Vec::new();
-    for f in [Family(false), Family(true)] {
+    if !nat {
+        // IPVS sends every source to this node's endpoints; only the node's own
+        // traffic needs its source rewritten.
+        local.push(format!("{from_node} {mark}"));
+    }
+    for f in [Family(false), Family(true)].into_iter().filter(|_| nat) {
         let ip = f.ip();
-        let node_ips = f.name("node-ips");
-        if !nat {
-            // IPVS sends every source to this node's endpoints; only the node's own
-            // traffic needs its source rewritten.
-            local.push(format!("{ip} saddr @{node_ips} {mark}"));
-            continue;
-        }
         local.push(format!(
             "{ip} saddr @{} {}",
             f.name("pod-cidrs"),
             to_cluster(f)
         ));
-        local.push(format!("{ip} saddr @{node_ips} {mark}"));
-        local.push(format!("{ip} saddr @{node_ips} {}", to_cluster(f)));
-        local.push(format!("{} vmap @{}", frontend(f), f.name("local-counts")));
+    }
+    if nat {
+        local.push(format!("{from_node} {mark}"));
+        local.extend(both(|f| format!("{from_node} {}", to_cluster(f))));
+        local.extend(both(|f| {
+            format!("{} vmap @{}", frontend(f), f.name("local-counts"))
+        }));
     }
     if nat {
         local.push("drop".into());
@@ -614,8 +615,44 @@ mod tests {
             elements(&ruleset, "cluster-ips4"),
             ["10.96.0.10", "10.96.0.11", "10.96.0.12"]
         );
-        assert_eq!(elements(&ruleset, "node-ips4"), ["192.168.0.1"]);
         assert!(elements(&ruleset, "service-ips6").is_empty());
+    }
+
+    #[test]
+    fn masquerade_all_fully_random_and_the_nodes_own_traffic_by_fib() {
+        let (plain, _) = compile(&demo_map());
+        let mut map = demo_map();
+        map.masquerade_all = true;
+        let (all, _) = compile(&map);
+        assert_eq!(
+            all.chains["cluster-ip"].rules[0],
+            "meta mark set meta mark | 0x4000"
+        );
+        assert!(
+            !all.chains["cluster-ip"]
+                .rules
+                .iter()
+                .any(|r| r.contains("pod-cidrs"))
+        );
+        assert!(plain.chains["cluster-ip"].rules[0].starts_with("ip saddr != @pod-cidrs4"));
+        assert!(
+            plain.chains["nat-postrouting"]
+                .rules
+                .iter()
+                .all(|r| r.ends_with("masquerade fully-random"))
+        );
+        let local = &plain.chains["external-local"].rules;
+        assert!(
+            local.contains(&"fib saddr type local meta mark set meta mark | 0x4000".to_string()),
+            "{local:?}"
+        );
+        assert!(
+            local.contains(
+                &"fib saddr type local ip daddr . meta l4proto . th dport vmap @cluster-counts4"
+                    .to_string()
+            ),
+            "{local:?}"
+        );
     }
 
     #[test]
