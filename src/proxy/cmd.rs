@@ -101,12 +101,6 @@ pub fn plan(args: &PlanArgs) -> anyhow::Result<String> {
         map.ports.len(),
         ruleset.element_count()
     );
-    for port in map.ports.iter().filter(|p| p.affinity_timeout.is_some()) {
-        text.push_str(&format!(
-            "# {}: sessionAffinity ClientIP is not programmed by the nftables backend\n",
-            port.label()
-        ));
-    }
     text.push_str(&super::nftables::ruleset::full(&ruleset).text());
     Ok(text)
 }

@@ -3,6 +3,7 @@
 //! packets from and [`nftables`] compiles into the `inet kubewire-proxy` table.
 //! or [`ipvs`] renders into IPVS virtual services (with the same table as glue).
 
+pub mod affinity;
 mod args;
 pub mod cmd;
 pub mod ipvs;
@@ -28,7 +29,7 @@ pub const KINDS: [Kind; 4] = [
 
 /// The backend that keeps one node's Services in the kernel.
 enum Backend {
-    Nftables(nftables::apply::Reconciler),
+    Nftables(nftables::apply::Reconciler, affinity::Janitor),
     Ipvs(Box<ipvs::apply::Reconciler>),
 }
 
@@ -53,9 +54,10 @@ impl ProxyController {
         metrics: &crate::telemetry::Metrics,
     ) -> anyhow::Result<Self> {
         let nftables = || {
-            Backend::Nftables(nftables::apply::Reconciler::new(
-                nftables::nft::ProxyNft::default(),
-            ))
+            Backend::Nftables(
+                nftables::apply::Reconciler::new(nftables::nft::ProxyNft::default()),
+                affinity::Janitor::default(),
+            )
         };
         let grace = args.ipvs_graceful_period;
         let backend = match args.proxy_backend {
@@ -142,10 +144,17 @@ impl Controller for ProxyController {
         let map = services::build_with(snapshot, &self.options().await);
         let mut bad_objects = map.errors.clone();
         match &mut self.backend {
-            Backend::Nftables(reconciler) => {
+            Backend::Nftables(reconciler, janitor) => {
                 let (ruleset, problems) = nftables::compile::compile(&map);
                 bad_objects.extend(problems);
+                let valid = affinity::valid_pairs(&ruleset);
                 let applied = reconciler.sync(ruleset, reason).await?;
+                let forgotten = janitor
+                    .sync(&nftables::nft::ProxyNft::default(), valid)
+                    .await?;
+                if forgotten > 0 {
+                    tracing::debug!(forgotten, "affinity entries to removed endpoints deleted");
+                }
                 if applied != nftables::apply::Applied::Nothing {
                     tracing::debug!(?applied, ports = map.ports.len(), "service proxy updated");
                 }

@@ -35,6 +35,10 @@ pub enum Verdict {
         /// Every endpoint the packet may go to, sorted (`[fd00::1]:80` for IPv6).
         backends: Vec<String>,
         masquerade: bool,
+        /// sessionAffinity ClientIP: a new connection from the same client within
+        /// this many seconds of its last one goes where that one went.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        affinity_seconds: Option<u32>,
     },
     Drop,
     Reject,
@@ -192,12 +196,18 @@ fn decide(map: &ServiceMap, port: &ServicePort, kind: FrontendKind, from: IpAddr
         reason.push_str(", masqueraded when it lands on its own source (hairpin)");
     }
     if let Some(timeout) = port.affinity_timeout {
-        reason.push_str(&format!(", ClientIP affinity for {timeout}s"));
+        reason.push_str(&format!(
+            "; ClientIP affinity: a client's new connection within {timeout}s of its last one goes to the endpoint that one got"
+        ));
+        if port.is_ipv6() {
+            reason.push_str(" (IPVS only: the nftables backend has none for IPv6)");
+        }
     }
     Trace {
         verdict: Verdict::Forward {
             backends,
             masquerade: masquerade || hairpin,
+            affinity_seconds: port.affinity_timeout,
         },
         reason,
     }
@@ -209,6 +219,7 @@ pub fn render_text(trace: &Trace) -> String {
         Verdict::Forward {
             backends,
             masquerade,
+            ..
         } => format!(
             "forward to {}{}",
             backends.join(", "),
@@ -273,6 +284,7 @@ mod tests {
         Verdict::Forward {
             backends: backends.iter().map(|b| b.to_string()).collect(),
             masquerade,
+            affinity_seconds: None,
         }
     }
 

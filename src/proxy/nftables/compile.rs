@@ -25,8 +25,18 @@
 //! dispatch hooked as a filter chain that only sets the masquerade mark, before
 //! IPVS (which takes the packet at local-in or local-out) rewrites it.
 //!
-//! sessionAffinity ClientIP is not programmed: the packet path cannot record the
-//! chosen endpoint with a per-Service timeout without a chain per Service.
+//! sessionAffinity ClientIP (nftables, IPv4; IPVS has persistence): `affinity4`
+//! is a dynamic map `client . frontend → endpoint` that the packet path fills. The
+//! dispatch chains first try `dnat to <client . frontend> map @affinity` (a miss
+//! falls through to the random pick); after NAT, the `affinity-prerouting` /
+//! `affinity-output` chains send every new DNATed connection whose original
+//! destination is in `affinity-services` to `affinity-<T>`, which records (or
+//! refreshes) `client . frontend → endpoint` with timeout T seconds: one chain per
+//! timeout in use, so a Service with a new timeout is the only affinity change that
+//! touches a chain. Entries whose endpoint left the frontend are deleted after each
+//! sync ([`crate::proxy::affinity`]); replacing the table forgets them all. IPv6
+//! Services get no affinity: nft 1.0.6 aborts on a dynamic-map update whose key
+//! (client, address, protocol, port) is that long.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -39,6 +49,9 @@ use crate::proxy::model::{Frontend, FrontendKind, ServiceMap, ServicePort};
 /// `endpoints-N` chains that always exist, so that scaling within this range never
 /// changes a chain.
 pub const FIXED_COUNTS: usize = 16;
+
+/// Client/frontend pairs the affinity maps hold at most (per family).
+pub const AFFINITY_SIZE: usize = 262_144;
 
 /// The packet mark that asks `nat-postrouting` to masquerade (kube-proxy's).
 pub const MASQUERADE_MARK: &str = "0x4000";
@@ -122,6 +135,22 @@ fn compile_for(map: &ServiceMap, dataplane: Dataplane) -> (Ruleset, Vec<String>)
         } else {
             &[]
         };
+        if nat && !v6 {
+            sets.push((
+                "affinity-services",
+                declare(true, format!("type {frontend} : verdict;")),
+            ));
+            sets.push((
+                "affinity",
+                declare(
+                    true,
+                    format!(
+                        "type {addr} . {frontend} : {addr} . inet_service; size {AFFINITY_SIZE}; flags dynamic,timeout; timeout {}s;",
+                        crate::proxy::model::DEFAULT_AFFINITY_TIMEOUT
+                    ),
+                ),
+            ));
+        }
         for name in slot_maps {
             sets.push((
                 name,
@@ -165,6 +194,7 @@ fn compile_for(map: &ServiceMap, dataplane: Dataplane) -> (Ruleset, Vec<String>)
     };
     ruleset.chains = chains(
         &builder.counts,
+        &builder.timeouts,
         [has_pod_cidrs(false), has_pod_cidrs(true)],
         map.masquerade_all,
         dataplane,
@@ -197,6 +227,8 @@ struct Builder {
     elements: BTreeMap<String, BTreeMap<String, Option<String>>>,
     /// Endpoint counts in use, (local?, N).
     counts: BTreeSet<(bool, usize)>,
+    /// sessionAffinity timeouts in use, seconds.
+    timeouts: BTreeSet<u32>,
     claimed: BTreeMap<String, String>,
     problems: Vec<String>,
 }
@@ -226,6 +258,17 @@ impl Builder {
                 continue;
             }
             self.claimed.insert(key.clone(), port.service.clone());
+            if let (Some(timeout), Dataplane::Nftables) = (port.affinity_timeout, self.dataplane)
+                && port.has_endpoints
+                && !port.is_ipv6()
+            {
+                self.timeouts.insert(timeout);
+                self.put(
+                    Family::of(frontend.address).name("affinity-services"),
+                    key.clone(),
+                    Some(format!("goto affinity-{timeout}")),
+                );
+            }
             self.frontend(map, port, frontend, key);
         }
     }
@@ -348,6 +391,7 @@ fn both(rule: impl Fn(Family) -> String) -> Vec<String> {
 /// the fixed chains without DNAT).
 fn chains(
     counts: &BTreeSet<(bool, usize)>,
+    timeouts: &BTreeSet<u32>,
     has_pod_cidrs: [bool; 2],
     masquerade_all: bool,
     dataplane: Dataplane,
@@ -449,6 +493,16 @@ fn chains(
     );
     let to_cluster = |f: Family| format!("{} vmap @{}", frontend(f), f.name("cluster-counts"));
     let dnat = |rules: Vec<String>| if nat { rules } else { Vec::new() };
+    // A client's earlier endpoint for this frontend, when it has one.
+    let sticky = || {
+        let f = Family(false);
+        dnat(vec![format!(
+            "dnat {0} to {0} saddr . {1} map @{2}",
+            f.ip(),
+            frontend(f),
+            f.name("affinity")
+        )])
+    };
     let mut cluster_ip = Vec::new();
     if masquerade_all {
         cluster_ip.push(mark.clone());
@@ -462,9 +516,11 @@ fn chains(
             ));
         }
     }
+    cluster_ip.extend(sticky());
     cluster_ip.extend(dnat(both(to_cluster)));
     add("cluster-ip", chain(None, cluster_ip));
     let mut external = vec![mark.clone()];
+    external.extend(sticky());
     external.extend(dnat(both(to_cluster)));
     add("external", chain(None, external));
     // The node's own traffic is any from a local address, whichever interface has it.
@@ -475,16 +531,18 @@ fn chains(
         // traffic needs its source rewritten.
         local.push(format!("{from_node} {mark}"));
     }
-    for f in [Family(false), Family(true)].into_iter().filter(|_| nat) {
-        let ip = f.ip();
-        local.push(format!(
-            "{ip} saddr @{} {}",
-            f.name("pod-cidrs"),
-            to_cluster(f)
-        ));
-    }
     if nat {
+        // The mark first: the affinity DNAT ends the chain.
         local.push(format!("{from_node} {mark}"));
+        local.extend(sticky());
+        local.extend(both(|f| {
+            format!(
+                "{} saddr @{} {}",
+                f.ip(),
+                f.name("pod-cidrs"),
+                to_cluster(f)
+            )
+        }));
         local.extend(both(|f| format!("{from_node} {}", to_cluster(f))));
         local.extend(both(|f| {
             format!("{} vmap @{}", frontend(f), f.name("local-counts"))
@@ -494,6 +552,40 @@ fn chains(
         local.push("drop".into());
     }
     add("external-local", chain(None, local));
+    if nat {
+        // After NAT (dstnat at -100): the packet carries the endpoint, conntrack the
+        // frontend. `ct original proto-dst` needs a transport protocol to be known.
+        let f = Family(false);
+        let record = vec![{
+            format!(
+                "ct state new ct status dnat meta l4proto {{ tcp, udp, sctp }} ct original {0} daddr . meta l4proto . ct original proto-dst vmap @{1}",
+                f.ip(),
+                f.name("affinity-services")
+            )
+        }];
+        for (name, hook, priority) in [
+            ("affinity-prerouting", "prerouting", "dstnat + 10"),
+            ("affinity-output", "output", "-90"),
+        ] {
+            add(
+                name,
+                chain(
+                    Some(&format!(
+                        "type filter hook {hook} priority {priority}; policy accept;"
+                    )),
+                    record.clone(),
+                ),
+            );
+        }
+        for timeout in timeouts {
+            let rules = vec![format!(
+                "meta l4proto {{ tcp, udp, sctp }} update @{1} {{ {0} saddr . ct original {0} daddr . meta l4proto . ct original proto-dst timeout {timeout}s : {0} daddr . th dport }}",
+                f.ip(),
+                f.name("affinity")
+            )];
+            add(&format!("affinity-{timeout}"), chain(None, rules));
+        }
+    }
     // No DNAT, no endpoint chains.
     let fixed = if nat { FIXED_COUNTS } else { 0 };
     let wanted: BTreeSet<(bool, usize)> = (1..=fixed)

@@ -41,6 +41,12 @@ impl ProxyNft {
             .await
     }
 
+    /// `nft -j list map inet kubewire-proxy NAME` (with its elements); `Ok(None)` when
+    /// the table does not exist.
+    pub async fn list_map(&self, name: &str) -> anyhow::Result<Option<Value>> {
+        self.list(&["-j", "list", "map", FAMILY, TABLE, name]).await
+    }
+
     async fn list(&self, args: &[&str]) -> anyhow::Result<Option<Value>> {
         Ok(self.runner.list_json(args).await?)
     }
