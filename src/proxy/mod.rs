@@ -6,10 +6,12 @@
 pub mod affinity;
 mod args;
 pub mod cmd;
+pub mod health;
 pub mod ipvs;
 pub mod model;
 pub mod nftables;
 pub mod services;
+pub mod time;
 pub mod trace;
 
 pub use args::{NodePortAddresses, ProxyArgs, ProxyBackend, ServiceMapArgs};
@@ -40,6 +42,8 @@ pub struct ProxyController {
     /// Service CIDRs when the cluster has no ServiceCIDR objects.
     default_cidrs: Vec<IpNet>,
     map_args: ServiceMapArgs,
+    healthz_bind: Option<std::net::SocketAddr>,
+    health: health::HealthServers,
     backend: Backend,
 }
 
@@ -89,12 +93,53 @@ impl ProxyController {
             node,
             default_cidrs,
             map_args: args.map.clone(),
+            healthz_bind: args.healthz_bind_address.0,
+            health: health::HealthServers::default(),
             backend,
         })
     }
 }
 
 impl ProxyController {
+    /// Brings the backend to `map`, adding the compilers' problems to `bad_objects`.
+    async fn program(
+        &mut self,
+        map: &model::ServiceMap,
+        reason: SyncReason,
+        bad_objects: &mut Vec<String>,
+    ) -> anyhow::Result<()> {
+        match &mut self.backend {
+            Backend::Nftables(reconciler, janitor) => {
+                let (ruleset, problems) = nftables::compile::compile(map);
+                bad_objects.extend(problems);
+                let valid = affinity::valid_pairs(&ruleset);
+                let applied = reconciler.sync(ruleset, reason).await?;
+                let forgotten = janitor
+                    .sync(&nftables::nft::ProxyNft::default(), valid)
+                    .await?;
+                if forgotten > 0 {
+                    tracing::debug!(forgotten, "affinity entries to removed endpoints deleted");
+                }
+                if applied != nftables::apply::Applied::Nothing {
+                    tracing::debug!(?applied, ports = map.ports.len(), "service proxy updated");
+                }
+            }
+            Backend::Ipvs(reconciler) => {
+                let (desired, problems) = ipvs::compile::compile(map);
+                bad_objects.extend(problems);
+                let applied = reconciler.sync(desired, reason).await?;
+                if applied.ipvs_changes > 0 {
+                    tracing::debug!(
+                        ?applied,
+                        ports = map.ports.len(),
+                        "IPVS service proxy updated"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// How to read the snapshot; with `--nodeport-addresses` CIDRs, the addresses on
     /// this node's interfaces are read from the kernel every sync.
     async fn options(&self) -> services::Options {
@@ -141,37 +186,15 @@ impl Controller for ProxyController {
     }
 
     async fn sync(&mut self, snapshot: &Snapshot, reason: SyncReason) -> anyhow::Result<Synced> {
+        self.health.start_proxy_healthz(self.healthz_bind);
         let map = services::build_with(snapshot, &self.options().await);
         let mut bad_objects = map.errors.clone();
-        match &mut self.backend {
-            Backend::Nftables(reconciler, janitor) => {
-                let (ruleset, problems) = nftables::compile::compile(&map);
-                bad_objects.extend(problems);
-                let valid = affinity::valid_pairs(&ruleset);
-                let applied = reconciler.sync(ruleset, reason).await?;
-                let forgotten = janitor
-                    .sync(&nftables::nft::ProxyNft::default(), valid)
-                    .await?;
-                if forgotten > 0 {
-                    tracing::debug!(forgotten, "affinity entries to removed endpoints deleted");
-                }
-                if applied != nftables::apply::Applied::Nothing {
-                    tracing::debug!(?applied, ports = map.ports.len(), "service proxy updated");
-                }
-            }
-            Backend::Ipvs(reconciler) => {
-                let (desired, problems) = ipvs::compile::compile(&map);
-                bad_objects.extend(problems);
-                let applied = reconciler.sync(desired, reason).await?;
-                if applied.ipvs_changes > 0 {
-                    tracing::debug!(
-                        ?applied,
-                        ports = map.ports.len(),
-                        "IPVS service proxy updated"
-                    );
-                }
-            }
-        }
+        let (health_ports, problems) = health::desired(&map);
+        bad_objects.extend(problems);
+        let result = self.program(&map, reason, &mut bad_objects).await;
+        self.health.synced(result.is_ok());
+        result?;
+        self.health.set_services(health_ports);
         Ok(Synced { bad_objects })
     }
 

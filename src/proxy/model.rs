@@ -81,6 +81,8 @@ pub struct ServicePort {
     pub sched_flags: Option<String>,
     /// The zone whose topology hints picked `cluster_endpoints`, when they did.
     pub topology_zone: Option<String>,
+    /// `spec.healthCheckNodePort` of an externalTrafficPolicy Local Service.
+    pub health_check_node_port: Option<u16>,
 }
 
 /// How a packet reaches a Service port.

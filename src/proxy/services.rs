@@ -350,6 +350,18 @@ fn service_ports(
             .unwrap_or(DEFAULT_AFFINITY_TIMEOUT)
     });
 
+    let health_check_node_port = match spec.health_check_node_port.filter(|_| external_local) {
+        None | Some(0) => None,
+        Some(p) => match u16::try_from(p) {
+            Ok(p) => Some(p),
+            Err(_) => {
+                errors.push(format!(
+                    "Service {key}: spec.healthCheckNodePort {p} is out of range"
+                ));
+                None
+            }
+        },
+    };
     let mut out = Vec::new();
     for (i, port) in spec.ports.iter().flatten().enumerate() {
         let text = port.protocol.as_deref().unwrap_or("TCP");
@@ -406,6 +418,7 @@ fn service_ports(
                 scheduler: annotation(service, "service.scheduler"),
                 sched_flags: annotation(service, "service.schedflags"),
                 topology_zone: None,
+                health_check_node_port,
             };
             categorize(&mut service_port, &endpoints, zone);
             out.push(service_port);
