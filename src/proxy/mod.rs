@@ -6,6 +6,7 @@
 pub mod affinity;
 mod args;
 pub mod cmd;
+pub mod conntrack;
 pub mod health;
 pub mod ipvs;
 pub mod model;
@@ -44,6 +45,7 @@ pub struct ProxyController {
     map_args: ServiceMapArgs,
     healthz_bind: Option<std::net::SocketAddr>,
     health: health::HealthServers,
+    conntrack: conntrack::Cleaner,
     backend: Backend,
 }
 
@@ -95,6 +97,7 @@ impl ProxyController {
             map_args: args.map.clone(),
             healthz_bind: args.healthz_bind_address.0,
             health: health::HealthServers::default(),
+            conntrack: conntrack::Cleaner::default(),
             backend,
         })
     }
@@ -136,6 +139,15 @@ impl ProxyController {
                     );
                 }
             }
+        }
+        // Only once the new endpoints are in place: a flow that is cut now starts again
+        // on them.
+        let deleted = self.conntrack.sync(map).await?;
+        if deleted > 0 {
+            tracing::debug!(
+                deleted,
+                "conntrack entries of removed UDP/SCTP endpoints deleted"
+            );
         }
         Ok(())
     }
