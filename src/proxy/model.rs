@@ -36,6 +36,9 @@ pub struct ServiceMap {
     pub ports: Vec<ServicePort>,
     /// Objects or fields that had to be left out, naming the object and field.
     pub errors: Vec<String>,
+    /// ClusterIPs of Services another proxy owns (`service-proxy-name`), with the
+    /// Service: left alone, not dropped as unallocated.
+    pub foreign_ips: Vec<(IpAddr, String)>,
     /// Every served EndpointSlice (`namespace/name`) with its
     /// `endpoints.kubernetes.io/last-change-trigger-time`, for the network
     /// programming latency metric.

@@ -117,6 +117,29 @@ pub fn build_with(snapshot: &Snapshot, options: &Options) -> ServiceMap {
     let slices = slices_by_service(snapshot);
     let mut ports = Vec::new();
     let mut trigger_times = BTreeMap::new();
+    let mut foreign_ips = Vec::new();
+    for service in snapshot
+        .services
+        .iter()
+        .filter(|s| s.labels().contains_key(SERVICE_PROXY_NAME_LABEL))
+    {
+        let key = format!(
+            "{}/{}",
+            service.namespace().unwrap_or_default(),
+            service.name_any()
+        );
+        let spec = service.spec.as_ref();
+        let ips = spec
+            .and_then(|s| s.cluster_ips.clone())
+            .filter(|ips| !ips.is_empty())
+            .or_else(|| spec.and_then(|s| s.cluster_ip.clone()).map(|ip| vec![ip]))
+            .unwrap_or_default();
+        foreign_ips.extend(
+            ips.iter()
+                .filter_map(|ip| ip.parse::<IpAddr>().ok())
+                .map(|ip| (ip, key.clone())),
+        );
+    }
     for service in snapshot.services.iter().filter(|s| !not_ours(s.labels())) {
         let key = format!(
             "{}/{}",
@@ -162,6 +185,7 @@ pub fn build_with(snapshot: &Snapshot, options: &Options) -> ServiceMap {
         service_cidrs,
         ports,
         errors,
+        foreign_ips,
         trigger_times,
     }
 }

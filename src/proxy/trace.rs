@@ -17,8 +17,8 @@
 //!   to this node's endpoints unmasqueraded (none → drop);
 //! - a packet from an endpoint that may land on that same endpoint (hairpin) is
 //!   masqueraded;
-//! - a ClusterIP on a port no Service serves rejects; any other address in a service
-//!   CIDR drops; everything else is not the proxy's business (`none`).
+//! - a ClusterIP on a port no Service serves rejects; the ClusterIP of a Service
+//!   another proxy owns is left alone; any other address in a service CIDR drops; everything else is not the proxy's business (`none`).
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -90,6 +90,14 @@ pub fn trace(map: &ServiceMap, from: IpAddr, to: IpAddr, port: u16, protocol: Pr
             &format!(
                 "{} is the ClusterIP of {}, which serves no {protocol} port {port}",
                 to, service_port.service
+            ),
+        );
+    }
+    if let Some((_, service)) = map.foreign_ips.iter().find(|(ip, _)| *ip == to) {
+        return done(
+            Verdict::None,
+            &format!(
+                "{to} is the ClusterIP of {service}, which another proxy owns (service-proxy-name)"
             ),
         );
     }

@@ -109,6 +109,7 @@ fn compile_for(map: &ServiceMap, dataplane: Dataplane) -> (Ruleset, Vec<String>)
                 declare(false, format!("type {addr}; flags interval;")),
             ),
             ("cluster-ips", declare(false, format!("type {addr};"))),
+            ("foreign-ips", declare(false, format!("type {addr};"))),
             ("hairpin", declare(false, format!("type {addr} . {addr};"))),
             ("firewall-ips", declare(false, format!("type {frontend};"))),
             (
@@ -181,6 +182,13 @@ fn compile_for(map: &ServiceMap, dataplane: Dataplane) -> (Ruleset, Vec<String>)
             }
         };
         fill(&mut ruleset, "pod-cidrs", family_nets(&map.pod_cidrs));
+        let foreign: Vec<String> = map
+            .foreign_ips
+            .iter()
+            .filter(|(ip, _)| ip.is_ipv6() == v6)
+            .map(|(ip, _)| ip.to_string())
+            .collect();
+        fill(&mut ruleset, "foreign-ips", foreign);
         fill(
             &mut ruleset,
             "service-cidrs",
@@ -443,7 +451,11 @@ fn chains(
             ),
         );
     }
-    let mut check = both(|f| format!("{} daddr @{} reject", f.ip(), f.name("cluster-ips")));
+    // Another proxy's ClusterIPs are its business.
+    let mut check = both(|f| format!("{} daddr @{} return", f.ip(), f.name("foreign-ips")));
+    check.extend(both(|f| {
+        format!("{} daddr @{} reject", f.ip(), f.name("cluster-ips"))
+    }));
     check.extend(both(|f| {
         format!("{} daddr @{} drop", f.ip(), f.name("service-cidrs"))
     }));
