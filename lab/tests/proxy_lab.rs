@@ -786,6 +786,15 @@ fn udp_client_moves_to_the_remaining_endpoint_within_a_second() {
     runtime.block_on(async {
         let mut slice = slices.get("dns2-abc").await.unwrap();
         slice.endpoints.retain(|e| e.addresses[0] != gone);
+        // As the EndpointSlice controller stamps it: the metric measures from here.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        slice.metadata.annotations.get_or_insert_default().insert(
+            "endpoints.kubernetes.io/last-change-trigger-time".into(),
+            kubewire::proxy::time::format_rfc3339(now),
+        );
         slices
             .replace("dns2-abc", &Default::default(), &slice)
             .await
@@ -804,4 +813,17 @@ fn udp_client_moves_to_the_remaining_endpoint_within_a_second() {
     };
     eprintln!("UDP client moved to {stays} {moved:?} after the endpoint was deleted");
     assert!(moved < Duration::from_secs(1), "moved after {moved:?}");
+
+    // Both agents programmed the change and measured it from the trigger time.
+    for node in ["n1", "n2"] {
+        let netns = format!("kw-{}-node-{node}", lab.name);
+        let (status, text) = http_get(&netns, kubewire_lab::agents::METRICS_ADDR, "/metrics");
+        assert_eq!(status, 200);
+        let count = text
+            .lines()
+            .find(|l| l.starts_with("kubewire_proxy_network_programming_duration_seconds_count"))
+            .unwrap_or_else(|| panic!("no programming latency on {node}:\n{text}"));
+        assert!(count.ends_with(" 1"), "{node}: {count}");
+        assert!(text.contains("kubewire_proxy_services "), "{text}");
+    }
 }

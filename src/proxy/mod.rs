@@ -9,6 +9,7 @@ pub mod cmd;
 pub mod conntrack;
 pub mod health;
 pub mod ipvs;
+pub mod metrics;
 pub mod model;
 pub mod nftables;
 pub mod services;
@@ -46,6 +47,7 @@ pub struct ProxyController {
     healthz_bind: Option<std::net::SocketAddr>,
     health: health::HealthServers,
     conntrack: conntrack::Cleaner,
+    metrics: metrics::ProxyMetrics,
     backend: Backend,
 }
 
@@ -98,6 +100,7 @@ impl ProxyController {
             healthz_bind: args.healthz_bind_address.0,
             health: health::HealthServers::default(),
             conntrack: conntrack::Cleaner::default(),
+            metrics: metrics::ProxyMetrics::register(metrics),
             backend,
         })
     }
@@ -203,9 +206,12 @@ impl Controller for ProxyController {
         let mut bad_objects = map.errors.clone();
         let (health_ports, problems) = health::desired(&map);
         bad_objects.extend(problems);
+        let started = std::time::Instant::now();
         let result = self.program(&map, reason, &mut bad_objects).await;
+        self.metrics.sync_took(started.elapsed());
         self.health.synced(result.is_ok());
         result?;
+        self.metrics.programmed(&map, std::time::SystemTime::now());
         self.health.set_services(health_ports);
         Ok(Synced { bad_objects })
     }
