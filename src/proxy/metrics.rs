@@ -46,12 +46,9 @@ impl ProxyMetrics {
             no_local_endpoints: Family::default(),
             sync_duration: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             last_sync: Gauge::default(),
-            programming: Histogram::new(
-                [
-                    0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
-                ]
-                .into_iter(),
-            ),
+            programming: Histogram::new([
+                0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+            ]),
             seen: None,
         };
         metrics.register(
