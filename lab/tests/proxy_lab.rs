@@ -703,6 +703,28 @@ fn affinity_health_checks_source_addresses_and_foreign_services() {
         "Cluster: {cluster_peer} is not n2's ({node2_ips})"
     );
 
+    // The node's own traffic is any from a local address (`fib saddr type local`), not
+    // only the Node's: from an address on n2's loopback, the eTP Local NodePort with
+    // no endpoint on n2 still reaches n1's endpoint.
+    common::sh(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &node2,
+            "ip",
+            "addr",
+            "add",
+            "10.123.1.1/32",
+            "dev",
+            "lo",
+        ],
+    );
+    assert_eq!(
+        ask_from(&node2, "10.123.1.1", "192.168.50.12:30100").as_deref(),
+        Some("shop/api-1")
+    );
+
     // A foreign proxy's Service: not in our table, and a foreign DNAT works through it.
     let table = common::sh(
         "ip",
