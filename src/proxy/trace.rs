@@ -18,7 +18,9 @@
 //! - a packet from an endpoint that may land on that same endpoint (hairpin) is
 //!   masqueraded;
 //! - a ClusterIP on a port no Service serves rejects; the ClusterIP of a Service
-//!   another proxy owns is left alone; any other address in a service CIDR drops; everything else is not the proxy's business (`none`).
+//!   another proxy owns is left alone; any other address in a service CIDR drops;
+//! - a node address on a `healthCheckNodePort` is the proxy's health server (200
+//!   with the count of local endpoints, 503 without); everything else is not the proxy's business (`none`).
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -90,6 +92,28 @@ pub fn trace(map: &ServiceMap, from: IpAddr, to: IpAddr, port: u16, protocol: Pr
             &format!(
                 "{} is the ClusterIP of {}, which serves no {protocol} port {port}",
                 to, service_port.service
+            ),
+        );
+    }
+    if protocol == Protocol::Tcp
+        && (map.node_ips.contains(&to) || map.node_port_ips.contains(&to))
+        && let Some(port_of) = map
+            .ports
+            .iter()
+            .find(|p| p.health_check_node_port == Some(port))
+    {
+        let (wanted, _) = super::health::desired(map);
+        let local = wanted.get(&port).map_or(0, |h| h.local_endpoints);
+        let answer = if local > 0 {
+            format!("200, {local} local endpoints")
+        } else {
+            "503, no local endpoint".to_string()
+        };
+        return done(
+            Verdict::None,
+            &format!(
+                "{to}:{port} is the healthCheckNodePort of {}: the proxy's health server answers ({answer})",
+                port_of.service
             ),
         );
     }
@@ -422,6 +446,46 @@ mod tests {
                 ),
             ],
         );
+    }
+
+    #[test]
+    fn health_check_node_ports_and_foreign_cluster_ips() {
+        let mut objects = service(
+            "hc",
+            json!({"type": "LoadBalancer", "clusterIP": "10.96.0.40", "externalTrafficPolicy": "Local",
+                   "healthCheckNodePort": 32100, "ports": [{"name": "http", "port": 80, "nodePort": 30100}]}),
+            json!({}),
+            &[("10.244.1.40", "n1", true)],
+        );
+        objects.push(
+            json!({"kind": "Service", "metadata": {"name": "theirs", "namespace": "x",
+            "labels": {"service.kubernetes.io/service-proxy-name": "other"}},
+            "spec": {"clusterIP": "10.96.0.41", "ports": [{"port": 80}]}}),
+        );
+        let map = cluster(objects);
+        let got = trace(
+            &map,
+            EXTERNAL.parse().unwrap(),
+            NODE_IP.parse().unwrap(),
+            32100,
+            TCP,
+        );
+        assert_eq!(got.verdict, Verdict::None);
+        assert!(
+            got.reason.contains("healthCheckNodePort of x/hc")
+                && got.reason.contains("200, 1 local"),
+            "{}",
+            got.reason
+        );
+        let got = trace(
+            &map,
+            POD.parse().unwrap(),
+            "10.96.0.41".parse().unwrap(),
+            80,
+            TCP,
+        );
+        assert_eq!(got.verdict, Verdict::None);
+        assert!(got.reason.contains("another proxy"), "{}", got.reason);
     }
 
     #[test]
