@@ -849,3 +849,68 @@ fn udp_client_moves_to_the_remaining_endpoint_within_a_second() {
         assert!(text.contains("kubewire_proxy_services "), "{text}");
     }
 }
+
+/// `--nodeport-addresses` CIDRs take the node's interface addresses from the kernel:
+/// with 10.0.0.0/8, NodePorts answer on the node's pod gateway address (which no
+/// Node object lists) and no longer on its InternalIP.
+#[test]
+fn nodeport_addresses_cidrs_use_the_nodes_interface_addresses() {
+    if !kubewire_lab::harness::require_root() {
+        return;
+    }
+    let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/proxy");
+    let lab = Lab {
+        name: unique("kwpn"),
+        state: temp_dir(),
+    };
+    let mut up = lab.args("up");
+    up.extend(["--manifests".into(), manifests.display().to_string()]);
+    up.extend(AGENT_ARGS.iter().map(|a| a.to_string()));
+    up.extend(
+        [
+            "--agent-arg=--proxy-backend=nftables",
+            "--agent-arg=--nodeport-addresses=10.0.0.0/8",
+            "--agent-arg=--sync-period=2s",
+        ]
+        .map(String::from),
+    );
+    let up: Vec<&str> = up.iter().map(String::as_str).collect();
+    success(kubewire(&up), "lab up");
+    let node1 = format!("kw-{}-node-n1", lab.name);
+    let addresses = common::sh("ip", &["netns", "exec", &node1, "ip", "-4", "-o", "addr"]);
+    let gateway = addresses
+        .split_whitespace()
+        .filter_map(|w| w.split_once('/').map(|(ip, _)| ip.to_string()))
+        .find(|ip| ip.starts_with("10.244.1."))
+        .unwrap_or_else(|| panic!("no pod gateway address on n1: {addresses}"));
+    let to = format!("{gateway}:30443");
+    let who = common::wait_for("the NodePort on the gateway address", || {
+        let mut args = lab.args("connect");
+        args.extend(["--from", "shop/client", "--to", &to, "--timeout", "1s"].map(String::from));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = kubewire(&args);
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).to_string())
+    });
+    eprintln!("{to} answered: {who}");
+    let mut args = lab.args("connect");
+    args.extend(
+        [
+            "--from",
+            "external",
+            "--to",
+            "192.168.50.11:30443",
+            "--timeout",
+            "1s",
+        ]
+        .map(String::from),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = kubewire(&args);
+    assert!(
+        !out.status.success(),
+        "the InternalIP is outside --nodeport-addresses but answered: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

@@ -304,6 +304,7 @@ fn service_ports(
 ) -> Vec<ServicePort> {
     let (node, zone) = at;
     let Some(spec) = service.spec.as_ref() else {
+        errors.push(format!("Service {key}: spec is missing"));
         return Vec::new();
     };
     let service_type = spec.type_.as_deref().unwrap_or("ClusterIP");
