@@ -852,9 +852,10 @@ fn udp_client_moves_to_the_remaining_endpoint_within_a_second() {
 
 /// `--nodeport-addresses` CIDRs take the node's interface addresses from the kernel:
 /// with 10.0.0.0/8, NodePorts answer on the node's pod gateway address (which no
-/// Node object lists) and no longer on its InternalIP.
+/// Node object lists) and no longer on its InternalIP. `--masquerade-all`: a pod's
+/// ClusterIP connection reaches the endpoint from a node address.
 #[test]
-fn nodeport_addresses_cidrs_use_the_nodes_interface_addresses() {
+fn nodeport_addresses_cidrs_and_masquerade_all() {
     if !kubewire_lab::harness::require_root() {
         return;
     }
@@ -870,6 +871,7 @@ fn nodeport_addresses_cidrs_use_the_nodes_interface_addresses() {
         [
             "--agent-arg=--proxy-backend=nftables",
             "--agent-arg=--nodeport-addresses=10.0.0.0/8",
+            "--agent-arg=--masquerade-all",
             "--agent-arg=--sync-period=2s",
         ]
         .map(String::from),
@@ -913,4 +915,9 @@ fn nodeport_addresses_cidrs_use_the_nodes_interface_addresses() {
         "the InternalIP is outside --nodeport-addresses but answered: {}",
         String::from_utf8_lossy(&out.stdout)
     );
+    for _ in 0..6 {
+        let (who, peer) = connect(&lab, "shop/client", "10.96.1.10:80", "TCP");
+        assert_ne!(peer, "10.244.2.30", "{who} saw the pod's own address");
+        assert!(!peer.is_empty(), "{who} reported no source");
+    }
 }
