@@ -613,6 +613,34 @@ fn http_get(netns: &str, to: &str, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// Removes the endpoint at `address` from the lab's EndpointSlice `shop/<slice>`,
+/// stamping the change's trigger time as the EndpointSlice controller does.
+fn remove_endpoint(lab: &Lab, slice_name: &str, address: &str) {
+    let kubeconfig = lab.args("kubeconfig");
+    let kc: Vec<&str> = kubeconfig.iter().map(String::as_str).collect();
+    let path = success(kubewire(&kc), "lab kubeconfig");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let client = common::kube_client(&runtime, &path);
+    let slices: kube::Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+        kube::Api::namespaced(client, "shop");
+    runtime.block_on(async {
+        let mut slice = slices.get(slice_name).await.unwrap();
+        slice.endpoints.retain(|e| e.addresses[0] != address);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        slice.metadata.annotations.get_or_insert_default().insert(
+            "endpoints.kubernetes.io/last-change-trigger-time".into(),
+            kubewire::proxy::time::format_rfc3339(now),
+        );
+        slices
+            .replace(slice_name, &Default::default(), &slice)
+            .await
+            .unwrap();
+    });
+}
+
 /// Session affinity, health check ports, source addresses and a foreign proxy's
 /// Service, each measured with real packets and compared with `proxy trace`.
 #[test]
@@ -662,6 +690,31 @@ fn affinity_health_checks_source_addresses_and_foreign_services() {
         "TCP",
     );
     assert_eq!(verdict["affinity_seconds"], 600, "{verdict}");
+
+    // The endpoint a client sticks to is removed: its entry goes with it, and the
+    // client's next connection reaches the other pod (a stale entry would still
+    // reach the removed pod, which is alive).
+    let first = ask_from(&node1, "10.123.0.1", "10.96.1.70:80").expect("an answer");
+    let (gone, other) = if first == "shop/web-1" {
+        ("10.244.1.10", "shop/web-2")
+    } else {
+        ("10.244.2.10", "shop/web-1")
+    };
+    remove_endpoint(&lab, "sticky-abc", gone);
+    let removed = Instant::now();
+    common::wait_for("the client to leave the removed endpoint", || {
+        (ask_from(&node1, "10.123.0.1", "10.96.1.70:80").as_deref() == Some(other)).then_some(())
+    });
+    eprintln!(
+        "affinity moved to {other} {:?} after its endpoint was removed",
+        removed.elapsed()
+    );
+    for _ in 0..4 {
+        assert_eq!(
+            ask_from(&node1, "10.123.0.1", "10.96.1.70:80").as_deref(),
+            Some(other)
+        );
+    }
 
     // healthCheckNodePort from outside: n1 has api-1, n2 has nothing.
     let external = format!("kw-{}-ext", lab.name);
@@ -798,30 +851,7 @@ fn udp_client_moves_to_the_remaining_endpoint_within_a_second() {
     } else {
         ("10.244.1.53", "shop/dns")
     };
-    let kubeconfig = lab.args("kubeconfig");
-    let kc: Vec<&str> = kubeconfig.iter().map(String::as_str).collect();
-    let path = success(kubewire(&kc), "lab kubeconfig");
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let client = common::kube_client(&runtime, &path);
-    let slices: kube::Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
-        kube::Api::namespaced(client, "shop");
-    runtime.block_on(async {
-        let mut slice = slices.get("dns2-abc").await.unwrap();
-        slice.endpoints.retain(|e| e.addresses[0] != gone);
-        // As the EndpointSlice controller stamps it: the metric measures from here.
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        slice.metadata.annotations.get_or_insert_default().insert(
-            "endpoints.kubernetes.io/last-change-trigger-time".into(),
-            kubewire::proxy::time::format_rfc3339(now),
-        );
-        slices
-            .replace("dns2-abc", &Default::default(), &slice)
-            .await
-            .unwrap();
-    });
+    remove_endpoint(&lab, "dns2-abc", gone);
     let deleted = Instant::now();
     let moved = loop {
         if ask().is_some_and(|who| who == stays) {
