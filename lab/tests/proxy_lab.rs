@@ -411,3 +411,543 @@ fn key_address(key: &kubewire::ipvs::ServiceKey) -> std::net::IpAddr {
         kubewire::ipvs::ServiceKey::Fwmark { .. } => unreachable!("an address service"),
     }
 }
+
+/// What examples/proxy does not have, for the tests below: a ClientIP Service over
+/// web-1 (n1) and web-2 (n2); a LoadBalancer with externalTrafficPolicy Local and
+/// healthCheckNodePort 32100 over api-1 (n1 only); a UDP Service over two DNS pods
+/// (n2's `dns` and n1's new `dns-2`); a Service another proxy owns.
+const EXTRA: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: dns-2, namespace: shop, labels: {app: dns}}
+spec:
+  nodeName: n1
+  containers: [{name: dns, ports: [{containerPort: 5353, protocol: UDP}]}]
+status: {podIP: 10.244.1.53}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: sticky, namespace: shop}
+spec:
+  clusterIP: 10.96.1.70
+  sessionAffinity: ClientIP
+  sessionAffinityConfig: {clientIP: {timeoutSeconds: 600}}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: sticky-abc, namespace: shop, labels: {kubernetes.io/service-name: sticky}}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- {addresses: [10.244.1.10], nodeName: n1, conditions: {ready: true}}
+- {addresses: [10.244.2.10], nodeName: n2, conditions: {ready: true}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: hc, namespace: shop}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.1.90
+  externalTrafficPolicy: Local
+  healthCheckNodePort: 32100
+  ports: [{name: http, port: 8080, targetPort: 9000, nodePort: 30100}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: hc-abc, namespace: shop, labels: {kubernetes.io/service-name: hc}}
+addressType: IPv4
+ports: [{name: http, port: 9000, protocol: TCP}]
+endpoints:
+- {addresses: [10.244.1.20], nodeName: n1, conditions: {ready: true}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: dns2, namespace: shop}
+spec:
+  clusterIP: 10.96.1.54
+  ports: [{name: dns, port: 53, targetPort: 5353, protocol: UDP}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: dns2-abc, namespace: shop, labels: {kubernetes.io/service-name: dns2}}
+addressType: IPv4
+ports: [{name: dns, port: 5353, protocol: UDP}]
+endpoints:
+- {addresses: [10.244.1.53], nodeName: n1, conditions: {ready: true}}
+- {addresses: [10.244.2.53], nodeName: n2, conditions: {ready: true}}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: foreign
+  namespace: shop
+  labels: {service.kubernetes.io/service-proxy-name: other-proxy}
+spec:
+  clusterIP: 10.96.1.80
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: foreign-abc
+  namespace: shop
+  labels: {kubernetes.io/service-name: foreign, service.kubernetes.io/service-proxy-name: other-proxy}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- {addresses: [10.244.2.10], nodeName: n2, conditions: {ready: true}}
+"#;
+
+/// A lab of examples/proxy plus [`EXTRA`], up with the nftables proxy.
+fn extra_lab(prefix: &str) -> (Lab, tempfile::TempDir) {
+    let manifests = temp_dir();
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/proxy");
+    for file in ["nodes-pods.yaml", "services.yaml"] {
+        std::fs::copy(examples.join(file), manifests.path().join(file)).unwrap();
+    }
+    std::fs::write(manifests.path().join("extra.yaml"), EXTRA).unwrap();
+    let lab = Lab {
+        name: unique(prefix),
+        state: temp_dir(),
+    };
+    let mut up = lab.args("up");
+    up.extend(["--manifests".into(), manifests.path().display().to_string()]);
+    up.extend(AGENT_ARGS.iter().map(|a| a.to_string()));
+    up.push("--agent-arg=--proxy-backend=nftables".into());
+    let up: Vec<&str> = up.iter().map(String::as_str).collect();
+    success(kubewire(&up), "lab up");
+    (lab, manifests)
+}
+
+/// `lab connect`: "who" and the source address the responder saw.
+fn connect(lab: &Lab, from: &str, to: &str, protocol: &str) -> (String, String) {
+    let mut args = lab.args("connect");
+    args.extend(
+        [
+            "--from",
+            from,
+            "--to",
+            to,
+            "--protocol",
+            protocol,
+            "--timeout",
+            "2s",
+        ]
+        .map(String::from),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = success(kubewire(&args), &args.join(" "));
+    let mut words = out.split_whitespace();
+    let who = words.next().unwrap_or_default().to_string();
+    let peer = words.nth(1).unwrap_or_default().to_string();
+    (who, peer)
+}
+
+/// The lab's netns holding `address` (a pod's).
+fn netns_with(lab: &Lab, address: &str) -> String {
+    let list = common::sh("ip", &["netns", "list"]);
+    let prefix = format!("kw-{}-pod-", lab.name);
+    list.lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(&prefix))
+        .find(|n| {
+            common::sh("ip", &["netns", "exec", n, "ip", "-4", "-o", "addr"])
+                .contains(&format!("{address}/"))
+        })
+        .unwrap_or_else(|| panic!("no netns of lab {} has {address}", lab.name))
+        .to_string()
+}
+
+/// One TCP connection from `source` (bound) to `to` inside `netns`: who answered.
+fn ask_from(netns: &str, source: &str, to: &str) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let (source, to): (std::net::IpAddr, SocketAddr) =
+        (source.parse().unwrap(), to.parse().unwrap());
+    kubewire_lab::harness::run_in(netns, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        runtime.block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4().ok()?;
+            socket.bind(SocketAddr::new(source, 0)).ok()?;
+            let mut stream = tokio::time::timeout(Duration::from_secs(2), socket.connect(to))
+                .await
+                .ok()?
+                .ok()?;
+            let mut text = String::new();
+            tokio::time::timeout(Duration::from_secs(2), stream.read_to_string(&mut text))
+                .await
+                .ok()?
+                .ok()?;
+            text.split_whitespace().next().map(str::to_string)
+        })
+    })
+}
+
+/// An HTTP GET from `netns`: (status, body).
+fn http_get(netns: &str, to: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let to: SocketAddr = to.parse().unwrap();
+    let text = kubewire_lab::harness::run_in(netns, || {
+        let mut stream = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2))
+            .unwrap_or_else(|e| panic!("connecting to {to}: {e}"));
+        stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        text
+    });
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Removes the endpoint at `address` from the lab's EndpointSlice `shop/<slice>`,
+/// stamping the change's trigger time as the EndpointSlice controller does.
+fn remove_endpoint(lab: &Lab, slice_name: &str, address: &str) {
+    let kubeconfig = lab.args("kubeconfig");
+    let kc: Vec<&str> = kubeconfig.iter().map(String::as_str).collect();
+    let path = success(kubewire(&kc), "lab kubeconfig");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let client = common::kube_client(&runtime, &path);
+    let slices: kube::Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+        kube::Api::namespaced(client, "shop");
+    runtime.block_on(async {
+        let mut slice = slices.get(slice_name).await.unwrap();
+        slice.endpoints.retain(|e| e.addresses[0] != address);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        slice.metadata.annotations.get_or_insert_default().insert(
+            "endpoints.kubernetes.io/last-change-trigger-time".into(),
+            kubewire::proxy::time::format_rfc3339(now),
+        );
+        slices
+            .replace(slice_name, &Default::default(), &slice)
+            .await
+            .unwrap();
+    });
+}
+
+/// Session affinity, health check ports, source addresses and a foreign proxy's
+/// Service, each measured with real packets and compared with `proxy trace`.
+#[test]
+fn affinity_health_checks_source_addresses_and_foreign_services() {
+    if !kubewire_lab::harness::require_root() {
+        return;
+    }
+    let (lab, manifests) = extra_lab("kwpa");
+    let node1 = format!("kw-{}-node-n1", lab.name);
+
+    // ClientIP: 16 sources on n1 (addresses on its loopback), 4 connections each.
+    let mut seen = BTreeSet::new();
+    for i in 1..=16 {
+        let source = format!("10.123.0.{i}");
+        common::sh(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &node1,
+                "ip",
+                "addr",
+                "add",
+                &format!("{source}/32"),
+                "dev",
+                "lo",
+            ],
+        );
+        let answers: BTreeSet<Option<String>> = (0..4)
+            .map(|_| ask_from(&node1, &source, "10.96.1.70:80"))
+            .collect();
+        assert_eq!(answers.len(), 1, "{source} reached {answers:?}");
+        let who = answers.into_iter().next().flatten().expect("an answer");
+        seen.insert(who);
+    }
+    assert_eq!(
+        seen,
+        BTreeSet::from(["shop/web-1".to_string(), "shop/web-2".to_string()]),
+        "16 clients should reach both pods"
+    );
+    let verdict = trace(
+        manifests.path(),
+        "n1",
+        "10.123.0.1",
+        "10.96.1.70",
+        80,
+        "TCP",
+    );
+    assert_eq!(verdict["affinity_seconds"], 600, "{verdict}");
+
+    // The endpoint a client sticks to is removed: its entry goes with it, and the
+    // client's next connection reaches the other pod (a stale entry would still
+    // reach the removed pod, which is alive).
+    let first = ask_from(&node1, "10.123.0.1", "10.96.1.70:80").expect("an answer");
+    let (gone, other) = if first == "shop/web-1" {
+        ("10.244.1.10", "shop/web-2")
+    } else {
+        ("10.244.2.10", "shop/web-1")
+    };
+    remove_endpoint(&lab, "sticky-abc", gone);
+    let removed = Instant::now();
+    common::wait_for("the client to leave the removed endpoint", || {
+        (ask_from(&node1, "10.123.0.1", "10.96.1.70:80").as_deref() == Some(other)).then_some(())
+    });
+    eprintln!(
+        "affinity moved to {other} {:?} after its endpoint was removed",
+        removed.elapsed()
+    );
+    for _ in 0..4 {
+        assert_eq!(
+            ask_from(&node1, "10.123.0.1", "10.96.1.70:80").as_deref(),
+            Some(other)
+        );
+    }
+
+    // healthCheckNodePort from outside: n1 has api-1, n2 has nothing.
+    let external = format!("kw-{}-ext", lab.name);
+    let (status, body) = http_get(&external, "192.168.50.11:32100", "/");
+    assert_eq!(status, 200, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["localEndpoints"], 1, "{body}");
+    assert_eq!(body["service"]["name"], "hc", "{body}");
+    let (status, body) = http_get(&external, "192.168.50.12:32100", "/");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("\"localEndpoints\":0"), "{body}");
+    for node in ["192.168.50.11", "192.168.50.12"] {
+        for path in ["/healthz", "/livez"] {
+            let (status, body) = http_get(&external, &format!("{node}:10256"), path);
+            assert_eq!(status, 200, "{node}{path}: {body}");
+        }
+    }
+
+    // Source addresses: Local keeps the client's, Cluster gives the node's.
+    let (who, local_peer) = connect(&lab, "external", "192.168.50.11:30100", "TCP");
+    assert_eq!(who, "shop/api-1");
+    let (_, cluster_peer) = connect(&lab, "external", "192.168.50.12:30443", "TCP");
+    let external_ip = common::sh(
+        "ip",
+        &["netns", "exec", &external, "ip", "-4", "-o", "addr"],
+    );
+    assert!(
+        external_ip.contains(&format!("{local_peer}/")),
+        "Local: {local_peer} is not the client's ({external_ip})"
+    );
+    assert!(
+        !external_ip.contains(&format!("{cluster_peer}/")),
+        "Cluster: {cluster_peer} is the client's"
+    );
+    let node2 = format!("kw-{}-node-n2", lab.name);
+    let node2_ips = common::sh("ip", &["netns", "exec", &node2, "ip", "-4", "-o", "addr"]);
+    assert!(
+        node2_ips.contains(&format!("{cluster_peer}/")),
+        "Cluster: {cluster_peer} is not n2's ({node2_ips})"
+    );
+
+    // The node's own traffic is any from a local address (`fib saddr type local`), not
+    // only the Node's: from an address on n2's loopback, the eTP Local NodePort with
+    // no endpoint on n2 still reaches n1's endpoint.
+    common::sh(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &node2,
+            "ip",
+            "addr",
+            "add",
+            "10.123.1.1/32",
+            "dev",
+            "lo",
+        ],
+    );
+    assert_eq!(
+        ask_from(&node2, "10.123.1.1", "192.168.50.12:30100").as_deref(),
+        Some("shop/api-1")
+    );
+
+    // A foreign proxy's Service: not in our table, and a foreign DNAT works through it.
+    let table = common::sh(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &node2,
+            "nft",
+            "list",
+            "table",
+            "inet",
+            "kubewire-proxy",
+        ],
+    );
+    // Only in the set that keeps our own drop rules away from it.
+    assert!(!table.contains("10.96.1.80 . "), "{table}");
+    assert!(table.contains("foreign-ips4"), "{table}");
+    let verdict = trace(
+        manifests.path(),
+        "n2",
+        "10.244.2.30",
+        "10.96.1.80",
+        80,
+        "TCP",
+    );
+    assert_eq!(verdict["verdict"], "none", "{verdict}");
+    for command in [
+        "add table ip other-proxy",
+        "add chain ip other-proxy pre { type nat hook prerouting priority -100; }",
+        "add rule ip other-proxy pre ip daddr 10.96.1.80 tcp dport 80 dnat to 10.244.2.10:8080",
+    ] {
+        common::sh("ip", &["netns", "exec", &node2, "nft", command]);
+    }
+    assert_eq!(
+        connect(&lab, "shop/client", "10.96.1.80:80", "TCP").0,
+        "shop/web-2"
+    );
+}
+
+/// A UDP client sending every 100 ms to a Service whose endpoint is deleted gets
+/// answers from the remaining endpoint within a second (conntrack cleanup).
+#[test]
+fn udp_client_moves_to_the_remaining_endpoint_within_a_second() {
+    if !kubewire_lab::harness::require_root() {
+        return;
+    }
+    let (lab, _manifests) = extra_lab("kwpu");
+    let client = netns_with(&lab, "10.244.2.30");
+    let socket =
+        kubewire_lab::harness::run_in(&client, || std::net::UdpSocket::bind("0.0.0.0:0").unwrap());
+    socket.connect("10.96.1.54:53").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut buffer = [0u8; 256];
+    let mut ask = || -> Option<String> {
+        socket.send(b"probe\n").ok()?;
+        let n = socket.recv(&mut buffer).ok()?;
+        let text = String::from_utf8_lossy(&buffer[..n]).to_string();
+        text.split_whitespace().next().map(str::to_string)
+    };
+    let first = common::wait_for("a UDP answer", &mut ask);
+    // The same flow stays on its endpoint while it keeps sending.
+    for _ in 0..5 {
+        if let Some(who) = ask() {
+            assert_eq!(who, first);
+        }
+    }
+    let (gone, stays) = if first == "shop/dns" {
+        ("10.244.2.53", "shop/dns-2")
+    } else {
+        ("10.244.1.53", "shop/dns")
+    };
+    remove_endpoint(&lab, "dns2-abc", gone);
+    let deleted = Instant::now();
+    let moved = loop {
+        if ask().is_some_and(|who| who == stays) {
+            break deleted.elapsed();
+        }
+        assert!(
+            deleted.elapsed() < Duration::from_secs(10),
+            "the client never moved to {stays}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!("UDP client moved to {stays} {moved:?} after the endpoint was deleted");
+    assert!(moved < Duration::from_secs(1), "moved after {moved:?}");
+
+    // Both agents programmed the change and measured it from the trigger time.
+    for node in ["n1", "n2"] {
+        let netns = format!("kw-{}-node-{node}", lab.name);
+        let (status, text) = http_get(&netns, kubewire_lab::agents::METRICS_ADDR, "/metrics");
+        assert_eq!(status, 200);
+        let count = text
+            .lines()
+            .find(|l| l.starts_with("kubewire_proxy_network_programming_duration_seconds_count"))
+            .unwrap_or_else(|| panic!("no programming latency on {node}:\n{text}"));
+        assert!(count.ends_with(" 1"), "{node}: {count}");
+        assert!(text.contains("kubewire_proxy_services "), "{text}");
+    }
+}
+
+/// `--nodeport-addresses` CIDRs take the node's interface addresses from the kernel:
+/// with 10.0.0.0/8, NodePorts answer on the node's pod gateway address (which no
+/// Node object lists) and no longer on its InternalIP. `--masquerade-all`: a pod's
+/// ClusterIP connection reaches the endpoint from a node address.
+#[test]
+fn nodeport_addresses_cidrs_and_masquerade_all() {
+    if !kubewire_lab::harness::require_root() {
+        return;
+    }
+    let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/proxy");
+    let lab = Lab {
+        name: unique("kwpn"),
+        state: temp_dir(),
+    };
+    let mut up = lab.args("up");
+    up.extend(["--manifests".into(), manifests.display().to_string()]);
+    up.extend(AGENT_ARGS.iter().map(|a| a.to_string()));
+    up.extend(
+        [
+            "--agent-arg=--proxy-backend=nftables",
+            "--agent-arg=--nodeport-addresses=10.0.0.0/8",
+            "--agent-arg=--masquerade-all",
+            "--agent-arg=--sync-period=2s",
+        ]
+        .map(String::from),
+    );
+    let up: Vec<&str> = up.iter().map(String::as_str).collect();
+    success(kubewire(&up), "lab up");
+    let node1 = format!("kw-{}-node-n1", lab.name);
+    let addresses = common::sh("ip", &["netns", "exec", &node1, "ip", "-4", "-o", "addr"]);
+    let gateway = addresses
+        .split_whitespace()
+        .filter_map(|w| w.split_once('/').map(|(ip, _)| ip.to_string()))
+        .find(|ip| ip.starts_with("10.244.1."))
+        .unwrap_or_else(|| panic!("no pod gateway address on n1: {addresses}"));
+    let to = format!("{gateway}:30443");
+    let who = common::wait_for("the NodePort on the gateway address", || {
+        let mut args = lab.args("connect");
+        args.extend(["--from", "shop/client", "--to", &to, "--timeout", "1s"].map(String::from));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = kubewire(&args);
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).to_string())
+    });
+    eprintln!("{to} answered: {who}");
+    let mut args = lab.args("connect");
+    args.extend(
+        [
+            "--from",
+            "external",
+            "--to",
+            "192.168.50.11:30443",
+            "--timeout",
+            "1s",
+        ]
+        .map(String::from),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = kubewire(&args);
+    assert!(
+        !out.status.success(),
+        "the InternalIP is outside --nodeport-addresses but answered: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for _ in 0..6 {
+        let (who, peer) = connect(&lab, "shop/client", "10.96.1.10:80", "TCP");
+        assert_ne!(peer, "10.244.2.30", "{who} saw the pod's own address");
+        assert!(!peer.is_empty(), "{who} reported no source");
+    }
+}

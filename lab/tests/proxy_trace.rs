@@ -52,7 +52,8 @@ fn every_rule_of_the_example() {
         ("iTP Local on n1", "n1", CLIENT, "10.96.1.50", 80, "TCP", forward(&["10.244.1.10:8080"], false)),
         ("iTP Local on n2 drops", "n2", CLIENT, "10.96.1.50", 80, "TCP", DROP.into()),
         ("UDP", "n2", CLIENT, "10.96.1.53", 53, "UDP", forward(&["10.244.2.53:5353"], false)),
-        ("serving terminating fallback", "n1", CLIENT, "10.96.1.60", 80, "TCP", forward(&["10.244.2.10:8080"], false)),
+        ("serving terminating fallback, ClientIP affinity", "n1", CLIENT, "10.96.1.60", 80, "TCP",
+         forward(&["10.244.2.10:8080"], false).replace('}', r#","affinity_seconds":10800}"#)),
         ("headless is ignored", "n1", CLIENT, "10.244.1.10", 80, "TCP", NONE.into()),
     ];
     for (what, node, from, to, port, protocol, expected) in cases {
@@ -118,7 +119,7 @@ fn plan_prints_the_nft_transaction_and_ipvs_is_refused() {
         "{plan}"
     );
     assert!(
-        plan.contains("sessionAffinity ClientIP is not programmed"),
+        plan.contains("10.96.1.60 . tcp . 80 : goto affinity-10800"),
         "{plan}"
     );
     let ipvs = kubewire(&[

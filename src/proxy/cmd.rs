@@ -21,6 +21,8 @@ pub struct PlanArgs {
     /// Service CIDRs when the manifests have no ServiceCIDR objects.
     #[arg(long, value_delimiter = ',', default_value = "10.96.0.0/12")]
     pub service_cluster_ip_range: Vec<ipnet::IpNet>,
+    #[command(flatten)]
+    pub map: super::args::ServiceMapArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -39,6 +41,8 @@ pub struct TraceArgs {
     pub format: OutputFormat,
     #[arg(long, value_delimiter = ',', default_value = "10.96.0.0/12")]
     pub service_cluster_ip_range: Vec<ipnet::IpNet>,
+    #[command(flatten)]
+    pub map: super::args::ServiceMapArgs,
 }
 
 pub async fn dispatch(cmd: ProxyCommand) -> anyhow::Result<()> {
@@ -50,13 +54,26 @@ pub async fn dispatch(cmd: ProxyCommand) -> anyhow::Result<()> {
 
 /// Loads the manifests into `node`'s service map, reporting on stderr every object or
 /// field that had to be left out.
-fn load(target: &NodeManifestsArg, service_cidrs: &[ipnet::IpNet]) -> anyhow::Result<ServiceMap> {
+fn load(
+    target: &NodeManifestsArg,
+    service_cidrs: &[ipnet::IpNet],
+    args: &super::args::ServiceMapArgs,
+) -> anyhow::Result<ServiceMap> {
     let node = target.node.as_str();
     let snapshot = target.manifests.load()?;
     if snapshot.node(node).is_none() {
         eprintln!("kubewire: warning: no Node {node}: it has no addresses, so no NodePorts");
     }
-    let map = services::build(&snapshot, node, service_cidrs);
+    let map = services::build_with(
+        &snapshot,
+        &services::Options {
+            node: node.to_string(),
+            default_service_cidrs: service_cidrs.to_vec(),
+            nodeport_addresses: args.nodeport_addresses.clone(),
+            masquerade_all: args.masquerade_all,
+            local_addresses: Vec::new(),
+        },
+    );
     for error in &map.errors {
         eprintln!("kubewire: warning: {error}");
     }
@@ -66,7 +83,7 @@ fn load(target: &NodeManifestsArg, service_cidrs: &[ipnet::IpNet]) -> anyhow::Re
 /// `proxy plan`, as the text it prints: for nftables, the transaction that replaces
 /// the table.
 pub fn plan(args: &PlanArgs) -> anyhow::Result<String> {
-    let map = load(&args.target, &args.service_cluster_ip_range)?;
+    let map = load(&args.target, &args.service_cluster_ip_range, &args.map)?;
     if args.backend == super::ProxyBackend::Ipvs {
         let (desired, problems) = super::ipvs::compile::compile(&map);
         for problem in &problems {
@@ -84,12 +101,6 @@ pub fn plan(args: &PlanArgs) -> anyhow::Result<String> {
         map.ports.len(),
         ruleset.element_count()
     );
-    for port in map.ports.iter().filter(|p| p.affinity_timeout.is_some()) {
-        text.push_str(&format!(
-            "# {}: sessionAffinity ClientIP is not programmed by the nftables backend\n",
-            port.label()
-        ));
-    }
     text.push_str(&super::nftables::ruleset::full(&ruleset).text());
     Ok(text)
 }
@@ -99,7 +110,7 @@ pub fn trace(args: &TraceArgs) -> anyhow::Result<String> {
     let protocol = Protocol::parse(&args.protocol.to_ascii_uppercase()).ok_or_else(|| {
         anyhow::anyhow!("--protocol {}: expected TCP, UDP or SCTP", args.protocol)
     })?;
-    let map = load(&args.target, &args.service_cluster_ip_range)?;
+    let map = load(&args.target, &args.service_cluster_ip_range, &args.map)?;
     let trace = super::trace::trace(&map, args.from, args.to, args.port, protocol);
     Ok(match args.format {
         OutputFormat::Json => format!("{}\n", serde_json::to_string(&trace.verdict)?),

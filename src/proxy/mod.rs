@@ -3,15 +3,20 @@
 //! packets from and [`nftables`] compiles into the `inet kubewire-proxy` table.
 //! or [`ipvs`] renders into IPVS virtual services (with the same table as glue).
 
+pub mod affinity;
 mod args;
 pub mod cmd;
+pub mod conntrack;
+pub mod health;
 pub mod ipvs;
+pub mod metrics;
 pub mod model;
 pub mod nftables;
 pub mod services;
+pub mod time;
 pub mod trace;
 
-pub use args::{ProxyArgs, ProxyBackend};
+pub use args::{NodePortAddresses, ProxyArgs, ProxyBackend, ServiceMapArgs};
 
 use ipnet::IpNet;
 
@@ -28,7 +33,7 @@ pub const KINDS: [Kind; 4] = [
 
 /// The backend that keeps one node's Services in the kernel.
 enum Backend {
-    Nftables(Box<nftables::apply::Reconciler>),
+    Nftables(Box<nftables::apply::Reconciler>, affinity::Janitor),
     Ipvs(Box<ipvs::apply::Reconciler>),
 }
 
@@ -38,6 +43,11 @@ pub struct ProxyController {
     node: String,
     /// Service CIDRs when the cluster has no ServiceCIDR objects.
     default_cidrs: Vec<IpNet>,
+    map_args: ServiceMapArgs,
+    healthz_bind: Option<std::net::SocketAddr>,
+    health: health::HealthServers,
+    conntrack: conntrack::Cleaner,
+    metrics: metrics::ProxyMetrics,
     backend: Backend,
 }
 
@@ -53,9 +63,10 @@ impl ProxyController {
     ) -> anyhow::Result<Self> {
         crate::nft::NftMetrics::register(metrics);
         let nftables = || {
-            Backend::Nftables(Box::new(nftables::apply::Reconciler::new(
-                crate::nft::Nft::default(),
-            )))
+            Backend::Nftables(
+                Box::new(nftables::apply::Reconciler::new(crate::nft::Nft::default())),
+                affinity::Janitor::default(),
+            )
         };
         let grace = args.ipvs_graceful_period;
         let backend = match args.proxy_backend {
@@ -86,9 +97,99 @@ impl ProxyController {
         Ok(Self {
             node,
             default_cidrs,
+            map_args: args.map.clone(),
+            healthz_bind: args.healthz_bind_address.0,
+            health: health::HealthServers::default(),
+            conntrack: conntrack::Cleaner::default(),
+            metrics: metrics::ProxyMetrics::register(metrics),
             backend,
         })
     }
+}
+
+impl ProxyController {
+    /// Brings the backend to `map`, adding the compilers' problems to `bad_objects`.
+    async fn program(
+        &mut self,
+        map: &model::ServiceMap,
+        reason: SyncReason,
+        bad_objects: &mut Vec<BadObject>,
+    ) -> anyhow::Result<()> {
+        match &mut self.backend {
+            Backend::Nftables(reconciler, janitor) => {
+                let (ruleset, problems) = nftables::compile::compile(map);
+                bad_objects.extend(problems.into_iter().map(BadObject::from));
+                let valid = affinity::valid_pairs(&ruleset);
+                let applied = reconciler.sync(ruleset, reason).await?;
+                let forgotten = janitor
+                    .sync(&crate::nft::Nft::default(), valid)
+                    .await?;
+                if forgotten > 0 {
+                    tracing::debug!(forgotten, "affinity entries to removed endpoints deleted");
+                }
+                if applied != nftables::apply::Applied::Nothing {
+                    tracing::debug!(?applied, ports = map.ports.len(), "service proxy updated");
+                }
+            }
+            Backend::Ipvs(reconciler) => {
+                let (desired, problems) = ipvs::compile::compile(map);
+                bad_objects.extend(problems.into_iter().map(BadObject::from));
+                let applied = reconciler.sync(desired, reason).await?;
+                if applied.ipvs_changes > 0 {
+                    tracing::debug!(
+                        ?applied,
+                        ports = map.ports.len(),
+                        "IPVS service proxy updated"
+                    );
+                }
+            }
+        }
+        // Only once the new endpoints are in place: a flow that is cut now starts again
+        // on them.
+        let deleted = self.conntrack.sync(map).await?;
+        if deleted > 0 {
+            tracing::debug!(
+                deleted,
+                "conntrack entries of removed UDP/SCTP endpoints deleted"
+            );
+        }
+        Ok(())
+    }
+
+    /// How to read the snapshot; with `--nodeport-addresses` CIDRs, the addresses on
+    /// this node's interfaces are read from the kernel every sync.
+    async fn options(&self) -> services::Options {
+        let mut local_addresses = Vec::new();
+        if matches!(
+            self.map_args.nodeport_addresses,
+            NodePortAddresses::Cidrs(_)
+        ) {
+            match local_addresses_now().await {
+                Ok(found) => local_addresses = found,
+                Err(err) => {
+                    tracing::warn!("reading the node's addresses for --nodeport-addresses: {err:#}")
+                }
+            }
+        }
+        services::Options {
+            node: self.node.clone(),
+            default_service_cidrs: self.default_cidrs.clone(),
+            nodeport_addresses: self.map_args.nodeport_addresses.clone(),
+            masquerade_all: self.map_args.masquerade_all,
+            local_addresses,
+        }
+    }
+}
+
+/// Every address on this node's interfaces.
+async fn local_addresses_now() -> anyhow::Result<Vec<std::net::IpAddr>> {
+    let netlink = crate::routing::netlink::Netlink::connect()?;
+    Ok(netlink
+        .addresses()
+        .await?
+        .into_iter()
+        .map(|a| a.address.addr())
+        .collect())
 }
 
 impl Controller for ProxyController {
@@ -101,31 +202,19 @@ impl Controller for ProxyController {
     }
 
     async fn sync(&mut self, snapshot: &Snapshot, reason: SyncReason) -> anyhow::Result<Synced> {
-        let map = services::build(snapshot, &self.node, &self.default_cidrs);
+        self.health.start_proxy_healthz(self.healthz_bind);
+        let map = services::build_with(snapshot, &self.options().await);
         let mut bad_objects: Vec<BadObject> =
             map.errors.iter().cloned().map(BadObject::from).collect();
-        match &mut self.backend {
-            Backend::Nftables(reconciler) => {
-                let (ruleset, problems) = nftables::compile::compile(&map);
-                bad_objects.extend(problems.into_iter().map(BadObject::from));
-                let applied = reconciler.sync(ruleset, reason).await?;
-                if applied != nftables::apply::Applied::Nothing {
-                    tracing::debug!(?applied, ports = map.ports.len(), "service proxy updated");
-                }
-            }
-            Backend::Ipvs(reconciler) => {
-                let (desired, problems) = ipvs::compile::compile(&map);
-                bad_objects.extend(problems.into_iter().map(BadObject::from));
-                let applied = reconciler.sync(desired, reason).await?;
-                if applied.ipvs_changes > 0 {
-                    tracing::debug!(
-                        ?applied,
-                        ports = map.ports.len(),
-                        "IPVS service proxy updated"
-                    );
-                }
-            }
-        }
+        let (health_ports, problems) = health::desired(&map);
+        bad_objects.extend(problems.into_iter().map(BadObject::from));
+        let started = std::time::Instant::now();
+        let result = self.program(&map, reason, &mut bad_objects).await;
+        self.metrics.sync_took(started.elapsed());
+        self.health.synced(result.is_ok());
+        result?;
+        self.metrics.programmed(&map, std::time::SystemTime::now());
+        self.health.set_services(health_ports);
         Ok(Synced { bad_objects })
     }
 

@@ -17,8 +17,15 @@ pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
 pub struct ServiceMap {
     /// The node this map is for.
     pub node: String,
-    /// The node's own addresses (its Node's status.addresses): where NodePorts listen.
+    /// The node's own addresses (its Node's status.addresses), as far as the API
+    /// tells: the sources `proxy trace` counts as the node's own traffic (the datapath
+    /// asks the kernel: `fib saddr type local`).
     pub node_ips: Vec<IpAddr>,
+    /// Where NodePorts listen (`--nodeport-addresses`): the node's primary IP of each
+    /// family, or its addresses within the given CIDRs.
+    pub node_port_ips: Vec<IpAddr>,
+    /// `--masquerade-all`: every ClusterIP packet is masqueraded.
+    pub masquerade_all: bool,
     /// The union of every Node's pod CIDRs (spec.podCIDRs, or kubewire's annotation
     /// override): what counts as pod traffic.
     pub pod_cidrs: Vec<IpNet>,
@@ -29,6 +36,13 @@ pub struct ServiceMap {
     pub ports: Vec<ServicePort>,
     /// Objects or fields that had to be left out, naming the object and field.
     pub errors: Vec<String>,
+    /// ClusterIPs of Services another proxy owns (`service-proxy-name`), with the
+    /// Service: left alone, not dropped as unallocated.
+    pub foreign_ips: Vec<(IpAddr, String)>,
+    /// Every served EndpointSlice (`namespace/name`) with its
+    /// `endpoints.kubernetes.io/last-change-trigger-time`, for the network
+    /// programming latency metric.
+    pub trigger_times: std::collections::BTreeMap<String, String>,
 }
 
 /// One port of one Service in one IP family (the family of its ClusterIP).
@@ -68,6 +82,10 @@ pub struct ServicePort {
     pub scheduler: Option<String>,
     /// Its `…/service.schedflags`, as written.
     pub sched_flags: Option<String>,
+    /// The zone whose topology hints picked `cluster_endpoints`, when they did.
+    pub topology_zone: Option<String>,
+    /// `spec.healthCheckNodePort` of an externalTrafficPolicy Local Service.
+    pub health_check_node_port: Option<u16>,
 }
 
 /// How a packet reaches a Service port.
@@ -153,9 +171,9 @@ impl ServicePort {
         }
     }
 
-    /// Every address this port answers on at `node_ips` (NodePorts on the node's
-    /// addresses of this port's family), ClusterIP first.
-    pub fn frontends(&self, node_ips: &[IpAddr]) -> Vec<Frontend> {
+    /// Every address this port answers on with NodePorts on `node_port_ips` (those of
+    /// this port's family), ClusterIP first.
+    pub fn frontends(&self, node_port_ips: &[IpAddr]) -> Vec<Frontend> {
         let frontend = |address, port, kind| Frontend {
             address,
             protocol: self.protocol,
@@ -179,7 +197,7 @@ impl ServicePort {
         );
         if let Some(node_port) = self.node_port {
             out.extend(
-                node_ips
+                node_port_ips
                     .iter()
                     .filter(|ip| ip.is_ipv6() == self.is_ipv6())
                     .map(|ip| frontend(*ip, node_port, FrontendKind::NodePort)),

@@ -1,16 +1,25 @@
 //! Builds the [`ServiceMap`] of one node from a snapshot, with kube-proxy's semantics:
 //!
-//! - a Service is skipped when headless (`clusterIP: None` or empty) or ExternalName;
-//!   it is served once per ClusterIP family (`clusterIPs`), and its externalIPs, LB
-//!   ingress IPs (`ipMode: Proxy` ones excluded), source ranges, NodePorts (on the
-//!   node's addresses) and endpoints are taken from that family only;
+//! - a Service is skipped when headless (`clusterIP: None` or empty) or ExternalName,
+//!   and a Service or EndpointSlice is skipped when labelled
+//!   `service.kubernetes.io/service-proxy-name` (another proxy owns it) or
+//!   `service.kubernetes.io/headless`; a Service is served once per ClusterIP family
+//!   (`clusterIPs`), and its externalIPs, LB ingress IPs (`ipMode: Proxy` ones
+//!   excluded), source ranges, NodePorts and endpoints are taken from that family only;
+//! - NodePorts listen on the node's primary IP of each family (its first InternalIP,
+//!   else ExternalIP), or with `--nodeport-addresses` CIDRs on its addresses within them;
 //! - endpoints come from the EndpointSlices labelled `kubernetes.io/service-name`
 //!   whose port has the Service port's name and protocol (that is how a named
-//!   `targetPort` is resolved: the slice carries the number); the first address of
-//!   each endpoint; `ready` and `serving` default to true, `terminating` to false;
+//!   `targetPort` is resolved: the slice carries the number; a port without a number
+//!   or with 0 is reported and skipped); the first address of each endpoint; `ready`
+//!   and `serving` default to true, `terminating` to false; when two slices list one
+//!   address, the copy on this node wins;
 //! - Cluster policy uses ready endpoints, else serving-and-terminating ones; Local
 //!   policy uses this node's ready endpoints, else its serving-and-terminating ones;
-//!   topology hints are ignored;
+//! - topology: when every ready endpoint has zone hints and one is hinted for this
+//!   node's zone (`topology.kubernetes.io/zone`), Cluster policy keeps only the ready
+//!   endpoints hinted for it (how `trafficDistribution: PreferClose` and topology-aware
+//!   routing reach the proxy); otherwise hints are ignored;
 //! - externalTrafficPolicy only exists for NodePort and LoadBalancer Services.
 //!
 //! Bad fields of one object are reported in [`ServiceMap::errors`] and skipped; they
@@ -24,17 +33,63 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 
+use super::args::NodePortAddresses;
 use super::model::{DEFAULT_AFFINITY_TIMEOUT, Protocol, ServiceMap, ServicePort};
 use crate::cache::Snapshot;
 
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// Services (and slices) with this label belong to another proxy.
+pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+/// Slices (and Services) with this label are headless: nothing to proxy.
+pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
+/// The EndpointSlice controller's time of the change a slice reflects.
+pub const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+/// The Node label that names its zone.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
-/// Builds `node`'s service map. `default_service_cidrs` are used when the snapshot
-/// has no ServiceCIDR objects.
+/// How to read the snapshot for one node.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    pub node: String,
+    /// Used when the snapshot has no ServiceCIDR objects.
+    pub default_service_cidrs: Vec<IpNet>,
+    pub nodeport_addresses: NodePortAddresses,
+    pub masquerade_all: bool,
+    /// The addresses on this node's interfaces (from the kernel; empty offline, where
+    /// the Node's status addresses stand in), for `--nodeport-addresses` CIDRs.
+    pub local_addresses: Vec<IpAddr>,
+}
+
+/// Builds `node`'s service map with the default options. `default_service_cidrs`
+/// are used when the snapshot has no ServiceCIDR objects.
 pub fn build(snapshot: &Snapshot, node: &str, default_service_cidrs: &[IpNet]) -> ServiceMap {
+    build_with(
+        snapshot,
+        &Options {
+            node: node.to_string(),
+            default_service_cidrs: default_service_cidrs.to_vec(),
+            ..Options::default()
+        },
+    )
+}
+
+/// Whether another proxy owns the object, or it is headless.
+fn not_ours(labels: &BTreeMap<String, String>) -> bool {
+    labels.contains_key(SERVICE_PROXY_NAME_LABEL) || labels.contains_key(HEADLESS_LABEL)
+}
+
+/// Builds the service map of `options.node`.
+pub fn build_with(snapshot: &Snapshot, options: &Options) -> ServiceMap {
+    let node = options.node.as_str();
+    let default_service_cidrs = options.default_service_cidrs.as_slice();
     let mut errors = Vec::new();
     let node_ips = node_ips(snapshot, node);
+    let node_port_ips = node_port_ips(snapshot, node, options, &node_ips);
+    let zone = snapshot
+        .node(node)
+        .and_then(|n| n.labels().get(ZONE_LABEL).cloned())
+        .filter(|z| !z.is_empty());
     let pod_cidrs = pod_cidrs(snapshot, &mut errors);
     let mut service_cidrs: Vec<IpNet> = Vec::new();
     for object in &snapshot.service_cidrs {
@@ -61,20 +116,57 @@ pub fn build(snapshot: &Snapshot, node: &str, default_service_cidrs: &[IpNet]) -
 
     let slices = slices_by_service(snapshot);
     let mut ports = Vec::new();
-    for service in &snapshot.services {
+    let mut trigger_times = BTreeMap::new();
+    let mut foreign_ips = Vec::new();
+    for service in snapshot
+        .services
+        .iter()
+        .filter(|s| s.labels().contains_key(SERVICE_PROXY_NAME_LABEL))
+    {
+        let key = format!(
+            "{}/{}",
+            service.namespace().unwrap_or_default(),
+            service.name_any()
+        );
+        let spec = service.spec.as_ref();
+        let ips = spec
+            .and_then(|s| s.cluster_ips.clone())
+            .filter(|ips| !ips.is_empty())
+            .or_else(|| spec.and_then(|s| s.cluster_ip.clone()).map(|ip| vec![ip]))
+            .unwrap_or_default();
+        foreign_ips.extend(
+            ips.iter()
+                .filter_map(|ip| ip.parse::<IpAddr>().ok())
+                .map(|ip| (ip, key.clone())),
+        );
+    }
+    for service in snapshot.services.iter().filter(|s| !not_ours(s.labels())) {
         let key = format!(
             "{}/{}",
             service.namespace().unwrap_or_default(),
             service.name_any()
         );
         let service_slices = slices.get(&key).map(Vec::as_slice).unwrap_or_default();
-        ports.extend(service_ports(
+        let served = service_ports(
             service,
             &key,
             service_slices,
-            node,
+            (node, zone.as_deref()),
             &mut errors,
-        ));
+        );
+        if !served.is_empty() {
+            for slice in service_slices {
+                if let Some(time) = slice.annotations().get(TRIGGER_TIME_ANNOTATION) {
+                    let name = format!(
+                        "{}/{}",
+                        slice.namespace().unwrap_or_default(),
+                        slice.name_any()
+                    );
+                    trigger_times.insert(name, time.clone());
+                }
+            }
+        }
+        ports.extend(served);
     }
     ports.sort_by(|a, b| {
         (&a.service, &a.name, a.protocol, a.is_ipv6()).cmp(&(
@@ -87,11 +179,64 @@ pub fn build(snapshot: &Snapshot, node: &str, default_service_cidrs: &[IpNet]) -
     ServiceMap {
         node: node.to_string(),
         node_ips,
+        node_port_ips,
+        masquerade_all: options.masquerade_all,
         pod_cidrs,
         service_cidrs,
         ports,
         errors,
+        foreign_ips,
+        trigger_times,
     }
+}
+
+/// Where NodePorts listen: the primary IP of each family (kube-proxy's node IPs: the
+/// first InternalIP of each family, else the first ExternalIP), or every address of
+/// the node (the kernel's, else the Node's) within the CIDRs.
+fn node_port_ips(
+    snapshot: &Snapshot,
+    node: &str,
+    options: &Options,
+    node_ips: &[IpAddr],
+) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = match &options.nodeport_addresses {
+        NodePortAddresses::Primary => {
+            let addresses: Vec<(String, IpAddr)> = snapshot
+                .node(node)
+                .and_then(|n| n.status.as_ref())
+                .and_then(|s| s.addresses.as_ref())
+                .into_iter()
+                .flatten()
+                .filter_map(|a| Some((a.type_.clone(), a.address.parse().ok()?)))
+                .collect();
+            let mut primary = Vec::new();
+            for v6 in [false, true] {
+                let first = |kind: &str| {
+                    addresses
+                        .iter()
+                        .find(|(t, ip)| t == kind && ip.is_ipv6() == v6)
+                        .map(|(_, ip)| *ip)
+                };
+                primary.extend(first("InternalIP").or_else(|| first("ExternalIP")));
+            }
+            primary
+        }
+        NodePortAddresses::Cidrs(cidrs) => {
+            let candidates = if options.local_addresses.is_empty() {
+                node_ips
+            } else {
+                options.local_addresses.as_slice()
+            };
+            candidates
+                .iter()
+                .filter(|ip| cidrs.iter().any(|c| c.contains(*ip)))
+                .copied()
+                .collect()
+        }
+    };
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// The node's own addresses: every `status.addresses[]` entry that is an IP.
@@ -124,7 +269,11 @@ fn pod_cidrs(snapshot: &Snapshot, errors: &mut Vec<String>) -> Vec<IpNet> {
 
 fn slices_by_service(snapshot: &Snapshot) -> BTreeMap<String, Vec<&EndpointSlice>> {
     let mut out: BTreeMap<String, Vec<&EndpointSlice>> = BTreeMap::new();
-    for slice in &snapshot.endpoint_slices {
+    for slice in snapshot
+        .endpoint_slices
+        .iter()
+        .filter(|s| !not_ours(s.labels()))
+    {
         if let Some(service) = slice.labels().get(SERVICE_NAME_LABEL) {
             let key = format!("{}/{}", slice.namespace().unwrap_or_default(), service);
             out.entry(key).or_default().push(slice);
@@ -141,16 +290,21 @@ struct Endpoint {
     ready: bool,
     serving: bool,
     terminating: bool,
+    /// `hints.forZones[].name`.
+    zones: Vec<String>,
 }
 
+/// The ports of one Service for this node (`at`: its name and zone).
 fn service_ports(
     service: &Service,
     key: &str,
     slices: &[&EndpointSlice],
-    node: &str,
+    at: (&str, Option<&str>),
     errors: &mut Vec<String>,
 ) -> Vec<ServicePort> {
+    let (node, zone) = at;
     let Some(spec) = service.spec.as_ref() else {
+        errors.push(format!("Service {key}: spec is missing"));
         return Vec::new();
     };
     let service_type = spec.type_.as_deref().unwrap_or("ClusterIP");
@@ -221,6 +375,18 @@ fn service_ports(
             .unwrap_or(DEFAULT_AFFINITY_TIMEOUT)
     });
 
+    let health_check_node_port = match spec.health_check_node_port.filter(|_| external_local) {
+        None | Some(0) => None,
+        Some(p) => match u16::try_from(p) {
+            Ok(p) => Some(p),
+            Err(_) => {
+                errors.push(format!(
+                    "Service {key}: spec.healthCheckNodePort {p} is out of range"
+                ));
+                None
+            }
+        },
+    };
     let mut out = Vec::new();
     for (i, port) in spec.ports.iter().flatten().enumerate() {
         let text = port.protocol.as_deref().unwrap_or("TCP");
@@ -276,8 +442,10 @@ fn service_ports(
                 has_endpoints: false,
                 scheduler: annotation(service, "service.scheduler"),
                 sched_flags: annotation(service, "service.schedflags"),
+                topology_zone: None,
+                health_check_node_port,
             };
-            categorize(&mut service_port, &endpoints);
+            categorize(&mut service_port, &endpoints, zone);
             out.push(service_port);
         }
     }
@@ -329,23 +497,36 @@ fn endpoints_for(
     errors: &mut Vec<String>,
 ) -> Vec<Endpoint> {
     let family = if v6 { "IPv6" } else { "IPv4" };
-    let mut seen = BTreeSet::new();
-    let mut out = Vec::new();
+    let mut seen: BTreeMap<SocketAddr, usize> = BTreeMap::new();
+    let mut out: Vec<Endpoint> = Vec::new();
     for slice in slices.iter().filter(|s| s.address_type == family) {
         let matching = slice.ports.iter().flatten().find(|p| {
             p.name.as_deref().unwrap_or("") == port_name
                 && p.protocol.as_deref().unwrap_or("TCP") == protocol.as_str()
         });
-        let Some(number) = matching.and_then(|p| p.port) else {
+        let Some(matching) = matching else {
             continue;
         };
-        let Ok(number) = u16::try_from(number) else {
-            errors.push(format!(
-                "EndpointSlice {}/{} (of Service {key}): ports[{port_name:?}].port {number} is out of range",
-                slice.namespace().unwrap_or_default(),
-                slice.name_any()
-            ));
-            continue;
+        let slice_name = format!(
+            "{}/{}",
+            slice.namespace().unwrap_or_default(),
+            slice.name_any()
+        );
+        let number = match matching.port.map(u16::try_from) {
+            Some(Ok(number)) if number != 0 => number,
+            Some(Ok(_)) | None => {
+                errors.push(format!(
+                    "EndpointSlice {slice_name} (of Service {key}): ports[{port_name:?}].port is missing or 0; its endpoints are not used"
+                ));
+                continue;
+            }
+            Some(Err(_)) => {
+                errors.push(format!(
+                    "EndpointSlice {slice_name} (of Service {key}): ports[{port_name:?}].port {} is out of range",
+                    matching.port.unwrap_or_default()
+                ));
+                continue;
+            }
         };
         for (i, endpoint) in slice.endpoints.iter().enumerate() {
             let Some(text) = endpoint.addresses.first() else {
@@ -355,33 +536,58 @@ fn endpoints_for(
                 Ok(ip) if ip.is_ipv6() == v6 => ip,
                 Ok(_) | Err(_) => {
                     errors.push(format!(
-                        "EndpointSlice {}/{}: endpoints[{i}].addresses[0] {text:?} is not an {family} address",
-                        slice.namespace().unwrap_or_default(),
-                        slice.name_any()
+                        "EndpointSlice {slice_name}: endpoints[{i}].addresses[0] {text:?} is not an {family} address"
                     ));
                     continue;
                 }
             };
             let address = SocketAddr::new(address, number);
-            if !seen.insert(address) {
+            let local = endpoint.node_name.as_deref() == Some(node);
+            // kube-proxy: a later copy replaces an earlier one only if it is local.
+            let existing = seen.get(&address).copied();
+            if existing.is_some() && !local {
                 continue;
             }
             let conditions = endpoint.conditions.as_ref();
             let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
-            out.push(Endpoint {
+            let parsed = Endpoint {
                 address,
-                local: endpoint.node_name.as_deref() == Some(node),
+                local,
                 ready,
-                serving: conditions.and_then(|c| c.serving).unwrap_or(ready),
+                serving: conditions.and_then(|c| c.serving).unwrap_or(true),
                 terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
-            });
+                zones: endpoint
+                    .hints
+                    .iter()
+                    .flat_map(|h| h.for_zones.iter().flatten())
+                    .map(|z| z.name.clone())
+                    .collect(),
+            };
+            match existing {
+                Some(index) => out[index] = parsed,
+                None => {
+                    seen.insert(address, out.len());
+                    out.push(parsed);
+                }
+            }
         }
     }
     out
 }
 
-/// kube-proxy's CategorizeEndpoints (topology-less).
-fn categorize(port: &mut ServicePort, endpoints: &[Endpoint]) {
+/// kube-proxy's canUseTopology: every ready endpoint has zone hints and one is
+/// hinted for `zone`.
+fn can_use_topology(endpoints: &[Endpoint], zone: Option<&str>) -> bool {
+    let Some(zone) = zone else {
+        return false;
+    };
+    let ready: Vec<&Endpoint> = endpoints.iter().filter(|e| e.ready).collect();
+    ready.iter().all(|e| !e.zones.is_empty())
+        && ready.iter().any(|e| e.zones.iter().any(|z| z == zone))
+}
+
+/// kube-proxy's CategorizeEndpoints, with zone topology for the Cluster policy.
+fn categorize(port: &mut ServicePort, endpoints: &[Endpoint], zone: Option<&str>) {
     let pick = |filter: &dyn Fn(&Endpoint) -> bool| -> Vec<SocketAddr> {
         let mut picked: Vec<SocketAddr> = endpoints
             .iter()
@@ -393,7 +599,10 @@ fn categorize(port: &mut ServicePort, endpoints: &[Endpoint]) {
     };
     let fallback = |e: &Endpoint| e.serving && e.terminating;
     if port.uses_cluster_endpoints() {
-        port.cluster_endpoints = pick(&|e| e.ready);
+        let topology = can_use_topology(endpoints, zone).then_some(zone).flatten();
+        port.cluster_endpoints =
+            pick(&|e| e.ready && topology.is_none_or(|z| e.zones.iter().any(|h| h == z)));
+        port.topology_zone = topology.map(str::to_string);
         if port.cluster_endpoints.is_empty() {
             port.cluster_endpoints = pick(&fallback);
         }
@@ -473,7 +682,7 @@ mod tests {
         serde_json::json!({"addresses": [ip], "nodeName": node, "conditions": conditions})
     }
 
-    fn build_with(objects: Vec<serde_json::Value>) -> ServiceMap {
+    fn build_from(objects: Vec<serde_json::Value>) -> ServiceMap {
         let mut all = nodes();
         all.extend(objects);
         build(
@@ -489,7 +698,7 @@ mod tests {
 
     #[test]
     fn node_ips_pod_cidrs_and_service_cidrs() {
-        let map = build_with(vec![]);
+        let map = build_from(vec![]);
         assert_eq!(map.node_ips, ["192.168.0.1".parse::<IpAddr>().unwrap()]);
         assert_eq!(
             map.pod_cidrs,
@@ -502,7 +711,7 @@ mod tests {
             map.service_cidrs,
             ["10.96.0.0/12".parse::<IpNet>().unwrap()]
         );
-        let map = build_with(vec![serde_json::json!({"kind": "ServiceCIDR",
+        let map = build_from(vec![serde_json::json!({"kind": "ServiceCIDR",
             "metadata": {"name": "k"}, "spec": {"cidrs": ["10.100.0.0/16", "fd00:100::/108"]}})]);
         assert_eq!(
             map.service_cidrs,
@@ -528,13 +737,13 @@ mod tests {
             ),
         ];
         for (what, spec) in cases {
-            assert!(build_with(vec![service(spec)]).ports.is_empty(), "{what}");
+            assert!(build_from(vec![service(spec)]).ports.is_empty(), "{what}");
         }
     }
 
     #[test]
     fn addresses_by_family() {
-        let map = build_with(vec![
+        let map = build_from(vec![
             serde_json::json!({"kind": "Service", "metadata": {"name": "s", "namespace": "x"},
                 "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.1", "clusterIPs": ["10.96.0.1", "fd00::1"],
                 "externalIPs": ["1.1.1.1", "fd01::1"], "loadBalancerSourceRanges": ["5.0.0.0/8", " fd05::/64"],
@@ -553,7 +762,7 @@ mod tests {
         assert!(v6.load_balancer_ips.is_empty());
         assert_eq!(v6.source_ranges, ["fd05::/64".parse::<IpNet>().unwrap()]);
         let frontends: Vec<String> = v4
-            .frontends(&map.node_ips)
+            .frontends(&map.node_port_ips)
             .iter()
             .map(|f| format!("{} {}:{}", f.kind.as_str(), f.address, f.port))
             .collect();
@@ -567,7 +776,7 @@ mod tests {
             ]
         );
         assert!(
-            v6.frontends(&map.node_ips)
+            v6.frontends(&map.node_port_ips)
                 .iter()
                 .all(|f| f.kind != super::super::model::FrontendKind::NodePort)
         );
@@ -575,7 +784,7 @@ mod tests {
 
     #[test]
     fn bad_fields_are_reported_and_skipped() {
-        let map = build_with(vec![service(serde_json::json!({"clusterIP": "10.96.0.1",
+        let map = build_from(vec![service(serde_json::json!({"clusterIP": "10.96.0.1",
             "externalIPs": ["nope"], "ports": [{"port": 80, "protocol": "ICMP"}, {"name": "b", "port": 81}]}))]);
         assert_eq!(map.ports.len(), 1);
         assert_eq!(map.ports[0].name, "b");
@@ -718,7 +927,7 @@ mod tests {
             if spec.get("type").is_none() {
                 spec["ports"][0].as_object_mut().unwrap().remove("nodePort");
             }
-            let map = build_with(vec![
+            let map = build_from(vec![
                 service(spec),
                 slice(
                     "s-1",
@@ -744,7 +953,7 @@ mod tests {
             serde_json::json!([ep("10.0.0.9", "n1", ready.clone())]),
         );
         other["metadata"]["labels"][SERVICE_NAME_LABEL] = "t".into();
-        let map = build_with(vec![
+        let map = build_from(vec![
             service(serde_json::json!({"clusterIP": "10.96.0.1",
                 "ports": [{"name": "http", "port": 80}, {"name": "dns", "port": 53, "protocol": "UDP"}]})),
             slice(
@@ -794,6 +1003,213 @@ mod tests {
     }
 
     #[test]
+    fn services_and_slices_of_another_proxy_or_headless_are_skipped() {
+        let ready = serde_json::json!({"ready": true});
+        let mut foreign =
+            service(serde_json::json!({"clusterIP": "10.96.0.1", "ports": [{"port": 80}]}));
+        foreign["metadata"]["labels"] = serde_json::json!({SERVICE_PROXY_NAME_LABEL: "other"});
+        assert!(build_from(vec![foreign]).ports.is_empty());
+        let mut headless =
+            service(serde_json::json!({"clusterIP": "10.96.0.1", "ports": [{"port": 80}]}));
+        headless["metadata"]["labels"] = serde_json::json!({HEADLESS_LABEL: ""});
+        assert!(build_from(vec![headless]).ports.is_empty());
+        let mut theirs = slice(
+            "b",
+            "IPv4",
+            serde_json::json!([{"port": 8080}]),
+            serde_json::json!([ep("10.0.0.2", "n2", ready.clone())]),
+        );
+        theirs["metadata"]["labels"][SERVICE_PROXY_NAME_LABEL] = "other".into();
+        let map = build_from(vec![
+            service(serde_json::json!({"clusterIP": "10.96.0.1", "ports": [{"port": 80}]})),
+            slice(
+                "a",
+                "IPv4",
+                serde_json::json!([{"port": 8080}]),
+                serde_json::json!([ep("10.0.0.1", "n2", ready.clone())]),
+            ),
+            theirs,
+        ]);
+        assert_eq!(addrs(&map.ports[0].cluster_endpoints), ["10.0.0.1:8080"]);
+    }
+
+    #[test]
+    fn slice_ports_without_a_number_are_reported_and_skipped() {
+        let ready = serde_json::json!({"ready": true});
+        let map = build_from(vec![
+            service(
+                serde_json::json!({"clusterIP": "10.96.0.1", "ports": [{"name": "http", "port": 80}]}),
+            ),
+            slice(
+                "none",
+                "IPv4",
+                serde_json::json!([{"name": "http"}]),
+                serde_json::json!([ep("10.0.0.1", "n2", ready.clone())]),
+            ),
+            slice(
+                "zero",
+                "IPv4",
+                serde_json::json!([{"name": "http", "port": 0}]),
+                serde_json::json!([ep("10.0.0.2", "n2", ready.clone())]),
+            ),
+            slice(
+                "good",
+                "IPv4",
+                serde_json::json!([{"name": "http", "port": 8080}]),
+                serde_json::json!([ep("10.0.0.3", "n2", ready.clone())]),
+            ),
+        ]);
+        assert_eq!(addrs(&map.ports[0].cluster_endpoints), ["10.0.0.3:8080"]);
+        assert_eq!(map.errors.len(), 2, "{:?}", map.errors);
+        assert!(
+            map.errors[0].starts_with(
+                "EndpointSlice x/none (of Service x/s): ports[\"http\"].port is missing or 0"
+            ),
+            "{:?}",
+            map.errors
+        );
+        assert!(
+            map.errors[1].starts_with("EndpointSlice x/zero"),
+            "{:?}",
+            map.errors
+        );
+    }
+
+    #[test]
+    fn the_local_copy_of_an_endpoint_wins_and_serving_defaults_to_true() {
+        let not_ready = serde_json::json!({"ready": false, "terminating": true});
+        let ready = serde_json::json!({"ready": true});
+        let spec = serde_json::json!({"type": "NodePort", "clusterIP": "10.96.0.1", "externalTrafficPolicy": "Local",
+            "ports": [{"port": 80, "nodePort": 30080}]});
+        // The remote copy first, the local one second, and the other way round.
+        for (first, second) in [("n2", "n1"), ("n1", "n2")] {
+            let map = build_from(vec![
+                service(spec.clone()),
+                slice(
+                    "a",
+                    "IPv4",
+                    serde_json::json!([{"port": 8080}]),
+                    serde_json::json!([ep("10.0.0.1", first, ready.clone())]),
+                ),
+                slice(
+                    "b",
+                    "IPv4",
+                    serde_json::json!([{"port": 8080}]),
+                    serde_json::json!([ep("10.0.0.1", second, ready.clone())]),
+                ),
+            ]);
+            assert_eq!(
+                addrs(&map.ports[0].local_endpoints),
+                ["10.0.0.1:8080"],
+                "{first} then {second}"
+            );
+        }
+        // Terminating without a serving condition counts as serving: the fallback.
+        let map = build_from(vec![
+            service(serde_json::json!({"clusterIP": "10.96.0.1", "ports": [{"port": 80}]})),
+            slice(
+                "a",
+                "IPv4",
+                serde_json::json!([{"port": 8080}]),
+                serde_json::json!([ep("10.0.0.1", "n2", not_ready)]),
+            ),
+        ]);
+        assert_eq!(addrs(&map.ports[0].cluster_endpoints), ["10.0.0.1:8080"]);
+    }
+
+    #[test]
+    fn zone_hints_pick_this_zones_endpoints_or_none_are_used() {
+        let hinted = |ip: &str, zone: &str| {
+            serde_json::json!({"addresses": [ip], "nodeName": "n2", "conditions": {"ready": true},
+                "hints": {"forZones": [{"name": zone}]}})
+        };
+        let plain = serde_json::json!({"addresses": ["10.0.0.9"], "nodeName": "n2"});
+        let run = |zone: Option<&str>, endpoints: Vec<serde_json::Value>| {
+            let mut objects = nodes();
+            if let Some(zone) = zone {
+                objects[0]["metadata"]["labels"] = serde_json::json!({ZONE_LABEL: zone});
+            }
+            objects.push(service(serde_json::json!({"clusterIP": "10.96.0.1",
+                "trafficDistribution": "PreferClose", "ports": [{"port": 80}]})));
+            objects.push(slice(
+                "a",
+                "IPv4",
+                serde_json::json!([{"port": 8080}]),
+                serde_json::Value::Array(endpoints),
+            ));
+            let map = build(
+                &snapshot(serde_json::Value::Array(objects)),
+                "n1",
+                &["10.96.0.0/12".parse().unwrap()],
+            );
+            (
+                addrs(&map.ports[0].cluster_endpoints),
+                map.ports[0].topology_zone.clone(),
+            )
+        };
+        let two = || vec![hinted("10.0.0.1", "a"), hinted("10.0.0.2", "b")];
+        assert_eq!(
+            run(Some("a"), two()),
+            (vec!["10.0.0.1:8080".to_string()], Some("a".to_string()))
+        );
+        assert_eq!(
+            run(Some("c"), two()).0.len(),
+            2,
+            "no hint for this zone: all"
+        );
+        assert_eq!(run(None, two()).0.len(), 2, "node without a zone: all");
+        let mut partial = two();
+        partial.push(plain);
+        assert_eq!(
+            run(Some("a"), partial).0.len(),
+            3,
+            "an endpoint without hints: all"
+        );
+    }
+
+    #[test]
+    fn node_port_addresses_primary_or_cidrs() {
+        let mut objects = vec![
+            serde_json::json!({"kind": "Node", "metadata": {"name": "n1"},
+            "status": {"addresses": [{"type": "ExternalIP", "address": "203.0.113.1"},
+                {"type": "InternalIP", "address": "192.168.0.1"}, {"type": "InternalIP", "address": "192.168.1.1"},
+                {"type": "ExternalIP", "address": "fd00::1"}]}}),
+        ];
+        objects.push(service(
+            serde_json::json!({"clusterIP": "10.96.0.1", "ports": [{"port": 80}]}),
+        ));
+        let snapshot = snapshot(serde_json::Value::Array(objects));
+        let options = |nodeport_addresses, local: &[&str]| Options {
+            node: "n1".into(),
+            default_service_cidrs: vec!["10.96.0.0/12".parse().unwrap()],
+            nodeport_addresses,
+            masquerade_all: true,
+            local_addresses: local.iter().map(|a| a.parse().unwrap()).collect(),
+        };
+        let ips = |map: ServiceMap| -> Vec<String> {
+            map.node_port_ips.iter().map(ToString::to_string).collect()
+        };
+        let primary = build_with(&snapshot, &options(NodePortAddresses::Primary, &[]));
+        assert!(primary.masquerade_all);
+        assert_eq!(ips(primary), ["192.168.0.1", "fd00::1"]);
+        let cidrs = NodePortAddresses::Cidrs(vec![
+            "192.168.0.0/16".parse().unwrap(),
+            "10.0.0.0/8".parse().unwrap(),
+        ]);
+        assert_eq!(
+            ips(build_with(&snapshot, &options(cidrs.clone(), &[]))),
+            ["192.168.0.1", "192.168.1.1"]
+        );
+        assert_eq!(
+            ips(build_with(
+                &snapshot,
+                &options(cidrs, &["10.1.1.1", "192.168.5.5", "127.0.0.1"])
+            )),
+            ["10.1.1.1", "192.168.5.5"]
+        );
+    }
+
+    #[test]
     fn session_affinity_timeout() {
         let cases = [
             (serde_json::json!({}), None),
@@ -816,7 +1232,7 @@ mod tests {
                 spec[k] = v.clone();
             }
             assert_eq!(
-                build_with(vec![service(spec)]).ports[0].affinity_timeout,
+                build_from(vec![service(spec)]).ports[0].affinity_timeout,
                 expected,
                 "{extra}"
             );

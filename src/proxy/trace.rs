@@ -5,7 +5,11 @@
 //! - ClusterIP traffic goes to the internal policy's endpoints (none on this node
 //!   under internalTrafficPolicy Local → drop), masqueraded when it does not come from
 //!   a pod CIDR (only when pod CIDRs of that family are known, like kube-proxy's
-//!   `--cluster-cidr` detector);
+//!   `--cluster-cidr` detector) or always with `--masquerade-all`;
+//! - NodePorts answer on the node's NodePort addresses (`--nodeport-addresses`);
+//!   "the node's own traffic" is a source among the Node's addresses (the datapath
+//!   asks the kernel, `fib saddr type local`, which also knows addresses the Node
+//!   object does not list);
 //! - external traffic (NodePort on the node's addresses, externalIPs, LB IPs): LB IPs
 //!   drop sources outside loadBalancerSourceRanges; under externalTrafficPolicy Cluster
 //!   it is always masqueraded; under Local, pod traffic goes to every endpoint
@@ -13,8 +17,10 @@
 //!   to this node's endpoints unmasqueraded (none → drop);
 //! - a packet from an endpoint that may land on that same endpoint (hairpin) is
 //!   masqueraded;
-//! - a ClusterIP on a port no Service serves rejects; any other address in a service
-//!   CIDR drops; everything else is not the proxy's business (`none`).
+//! - a ClusterIP on a port no Service serves rejects; the ClusterIP of a Service
+//!   another proxy owns is left alone; any other address in a service CIDR drops;
+//! - a node address on a `healthCheckNodePort` is the proxy's health server (200
+//!   with the count of local endpoints, 503 without); everything else is not the proxy's business (`none`).
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -31,6 +37,10 @@ pub enum Verdict {
         /// Every endpoint the packet may go to, sorted (`[fd00::1]:80` for IPv6).
         backends: Vec<String>,
         masquerade: bool,
+        /// sessionAffinity ClientIP: a new connection from the same client within
+        /// this many seconds of its last one goes where that one went.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        affinity_seconds: Option<u32>,
     },
     Drop,
     Reject,
@@ -58,7 +68,11 @@ pub fn trace(map: &ServiceMap, from: IpAddr, to: IpAddr, port: u16, protocol: Pr
         .ports
         .iter()
         .filter(|p| p.protocol == protocol)
-        .flat_map(|p| p.frontends(&map.node_ips).into_iter().map(move |f| (p, f)))
+        .flat_map(|p| {
+            p.frontends(&map.node_port_ips)
+                .into_iter()
+                .map(move |f| (p, f))
+        })
         .filter(|(_, f)| f.address == to && f.port == port)
         .min_by_key(|(_, f)| f.kind != FrontendKind::ClusterIp);
     if let Some((service_port, frontend)) = matched {
@@ -78,6 +92,36 @@ pub fn trace(map: &ServiceMap, from: IpAddr, to: IpAddr, port: u16, protocol: Pr
             &format!(
                 "{} is the ClusterIP of {}, which serves no {protocol} port {port}",
                 to, service_port.service
+            ),
+        );
+    }
+    if protocol == Protocol::Tcp
+        && (map.node_ips.contains(&to) || map.node_port_ips.contains(&to))
+        && let Some(port_of) = map
+            .ports
+            .iter()
+            .find(|p| p.health_check_node_port == Some(port))
+    {
+        let (wanted, _) = super::health::desired(map);
+        let local = wanted.get(&port).map_or(0, |h| h.local_endpoints);
+        let answer = if local > 0 {
+            format!("200, {local} local endpoints")
+        } else {
+            "503, no local endpoint".to_string()
+        };
+        return done(
+            Verdict::None,
+            &format!(
+                "{to}:{port} is the healthCheckNodePort of {}: the proxy's health server answers ({answer})",
+                port_of.service
+            ),
+        );
+    }
+    if let Some((_, service)) = map.foreign_ips.iter().find(|(ip, _)| *ip == to) {
+        return done(
+            Verdict::None,
+            &format!(
+                "{to} is the ClusterIP of {service}, which another proxy owns (service-proxy-name)"
             ),
         );
     }
@@ -121,9 +165,11 @@ fn decide(map: &ServiceMap, port: &ServicePort, kind: FrontendKind, from: IpAddr
                     "internalTrafficPolicy Local and no endpoint on this node",
                 );
             }
-            let off_cluster = pod == Some(false);
+            let off_cluster = map.masquerade_all || pod == Some(false);
             let why = if port.internal_local {
                 "to this node's endpoints (internalTrafficPolicy Local)"
+            } else if port.topology_zone.is_some() {
+                "to the endpoints hinted for this node's zone"
             } else {
                 "to every endpoint"
             };
@@ -140,7 +186,11 @@ fn decide(map: &ServiceMap, port: &ServicePort, kind: FrontendKind, from: IpAddr
                 (
                     port.cluster_endpoints.as_slice(),
                     true,
-                    "to every endpoint (externalTrafficPolicy Cluster)",
+                    if port.topology_zone.is_some() {
+                        "to the endpoints hinted for this node's zone (externalTrafficPolicy Cluster)"
+                    } else {
+                        "to every endpoint (externalTrafficPolicy Cluster)"
+                    },
                 )
             } else if pod == Some(true) {
                 (
@@ -178,12 +228,18 @@ fn decide(map: &ServiceMap, port: &ServicePort, kind: FrontendKind, from: IpAddr
         reason.push_str(", masqueraded when it lands on its own source (hairpin)");
     }
     if let Some(timeout) = port.affinity_timeout {
-        reason.push_str(&format!(", ClientIP affinity for {timeout}s"));
+        reason.push_str(&format!(
+            "; ClientIP affinity: a client's new connection within {timeout}s of its last one goes to the endpoint that one got"
+        ));
+        if port.is_ipv6() {
+            reason.push_str(" (IPVS only: the nftables backend has none for IPv6)");
+        }
     }
     Trace {
         verdict: Verdict::Forward {
             backends,
             masquerade: masquerade || hairpin,
+            affinity_seconds: port.affinity_timeout,
         },
         reason,
     }
@@ -195,6 +251,7 @@ pub fn render_text(trace: &Trace) -> String {
         Verdict::Forward {
             backends,
             masquerade,
+            ..
         } => format!(
             "forward to {}{}",
             backends.join(", "),
@@ -259,6 +316,7 @@ mod tests {
         Verdict::Forward {
             backends: backends.iter().map(|b| b.to_string()).collect(),
             masquerade,
+            affinity_seconds: None,
         }
     }
 
@@ -387,6 +445,79 @@ mod tests {
                     Verdict::None,
                 ),
             ],
+        );
+    }
+
+    #[test]
+    fn health_check_node_ports_and_foreign_cluster_ips() {
+        let mut objects = service(
+            "hc",
+            json!({"type": "LoadBalancer", "clusterIP": "10.96.0.40", "externalTrafficPolicy": "Local",
+                   "healthCheckNodePort": 32100, "ports": [{"name": "http", "port": 80, "nodePort": 30100}]}),
+            json!({}),
+            &[("10.244.1.40", "n1", true)],
+        );
+        objects.push(
+            json!({"kind": "Service", "metadata": {"name": "theirs", "namespace": "x",
+            "labels": {"service.kubernetes.io/service-proxy-name": "other"}},
+            "spec": {"clusterIP": "10.96.0.41", "ports": [{"port": 80}]}}),
+        );
+        let map = cluster(objects);
+        let got = trace(
+            &map,
+            EXTERNAL.parse().unwrap(),
+            NODE_IP.parse().unwrap(),
+            32100,
+            TCP,
+        );
+        assert_eq!(got.verdict, Verdict::None);
+        assert!(
+            got.reason.contains("healthCheckNodePort of x/hc")
+                && got.reason.contains("200, 1 local"),
+            "{}",
+            got.reason
+        );
+        let got = trace(
+            &map,
+            POD.parse().unwrap(),
+            "10.96.0.41".parse().unwrap(),
+            80,
+            TCP,
+        );
+        assert_eq!(got.verdict, Verdict::None);
+        assert!(got.reason.contains("another proxy"), "{}", got.reason);
+    }
+
+    #[test]
+    fn masquerade_all_masquerades_pod_traffic_too() {
+        let mut map = cluster(service(
+            "web",
+            json!({"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80}]}),
+            json!({}),
+            &[("10.244.2.10", "n2", true)],
+        ));
+        check(
+            &map,
+            &[(
+                "pod",
+                POD,
+                "10.96.0.10",
+                80,
+                TCP,
+                fwd(&["10.244.2.10:8080"], false),
+            )],
+        );
+        map.masquerade_all = true;
+        check(
+            &map,
+            &[(
+                "pod",
+                POD,
+                "10.96.0.10",
+                80,
+                TCP,
+                fwd(&["10.244.2.10:8080"], true),
+            )],
         );
     }
 

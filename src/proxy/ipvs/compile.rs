@@ -72,7 +72,7 @@ pub fn compile(map: &ServiceMap) -> (Desired, Vec<String>) {
     // (the glue has reported the others).
     for cluster_ip in [true, false] {
         for (port, scheduling) in map.ports.iter().zip(&schedulings) {
-            for frontend in port.frontends(&map.node_ips) {
+            for frontend in port.frontends(&map.node_port_ips) {
                 if (frontend.kind == FrontendKind::ClusterIp) != cluster_ip {
                     continue;
                 }
@@ -289,10 +289,7 @@ mod tests {
         assert!(!desired.glue.chains.contains_key("endpoints-1"));
         assert_eq!(
             desired.glue.chains["external-local"].rules,
-            [
-                "ip saddr @node-ips4 meta mark set meta mark | 0x4000",
-                "ip6 saddr @node-ips6 meta mark set meta mark | 0x4000"
-            ]
+            ["fib saddr type local meta mark set meta mark | 0x4000"]
         );
     }
 

@@ -12,8 +12,8 @@
 //!
 //! What differs from the nftables backend, by IPVS's design: one destination set per
 //! address, so with externalTrafficPolicy Local every source (pods and the node
-//! too) reaches only this node's endpoints; sessionAffinity ClientIP is honoured
-//! (IPVS persistence), which the nftables backend does not program.
+//! too) reaches only this node's endpoints; sessionAffinity ClientIP is IPVS
+//! persistence, in both families (the nftables backend has it for IPv4 only).
 
 pub mod apply;
 pub mod compile;

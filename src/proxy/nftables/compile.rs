@@ -25,8 +25,18 @@
 //! dispatch hooked as a filter chain that only sets the masquerade mark, before
 //! IPVS (which takes the packet at local-in or local-out) rewrites it.
 //!
-//! sessionAffinity ClientIP is not programmed: the packet path cannot record the
-//! chosen endpoint with a per-Service timeout without a chain per Service.
+//! sessionAffinity ClientIP (nftables, IPv4; IPVS has persistence): `affinity4`
+//! is a dynamic map `client . frontend → endpoint` that the packet path fills. The
+//! dispatch chains first try `dnat to <client . frontend> map @affinity` (a miss
+//! falls through to the random pick); after NAT, the `affinity-prerouting` /
+//! `affinity-output` chains send every new DNATed connection whose original
+//! destination is in `affinity-services` to `affinity-<T>`, which records (or
+//! refreshes) `client . frontend → endpoint` with timeout T seconds: one chain per
+//! timeout in use, so a Service with a new timeout is the only affinity change that
+//! touches a chain. Entries whose endpoint left the frontend are deleted after each
+//! sync ([`crate::proxy::affinity`]); replacing the table forgets them all. IPv6
+//! Services get no affinity: nft 1.0.6 aborts on a dynamic-map update whose key
+//! (client, address, protocol, port) is that long.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -39,6 +49,9 @@ use crate::proxy::model::{Frontend, FrontendKind, ServiceMap, ServicePort};
 /// `endpoints-N` chains that always exist, so that scaling within this range never
 /// changes a chain.
 pub const FIXED_COUNTS: usize = 16;
+
+/// Client/frontend pairs the affinity maps hold at most (per family).
+pub const AFFINITY_SIZE: usize = 262_144;
 
 /// The packet mark that asks `nat-postrouting` to masquerade (kube-proxy's).
 pub const MASQUERADE_MARK: &str = "0x4000";
@@ -96,7 +109,7 @@ fn compile_for(map: &ServiceMap, dataplane: Dataplane) -> (Ruleset, Vec<String>)
                 declare(false, format!("type {addr}; flags interval;")),
             ),
             ("cluster-ips", declare(false, format!("type {addr};"))),
-            ("node-ips", declare(false, format!("type {addr};"))),
+            ("foreign-ips", declare(false, format!("type {addr};"))),
             ("hairpin", declare(false, format!("type {addr} . {addr};"))),
             ("firewall-ips", declare(false, format!("type {frontend};"))),
             (
@@ -123,6 +136,22 @@ fn compile_for(map: &ServiceMap, dataplane: Dataplane) -> (Ruleset, Vec<String>)
         } else {
             &[]
         };
+        if nat && !v6 {
+            sets.push((
+                "affinity-services",
+                declare(true, format!("type {frontend} : verdict;")),
+            ));
+            sets.push((
+                "affinity",
+                declare(
+                    true,
+                    format!(
+                        "type {addr} . {frontend} : {addr} . inet_service; size {AFFINITY_SIZE}; flags dynamic,timeout; timeout {}s;",
+                        crate::proxy::model::DEFAULT_AFFINITY_TIMEOUT
+                    ),
+                ),
+            ));
+        }
         for name in slot_maps {
             sets.push((
                 name,
@@ -141,12 +170,6 @@ fn compile_for(map: &ServiceMap, dataplane: Dataplane) -> (Ruleset, Vec<String>)
             }
             ruleset.sets.insert(name, set);
         }
-        let family_ips = |list: &[IpAddr]| -> Vec<String> {
-            list.iter()
-                .filter(|ip| ip.is_ipv6() == v6)
-                .map(IpAddr::to_string)
-                .collect()
-        };
         let family_nets = |list: &[IpNet]| -> Vec<String> {
             list.iter()
                 .filter(|n| matches!(n, IpNet::V6(_)) == v6)
@@ -159,12 +182,18 @@ fn compile_for(map: &ServiceMap, dataplane: Dataplane) -> (Ruleset, Vec<String>)
             }
         };
         fill(&mut ruleset, "pod-cidrs", family_nets(&map.pod_cidrs));
+        let foreign: Vec<String> = map
+            .foreign_ips
+            .iter()
+            .filter(|(ip, _)| ip.is_ipv6() == v6)
+            .map(|(ip, _)| ip.to_string())
+            .collect();
+        fill(&mut ruleset, "foreign-ips", foreign);
         fill(
             &mut ruleset,
             "service-cidrs",
             family_nets(&map.service_cidrs),
         );
-        fill(&mut ruleset, "node-ips", family_ips(&map.node_ips));
     }
     let has_pod_cidrs = |v6: bool| {
         map.pod_cidrs
@@ -173,7 +202,9 @@ fn compile_for(map: &ServiceMap, dataplane: Dataplane) -> (Ruleset, Vec<String>)
     };
     ruleset.chains = chains(
         &builder.counts,
+        &builder.timeouts,
         [has_pod_cidrs(false), has_pod_cidrs(true)],
+        map.masquerade_all,
         dataplane,
     );
     (ruleset, builder.problems)
@@ -204,6 +235,8 @@ struct Builder {
     elements: BTreeMap<String, BTreeMap<String, Option<String>>>,
     /// Endpoint counts in use, (local?, N).
     counts: BTreeSet<(bool, usize)>,
+    /// sessionAffinity timeouts in use, seconds.
+    timeouts: BTreeSet<u32>,
     claimed: BTreeMap<String, String>,
     problems: Vec<String>,
 }
@@ -217,7 +250,7 @@ impl Builder {
     fn service_port(&mut self, map: &ServiceMap, port: &ServicePort, cluster_ip: bool) {
         let f = Family::of(port.cluster_ip);
         self.put(f.name("cluster-ips"), port.cluster_ip.to_string(), None);
-        let frontends = port.frontends(&map.node_ips);
+        let frontends = port.frontends(&map.node_port_ips);
         let wanted = frontends
             .iter()
             .filter(|f| (f.kind == FrontendKind::ClusterIp) == cluster_ip);
@@ -233,6 +266,17 @@ impl Builder {
                 continue;
             }
             self.claimed.insert(key.clone(), port.service.clone());
+            if let (Some(timeout), Dataplane::Nftables) = (port.affinity_timeout, self.dataplane)
+                && port.has_endpoints
+                && !port.is_ipv6()
+            {
+                self.timeouts.insert(timeout);
+                self.put(
+                    Family::of(frontend.address).name("affinity-services"),
+                    key.clone(),
+                    Some(format!("goto affinity-{timeout}")),
+                );
+            }
             self.frontend(map, port, frontend, key);
         }
     }
@@ -355,7 +399,9 @@ fn both(rule: impl Fn(Family) -> String) -> Vec<String> {
 /// the fixed chains without DNAT).
 fn chains(
     counts: &BTreeSet<(bool, usize)>,
+    timeouts: &BTreeSet<u32>,
     has_pod_cidrs: [bool; 2],
+    masquerade_all: bool,
     dataplane: Dataplane,
 ) -> BTreeMap<String, Chain> {
     let nat = dataplane == Dataplane::Nftables;
@@ -405,7 +451,11 @@ fn chains(
             ),
         );
     }
-    let mut check = both(|f| format!("{} daddr @{} reject", f.ip(), f.name("cluster-ips")));
+    // Another proxy's ClusterIPs are its business.
+    let mut check = both(|f| format!("{} daddr @{} return", f.ip(), f.name("foreign-ips")));
+    check.extend(both(|f| {
+        format!("{} daddr @{} reject", f.ip(), f.name("cluster-ips"))
+    }));
     check.extend(both(|f| {
         format!("{} daddr @{} drop", f.ip(), f.name("service-cidrs"))
     }));
@@ -431,13 +481,13 @@ fn chains(
     }
     let mut postrouting = both(|f| {
         format!(
-            "{hairpin_condition}{0} saddr . {0} daddr @{1} masquerade",
+            "{hairpin_condition}{0} saddr . {0} daddr @{1} masquerade fully-random",
             f.ip(),
             f.name("hairpin")
         )
     });
     postrouting.push(format!(
-        "meta mark & {MASQUERADE_MARK} == {MASQUERADE_MARK} meta mark set meta mark ^ {MASQUERADE_MARK} masquerade"
+        "meta mark & {MASQUERADE_MARK} == {MASQUERADE_MARK} meta mark set meta mark ^ {MASQUERADE_MARK} masquerade fully-random"
     ));
     add(
         "nat-postrouting",
@@ -455,9 +505,22 @@ fn chains(
     );
     let to_cluster = |f: Family| format!("{} vmap @{}", frontend(f), f.name("cluster-counts"));
     let dnat = |rules: Vec<String>| if nat { rules } else { Vec::new() };
+    // A client's earlier endpoint for this frontend, when it has one.
+    let sticky = || {
+        let f = Family(false);
+        dnat(vec![format!(
+            "dnat {0} to {0} saddr . {1} map @{2}",
+            f.ip(),
+            frontend(f),
+            f.name("affinity")
+        )])
+    };
     let mut cluster_ip = Vec::new();
+    if masquerade_all {
+        cluster_ip.push(mark.clone());
+    }
     for f in [Family(false), Family(true)] {
-        if has_pod_cidrs[usize::from(f.0)] {
+        if has_pod_cidrs[usize::from(f.0)] && !masquerade_all {
             cluster_ip.push(format!(
                 "{} saddr != @{} {mark}",
                 f.ip(),
@@ -465,34 +528,76 @@ fn chains(
             ));
         }
     }
+    cluster_ip.extend(sticky());
     cluster_ip.extend(dnat(both(to_cluster)));
     add("cluster-ip", chain(None, cluster_ip));
     let mut external = vec![mark.clone()];
+    external.extend(sticky());
     external.extend(dnat(both(to_cluster)));
     add("external", chain(None, external));
+    // The node's own traffic is any from a local address, whichever interface has it.
+    let from_node = "fib saddr type local";
     let mut local = Vec::new();
-    for f in [Family(false), Family(true)] {
-        let ip = f.ip();
-        let node_ips = f.name("node-ips");
-        if !nat {
-            // IPVS sends every source to this node's endpoints; only the node's own
-            // traffic needs its source rewritten.
-            local.push(format!("{ip} saddr @{node_ips} {mark}"));
-            continue;
-        }
-        local.push(format!(
-            "{ip} saddr @{} {}",
-            f.name("pod-cidrs"),
-            to_cluster(f)
-        ));
-        local.push(format!("{ip} saddr @{node_ips} {mark}"));
-        local.push(format!("{ip} saddr @{node_ips} {}", to_cluster(f)));
-        local.push(format!("{} vmap @{}", frontend(f), f.name("local-counts")));
+    if !nat {
+        // IPVS sends every source to this node's endpoints; only the node's own
+        // traffic needs its source rewritten.
+        local.push(format!("{from_node} {mark}"));
+    }
+    if nat {
+        // The mark first: the affinity DNAT ends the chain.
+        local.push(format!("{from_node} {mark}"));
+        local.extend(sticky());
+        local.extend(both(|f| {
+            format!(
+                "{} saddr @{} {}",
+                f.ip(),
+                f.name("pod-cidrs"),
+                to_cluster(f)
+            )
+        }));
+        local.extend(both(|f| format!("{from_node} {}", to_cluster(f))));
+        local.extend(both(|f| {
+            format!("{} vmap @{}", frontend(f), f.name("local-counts"))
+        }));
     }
     if nat {
         local.push("drop".into());
     }
     add("external-local", chain(None, local));
+    if nat {
+        // After NAT (dstnat at -100): the packet carries the endpoint, conntrack the
+        // frontend. `ct original proto-dst` needs a transport protocol to be known.
+        let f = Family(false);
+        let record = vec![{
+            format!(
+                "ct state new ct status dnat meta l4proto {{ tcp, udp, sctp }} ct original {0} daddr . meta l4proto . ct original proto-dst vmap @{1}",
+                f.ip(),
+                f.name("affinity-services")
+            )
+        }];
+        for (name, hook, priority) in [
+            ("affinity-prerouting", "prerouting", "dstnat + 10"),
+            ("affinity-output", "output", "-90"),
+        ] {
+            add(
+                name,
+                chain(
+                    Some(&format!(
+                        "type filter hook {hook} priority {priority}; policy accept;"
+                    )),
+                    record.clone(),
+                ),
+            );
+        }
+        for timeout in timeouts {
+            let rules = vec![format!(
+                "meta l4proto {{ tcp, udp, sctp }} update @{1} {{ {0} saddr . ct original {0} daddr . meta l4proto . ct original proto-dst timeout {timeout}s : {0} daddr . th dport }}",
+                f.ip(),
+                f.name("affinity")
+            )];
+            add(&format!("affinity-{timeout}"), chain(None, rules));
+        }
+    }
     // No DNAT, no endpoint chains.
     let fixed = if nat { FIXED_COUNTS } else { 0 };
     let wanted: BTreeSet<(bool, usize)> = (1..=fixed)
@@ -614,8 +719,44 @@ mod tests {
             elements(&ruleset, "cluster-ips4"),
             ["10.96.0.10", "10.96.0.11", "10.96.0.12"]
         );
-        assert_eq!(elements(&ruleset, "node-ips4"), ["192.168.0.1"]);
         assert!(elements(&ruleset, "service-ips6").is_empty());
+    }
+
+    #[test]
+    fn masquerade_all_fully_random_and_the_nodes_own_traffic_by_fib() {
+        let (plain, _) = compile(&demo_map());
+        let mut map = demo_map();
+        map.masquerade_all = true;
+        let (all, _) = compile(&map);
+        assert_eq!(
+            all.chains["cluster-ip"].rules[0],
+            "meta mark set meta mark | 0x4000"
+        );
+        assert!(
+            !all.chains["cluster-ip"]
+                .rules
+                .iter()
+                .any(|r| r.contains("pod-cidrs"))
+        );
+        assert!(plain.chains["cluster-ip"].rules[0].starts_with("ip saddr != @pod-cidrs4"));
+        assert!(
+            plain.chains["nat-postrouting"]
+                .rules
+                .iter()
+                .all(|r| r.ends_with("masquerade fully-random"))
+        );
+        let local = &plain.chains["external-local"].rules;
+        assert!(
+            local.contains(&"fib saddr type local meta mark set meta mark | 0x4000".to_string()),
+            "{local:?}"
+        );
+        assert!(
+            local.contains(
+                &"fib saddr type local ip daddr . meta l4proto . th dport vmap @cluster-counts4"
+                    .to_string()
+            ),
+            "{local:?}"
+        );
     }
 
     #[test]

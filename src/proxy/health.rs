@@ -1,0 +1,325 @@
+//! The proxy's health endpoints, as kube-proxy serves them:
+//!
+//! - one HTTP server per `healthCheckNodePort` (externalTrafficPolicy Local Services),
+//!   on every address: 200 when this node has a ready (or serving) local endpoint of
+//!   the Service, else 503, with the JSON body
+//!   `{"service":{"namespace":…,"name":…},"localEndpoints":N,"serviceProxyHealthy":…}`
+//!   — how a cloud load balancer learns which nodes to send to;
+//! - the node's proxy health endpoint (`--healthz-bind-address`, `/healthz` and
+//!   `/livez`): 200 once a sync succeeded and as long as the latest one did, else
+//!   503, with `{"lastUpdated":…,"currentTime":…,"nodeEligible":true}`.
+//!
+//! A port that cannot be bound is logged and tried again on the next sync.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use serde_json::json;
+use tokio::task::JoinHandle;
+
+use super::model::ServiceMap;
+
+/// What one healthCheckNodePort reports.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceHealth {
+    /// `namespace/name`.
+    pub service: String,
+    /// Distinct local endpoint addresses.
+    pub local_endpoints: usize,
+}
+
+/// Every healthCheckNodePort of `map` with what it reports; a port claimed by two
+/// Services goes to the first (sorted) and the other is reported.
+pub fn desired(map: &ServiceMap) -> (BTreeMap<u16, ServiceHealth>, Vec<String>) {
+    let mut local: BTreeMap<(u16, &str), BTreeSet<IpAddr>> = BTreeMap::new();
+    for port in &map.ports {
+        if let Some(number) = port.health_check_node_port {
+            local
+                .entry((number, port.service.as_str()))
+                .or_default()
+                .extend(port.local_endpoints.iter().map(SocketAddr::ip));
+        }
+    }
+    let mut out: BTreeMap<u16, ServiceHealth> = BTreeMap::new();
+    let mut problems = Vec::new();
+    for ((number, service), ips) in local {
+        match out.get(&number) {
+            Some(owner) => problems.push(format!(
+                "Service {service}: spec.healthCheckNodePort {number} is already used by {}; ignored",
+                owner.service
+            )),
+            None => {
+                out.insert(
+                    number,
+                    ServiceHealth {
+                        service: service.to_string(),
+                        local_endpoints: ips.len(),
+                    },
+                );
+            }
+        }
+    }
+    (out, problems)
+}
+
+/// The state both kinds of server read.
+#[derive(Debug, Default)]
+struct State {
+    /// The last successful sync.
+    last_updated: Option<SystemTime>,
+    /// Whether the latest sync succeeded.
+    healthy: bool,
+    services: BTreeMap<u16, ServiceHealth>,
+}
+
+/// The running servers.
+#[derive(Default)]
+pub struct HealthServers {
+    state: Arc<Mutex<State>>,
+    proxy: Option<JoinHandle<()>>,
+    services: BTreeMap<u16, JoinHandle<()>>,
+}
+
+impl Drop for HealthServers {
+    fn drop(&mut self) {
+        self.proxy.iter().for_each(JoinHandle::abort);
+        self.services.values().for_each(JoinHandle::abort);
+    }
+}
+
+impl HealthServers {
+    /// Starts the node's proxy health endpoint (once; `None` = not wanted).
+    pub fn start_proxy_healthz(&mut self, bind: Option<SocketAddr>) {
+        let (Some(bind), None) = (bind, &self.proxy) else {
+            return;
+        };
+        let state = self.state.clone();
+        let handler = move || {
+            let state = state.clone();
+            async move { proxy_health(&state) }
+        };
+        let router = Router::new()
+            .route("/healthz", get(handler.clone()))
+            .route("/livez", get(handler));
+        self.proxy = Some(tokio::spawn(serve(bind, router, "proxy health")));
+    }
+
+    /// Records a sync's outcome.
+    pub fn synced(&mut self, ok: bool) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.healthy = ok;
+        if ok {
+            state.last_updated = Some(SystemTime::now());
+        }
+    }
+
+    /// Serves exactly the healthCheckNodePorts of `wanted` with their counts.
+    pub fn set_services(&mut self, wanted: BTreeMap<u16, ServiceHealth>) {
+        self.services.retain(|port, task| {
+            let keep = wanted.contains_key(port) && !task.is_finished();
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for port in wanted.keys() {
+            if self.services.contains_key(port) {
+                continue;
+            }
+            let state = self.state.clone();
+            let number = *port;
+            let router = Router::new().fallback(move || {
+                let state = state.clone();
+                async move { service_health(&state, number) }
+            });
+            let bind = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), number);
+            self.services.insert(
+                number,
+                tokio::spawn(serve(bind, router, "healthCheckNodePort")),
+            );
+        }
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.services = wanted;
+    }
+}
+
+/// Serves until aborted; a failure to listen is logged (the next sync retries).
+async fn serve(bind: SocketAddr, router: Router, what: &'static str) {
+    let listener = match bind_dual(bind) {
+        Ok(listener) => listener,
+        Err(err) => {
+            tracing::warn!(%bind, "{what}: cannot listen: {err}");
+            return;
+        }
+    };
+    if let Err(err) = axum::serve(listener, router).await {
+        tracing::warn!(%bind, "{what}: {err}");
+    }
+}
+
+/// Binds `bind`; `[::]` also takes IPv4 (dual stack), and falls back to `0.0.0.0`
+/// on a node without IPv6.
+fn bind_dual(bind: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let open = |addr: SocketAddr| -> std::io::Result<tokio::net::TcpListener> {
+        let socket = if addr.is_ipv6() {
+            tokio::net::TcpSocket::new_v6()?
+        } else {
+            tokio::net::TcpSocket::new_v4()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(128)
+    };
+    match open(bind) {
+        Err(_) if bind.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) => {
+            open(SocketAddr::new(IpAddr::from([0, 0, 0, 0]), bind.port()))
+        }
+        other => other,
+    }
+}
+
+fn rfc3339(time: SystemTime) -> String {
+    let secs = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    crate::proxy::time::format_rfc3339(secs)
+}
+
+fn proxy_health(state: &Mutex<State>) -> axum::response::Response {
+    let state = state.lock().unwrap_or_else(|e| e.into_inner());
+    let healthy = state.healthy && state.last_updated.is_some();
+    let body = json!({
+        "lastUpdated": state.last_updated.map(rfc3339).unwrap_or_default(),
+        "currentTime": rfc3339(SystemTime::now()),
+        "nodeEligible": true,
+    });
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json_response(status, body)
+}
+
+fn service_health(state: &Mutex<State>, port: u16) -> axum::response::Response {
+    let state = state.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(service) = state.services.get(&port) else {
+        return json_response(StatusCode::SERVICE_UNAVAILABLE, json!({}));
+    };
+    let (namespace, name) = service
+        .service
+        .split_once('/')
+        .unwrap_or(("", service.service.as_str()));
+    let body = json!({
+        "service": {"namespace": namespace, "name": name},
+        "localEndpoints": service.local_endpoints,
+        "serviceProxyHealthy": state.healthy,
+    });
+    let status = if service.local_endpoints > 0 {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json_response(status, body)
+}
+
+fn json_response(status: StatusCode, body: serde_json::Value) -> axum::response::Response {
+    (
+        status,
+        [
+            ("content-type", "application/json"),
+            ("x-content-type-options", "nosniff"),
+        ],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_entry_per_health_check_node_port_counting_local_endpoints() {
+        let snapshot = crate::proxy::services::tests_support::snapshot(serde_json::json!([
+            {"kind": "Node", "metadata": {"name": "n1"},
+             "status": {"addresses": [{"type": "InternalIP", "address": "192.168.0.1"}]}},
+            {"kind": "Service", "metadata": {"name": "a", "namespace": "x"},
+             "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.10", "externalTrafficPolicy": "Local",
+                      "healthCheckNodePort": 32000,
+                      "ports": [{"name": "http", "port": 80, "nodePort": 30080}, {"name": "https", "port": 443, "nodePort": 30443}]}},
+            {"kind": "EndpointSlice", "metadata": {"name": "a-1", "namespace": "x", "labels": {"kubernetes.io/service-name": "a"}},
+             "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}, {"name": "https", "port": 8443}],
+             "endpoints": [{"addresses": ["10.244.1.10"], "nodeName": "n1"}, {"addresses": ["10.244.1.11"], "nodeName": "n1"},
+                           {"addresses": ["10.244.2.10"], "nodeName": "n2"}]},
+            {"kind": "Service", "metadata": {"name": "b", "namespace": "x"},
+             "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.11", "externalTrafficPolicy": "Local",
+                      "healthCheckNodePort": 32001, "ports": [{"port": 80, "nodePort": 30081}]}},
+            {"kind": "Service", "metadata": {"name": "c", "namespace": "x"},
+             "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.12", "externalTrafficPolicy": "Cluster",
+                      "healthCheckNodePort": 32002, "ports": [{"port": 80, "nodePort": 30082}]}},
+            {"kind": "Service", "metadata": {"name": "d", "namespace": "x"},
+             "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.13", "externalTrafficPolicy": "Local",
+                      "healthCheckNodePort": 32001, "ports": [{"port": 80, "nodePort": 30083}]}},
+        ]));
+        let map =
+            crate::proxy::services::build(&snapshot, "n1", &["10.96.0.0/16".parse().unwrap()]);
+        let (wanted, problems) = desired(&map);
+        let got: Vec<(u16, &str, usize)> = wanted
+            .iter()
+            .map(|(p, h)| (*p, h.service.as_str(), h.local_endpoints))
+            .collect();
+        assert_eq!(got, [(32000, "x/a", 2), (32001, "x/b", 0)]);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0]
+                .starts_with("Service x/d: spec.healthCheckNodePort 32001 is already used by x/b")
+        );
+    }
+
+    #[test]
+    fn bodies_and_statuses_as_kube_proxy() {
+        let state = Mutex::new(State::default());
+        assert_eq!(
+            proxy_health(&state).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        {
+            let mut s = state.lock().unwrap();
+            s.healthy = true;
+            s.last_updated = Some(SystemTime::now());
+            s.services.insert(
+                32000,
+                ServiceHealth {
+                    service: "x/a".into(),
+                    local_endpoints: 2,
+                },
+            );
+            s.services.insert(
+                32001,
+                ServiceHealth {
+                    service: "x/b".into(),
+                    local_endpoints: 0,
+                },
+            );
+        }
+        assert_eq!(proxy_health(&state).status(), StatusCode::OK);
+        assert_eq!(service_health(&state, 32000).status(), StatusCode::OK);
+        assert_eq!(
+            service_health(&state, 32001).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        state.lock().unwrap().healthy = false;
+        assert_eq!(
+            proxy_health(&state).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+}
