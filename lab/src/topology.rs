@@ -1054,12 +1054,12 @@ mod tests {
         plan("t", &snapshot_from_objects(&objects(yaml)).unwrap()).unwrap()
     }
 
-    const NODE: &str = "kind: Node\nmetadata: {name: NAME}\nspec: {podCIDR: CIDR}\nstatus: {addresses: [{type: InternalIP, address: ADDR}]}\n---\n";
+    const NODE: &str = "kind: Node\nmetadata: {name: NAME}\nspec: {podCIDR: THE_CIDR}\nstatus: {addresses: [{type: InternalIP, address: ADDR}]}\n---\n";
 
     fn node(name: &str, addr: &str, cidr: &str) -> String {
         NODE.replace("NAME", name)
             .replace("ADDR", addr)
-            .replace("CIDR", cidr)
+            .replace("THE_CIDR", cidr)
     }
 
     fn pod(name: &str, extra: &str) -> String {
@@ -1164,7 +1164,7 @@ mod tests {
             .replace("NAME", "n1")
             .replace("ADDR", "192.168.50.11")
             .replace(
-                "podCIDR: CIDR",
+                "podCIDR: THE_CIDR",
                 "podCIDRs: [10.244.1.0/24, \"fd00:1::/64\"]",
             );
         let pod = |name: &str, status: &str| {

@@ -657,3 +657,110 @@ fn a_pod_claiming_anothers_address_takes_nothing_from_it_in_a_lab() {
     }
     assert!(reaches(), "deleting the stale pod took the owner's access");
 }
+
+/// Deleting a pod leaves the other pods of its node reaching out: the pod bridge
+/// keeps its MAC (before: a bridge without a MAC of its own took its lowest port's,
+/// so deleting the pod whose veth gave it changed the gateway MAC under the node's
+/// other pods, cut off until their ARP entries expired).
+#[test]
+fn deleting_a_pod_keeps_the_gateway_of_the_others_on_its_node() {
+    use k8s_openapi::api::core::v1::Pod;
+    if !kubewire_lab::harness::require_root() {
+        return;
+    }
+    let lab = lab_support::TestLab::new("m", false).with_default_controllers();
+    let pod = |name: &str, node: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: x}}\n\
+             spec: {{nodeName: {node}, containers: [{{name: c, ports: [{{containerPort: 80}}]}}]}}\n---\n"
+        )
+    };
+    lab.write(
+        "objects.yaml",
+        &(pod("a", "n1") + &pod("b", "n1") + &pod("c", "n1") + &pod("far", "n2")),
+    );
+    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo/nodes.yaml");
+    std::fs::copy(&demo, lab.manifests.path().join("nodes.yaml")).unwrap();
+    common::success(lab.run("up", &[]), "lab up");
+    let dir = lab.state.as_ref().unwrap().path().join("lab");
+    let plan = kubewire_lab::state::LabState::load(&dir)
+        .unwrap()
+        .unwrap()
+        .plan
+        .unwrap();
+    let far = plan.pods.iter().find(|p| p.name == "far").unwrap().ips[0];
+    let reaches = |from: &str| {
+        let to = format!("{far}:80");
+        lab.run("connect", &["--from", from, "--to", &to, "--timeout", "2s"])
+            .status
+            .success()
+    };
+    for from in ["x/a", "x/b", "x/c"] {
+        assert!(reaches(from), "{from} reaches x/far");
+    }
+    // Delete the pod whose veth has the bridge's MAC, if one has: the worst case.
+    let node_ns = plan
+        .nodes
+        .iter()
+        .find(|n| n.name == "n1")
+        .unwrap()
+        .netns
+        .clone();
+    let mac_of = |name: &str| {
+        kubewire_lab::harness::sh("ip", &["-n", &node_ns, "-br", "link"])
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let bridge_mac = mac_of("kube-bridge");
+    let mut victim = "x/a".to_string();
+    for name in ["a", "b", "c"] {
+        let pod_ns = plan
+            .pods
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap()
+            .netns
+            .clone()
+            .unwrap();
+        // The peer of the pod's eth0 is the host-side veth in the node.
+        let index = kubewire_lab::harness::sh("ip", &["-n", &pod_ns, "-o", "link", "show", "eth0"]);
+        let peer = index
+            .split("@if")
+            .nth(1)
+            .and_then(|r| r.split(':').next())
+            .unwrap_or_default()
+            .to_string();
+        let host = kubewire_lab::harness::sh("ip", &["-n", &node_ns, "-o", "link", "show"]);
+        let veth_mac = host
+            .lines()
+            .find(|l| l.starts_with(&format!("{peer}:")))
+            .and_then(|l| l.split("link/ether ").nth(1))
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_default();
+        if veth_mac == bridge_mac {
+            victim = format!("x/{name}");
+        }
+    }
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let kubeconfig = common::success(lab.run("kubeconfig", &[]), "lab kubeconfig");
+    let pods: kube::Api<Pod> =
+        kube::Api::namespaced(common::kube_client(&runtime, &kubeconfig), "x");
+    let victim_name = victim.trim_start_matches("x/").to_string();
+    runtime
+        .block_on(pods.delete(&victim_name, &Default::default()))
+        .unwrap();
+    common::wait_for("the deleted pod's veth gone", || {
+        let now = kubewire_lab::harness::sh("ip", &["-n", &node_ns, "-br", "link"]);
+        (now.lines().filter(|l| l.starts_with("veth")).count() == 2).then_some(())
+    });
+    assert_eq!(mac_of("kube-bridge"), bridge_mac, "the bridge kept its MAC");
+    for from in ["x/a", "x/b", "x/c"].into_iter().filter(|f| **f != victim) {
+        assert!(
+            reaches(from),
+            "{from} lost its way out when {victim} was deleted"
+        );
+    }
+}

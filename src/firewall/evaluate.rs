@@ -295,7 +295,11 @@ fn trace_rule(
                     Err(reason) => reasons.push(format!("{field}[{j}] ({peer}): {reason}")),
                 }
             }
-            found.ok_or_else(|| reasons.join("; "))
+            found.ok_or_else(|| match reasons.is_empty() {
+                // Every peer was left out for not parsing: the rule fails closed.
+                true => format!("no `{field}` entry parsed: the rule matches no peer"),
+                false => reasons.join("; "),
+            })
         }
     };
     let port = port_matches(rule, connection);

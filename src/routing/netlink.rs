@@ -286,8 +286,11 @@ impl Netlink {
     /// with [`Netlink::set_link`] (an MTU set that way also sticks when ports with a
     /// larger MTU join). Returns its index.
     pub async fn add_bridge(&self, name: &str, alias: &str) -> Result<u32> {
-        self.add_link(LinkMessageBuilder::<LinkBridge>::new(name).build())
-            .await?;
+        // A MAC of its own: a bridge without one takes the lowest of its ports', so
+        // deleting a pod could change it under every other pod of the node, whose
+        // cached gateway MAC then goes nowhere until their ARP entries expire.
+        let builder = LinkMessageBuilder::<LinkBridge>::new(name).address(bridge_mac().to_vec());
+        self.add_link(builder.build()).await?;
         let index = self
             .link(name)
             .await?
@@ -868,4 +871,21 @@ fn parse_fdb(message: &NeighbourMessage) -> Option<FdbEntry> {
         mac: mac?,
         destination,
     })
+}
+
+/// A random, locally administered unicast MAC (random from the kernel; a clock
+/// fallback, as any distinct value will do).
+fn bridge_mac() -> [u8; 6] {
+    let mut mac = [0u8; 6];
+    // SAFETY: getrandom writes at most `mac.len()` bytes into `mac`.
+    let filled = unsafe { libc::getrandom(mac.as_mut_ptr().cast(), mac.len(), 0) };
+    if filled != mac.len() as isize {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        mac.copy_from_slice(&nanos.to_le_bytes()[..6]);
+    }
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    mac
 }
