@@ -73,7 +73,10 @@ impl Controller for FirewallController {
                 "firewall updated"
             );
         }
-        Ok(Synced { bad_objects })
+        Ok(Synced {
+            bad_objects,
+            resync_after: self.reconciler.inner().retiring_in(),
+        })
     }
 
     /// Removes the firewall's nftables table (and nothing else).

@@ -131,6 +131,14 @@ impl<B: Backend> Reconciler<B> {
         &mut self.backend
     }
 
+    /// How long until the oldest emptied chain may be deleted: a sync then removes
+    /// it, so a controller asks its runtime for one instead of waiting a whole sync
+    /// period (or the next change) with an empty chain left in the table.
+    pub fn retiring_in(&self) -> Option<Duration> {
+        let oldest = self.retired.values().min()?;
+        Some(self.retire_after.saturating_sub(oldest.elapsed()))
+    }
+
     pub fn table(&self) -> &TableId {
         &self.table
     }
@@ -515,8 +523,11 @@ mod tests {
         let mut reconciler =
             Reconciler::new(Fake::default(), id()).with_retire_after(Duration::from_millis(50));
         reconciler.sync(&table(&["a", "b"]), false).await.unwrap();
+        assert_eq!(reconciler.retiring_in(), None, "nothing to delete later");
         let only_a = table(&["a"]);
         reconciler.sync(&only_a, false).await.unwrap();
+        let due = reconciler.retiring_in().expect("b is to be deleted later");
+        assert!(due <= Duration::from_millis(50), "{due:?}");
         let kernel = &reconciler.backend().tables[&id()];
         assert!(kernel.chains["b"].rules.is_empty(), "emptied");
         assert!(
@@ -534,5 +545,6 @@ mod tests {
         let applied = reconciler.sync(&only_a, true).await.unwrap();
         assert_eq!(kind(&applied), Some(Kind::Diff));
         assert_eq!(reconciler.backend().tables[&id()], only_a);
+        assert_eq!(reconciler.retiring_in(), None);
     }
 }

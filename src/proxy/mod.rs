@@ -121,9 +121,7 @@ impl ProxyController {
                 bad_objects.extend(problems.into_iter().map(BadObject::from));
                 let valid = affinity::valid_pairs(&ruleset);
                 let applied = reconciler.sync(ruleset, reason).await?;
-                let forgotten = janitor
-                    .sync(&crate::nft::Nft::default(), valid)
-                    .await?;
+                let forgotten = janitor.sync(&crate::nft::Nft::default(), valid).await?;
                 if forgotten > 0 {
                     tracing::debug!(forgotten, "affinity entries to removed endpoints deleted");
                 }
@@ -215,7 +213,14 @@ impl Controller for ProxyController {
         result?;
         self.metrics.programmed(&map, std::time::SystemTime::now());
         self.health.set_services(health_ports);
-        Ok(Synced { bad_objects })
+        let resync_after = match &mut self.backend {
+            Backend::Nftables(reconciler, _) => reconciler.inner().retiring_in(),
+            Backend::Ipvs(_) => None,
+        };
+        Ok(Synced {
+            bad_objects,
+            resync_after,
+        })
     }
 
     /// Removes the proxy's nftables table, our IPVS services and the dummy interface

@@ -126,6 +126,7 @@ impl Controller for RoutingController {
         }
         Ok(Synced {
             bad_objects: problems.into_iter().map(nodes::bad_object).collect(),
+            resync_after: None,
         })
     }
 

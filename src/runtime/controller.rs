@@ -22,6 +22,9 @@ pub enum SyncReason {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Synced {
     pub bad_objects: Vec<BadObject>,
+    /// Sync again this soon even without a change (work left for later, such as
+    /// deleting a chain the kernel may still see referenced).
+    pub resync_after: Option<std::time::Duration>,
 }
 
 /// One controller: a pure compile from the snapshot and a reconcile of the kernel,

@@ -44,9 +44,16 @@ pub async fn run<C: Controller>(mut controller: C, runtime: Runtime) -> anyhow::
                 }
                 tracing::debug!(controller = name, ?reason, elapsed = ?started.elapsed(), "synced");
                 drop(snapshot);
+                let follow_up = synced
+                    .resync_after
+                    .filter(|after| *after < runtime.sync_period);
                 reason = tokio::select! {
                     _ = changes.changed() => SyncReason::Change,
-                    _ = tokio::time::sleep(runtime.sync_period) => SyncReason::Periodic,
+                    _ = tokio::time::sleep(follow_up.unwrap_or(runtime.sync_period)) => match follow_up {
+                        // Left-over work, not a drift check: the kernel was just written.
+                        Some(_) => SyncReason::Change,
+                        None => SyncReason::Periodic,
+                    },
                 };
             }
             Err(err) => {
