@@ -306,7 +306,11 @@ impl BgpRouting {
         if kept.is_empty() {
             return Ok(());
         }
-        tracing::info!(routes = kept.len(), ?time, "graceful restart: keeping the BGP routes of the previous run until the peers resend them");
+        tracing::info!(
+            routes = kept.len(),
+            ?time,
+            "graceful restart: keeping the BGP routes of the previous run until the peers resend them"
+        );
         self.learned.lock().await.keep_stale(kept);
         let (table, metrics) = (self.learned.clone(), self.metrics.clone());
         let netlink = Netlink::connect().context("opening a netlink socket for BGP routes")?;
@@ -317,7 +321,10 @@ impl BgpRouting {
             if gone.is_empty() {
                 return;
             }
-            tracing::info!(routes = gone.len(), "graceful restart over: removing BGP routes no peer sent again");
+            tracing::info!(
+                routes = gone.len(),
+                "graceful restart over: removing BGP routes no peer sent again"
+            );
             let Ok(routes) = netlink.routes(crate::routing::model::ROUTE_PROTOCOL).await else {
                 metrics.install_errors.inc();
                 return;
