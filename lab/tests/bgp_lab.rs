@@ -478,6 +478,60 @@ async fn fabric_bird_learns_pod_cidrs_and_lb_ips_and_pods_reach_across_subnets()
             }
         },
     );
+
+    // Annotations are read live: n1 gets communities and the fabric sees them on
+    // its routes; the Service opts out of LB announcement and BIRD loses the IP.
+    let kubeconfig = success(kubewire(&lab.args("kubeconfig")), "lab kubeconfig");
+    let client = kubewire::agent::client_from_kubeconfig(Path::new(kubeconfig.trim()))
+        .await
+        .expect("client");
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
+    let patch = serde_json::json!({"metadata": {"annotations": {
+        "kube-router.io/node.bgp.communities": "64512:100"}}});
+    nodes
+        .patch(
+            "n1",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .expect("annotating n1");
+    wait_for(
+        "BIRD sees n1's new community",
+        Duration::from_secs(15),
+        || {
+            let out = bird.birdc(&["show", "route", "10.244.1.0/24", "protocol", "n1", "all"]);
+            if out.contains("(64512,100)") {
+                Ok(())
+            } else {
+                Err(out)
+            }
+        },
+    );
+    let services: kube::Api<k8s_openapi::api::core::v1::Service> =
+        kube::Api::namespaced(client, "default");
+    let patch = serde_json::json!({"metadata": {"annotations": {
+        "kube-router.io/service.advertise.loadbalancerip": "false"}}});
+    services
+        .patch(
+            "web",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .expect("annotating the Service");
+    wait_for(
+        "BIRD lost the opted-out LB IP",
+        Duration::from_secs(15),
+        || {
+            let out = bird.birdc(&["show", "route", &format!("{LB_IP}/32")]);
+            if out.contains("via ") {
+                Err(out)
+            } else {
+                Ok(())
+            }
+        },
+    );
 }
 
 /// An agent started again by the test (killed on drop).
