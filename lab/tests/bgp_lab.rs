@@ -424,6 +424,33 @@ async fn fabric_bird_learns_pod_cidrs_and_lb_ips_and_pods_reach_across_subnets()
         },
     );
 
+    // The same through /metrics (refreshed every 5 s).
+    let n1_netns = plan.node("n1").unwrap().netns.clone();
+    wait_for("n1's BGP metrics", Duration::from_secs(15), || {
+        let text = kubewire_lab::harness::run_in(&n1_netns, || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(kubewire::routing::bgp_controller::status::fetch(
+                    "127.0.0.1:20245".parse().unwrap(),
+                    "/metrics",
+                ))
+        })
+        .map_err(|e| format!("{e:#}"))?;
+        let want = [
+            "kubewire_bgp_peer_up{peer=\"192.168.1.1\"} 1",
+            "kubewire_bgp_peer_up{peer=\"192.168.2.13\"} 1",
+            "kubewire_bgp_prefixes{peer=\"192.168.1.12\",direction=\"accepted\"}",
+            "kubewire_bgp_updates_received_total{peer=\"192.168.1.12\"}",
+            "kubewire_bgp_announced_prefixes 3",
+        ];
+        match want.iter().find(|w| !text.contains(*w)) {
+            None => Ok(()),
+            Some(missing) => Err(format!("no {missing} in:\n{text}")),
+        }
+    });
+
     // The fabric routes pod CIDRs only because BGP taught it: pods everywhere
     // reach each other, across subnets with no tunnel.
     let fabric_routes = sh(
