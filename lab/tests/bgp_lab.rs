@@ -276,6 +276,7 @@ protocol device {{ scan time 1; }}
 protocol kernel k4 {{ ipv4 {{ import none; export where net ~ [ 10.244.0.0/16+ ]; }}; }}
 protocol kernel k6 {{ ipv6 {{ import none; export where net ~ [ fd00:10:244::/48+ ]; }}; }}
 protocol static offered {{ ipv4; route 198.51.100.0/24 blackhole; route 0.0.0.0/0 blackhole; }}
+protocol static offered2 {{ ipv4; route 198.51.102.0/24 blackhole; }}
 template bgp node {{
   local as {FABRIC_AS};
   hold time 9;
@@ -603,13 +604,17 @@ async fn kill_9_and_restart_of_an_agent_keeps_its_routes_with_graceful_restart()
     let our_route = format!("198.51.100.0/24 via {gateway}");
     let has = |netns: &str, what: &str| our_routes(netns).iter().any(|r| r.starts_with(what));
     wait_for(
-        "BIRD has n1's pod CIDR and n1 has BIRD's route",
+        "BIRD has every pod CIDR and n1 has BIRD's routes",
         Duration::from_secs(30),
         || {
-            if !bird_has(&bird, "10.244.1.0/24", "n1") {
-                return Err(bird.birdc(&["show", "route"]));
+            for node in &plan.nodes {
+                for cidr in &node.pod_cidrs {
+                    if !bird_has(&bird, &cidr.to_string(), &node.name) {
+                        return Err(bird.birdc(&["show", "route"]));
+                    }
+                }
             }
-            if !has(&n1.netns, &our_route) {
+            if !has(&n1.netns, &our_route) || !has(&n1.netns, "198.51.102.0/24") {
                 return Err(format!("{:?}", our_routes(&n1.netns)));
             }
             Ok(())
@@ -645,6 +650,9 @@ async fn kill_9_and_restart_of_an_agent_keeps_its_routes_with_graceful_restart()
         "while n1's agent was dead:\n{}",
         failed.join("\n")
     );
+
+    // While n1 is away BIRD stops offering 198.51.102.0/24.
+    bird.birdc(&["disable", "offered2"]);
 
     // The agent again, same command line: the session comes back, the routes
     // never left either side.
@@ -696,6 +704,19 @@ async fn kill_9_and_restart_of_an_agent_keeps_its_routes_with_graceful_restart()
         bird.birdc(&["show", "route"])
     );
     assert!(has(&n1.netns, &our_route), "{:?}", our_routes(&n1.netns));
+    // The route BIRD no longer offers goes once BIRD has resent its routes
+    // (End-of-RIB), long before the 60 s restart time.
+    wait_for(
+        "the route BIRD withdrew while n1 was away left n1",
+        Duration::from_secs(15),
+        || {
+            if has(&n1.netns, "198.51.102.0/24") {
+                Err(format!("{:?}", our_routes(&n1.netns)))
+            } else {
+                Ok(())
+            }
+        },
+    );
     let failed = pod_to_pod(&plan).await;
     assert!(
         failed.is_empty(),
