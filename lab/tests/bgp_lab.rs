@@ -276,6 +276,7 @@ protocol device {{ scan time 1; }}
 protocol kernel k4 {{ ipv4 {{ import none; export where net ~ [ 10.244.0.0/16+ ]; }}; }}
 protocol kernel k6 {{ ipv6 {{ import none; export where net ~ [ fd00:10:244::/48+ ]; }}; }}
 protocol static offered {{ ipv4; route 198.51.100.0/24 blackhole; route 0.0.0.0/0 blackhole; }}
+protocol static offered2 {{ ipv4; route 198.51.102.0/24 blackhole; }}
 template bgp node {{
   local as {FABRIC_AS};
   hold time 9;
@@ -424,6 +425,33 @@ async fn fabric_bird_learns_pod_cidrs_and_lb_ips_and_pods_reach_across_subnets()
         },
     );
 
+    // The same through /metrics (refreshed every 5 s).
+    let n1_netns = plan.node("n1").unwrap().netns.clone();
+    wait_for("n1's BGP metrics", Duration::from_secs(15), || {
+        let text = kubewire_lab::harness::run_in(&n1_netns, || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(kubewire::routing::bgp_controller::status::fetch(
+                    "127.0.0.1:20245".parse().unwrap(),
+                    "/metrics",
+                ))
+        })
+        .map_err(|e| format!("{e:#}"))?;
+        let want = [
+            "kubewire_bgp_peer_up{peer=\"192.168.1.1\"} 1",
+            "kubewire_bgp_peer_up{peer=\"192.168.2.13\"} 1",
+            "kubewire_bgp_prefixes{peer=\"192.168.1.12\",direction=\"accepted\"}",
+            "kubewire_bgp_updates_received_total{peer=\"192.168.1.12\"}",
+            "kubewire_bgp_announced_prefixes 3",
+        ];
+        match want.iter().find(|w| !text.contains(*w)) {
+            None => Ok(()),
+            Some(missing) => Err(format!("no {missing} in:\n{text}")),
+        }
+    });
+
     // The fabric routes pod CIDRs only because BGP taught it: pods everywhere
     // reach each other, across subnets with no tunnel.
     let fabric_routes = sh(
@@ -478,6 +506,60 @@ async fn fabric_bird_learns_pod_cidrs_and_lb_ips_and_pods_reach_across_subnets()
             }
         },
     );
+
+    // Annotations are read live: n1 gets communities and the fabric sees them on
+    // its routes; the Service opts out of LB announcement and BIRD loses the IP.
+    let kubeconfig = success(kubewire(&lab.args("kubeconfig")), "lab kubeconfig");
+    let client = kubewire::agent::client_from_kubeconfig(Path::new(kubeconfig.trim()))
+        .await
+        .expect("client");
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
+    let patch = serde_json::json!({"metadata": {"annotations": {
+        "kube-router.io/node.bgp.communities": "64512:100"}}});
+    nodes
+        .patch(
+            "n1",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .expect("annotating n1");
+    wait_for(
+        "BIRD sees n1's new community",
+        Duration::from_secs(15),
+        || {
+            let out = bird.birdc(&["show", "route", "10.244.1.0/24", "protocol", "n1", "all"]);
+            if out.contains("(64512,100)") {
+                Ok(())
+            } else {
+                Err(out)
+            }
+        },
+    );
+    let services: kube::Api<k8s_openapi::api::core::v1::Service> =
+        kube::Api::namespaced(client, "default");
+    let patch = serde_json::json!({"metadata": {"annotations": {
+        "kube-router.io/service.advertise.loadbalancerip": "false"}}});
+    services
+        .patch(
+            "web",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .expect("annotating the Service");
+    wait_for(
+        "BIRD lost the opted-out LB IP",
+        Duration::from_secs(15),
+        || {
+            let out = bird.birdc(&["show", "route", &format!("{LB_IP}/32")]);
+            if out.contains("via ") {
+                Err(out)
+            } else {
+                Ok(())
+            }
+        },
+    );
 }
 
 /// An agent started again by the test (killed on drop).
@@ -522,13 +604,17 @@ async fn kill_9_and_restart_of_an_agent_keeps_its_routes_with_graceful_restart()
     let our_route = format!("198.51.100.0/24 via {gateway}");
     let has = |netns: &str, what: &str| our_routes(netns).iter().any(|r| r.starts_with(what));
     wait_for(
-        "BIRD has n1's pod CIDR and n1 has BIRD's route",
+        "BIRD has every pod CIDR and n1 has BIRD's routes",
         Duration::from_secs(30),
         || {
-            if !bird_has(&bird, "10.244.1.0/24", "n1") {
-                return Err(bird.birdc(&["show", "route"]));
+            for node in &plan.nodes {
+                for cidr in &node.pod_cidrs {
+                    if !bird_has(&bird, &cidr.to_string(), &node.name) {
+                        return Err(bird.birdc(&["show", "route"]));
+                    }
+                }
             }
-            if !has(&n1.netns, &our_route) {
+            if !has(&n1.netns, &our_route) || !has(&n1.netns, "198.51.102.0/24") {
                 return Err(format!("{:?}", our_routes(&n1.netns)));
             }
             Ok(())
@@ -564,6 +650,9 @@ async fn kill_9_and_restart_of_an_agent_keeps_its_routes_with_graceful_restart()
         "while n1's agent was dead:\n{}",
         failed.join("\n")
     );
+
+    // While n1 is away BIRD stops offering 198.51.102.0/24.
+    bird.birdc(&["disable", "offered2"]);
 
     // The agent again, same command line: the session comes back, the routes
     // never left either side.
@@ -615,6 +704,19 @@ async fn kill_9_and_restart_of_an_agent_keeps_its_routes_with_graceful_restart()
         bird.birdc(&["show", "route"])
     );
     assert!(has(&n1.netns, &our_route), "{:?}", our_routes(&n1.netns));
+    // The route BIRD no longer offers goes once BIRD has resent its routes
+    // (End-of-RIB), long before the 60 s restart time.
+    wait_for(
+        "the route BIRD withdrew while n1 was away left n1",
+        Duration::from_secs(15),
+        || {
+            if has(&n1.netns, "198.51.102.0/24") {
+                Err(format!("{:?}", our_routes(&n1.netns)))
+            } else {
+                Ok(())
+            }
+        },
+    );
     let failed = pod_to_pod(&plan).await;
     assert!(
         failed.is_empty(),

@@ -18,7 +18,7 @@ use crate::offline::{self, NodeManifestsArg, OutputFormat};
 pub enum RoutingCommand {
     /// The bridge, routes, tunnels and nftables rules this node would install, and
     /// with `--run-bgp` its BGP peers and the prefixes it would announce.
-    Plan(RoutingPlanArgs),
+    Plan(Box<RoutingPlanArgs>),
     /// The running agent's BGP sessions: state, uptime, prefixes received,
     /// accepted and advertised (read from its `--bgp-status-addr`).
     Peers(RoutingPeersArgs),

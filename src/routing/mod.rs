@@ -49,7 +49,7 @@ pub struct RoutingController {
     node: String,
     options: CompileOptions,
     reconciler: Reconciler,
-    bgp: Option<BgpRouting>,
+    bgp: Option<Box<BgpRouting>>,
 }
 
 impl RoutingController {
@@ -66,7 +66,7 @@ impl RoutingController {
 
     /// Runs the BGP speaker too (`--run-bgp`).
     pub fn with_bgp(mut self, config: Option<BgpConfig>, metrics: &Metrics) -> Self {
-        self.bgp = config.map(|c| BgpRouting::new(c, metrics));
+        self.bgp = config.map(|c| Box::new(BgpRouting::new(c, metrics)));
         self
     }
 

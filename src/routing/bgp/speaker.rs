@@ -69,6 +69,9 @@ pub struct PeerStatus {
     pub updates_out: u64,
     /// Times an established session went down.
     pub flaps: u64,
+    /// Established, and the neighbour sent End-of-RIB for every family: it has
+    /// given all its routes.
+    pub initial_routes_done: bool,
 }
 
 enum Command {
@@ -258,6 +261,16 @@ struct UpSession {
     session: Session,
     local: SocketAddr,
     adj_rib_out: AdjRibOut,
+    /// End-of-RIB received, per family (IPv4, IPv6).
+    end_of_rib: (bool, bool),
+}
+
+impl UpSession {
+    /// The neighbour has sent all its routes of every negotiated family.
+    fn initial_routes_done(&self) -> bool {
+        let families = self.session.families;
+        (!families.ipv4 || self.end_of_rib.0) && (!families.ipv6 || self.end_of_rib.1)
+    }
 }
 
 struct Neighbour {
@@ -508,6 +521,10 @@ impl SpeakerState {
                             updates_in: status.map_or(0, |s| s.updates_in),
                             updates_out: status.map_or(0, |s| s.updates_out),
                             flaps: status.map_or(0, |s| s.flaps),
+                            initial_routes_done: n
+                                .up
+                                .as_ref()
+                                .is_some_and(UpSession::initial_routes_done),
                         }
                     })
                     .collect();
@@ -551,6 +568,7 @@ impl SpeakerState {
                     session,
                     local,
                     adj_rib_out: AdjRibOut::default(),
+                    end_of_rib: (false, false),
                 });
                 let prefixes: Vec<IpNet> = self.rib.best().keys().copied().collect();
                 self.send_to(&peer, &prefixes);
@@ -610,6 +628,13 @@ impl SpeakerState {
                 let mut best = self.rib.receive(&peer, changes);
                 for ipv6 in eors {
                     best.extend(self.rib.flush_stale(&peer, Some(ipv6)));
+                    if let Some(up) = self.peers.get_mut(&peer).and_then(|n| n.up.as_mut()) {
+                        if ipv6 {
+                            up.end_of_rib.1 = true;
+                        } else {
+                            up.end_of_rib.0 = true;
+                        }
+                    }
                 }
                 self.propagate(best);
             }

@@ -396,3 +396,38 @@ async fn twelve_thousand_routes_cross_in_split_updates() {
     sa.shutdown().await;
     sb.shutdown().await;
 }
+
+/// Neighbours change while the speaker runs: one added later comes up and gets
+/// the routes; removed, its routes are withdrawn on the other side's behalf.
+#[tokio::test]
+async fn peers_added_and_removed_at_run_time() {
+    let (a, b) = (Ipv4Addr::new(127, 0, 0, 21), Ipv4Addr::new(127, 0, 0, 22));
+    let (port_a, port_b) = (free_port(a), free_port(b));
+    let mut config_a = speaker(65031, a, port_a, peer(b, 65032, port_b, a));
+    config_a.peers.clear();
+    let sa = Speaker::start(config_a).await.expect("A starts");
+    let sb = Speaker::start(speaker(65032, b, port_b, peer(a, 65031, port_a, b)))
+        .await
+        .expect("B starts");
+    let mut events_b = sb.subscribe();
+    sa.announce(net("10.31.0.0/24"), None, RouteAttrs::default());
+    assert!(sa.peers().await.is_empty());
+
+    sa.set_peers(vec![peer(b, 65032, port_b, a)]);
+    wait_established(&sa).await;
+    let RouteEvent::Learned { prefix, .. } = next_event(&mut events_b).await else {
+        panic!("expected a learned route")
+    };
+    assert_eq!(prefix, net("10.31.0.0/24"));
+
+    sa.set_peers(vec![]);
+    assert_eq!(
+        next_event(&mut events_b).await,
+        RouteEvent::Withdrawn {
+            prefix: net("10.31.0.0/24")
+        }
+    );
+    assert!(sa.peers().await.is_empty());
+    sa.shutdown().await;
+    sb.shutdown().await;
+}

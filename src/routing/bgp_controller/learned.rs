@@ -141,7 +141,7 @@ impl LearnedRoutes {
     }
 
     /// Every learned best route, installed or not (for status).
-    pub fn len(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.best.len()
     }
 }
@@ -164,7 +164,7 @@ pub async fn install(
         let changes: Vec<KernelChange> = batch.into_iter().filter_map(|e| table.apply(e)).collect();
         metrics
             .learned_routes
-            .set(i64::try_from(table.len()).unwrap_or(i64::MAX));
+            .set(i64::try_from(table.count()).unwrap_or(i64::MAX));
         let mut replace = vec![];
         let mut delete = BTreeSet::new();
         for change in changes {
@@ -243,7 +243,7 @@ mod tests {
         assert_eq!(t.apply(learned("198.51.100.0/24", [192, 0, 2, 1])), None);
         // A pod CIDR from the mesh is recorded but left to the Nodes' routes.
         assert_eq!(t.apply(learned("10.244.1.0/24", [192, 0, 2, 2])), None);
-        assert_eq!(t.len(), 2);
+        assert_eq!(t.count(), 2);
         let routes = t.routes();
         assert_eq!(routes.len(), 1);
         assert_eq!(

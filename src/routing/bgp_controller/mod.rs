@@ -285,8 +285,9 @@ impl BgpRouting {
     }
 
     /// Graceful restart, restarting side: the routes a previous run learned are
-    /// still in the kernel (kill -9 leaves them); keep them forwarding until the
-    /// neighbours have sent them again or `time` is over, then delete the rest.
+    /// still in the kernel (kill -9 leaves them); keep them forwarding until every
+    /// neighbour has sent its routes again (End-of-RIB) or `time` is over, then
+    /// delete those no neighbour sent.
     async fn take_over(
         &mut self,
         netlink: &Netlink,
@@ -314,8 +315,19 @@ impl BgpRouting {
         self.learned.lock().await.keep_stale(kept);
         let (table, metrics) = (self.learned.clone(), self.metrics.clone());
         let netlink = Netlink::connect().context("opening a netlink socket for BGP routes")?;
+        let status = self.status.clone();
         self.background.push(tokio::spawn(async move {
-            tokio::time::sleep(time).await;
+            // Until every peer has resent its routes (End-of-RIB), or the time is up.
+            let deadline = tokio::time::Instant::now() + time;
+            while tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let observer = status.lock().ok().and_then(|s| s.observer.clone());
+                let Some(observer) = observer else { continue };
+                let peers = observer.peers().await;
+                if !peers.is_empty() && peers.iter().all(|p| p.initial_routes_done) {
+                    break;
+                }
+            }
             let mut table = table.lock().await;
             let gone = table.take_stale();
             if gone.is_empty() {

@@ -129,7 +129,7 @@ pub async fn fetch(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     let (head, body) = response
         .split_once("\r\n\r\n")
         .ok_or_else(|| anyhow::anyhow!("{addr}: not an HTTP response"))?;
-    if !head.starts_with("HTTP/1.") || !head.split(' ').nth(1).is_some_and(|c| c == "200") {
+    if !head.starts_with("HTTP/1.") || head.split(' ').nth(1) != Some("200") {
         anyhow::bail!("{addr}{path}: {}", head.lines().next().unwrap_or_default());
     }
     Ok(body.to_string())
