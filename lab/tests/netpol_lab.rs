@@ -105,7 +105,18 @@ impl Lab {
         let state = temp_dir();
         let state_dir = state.path().join("lab");
         let manifests = manifests.display().to_string();
-        let output = Self::run(&name, &state_dir, "up", &["--manifests", &manifests]);
+        // The cases probe pods only: the agents run without the service proxy, which
+        // has labs of its own (and would make each lab slower to come up in the VM).
+        let output = Self::run(
+            &name,
+            &state_dir,
+            "up",
+            &[
+                "--manifests",
+                &manifests,
+                "--agent-arg=--run-service-proxy=false",
+            ],
+        );
         if !output.status.success() {
             let _ = Self::run(&name, &state_dir, "down", &[]);
             return Err(format!(
