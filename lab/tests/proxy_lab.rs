@@ -499,8 +499,8 @@ endpoints:
 - {addresses: [10.244.2.10], nodeName: n2, conditions: {ready: true}}
 "#;
 
-/// A lab of examples/proxy plus [`EXTRA`], up with the nftables proxy.
-fn extra_lab(prefix: &str) -> (Lab, tempfile::TempDir) {
+/// A lab of examples/proxy plus [`EXTRA`], up with the proxy `backend`.
+fn extra_lab(prefix: &str, backend: &str) -> (Lab, tempfile::TempDir) {
     let manifests = temp_dir();
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/proxy");
     for file in ["nodes-pods.yaml", "services.yaml"] {
@@ -514,7 +514,7 @@ fn extra_lab(prefix: &str) -> (Lab, tempfile::TempDir) {
     let mut up = lab.args("up");
     up.extend(["--manifests".into(), manifests.path().display().to_string()]);
     up.extend(AGENT_ARGS.iter().map(|a| a.to_string()));
-    up.push("--agent-arg=--proxy-backend=nftables".into());
+    up.push(format!("--agent-arg=--proxy-backend={backend}"));
     let up: Vec<&str> = up.iter().map(String::as_str).collect();
     success(kubewire(&up), "lab up");
     (lab, manifests)
@@ -641,6 +641,87 @@ fn remove_endpoint(lab: &Lab, slice_name: &str, address: &str) {
     });
 }
 
+/// Deletes the Service `shop/<name>` through the lab's API server.
+fn delete_service(lab: &Lab, name: &str) {
+    let kubeconfig = lab.args("kubeconfig");
+    let kc: Vec<&str> = kubeconfig.iter().map(String::as_str).collect();
+    let path = success(kubewire(&kc), "lab kubeconfig");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let client = common::kube_client(&runtime, &path);
+    let services: kube::Api<k8s_openapi::api::core::v1::Service> =
+        kube::Api::namespaced(client, "shop");
+    runtime
+        .block_on(services.delete(name, &Default::default()))
+        .unwrap();
+}
+
+/// The same contract with the IPVS backend, in the VM: ClientIP by persistence (each
+/// of 16 clients on one pod, both pods reached), the health check ports, the client's
+/// address kept for Local and the node's for Cluster, and a deleted Service leaving no
+/// trace (no virtual service, no VIP on kube-ipvs0, no element in our table).
+/// `tests/vm/run proxy_lab ipvs_service_contract`.
+#[test]
+#[ignore = "needs IPVS: tests/vm/run proxy_lab ipvs"]
+fn ipvs_service_contract_affinity_health_sources_and_deletion() {
+    let (lab, _manifests) = extra_lab("kwpi", "ipvs");
+    let node1 = format!("kw-{}-node-n1", lab.name);
+    let in_node1 = |program: &str, args: &[&str]| {
+        let mut all = vec!["netns", "exec", node1.as_str(), program];
+        all.extend_from_slice(args);
+        common::sh("ip", &all)
+    };
+
+    let mut seen = BTreeSet::new();
+    for i in 1..=16 {
+        let source = format!("10.123.0.{i}");
+        in_node1("ip", &["addr", "add", &format!("{source}/32"), "dev", "lo"]);
+        let answers: BTreeSet<Option<String>> = (0..4)
+            .map(|_| ask_from(&node1, &source, "10.96.1.70:80"))
+            .collect();
+        assert_eq!(answers.len(), 1, "{source} reached {answers:?}");
+        seen.insert(answers.into_iter().next().flatten().expect("an answer"));
+    }
+    assert_eq!(
+        seen,
+        BTreeSet::from(["shop/web-1".to_string(), "shop/web-2".to_string()]),
+        "16 clients should reach both pods"
+    );
+
+    let external = format!("kw-{}-ext", lab.name);
+    let (status, body) = http_get(&external, "192.168.50.11:32100", "/");
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = http_get(&external, "192.168.50.12:32100", "/");
+    assert_eq!(status, 503, "{body}");
+
+    let (who, local_peer) = connect(&lab, "external", "192.168.50.11:30100", "TCP");
+    assert_eq!(who, "shop/api-1");
+    let (_, cluster_peer) = connect(&lab, "external", "192.168.50.12:30443", "TCP");
+    let external_ip = common::sh(
+        "ip",
+        &["netns", "exec", &external, "ip", "-4", "-o", "addr"],
+    );
+    assert!(
+        external_ip.contains(&format!("{local_peer}/")),
+        "Local: {local_peer} is not the client's ({external_ip})"
+    );
+    assert!(
+        !external_ip.contains(&format!("{cluster_peer}/")),
+        "Cluster: {cluster_peer} is the client's"
+    );
+
+    assert!(in_node1("ipvsadm", &["-Ln"]).contains("10.96.1.70:80"));
+    delete_service(&lab, "sticky");
+    common::wait_for("the deleted Service to leave no trace on n1", || {
+        let services = in_node1("ipvsadm", &["-Ln"]);
+        let vips = in_node1("ip", &["-o", "addr", "show", "dev", "kube-ipvs0"]);
+        let table = in_node1("nft", &["list", "table", "inet", "kubewire-proxy"]);
+        (!services.contains("10.96.1.70:")
+            && !vips.contains("10.96.1.70/")
+            && !table.contains("10.96.1.70 "))
+        .then_some(())
+    });
+}
+
 /// Session affinity, health check ports, source addresses and a foreign proxy's
 /// Service, each measured with real packets and compared with `proxy trace`.
 #[test]
@@ -648,7 +729,7 @@ fn affinity_health_checks_source_addresses_and_foreign_services() {
     if !kubewire_lab::harness::require_root() {
         return;
     }
-    let (lab, manifests) = extra_lab("kwpa");
+    let (lab, manifests) = extra_lab("kwpa", "nftables");
     let node1 = format!("kw-{}-node-n1", lab.name);
 
     // ClientIP: 16 sources on n1 (addresses on its loopback), 4 connections each.
@@ -824,7 +905,7 @@ fn udp_client_moves_to_the_remaining_endpoint_within_a_second() {
     if !kubewire_lab::harness::require_root() {
         return;
     }
-    let (lab, _manifests) = extra_lab("kwpu");
+    let (lab, _manifests) = extra_lab("kwpu", "nftables");
     let client = netns_with(&lab, "10.244.2.30");
     let socket =
         kubewire_lab::harness::run_in(&client, || std::net::UdpSocket::bind("0.0.0.0:0").unwrap());
