@@ -28,6 +28,16 @@ const NFT_MSG_DELSETELEM: u16 = 14;
 const NFT_MSG_NEWGEN: u16 = 15;
 const NFT_MSG_GETGEN: u16 = 16;
 const NFTA_GEN_ID: u16 = 1;
+const NFT_MSG_NEWOBJ: u16 = 18;
+const NFT_MSG_GETOBJ: u16 = 19;
+const NLMSG_DONE: u16 = 3;
+const NLM_F_DUMP: u16 = 0x300;
+const NFTA_OBJ_TABLE: u16 = 1;
+const NFTA_OBJ_NAME: u16 = 2;
+const NFTA_OBJ_TYPE: u16 = 3;
+const NFTA_OBJ_DATA: u16 = 4;
+const NFT_OBJECT_COUNTER: u32 = 1;
+const NFTA_COUNTER_PACKETS: u16 = 2;
 const NLMSG_ERROR: u16 = 2;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
@@ -485,6 +495,135 @@ impl Session {
             }
         }
     }
+}
+
+impl Session {
+    /// The packet counts of `table`'s named counters (a dump of its counter objects:
+    /// no rules, no sets, unlike `nft list counters`, which reads the whole table).
+    pub fn counters(
+        &mut self,
+        family: &str,
+        table: &str,
+    ) -> Result<std::collections::BTreeMap<String, u64>, NetlinkError> {
+        let family = match family {
+            "inet" => 1u8,
+            "ip" => 2,
+            "ip6" => 10,
+            other => {
+                return Err(NetlinkError::Unsupported {
+                    set: table.to_string(),
+                    element: format!("family {other}"),
+                });
+            }
+        };
+        let seq = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        let mut payload = vec![family, 0, 0, 0];
+        attr_str(&mut payload, NFTA_OBJ_TABLE, table);
+        attr(
+            &mut payload,
+            NFTA_OBJ_TYPE,
+            &NFT_OBJECT_COUNTER.to_be_bytes(),
+        );
+        let mut buffer = Vec::new();
+        message(
+            &mut buffer,
+            (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETOBJ,
+            NLM_F_REQUEST | NLM_F_DUMP,
+            seq,
+            &payload,
+        );
+        let socket = match self.socket.take() {
+            Some(socket) => socket,
+            None => open(self.netns.as_deref())?,
+        };
+        socket.send(&buffer, 0)?;
+        let mut out = std::collections::BTreeMap::new();
+        let mut receive = vec![0u8; 65536];
+        loop {
+            receive.clear();
+            let len = socket.recv(&mut receive, 0)?;
+            let data = &receive[..len];
+            let mut offset = 0;
+            while offset + 16 <= len {
+                let msg_len = u32::from_ne_bytes([
+                    data[offset],
+                    data[offset + 1],
+                    data[offset + 2],
+                    data[offset + 3],
+                ]) as usize;
+                let kind = u16::from_ne_bytes([data[offset + 4], data[offset + 5]]);
+                let msg_seq = u32::from_ne_bytes([
+                    data[offset + 8],
+                    data[offset + 9],
+                    data[offset + 10],
+                    data[offset + 11],
+                ]);
+                if msg_len < 16 || offset + msg_len > len {
+                    break;
+                }
+                let body = &data[offset + 16..offset + msg_len];
+                offset += (msg_len + 3) & !3;
+                if msg_seq != seq {
+                    continue;
+                }
+                match kind {
+                    NLMSG_DONE => {
+                        self.socket = Some(socket);
+                        return Ok(out);
+                    }
+                    NLMSG_ERROR => {
+                        let code = body
+                            .get(..4)
+                            .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                        if code == -libc::ENOENT {
+                            // No such table: no counters.
+                            self.socket = Some(socket);
+                            return Ok(out);
+                        }
+                        return Err(std::io::Error::from_raw_os_error(-code).into());
+                    }
+                    k if k == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWOBJ => {
+                        if let Some((name, packets)) = counter_object(body.get(4..).unwrap_or(&[]))
+                        {
+                            out.insert(name, packets);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// The attributes in `data`: (type without flags, payload).
+fn attributes(data: &[u8]) -> Vec<(u16, &[u8])> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    while offset + 4 <= data.len() {
+        let len = u16::from_ne_bytes([data[offset], data[offset + 1]]) as usize;
+        let kind = u16::from_ne_bytes([data[offset + 2], data[offset + 3]]) & 0x3fff;
+        if len < 4 || offset + len > data.len() {
+            break;
+        }
+        out.push((kind, &data[offset + 4..offset + len]));
+        offset += (len + 3) & !3;
+    }
+    out
+}
+
+/// A counter object's name and packets from its NEWOBJ attributes.
+fn counter_object(data: &[u8]) -> Option<(String, u64)> {
+    let attrs = attributes(data);
+    let name = attrs.iter().find(|(k, _)| *k == NFTA_OBJ_NAME)?.1;
+    let name = String::from_utf8_lossy(name.split(|b| *b == 0).next()?).into_owned();
+    let counter = attrs.iter().find(|(k, _)| *k == NFTA_OBJ_DATA)?.1;
+    let packets = attributes(counter)
+        .into_iter()
+        .find(|(k, _)| *k == NFTA_COUNTER_PACKETS)?
+        .1;
+    let packets: [u8; 8] = packets.get(..8)?.try_into().ok()?;
+    Some((name, u64::from_be_bytes(packets)))
 }
 
 /// A socket to nf_tables in the network namespace at `netns` (entered from a thread
