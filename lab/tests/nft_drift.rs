@@ -299,3 +299,26 @@ fn one_tables_commits_do_not_make_the_others_read() {
         assert_eq!(f.reads, 1);
     });
 }
+
+#[test]
+fn named_counters_are_read_over_netlink_from_our_table_only() {
+    if !kubewire_lab::harness::require_root() {
+        return;
+    }
+    let ns = Netns::new("kwcounters");
+    ns.nft(
+        "table inet ours {\n\tcounter drops { packets 5 bytes 500 }\n\tcounter other { packets 0 bytes 0 }\n}\n\
+         table inet theirs {\n\tcounter drops { packets 9 bytes 900 }\n}\n",
+    );
+    let packets = ns.block_on(|| async {
+        let mut kernel = Kernel::new(Nft::default());
+        let ours = kernel.packets(&TableId::new("inet", "ours")).await.unwrap();
+        let missing = kernel.packets(&TableId::new("inet", "none")).await.unwrap();
+        (ours, missing)
+    });
+    assert_eq!(
+        packets.0,
+        [("drops".to_string(), 5), ("other".to_string(), 0)].into()
+    );
+    assert!(packets.1.is_empty());
+}

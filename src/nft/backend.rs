@@ -121,18 +121,9 @@ impl Backend for Kernel {
     }
 
     async fn packets(&mut self, table: &TableId) -> Result<BTreeMap<String, u64>, NftError> {
-        let listing = self
-            .nft
-            .list_json(&[
-                "-j",
-                "list",
-                "counters",
-                "table",
-                &table.family,
-                &table.name,
-            ])
-            .await?;
-        Ok(listing.as_ref().map(read::packets).unwrap_or_default())
+        self.session
+            .counters(&table.family, &table.name)
+            .map_err(|err| NftError::Netlink(err.to_string()))
     }
 
     async fn generation(&mut self) -> Result<u32, NftError> {

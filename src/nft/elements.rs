@@ -185,6 +185,11 @@ impl Elements {
         self.iter().map(|(key, _)| key)
     }
 
+    /// The elements in no particular order (no sorting: cheap for large sets).
+    pub fn iter_unordered(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.shards.iter().flat_map(|s| s.iter())
+    }
+
     /// The values, in no particular order.
     pub fn values(&self) -> impl Iterator<Item = &String> {
         self.shards.iter().flat_map(|s| s.values())

@@ -15,6 +15,7 @@ pub mod netlink;
 pub mod read;
 pub mod reconcile;
 pub mod render;
+pub mod trace;
 
 pub use backend::{Backend, Kernel};
 pub use cli::{Nft, NftError, enable_bridge_netfilter, listing_items};

@@ -28,6 +28,16 @@ const NFT_MSG_DELSETELEM: u16 = 14;
 const NFT_MSG_NEWGEN: u16 = 15;
 const NFT_MSG_GETGEN: u16 = 16;
 const NFTA_GEN_ID: u16 = 1;
+const NFT_MSG_NEWOBJ: u16 = 18;
+const NFT_MSG_GETOBJ: u16 = 19;
+const NLMSG_DONE: u16 = 3;
+const NLM_F_DUMP: u16 = 0x300;
+const NFTA_OBJ_TABLE: u16 = 1;
+const NFTA_OBJ_NAME: u16 = 2;
+const NFTA_OBJ_TYPE: u16 = 3;
+const NFTA_OBJ_DATA: u16 = 4;
+const NFT_OBJECT_COUNTER: u32 = 1;
+const NFTA_COUNTER_PACKETS: u16 = 2;
 const NLMSG_ERROR: u16 = 2;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
@@ -414,77 +424,169 @@ impl Session {
 }
 
 impl Session {
-    /// The ruleset generation of the network namespace: every commit (ours or
-    /// anyone's) increments it.
-    pub fn generation(&mut self) -> Result<u32, NetlinkError> {
+    /// Sends one request and hands each reply message of it (type, body after the
+    /// netlink header) to `reply` until that returns a result.
+    fn request<T>(
+        &mut self,
+        kind: u16,
+        flags: u16,
+        payload: &[u8],
+        mut reply: impl FnMut(u16, &[u8]) -> Option<Result<T, NetlinkError>>,
+    ) -> Result<T, NetlinkError> {
         let seq = self.seq;
         self.seq = self.seq.wrapping_add(1);
         let mut buffer = Vec::new();
         message(
             &mut buffer,
-            (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN,
-            NLM_F_REQUEST,
+            (NFNL_SUBSYS_NFTABLES << 8) | kind,
+            NLM_F_REQUEST | flags,
             seq,
-            &[0, 0, 0, 0],
+            payload,
         );
         let socket = match self.socket.take() {
             Some(socket) => socket,
             None => open(self.netns.as_deref())?,
         };
         socket.send(&buffer, 0)?;
-        let mut receive = vec![0u8; 8192];
+        let mut receive = vec![0u8; 65536];
         loop {
             receive.clear();
             let len = socket.recv(&mut receive, 0)?;
+            let data = &receive[..len.min(receive.len())];
             let mut offset = 0;
-            while offset + 20 <= len {
-                let msg_len = u32::from_ne_bytes([
-                    receive[offset],
-                    receive[offset + 1],
-                    receive[offset + 2],
-                    receive[offset + 3],
-                ]) as usize;
-                let kind = u16::from_ne_bytes([receive[offset + 4], receive[offset + 5]]);
-                let msg_seq = u32::from_ne_bytes([
-                    receive[offset + 8],
-                    receive[offset + 9],
-                    receive[offset + 10],
-                    receive[offset + 11],
-                ]);
-                if msg_seq == seq && kind == NLMSG_ERROR {
-                    let code = i32::from_ne_bytes([
-                        receive[offset + 16],
-                        receive[offset + 17],
-                        receive[offset + 18],
-                        receive[offset + 19],
-                    ]);
-                    return Err(std::io::Error::from_raw_os_error(-code).into());
-                }
-                // Header (16), nfgenmsg (4), then NFTA_GEN_ID: len, type, u32 (BE).
-                if msg_seq == seq
-                    && kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN
-                    && offset + 28 <= len
-                {
-                    let at = offset + 20;
-                    let attr_kind = u16::from_ne_bytes([receive[at + 2], receive[at + 3]]);
-                    if attr_kind == NFTA_GEN_ID {
-                        let id = u32::from_be_bytes([
-                            receive[at + 4],
-                            receive[at + 5],
-                            receive[at + 6],
-                            receive[at + 7],
-                        ]);
-                        self.socket = Some(socket);
-                        return Ok(id);
-                    }
-                }
-                if msg_len < 16 {
+            while offset + 16 <= data.len() {
+                let word = |at: usize| {
+                    u32::from_ne_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]])
+                };
+                let msg_len = word(offset) as usize;
+                let kind = u16::from_ne_bytes([data[offset + 4], data[offset + 5]]);
+                let msg_seq = word(offset + 8);
+                if msg_len < 16 || offset + msg_len > data.len() {
                     break;
                 }
+                let body = &data[offset + 16..offset + msg_len];
                 offset += (msg_len + 3) & !3;
+                if msg_seq != seq {
+                    continue;
+                }
+                if let Some(result) = reply(kind, body) {
+                    // A socket whose reply was read to the end can be used again.
+                    self.socket = Some(socket);
+                    return result;
+                }
             }
         }
     }
+
+    /// The ruleset generation of the network namespace: every commit (ours or
+    /// anyone's) increments it.
+    pub fn generation(&mut self) -> Result<u32, NetlinkError> {
+        self.request(NFT_MSG_GETGEN, 0, &[0, 0, 0, 0], |kind, body| {
+            if kind == NLMSG_ERROR {
+                return Some(Err(error_of(body)));
+            }
+            if kind != (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN {
+                return None;
+            }
+            // nfgenmsg (4), then NFTA_GEN_ID (a u32, network byte order).
+            let id = attributes(body.get(4..)?)
+                .into_iter()
+                .find(|(k, _)| *k == NFTA_GEN_ID)?
+                .1;
+            let id: [u8; 4] = id.get(..4)?.try_into().ok()?;
+            Some(Ok(u32::from_be_bytes(id)))
+        })
+    }
+
+    /// The packet counts of `table`'s named counters (a dump of its counter objects:
+    /// no rules, no sets, unlike `nft list counters`, which reads the whole table).
+    pub fn counters(
+        &mut self,
+        family: &str,
+        table: &str,
+    ) -> Result<std::collections::BTreeMap<String, u64>, NetlinkError> {
+        let family = match family {
+            "inet" => 1u8,
+            "ip" => 2,
+            "ip6" => 10,
+            other => {
+                return Err(NetlinkError::Unsupported {
+                    set: table.to_string(),
+                    element: format!("family {other}"),
+                });
+            }
+        };
+        let mut payload = vec![family, 0, 0, 0];
+        attr_str(&mut payload, NFTA_OBJ_TABLE, table);
+        attr(
+            &mut payload,
+            NFTA_OBJ_TYPE,
+            &NFT_OBJECT_COUNTER.to_be_bytes(),
+        );
+        let mut out = std::collections::BTreeMap::new();
+        self.request(
+            NFT_MSG_GETOBJ,
+            NLM_F_DUMP,
+            &payload,
+            |kind, body| match kind {
+                NLMSG_DONE => Some(Ok(())),
+                NLMSG_ERROR => match error_of_code(body) {
+                    // No such table: no counters.
+                    0 => Some(Ok(())),
+                    code if code == -libc::ENOENT => Some(Ok(())),
+                    _ => Some(Err(error_of(body))),
+                },
+                k if k == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWOBJ => {
+                    if let Some((name, packets)) = counter_object(body.get(4..).unwrap_or(&[])) {
+                        out.insert(name, packets);
+                    }
+                    None
+                }
+                _ => None,
+            },
+        )?;
+        Ok(out)
+    }
+}
+
+/// The error code of an NLMSG_ERROR body (0: an acknowledgement).
+fn error_of_code(body: &[u8]) -> i32 {
+    body.get(..4)
+        .map_or(-libc::EIO, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+fn error_of(body: &[u8]) -> NetlinkError {
+    std::io::Error::from_raw_os_error(-error_of_code(body)).into()
+}
+
+/// The attributes in `data`: (type without flags, payload).
+fn attributes(data: &[u8]) -> Vec<(u16, &[u8])> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    while offset + 4 <= data.len() {
+        let len = u16::from_ne_bytes([data[offset], data[offset + 1]]) as usize;
+        let kind = u16::from_ne_bytes([data[offset + 2], data[offset + 3]]) & 0x3fff;
+        if len < 4 || offset + len > data.len() {
+            break;
+        }
+        out.push((kind, &data[offset + 4..offset + len]));
+        offset += (len + 3) & !3;
+    }
+    out
+}
+
+/// A counter object's name and packets from its NEWOBJ attributes.
+fn counter_object(data: &[u8]) -> Option<(String, u64)> {
+    let attrs = attributes(data);
+    let name = attrs.iter().find(|(k, _)| *k == NFTA_OBJ_NAME)?.1;
+    let name = String::from_utf8_lossy(name.split(|b| *b == 0).next()?).into_owned();
+    let counter = attrs.iter().find(|(k, _)| *k == NFTA_OBJ_DATA)?.1;
+    let packets = attributes(counter)
+        .into_iter()
+        .find(|(k, _)| *k == NFTA_COUNTER_PACKETS)?
+        .1;
+    let packets: [u8; 8] = packets.get(..8)?.try_into().ok()?;
+    Some((name, u64::from_be_bytes(packets)))
 }
 
 /// A socket to nf_tables in the network namespace at `netns` (entered from a thread

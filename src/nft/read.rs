@@ -101,18 +101,6 @@ pub fn observed(listing: &Value) -> Observed {
     out
 }
 
-/// Counter → packets from an `nft -j list counters table ...` listing.
-pub fn packets(listing: &Value) -> BTreeMap<String, u64> {
-    listing_items(listing)
-        .iter()
-        .filter_map(|item| item.get("counter"))
-        .filter_map(|c| {
-            let name = c.get("name").and_then(Value::as_str)?;
-            Some((name.to_string(), c.get("packets").and_then(Value::as_u64)?))
-        })
-        .collect()
-}
-
 /// One element as (key, value) in our syntax.
 fn element(element: &Value, counter_values: bool) -> (String, String) {
     match element {

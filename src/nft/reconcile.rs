@@ -11,9 +11,10 @@
 //! firewall's, the proxy's, routing's, each on its own table) are known as theirs and
 //! do not make the others read.
 //!
-//! A chain no longer wanted is emptied at once but deleted only by a sync at least
-//! [`RETIRE_AFTER`] later: kernels before 6.2 may still count a reference to it from
-//! the elements the same transaction removed, and refuse the delete.
+//! With [`Reconciler::with_retire_after`], a chain no longer wanted is emptied at
+//! once but deleted only by a sync at least that long after ([`RETIRE_AFTER`] for
+//! the proxy's per-count chains): kernels before 6.2 may still count a reference to
+//! it from the elements the same transaction removed, and refuse the delete.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -110,12 +111,13 @@ impl<B: Backend> Reconciler<B> {
             packets: BTreeMap::new(),
             read_counters: false,
             retired: BTreeMap::new(),
-            retire_after: RETIRE_AFTER,
+            retire_after: Duration::ZERO,
             reads: 0,
         }
     }
 
-    /// Deletes chains no longer wanted `after` they were emptied (tests shorten it).
+    /// Deletes chains no longer wanted only `after` they were emptied (by a later
+    /// sync); without this, in the same transaction.
     pub fn with_retire_after(mut self, after: Duration) -> Self {
         self.retire_after = after;
         self
@@ -230,6 +232,9 @@ impl<B: Backend> Reconciler<B> {
             self.retired.clear();
             return Cow::Borrowed(desired);
         };
+        if self.retire_after.is_zero() {
+            return Cow::Borrowed(desired);
+        }
         if old.chains.same(&desired.chains) {
             return Cow::Borrowed(desired);
         }

@@ -264,12 +264,19 @@ pub fn diff(id: &TableId, old: &Table, new: &Table) -> Option<Transaction> {
         }
     }
     // 3. Rules of new and changed chains.
-    for (name, old, new) in &chains {
+    for (name, old_chain, new) in &chains {
         let Some(chain) = new else { continue };
-        match old {
+        match old_chain {
             Some(previous) if previous.rules == chain.rules => continue,
             Some(_) => ops.push(Op::FlushChain((*name).clone())),
             None => {}
+        }
+        if chain
+            .rules
+            .iter()
+            .any(|rule| names_existing_typeof(rule, old))
+        {
+            return None;
         }
         ops.extend(
             chain
@@ -310,6 +317,19 @@ pub fn diff(id: &TableId, old: &Table, new: &Table) -> Option<Transaction> {
         table: id.clone(),
         kind: Kind::Diff,
         ops,
+    })
+}
+
+/// Whether `rule` names a set of `old` declared with `typeof`: nft 1.0.6 cannot add
+/// such a rule to an existing table ("conflicting protocols specified: ip vs. th"
+/// for a `typeof ... th dport` map), only create it with the set, so a replacement
+/// is the only way (and trying first would cost a failed `nft -f` that reads the
+/// whole table).
+fn names_existing_typeof(rule: &Rule, old: &Table) -> bool {
+    rule.text().split_whitespace().any(|word| {
+        word.strip_prefix('@')
+            .and_then(|name| old.sets.get(name))
+            .is_some_and(|set| set.declaration.starts_with("typeof"))
     })
 }
 

@@ -22,7 +22,10 @@ impl Reconciler<Kernel> {
 impl<B: Backend> Reconciler<B> {
     pub fn with_backend(backend: B) -> Self {
         Self {
-            inner: nft::Reconciler::new(backend, ruleset::table_id()),
+            // An `endpoints-N` chain goes a second after the last Service with N
+            // endpoints (see [`nft::reconcile::RETIRE_AFTER`]).
+            inner: nft::Reconciler::new(backend, ruleset::table_id())
+                .with_retire_after(nft::reconcile::RETIRE_AFTER),
             lowering: Lowering::default(),
         }
     }

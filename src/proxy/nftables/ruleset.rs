@@ -51,25 +51,31 @@ pub fn full(ruleset: &Ruleset) -> Script {
     Script::replacing(&table_id(), &Lowering::default().lower(ruleset))
 }
 
-/// Lowers rulesets, keeping the last table: a set whose elements did not change
-/// keeps its lowered form (a comparison, not a rebuild, per set).
+/// Lowers rulesets, keeping the last table and a fingerprint of each set's compiled
+/// elements: a set whose elements did not change keeps its lowered form (one pass
+/// over its text, no lookups), and a changed one is patched from its last form, so
+/// only the shards it touched differ for the diff that follows.
 #[derive(Default)]
 pub struct Lowering {
     last: Table,
+    fingerprints: BTreeMap<String, u64>,
 }
 
 impl Lowering {
     pub fn lower(&mut self, ruleset: &Ruleset) -> Table {
         let mut table = Table::default();
+        let mut fingerprints = BTreeMap::new();
         for (name, set) in &ruleset.sets {
             let declared = nft::Set::new(set.map, &set.declaration, None);
-            let reused = self
+            let fingerprint = elements_fingerprint(set);
+            let old = self
                 .last
                 .sets
                 .get(name)
-                .filter(|old| old.id() == declared.id() && same_elements(old, set));
-            let lowered = match reused {
-                Some(old) => old.clone(),
+                .filter(|old| old.id() == declared.id() && !old.interval());
+            let lowered = match old {
+                Some(old) if self.fingerprints.get(name) == Some(&fingerprint) => old.clone(),
+                Some(old) => Arc::new(patched(old, set)),
                 None => Arc::new(
                     declared.with_elements(
                         set.elements
@@ -79,6 +85,7 @@ impl Lowering {
                     ),
                 ),
             };
+            fingerprints.insert(name.clone(), fingerprint);
             table.sets.insert(name.clone(), lowered);
         }
         for (name, chain) in &ruleset.chains {
@@ -91,17 +98,57 @@ impl Lowering {
             );
         }
         self.last = table.clone();
+        self.fingerprints = fingerprints;
         table
     }
 }
 
-fn same_elements(lowered: &nft::Set, set: &Set) -> bool {
-    if lowered.elements.len() != set.elements.len() || lowered.interval() {
-        return false;
+/// FNV-1a over a set's elements in order.
+fn elements_fingerprint(set: &Set) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for byte in bytes.iter().chain(&[0]) {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for (key, value) in &set.elements {
+        feed(key.as_bytes());
+        feed(value.as_deref().unwrap_or("").as_bytes());
     }
-    set.elements.iter().all(|(k, v)| {
-        lowered.elements.get(k).map(String::as_str) == Some(v.as_deref().unwrap_or(""))
-    })
+    hash
+}
+
+/// `old` with the elements of `set` (not an interval set): changed and new ones
+/// inserted, gone ones removed.
+fn patched(old: &nft::Set, set: &Set) -> nft::Set {
+    let mut out = old.clone();
+    let mut kept = 0;
+    for (key, value) in &set.elements {
+        let value = value.as_deref().unwrap_or("");
+        match out.elements.get(key) {
+            Some(current) if current == value => kept += 1,
+            Some(_) => {
+                kept += 1;
+                out.elements.insert(key.clone(), value.to_string());
+            }
+            None => {
+                out.elements.insert(key.clone(), value.to_string());
+            }
+        }
+    }
+    if kept < old.elements.len() {
+        let gone: Vec<String> = old
+            .elements
+            .iter_unordered()
+            .filter(|(key, _)| !set.elements.contains_key(*key))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in gone {
+            out.elements.remove(&key);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -178,6 +225,29 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(fake.tables[&id], shrunk);
+    }
+
+    #[test]
+    fn a_patched_set_equals_a_fresh_one_and_shares_untouched_shards() {
+        let big = |skip: usize, extra: &str| {
+            let mut r = ruleset(&[], &[]);
+            let set = r.sets.get_mut("m").unwrap();
+            for i in (0..2000).filter(|i| *i != skip) {
+                set.elements.insert(
+                    format!("10.{}.{}.1", i / 250, i % 250),
+                    Some("goto a".into()),
+                );
+            }
+            set.elements.insert(extra.into(), Some("goto b".into()));
+            r
+        };
+        let mut lowering = Lowering::default();
+        let before = lowering.lower(&big(5, "1.1.1.1"));
+        let after = lowering.lower(&big(7, "2.2.2.2"));
+        assert_eq!(after, Lowering::default().lower(&big(7, "2.2.2.2")));
+        let tx = nft::render::diff(&table_id(), &before, &after).unwrap();
+        assert_eq!(tx.size(), 2 + 2 + 2, "{}", tx.text());
+        assert!(Arc::ptr_eq(&before.chains["base"], &after.chains["base"]));
     }
 
     #[test]
