@@ -184,6 +184,9 @@ impl Session {
             return Some(chunk);
         }
         loop {
+            // Frozen: read nothing from the history until the thaw, so changes made
+            // meanwhile (and a compaction) are seen only then, as by a stalled server.
+            self.shared.thawed().await;
             self.versions.borrow_and_update();
             match self.drain() {
                 Ok(Some(chunk)) => return Some(chunk),
