@@ -49,6 +49,8 @@ pub struct ProxyController {
     conntrack: conntrack::Cleaner,
     metrics: metrics::ProxyMetrics,
     backend: Backend,
+    /// Kept open for reading the node's addresses (`--nodeport-addresses` CIDRs).
+    addresses_socket: Option<crate::routing::netlink::Netlink>,
 }
 
 impl ProxyController {
@@ -103,6 +105,7 @@ impl ProxyController {
             conntrack: conntrack::Cleaner::default(),
             metrics: metrics::ProxyMetrics::register(metrics),
             backend,
+            addresses_socket: None,
         })
     }
 }
@@ -156,13 +159,25 @@ impl ProxyController {
 
     /// How to read the snapshot; with `--nodeport-addresses` CIDRs, the addresses on
     /// this node's interfaces are read from the kernel every sync.
-    async fn options(&self) -> services::Options {
+    /// Every address on this node's interfaces, over the kept-open socket.
+    async fn local_addresses_now(&mut self) -> anyhow::Result<Vec<std::net::IpAddr>> {
+        let netlink = match self.addresses_socket.take() {
+            Some(netlink) => netlink,
+            None => crate::routing::netlink::Netlink::connect()?,
+        };
+        // On error the socket is dropped here, and the next sync reconnects.
+        let addresses = netlink.addresses().await?;
+        self.addresses_socket = Some(netlink);
+        Ok(addresses.into_iter().map(|a| a.address.addr()).collect())
+    }
+
+    async fn options(&mut self) -> services::Options {
         let mut local_addresses = Vec::new();
         if matches!(
             self.map_args.nodeport_addresses,
             NodePortAddresses::Cidrs(_)
         ) {
-            match local_addresses_now().await {
+            match self.local_addresses_now().await {
                 Ok(found) => local_addresses = found,
                 Err(err) => {
                     tracing::warn!("reading the node's addresses for --nodeport-addresses: {err:#}")
@@ -177,17 +192,6 @@ impl ProxyController {
             local_addresses,
         }
     }
-}
-
-/// Every address on this node's interfaces.
-async fn local_addresses_now() -> anyhow::Result<Vec<std::net::IpAddr>> {
-    let netlink = crate::routing::netlink::Netlink::connect()?;
-    Ok(netlink
-        .addresses()
-        .await?
-        .into_iter()
-        .map(|a| a.address.addr())
-        .collect())
 }
 
 impl Controller for ProxyController {
