@@ -641,6 +641,66 @@ fn remove_endpoint(lab: &Lab, slice_name: &str, address: &str) {
     });
 }
 
+/// ClientIP on `shop/sticky`: 16 sources on n1 (addresses on its loopback), 4
+/// connections each; every source stays on one pod, and together they reach both.
+fn clients_stick_to_one_pod_and_spread_over_both(node1: &str) {
+    let mut seen = BTreeSet::new();
+    for i in 1..=16 {
+        let source = format!("10.123.0.{i}");
+        common::sh(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                node1,
+                "ip",
+                "addr",
+                "add",
+                &format!("{source}/32"),
+                "dev",
+                "lo",
+            ],
+        );
+        let answers: BTreeSet<Option<String>> = (0..4)
+            .map(|_| ask_from(node1, &source, "10.96.1.70:80"))
+            .collect();
+        assert_eq!(answers.len(), 1, "{source} reached {answers:?}");
+        seen.insert(answers.into_iter().next().flatten().expect("an answer"));
+    }
+    assert_eq!(
+        seen,
+        BTreeSet::from(["shop/web-1".to_string(), "shop/web-2".to_string()]),
+        "16 clients should reach both pods"
+    );
+}
+
+/// Source addresses from outside: the `Local` NodePort's pod sees the client's, the
+/// `Cluster` one's sees n2's.
+fn local_keeps_the_client_address_cluster_gives_the_nodes(lab: &Lab) {
+    let external = format!("kw-{}-ext", lab.name);
+    let (who, local_peer) = connect(lab, "external", "192.168.50.11:30100", "TCP");
+    assert_eq!(who, "shop/api-1");
+    let (_, cluster_peer) = connect(lab, "external", "192.168.50.12:30443", "TCP");
+    let external_ip = common::sh(
+        "ip",
+        &["netns", "exec", &external, "ip", "-4", "-o", "addr"],
+    );
+    assert!(
+        external_ip.contains(&format!("{local_peer}/")),
+        "Local: {local_peer} is not the client's ({external_ip})"
+    );
+    assert!(
+        !external_ip.contains(&format!("{cluster_peer}/")),
+        "Cluster: {cluster_peer} is the client's"
+    );
+    let node2 = format!("kw-{}-node-n2", lab.name);
+    let node2_ips = common::sh("ip", &["netns", "exec", &node2, "ip", "-4", "-o", "addr"]);
+    assert!(
+        node2_ips.contains(&format!("{cluster_peer}/")),
+        "Cluster: {cluster_peer} is not n2's ({node2_ips})"
+    );
+}
+
 /// Deletes the Service `shop/<name>` through the lab's API server.
 fn delete_service(lab: &Lab, name: &str) {
     let kubeconfig = lab.args("kubeconfig");
@@ -671,21 +731,7 @@ fn ipvs_service_contract_affinity_health_sources_and_deletion() {
         common::sh("ip", &all)
     };
 
-    let mut seen = BTreeSet::new();
-    for i in 1..=16 {
-        let source = format!("10.123.0.{i}");
-        in_node1("ip", &["addr", "add", &format!("{source}/32"), "dev", "lo"]);
-        let answers: BTreeSet<Option<String>> = (0..4)
-            .map(|_| ask_from(&node1, &source, "10.96.1.70:80"))
-            .collect();
-        assert_eq!(answers.len(), 1, "{source} reached {answers:?}");
-        seen.insert(answers.into_iter().next().flatten().expect("an answer"));
-    }
-    assert_eq!(
-        seen,
-        BTreeSet::from(["shop/web-1".to_string(), "shop/web-2".to_string()]),
-        "16 clients should reach both pods"
-    );
+    clients_stick_to_one_pod_and_spread_over_both(&node1);
 
     let external = format!("kw-{}-ext", lab.name);
     let (status, body) = http_get(&external, "192.168.50.11:32100", "/");
@@ -693,21 +739,7 @@ fn ipvs_service_contract_affinity_health_sources_and_deletion() {
     let (status, body) = http_get(&external, "192.168.50.12:32100", "/");
     assert_eq!(status, 503, "{body}");
 
-    let (who, local_peer) = connect(&lab, "external", "192.168.50.11:30100", "TCP");
-    assert_eq!(who, "shop/api-1");
-    let (_, cluster_peer) = connect(&lab, "external", "192.168.50.12:30443", "TCP");
-    let external_ip = common::sh(
-        "ip",
-        &["netns", "exec", &external, "ip", "-4", "-o", "addr"],
-    );
-    assert!(
-        external_ip.contains(&format!("{local_peer}/")),
-        "Local: {local_peer} is not the client's ({external_ip})"
-    );
-    assert!(
-        !external_ip.contains(&format!("{cluster_peer}/")),
-        "Cluster: {cluster_peer} is the client's"
-    );
+    local_keeps_the_client_address_cluster_gives_the_nodes(&lab);
 
     assert!(in_node1("ipvsadm", &["-Ln"]).contains("10.96.1.70:80"));
     delete_service(&lab, "sticky");
@@ -732,36 +764,7 @@ fn affinity_health_checks_source_addresses_and_foreign_services() {
     let (lab, manifests) = extra_lab("kwpa", "nftables");
     let node1 = format!("kw-{}-node-n1", lab.name);
 
-    // ClientIP: 16 sources on n1 (addresses on its loopback), 4 connections each.
-    let mut seen = BTreeSet::new();
-    for i in 1..=16 {
-        let source = format!("10.123.0.{i}");
-        common::sh(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &node1,
-                "ip",
-                "addr",
-                "add",
-                &format!("{source}/32"),
-                "dev",
-                "lo",
-            ],
-        );
-        let answers: BTreeSet<Option<String>> = (0..4)
-            .map(|_| ask_from(&node1, &source, "10.96.1.70:80"))
-            .collect();
-        assert_eq!(answers.len(), 1, "{source} reached {answers:?}");
-        let who = answers.into_iter().next().flatten().expect("an answer");
-        seen.insert(who);
-    }
-    assert_eq!(
-        seen,
-        BTreeSet::from(["shop/web-1".to_string(), "shop/web-2".to_string()]),
-        "16 clients should reach both pods"
-    );
+    clients_stick_to_one_pod_and_spread_over_both(&node1);
     let verdict = trace(
         manifests.path(),
         "n1",
@@ -814,28 +817,8 @@ fn affinity_health_checks_source_addresses_and_foreign_services() {
         }
     }
 
-    // Source addresses: Local keeps the client's, Cluster gives the node's.
-    let (who, local_peer) = connect(&lab, "external", "192.168.50.11:30100", "TCP");
-    assert_eq!(who, "shop/api-1");
-    let (_, cluster_peer) = connect(&lab, "external", "192.168.50.12:30443", "TCP");
-    let external_ip = common::sh(
-        "ip",
-        &["netns", "exec", &external, "ip", "-4", "-o", "addr"],
-    );
-    assert!(
-        external_ip.contains(&format!("{local_peer}/")),
-        "Local: {local_peer} is not the client's ({external_ip})"
-    );
-    assert!(
-        !external_ip.contains(&format!("{cluster_peer}/")),
-        "Cluster: {cluster_peer} is the client's"
-    );
+    local_keeps_the_client_address_cluster_gives_the_nodes(&lab);
     let node2 = format!("kw-{}-node-n2", lab.name);
-    let node2_ips = common::sh("ip", &["netns", "exec", &node2, "ip", "-4", "-o", "addr"]);
-    assert!(
-        node2_ips.contains(&format!("{cluster_peer}/")),
-        "Cluster: {cluster_peer} is not n2's ({node2_ips})"
-    );
 
     // The node's own traffic is any from a local address (`fib saddr type local`), not
     // only the Node's: from an address on n2's loopback, the eTP Local NodePort with
