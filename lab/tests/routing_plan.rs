@@ -108,6 +108,35 @@ fn json_plan_is_the_model_plus_the_ruleset() {
 }
 
 #[test]
+fn the_plan_names_bgp_paths_and_whether_the_speaker_would_run() {
+    let (ok, text, err) = plan(&["--node", "n1"]);
+    assert!(ok, "{err}");
+    for line in [
+        "bgp (not running: the agent runs the speaker with --run-bgp)",
+        "  peer 192.168.1.12 AS 64512 (mesh, Node n2)",
+        "  announce 10.244.1.0/24    # pod CIDR",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing line {line:?} in\n{text}"
+        );
+    }
+    let (ok, json, err) = plan(&[
+        "--node",
+        "n1",
+        "--format",
+        "json",
+        "--run-bgp=true",
+        "--cluster-asn=65001",
+    ]);
+    assert!(ok, "{err}");
+    let value: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(value["bgp"]["running"], true);
+    assert_eq!(value["bgp"]["asn"], 65001);
+    assert_eq!(value["bgp"]["peers"].as_array().map(Vec::len), Some(2));
+}
+
+#[test]
 fn unknown_node_is_an_error_naming_it() {
     let (ok, _, err) = plan(&["--node", "n9"]);
     assert!(!ok);

@@ -17,7 +17,8 @@ use crate::offline::{self, NodeManifestsArg, OutputFormat};
 #[derive(Debug, clap::Subcommand)]
 pub enum RoutingCommand {
     /// The bridge, routes, tunnels and nftables rules this node would install, and
-    /// with `--run-bgp` its BGP peers and the prefixes it would announce.
+    /// its BGP peers and the prefixes it would announce (marked as not running
+    /// without `--run-bgp`, the speaker's switch in the agent).
     Plan(Box<RoutingPlanArgs>),
     /// The running agent's BGP sessions: state, uptime, prefixes received,
     /// accepted and advertised (read from its `--bgp-status-addr`).
@@ -76,6 +77,8 @@ pub async fn dispatch(cmd: RoutingCommand) -> anyhow::Result<()> {
 /// The BGP part of `routing plan`, as JSON.
 #[derive(Serialize)]
 struct BgpPlanOutput {
+    /// Whether the agent, run with these flags, runs the speaker (`--run-bgp`).
+    running: bool,
     asn: u32,
     router_id: std::net::Ipv4Addr,
     route_reflector: bool,
@@ -94,9 +97,10 @@ struct BgpPeerOutput {
     multihop_ttl: Option<u8>,
 }
 
-fn bgp_output(plan: &BgpPlan) -> BgpPlanOutput {
+fn bgp_output(plan: &BgpPlan, running: bool) -> BgpPlanOutput {
     let id = &plan.speaker.identity;
     BgpPlanOutput {
+        running,
         asn: id.asn,
         router_id: id.router_id,
         route_reflector: id.route_reflector,
@@ -126,14 +130,22 @@ fn bgp_output(plan: &BgpPlan) -> BgpPlanOutput {
     }
 }
 
-fn render_bgp(bgp: Option<&BgpPlanOutput>) -> String {
-    let Some(bgp) = bgp else {
-        return "\nbgp\n  off (--run-bgp=false)\n".to_string();
+fn render_bgp(bgp: &BgpSection) -> String {
+    let bgp = match bgp {
+        BgpSection::Planned(bgp) => bgp,
+        BgpSection::Unplannable(why) => {
+            return format!("\nbgp (not running: --run-bgp=false)\n  cannot plan: {why}\n");
+        }
     };
     let mut out = String::new();
+    if !bgp.running {
+        out.push_str("\nbgp (not running: the agent runs the speaker with --run-bgp)");
+    } else {
+        out.push_str("\nbgp");
+    }
     let _ = writeln!(
         out,
-        "\nbgp\n  AS {} router id {}{}",
+        "\n  AS {} router id {}{}",
         bgp.asn,
         bgp.router_id,
         if bgp.route_reflector {
@@ -169,13 +181,22 @@ fn render_bgp(bgp: Option<&BgpPlanOutput>) -> String {
     out
 }
 
+/// The BGP part of the plan: what the speaker would announce, or why that cannot
+/// be planned (only when the agent would not run it).
+#[derive(Serialize)]
+#[serde(untagged)]
+enum BgpSection {
+    Planned(BgpPlanOutput),
+    Unplannable(String),
+}
+
 /// The JSON form: the plan plus the nftables table as `nft -f` text.
 #[derive(Serialize)]
 struct PlanOutput<'a> {
     #[serde(flatten)]
     plan: &'a RoutingPlan,
     nftables_ruleset: String,
-    bgp: Option<BgpPlanOutput>,
+    bgp: BgpSection,
 }
 
 /// `routing plan` output.
@@ -198,21 +219,14 @@ pub fn plan(args: &RoutingPlanArgs) -> anyhow::Result<String> {
         underlay_mtu: Some(args.underlay_mtu),
     };
     let mut plan = compile::compile(&snapshot, &args.target.node, &options, &host)?;
-    let bgp = match args.routing.bgp_config()? {
-        None => None,
-        Some(config) => {
-            let mut problems = vec![];
-            let bgp = bgp_controller::plan(
-                &config,
-                &snapshot,
-                &plan,
-                &options.network.service_cidrs,
-                &mut problems,
-            )
-            .map_err(|e| anyhow::anyhow!("BGP: {e}"))?;
-            plan.problems.extend(problems);
-            Some(bgp_output(&bgp))
-        }
+    // The BGP paths are planned whether or not the agent would run the speaker, so
+    // an operator sees what turning it on would announce; a plan that cannot be made
+    // fails the command only when the speaker is meant to run.
+    let running = args.routing.bgp.run_bgp;
+    let bgp = match plan_bgp(args, &snapshot, &mut plan, &options.network.service_cidrs) {
+        Ok(bgp) => BgpSection::Planned(bgp_output(&bgp, running)),
+        Err(e) if running => return Err(e),
+        Err(e) => BgpSection::Unplannable(e.to_string()),
     };
     Ok(match args.format {
         OutputFormat::Json => {
@@ -228,12 +242,31 @@ pub fn plan(args: &RoutingPlanArgs) -> anyhow::Result<String> {
             // The BGP section goes before the nftables table.
             match text.split_once("\nnftables\n") {
                 Some((head, tail)) => {
-                    format!("{head}{}\nnftables\n{tail}", render_bgp(bgp.as_ref()))
+                    format!("{head}{}\nnftables\n{tail}", render_bgp(&bgp))
                 }
-                None => text + &render_bgp(bgp.as_ref()),
+                None => text + &render_bgp(&bgp),
             }
         }
     })
+}
+
+/// The BGP speaker's plan as if `--run-bgp` were given.
+fn plan_bgp(
+    args: &RoutingPlanArgs,
+    snapshot: &crate::cache::Snapshot,
+    plan: &mut RoutingPlan,
+    service_cidrs: &[IpNet],
+) -> anyhow::Result<BgpPlan> {
+    let mut bgp_args = args.routing.bgp.clone();
+    bgp_args.run_bgp = true;
+    let config = bgp_args
+        .config()?
+        .ok_or_else(|| anyhow::anyhow!("BGP: no configuration"))?;
+    let mut problems = vec![];
+    let bgp = bgp_controller::plan(&config, snapshot, plan, service_cidrs, &mut problems)
+        .map_err(|e| anyhow::anyhow!("BGP: {e}"))?;
+    plan.problems.extend(problems);
+    Ok(bgp)
 }
 
 fn join<T: ToString>(items: &[T]) -> String {
