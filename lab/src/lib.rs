@@ -41,7 +41,7 @@ use kube::Api;
 use kubewire::offline::OutputFormat;
 use lifecycle::{LabArg, UpArgs};
 use probe::{ProbeOptions, ProbeReport};
-use state::LabState;
+use state::{LabState, LabStateFile};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum LabCommand {
@@ -203,7 +203,17 @@ pub async fn probe(lab: &LabState, options: &ProbeOptions) -> anyhow::Result<Pro
     } else {
         None
     };
-    Ok(probe::run(matrix, services, options).await)
+    let needed = probe::udp_ports_needed(&matrix, services.as_deref(), options.tries);
+    let from = LabStateFile::new(&lab.dir).update(|state| {
+        let from = state.udp_ports_taken;
+        state.udp_ports_taken = from.wrapping_add(needed);
+        from
+    })?;
+    let options = ProbeOptions {
+        udp_ports_from: Some(from),
+        ..options.clone()
+    };
+    Ok(probe::run(matrix, services, &options).await)
 }
 
 /// One connection from `from` (see [`probe::source_netns`]) to `to`; an error when

@@ -48,6 +48,39 @@ pub struct ProbeOptions {
     /// How many probes run at once.
     #[arg(long, default_value_t = 128)]
     pub parallel: usize,
+    /// Where this run's UDP source ports start in the lab's rotation (see
+    /// [`udp_source_port`]); `None` lets the kernel pick.
+    #[arg(skip)]
+    pub udp_ports_from: Option<u32>,
+}
+
+/// UDP source ports a probe run takes in turn, below the kernel's ephemeral range.
+const UDP_SOURCE_PORTS: std::ops::Range<u32> = 10_000..30_000;
+
+/// The `index`th UDP source port of the lab's rotation. A UDP probe that reused the
+/// 4-tuple of a recent one (an ephemeral port picked again) would match that flow's
+/// conntrack entry, still alive for 30 s and more, and measure the earlier policy's
+/// verdict instead of the current one; a rotation of 20,000 ports shared by every run
+/// of a lab reuses none within that time.
+pub fn udp_source_port(index: u32) -> u16 {
+    let span = UDP_SOURCE_PORTS.end - UDP_SOURCE_PORTS.start;
+    u16::try_from(UDP_SOURCE_PORTS.start + index % span).unwrap_or(0)
+}
+
+/// How many UDP source ports a run of these probes takes.
+pub fn udp_ports_needed(
+    matrix: &[(Probe, MatrixResult)],
+    services: Option<&[(Probe, ServiceResult)]>,
+    tries: u32,
+) -> u32 {
+    let udp = |probe: &Probe| probe.protocol == Protocol::Udp;
+    let matrix = matrix.iter().filter(|(p, _)| udp(p)).count();
+    let services = services
+        .unwrap_or_default()
+        .iter()
+        .filter(|(p, _)| udp(p))
+        .count();
+    u32::try_from(matrix + services * tries.max(1) as usize).unwrap_or(u32::MAX)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -279,9 +312,14 @@ pub async fn send(probe: &Probe, timeout: Duration) -> Option<String> {
 /// they saw (so a test can tell masqueraded traffic from traffic that kept its
 /// source). `None` when nothing answered within `timeout`.
 pub async fn ask(probe: &Probe, timeout: Duration) -> Option<Reply> {
+    ask_from(probe, timeout, 0).await
+}
+
+/// [`ask`] from UDP source port `udp_port` (0: the kernel picks).
+async fn ask_from(probe: &Probe, timeout: Duration, udp_port: u16) -> Option<Reply> {
     let answer = match probe.protocol {
         Protocol::Tcp => tcp(&probe.netns, probe.to, timeout).await,
-        Protocol::Udp => udp(&probe.netns, probe.to, timeout).await,
+        Protocol::Udp => udp(&probe.netns, probe.to, udp_port, timeout).await,
         Protocol::Sctp => sctp(&probe.netns, probe.to, timeout).await,
     }?;
     parse_answer(&answer).map(|(who, peer)| Reply {
@@ -323,14 +361,16 @@ async fn tcp(netns: &str, to: SocketAddr, timeout: Duration) -> Option<String> {
     .flatten()
 }
 
-async fn udp(netns: &str, to: SocketAddr, timeout: Duration) -> Option<String> {
+async fn udp(netns: &str, to: SocketAddr, port: u16, timeout: Duration) -> Option<String> {
     let socket = netns::run_in_async(netns, move || {
-        let bind: SocketAddr = if to.is_ipv4() {
-            "0.0.0.0:0".parse()?
+        let any: IpAddr = if to.is_ipv4() {
+            std::net::Ipv4Addr::UNSPECIFIED.into()
         } else {
-            "[::]:0".parse()?
+            std::net::Ipv6Addr::UNSPECIFIED.into()
         };
-        let socket = std::net::UdpSocket::bind(bind)?;
+        // A port something in the netns holds already: let the kernel pick one.
+        let socket = std::net::UdpSocket::bind((any, port))
+            .or_else(|_| std::net::UdpSocket::bind((any, 0)))?;
         socket.set_nonblocking(true)?;
         Ok(socket)
     })
@@ -372,26 +412,39 @@ pub async fn run(
 ) -> ProbeReport {
     let limit = Arc::new(tokio::sync::Semaphore::new(options.parallel.max(1)));
     let timeout = options.timeout;
+    let mut next_udp = options.udp_ports_from;
+    let mut udp_port = move |probe: &Probe| match (probe.protocol, next_udp.as_mut()) {
+        (Protocol::Udp, Some(index)) => {
+            let port = udp_source_port(*index);
+            *index = index.wrapping_add(1);
+            port
+        }
+        _ => 0,
+    };
     let mut matrix_tasks = Vec::with_capacity(matrix.len());
     for (probe, mut result) in matrix {
         let limit = limit.clone();
+        let port = udp_port(&probe);
         matrix_tasks.push(tokio::spawn(async move {
             let _permit = limit.acquire_owned().await.ok();
-            result.allowed = send(&probe, timeout).await.as_deref() == Some(result.to.as_str());
+            let who = ask_from(&probe, timeout, port).await.map(|r| r.who);
+            result.allowed = who.as_deref() == Some(result.to.as_str());
             result
         }));
     }
     let mut service_tasks = Vec::new();
     for (probe, result) in services.iter().flatten().cloned() {
         let limit = limit.clone();
-        let tries = options.tries.max(1);
+        let ports: Vec<u16> = (0..options.tries.max(1))
+            .map(|_| udp_port(&probe))
+            .collect();
         service_tasks.push(tokio::spawn(async move {
             let mut result = result;
             // The tries run side by side, each from a fresh socket (a fresh source
             // port, so a load balancer may pick another backend each time).
-            let answers = futures::future::join_all((0..tries).map(|_| async {
+            let answers = futures::future::join_all(ports.iter().map(|port| async {
                 let _permit = limit.acquire().await.ok();
-                send(&probe, timeout).await
+                ask_from(&probe, timeout, *port).await.map(|r| r.who)
             }))
             .await;
             let mut answered = BTreeSet::new();
@@ -440,6 +493,17 @@ mod tests {
     const PODS: &str = "kind: Pod\nmetadata: {name: a, namespace: x}\nspec: {containers: [{name: c}]}\n---\n\
         kind: Pod\nmetadata: {name: b, namespace: x}\nspec: {containers: [{name: c, ports: [{containerPort: 80}, {containerPort: 53, protocol: UDP}]}]}\n---\n\
         kind: Service\nmetadata: {name: s, namespace: x}\nspec: {type: NodePort, clusterIP: 10.96.0.10, externalIPs: [192.0.2.7], ports: [{port: 80, nodePort: 30080}]}\n";
+
+    #[test]
+    fn udp_source_ports_rotate_below_the_ephemeral_range() {
+        assert_eq!(udp_source_port(0), 10_000);
+        assert_eq!(udp_source_port(19_999), 29_999);
+        assert_eq!(udp_source_port(20_000), 10_000);
+        assert_eq!(
+            udp_source_port(u32::MAX),
+            10_000 + (u32::MAX % 20_000) as u16
+        );
+    }
 
     #[test]
     fn matrix_covers_ordered_pairs_and_destination_ports() {

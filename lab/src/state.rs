@@ -48,6 +48,10 @@ pub struct LabState {
     /// The `--agent-arg`s of `up`, for agents the control plane restarts.
     #[serde(default)]
     pub agent_args: Vec<String>,
+    /// UDP source ports `lab probe` has taken so far, the start of the next run's
+    /// (see `probe::udp_source_port`).
+    #[serde(default)]
+    pub udp_ports_taken: u32,
 }
 
 impl LabState {
