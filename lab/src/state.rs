@@ -48,6 +48,10 @@ pub struct LabState {
     /// The `--agent-arg`s of `up`, for agents the control plane restarts.
     #[serde(default)]
     pub agent_args: Vec<String>,
+    /// The API server the lab runs on when it is not its own (`--apiserver-kubeconfig`),
+    /// with what the lab created there.
+    #[serde(default)]
+    pub external: Option<super::external::ExternalApiServer>,
 }
 
 impl LabState {
