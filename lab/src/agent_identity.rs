@@ -44,8 +44,7 @@ pub fn token_path(dir: &Path) -> PathBuf {
 fn rbac_objects() -> anyhow::Result<Vec<Value>> {
     RBAC.iter()
         .map(|(file, text)| {
-            serde_saphyr::from_str::<Value>(text)
-                .with_context(|| format!("manifests/base/{file}"))
+            serde_saphyr::from_str::<Value>(text).with_context(|| format!("manifests/base/{file}"))
         })
         .collect()
 }
@@ -60,7 +59,9 @@ fn reference(object: &Value) -> anyhow::Result<ObjectRef> {
     Ok(ObjectRef::new(
         field("/apiVersion")?,
         field("/kind")?,
-        object.pointer("/metadata/namespace").and_then(Value::as_str),
+        object
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str),
         field("/metadata/name")?,
     ))
 }
@@ -120,10 +121,16 @@ mod tests {
         let objects = rbac_objects().unwrap();
         let refs: Vec<ObjectRef> = objects.iter().map(|o| reference(o).unwrap()).collect();
         let kinds: Vec<&str> = refs.iter().map(|r| r.kind.as_str()).collect();
-        assert_eq!(kinds, ["ServiceAccount", "ClusterRole", "ClusterRoleBinding"]);
+        assert_eq!(
+            kinds,
+            ["ServiceAccount", "ClusterRole", "ClusterRoleBinding"]
+        );
         let binding = &objects[2];
         assert_eq!(binding["roleRef"]["name"], objects[1]["metadata"]["name"]);
-        assert_eq!(binding["subjects"][0]["name"], objects[0]["metadata"]["name"]);
+        assert_eq!(
+            binding["subjects"][0]["name"],
+            objects[0]["metadata"]["name"]
+        );
         assert_eq!(
             binding["subjects"][0]["namespace"],
             objects[0]["metadata"]["namespace"]

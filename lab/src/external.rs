@@ -151,10 +151,12 @@ pub fn describe(kubeconfig: &Path) -> anyhow::Result<ExternalApiServer> {
         .find(|c| c.name == cluster_name)
         .and_then(|c| c.cluster.clone())
         .with_context(|| format!("{}: no cluster {cluster_name}", kubeconfig.display()))?;
-    let server = cluster
-        .server
-        .clone()
-        .with_context(|| format!("{}: cluster {cluster_name} has no server", kubeconfig.display()))?;
+    let server = cluster.server.clone().with_context(|| {
+        format!(
+            "{}: cluster {cluster_name} has no server",
+            kubeconfig.display()
+        )
+    })?;
     let (scheme, upstream, host) = split_server(&server)
         .with_context(|| format!("{}: server `{server}`", kubeconfig.display()))?;
     let mut cluster = serde_json::to_value(&cluster)?;
@@ -379,8 +381,11 @@ pub async fn seed(
     ordered.sort_by_key(|o| rank(o.kind));
     for object in ordered {
         let name = text(&object.value, "/metadata/name").unwrap_or_default();
-        let reference =
-            ObjectRef::of_kind(object.kind, text(&object.value, "/metadata/namespace"), name);
+        let reference = ObjectRef::of_kind(
+            object.kind,
+            text(&object.value, "/metadata/namespace"),
+            name,
+        );
         let (body, status) = prepare(object);
         let created = create(state, client, &reference, &body).await?;
         if !created {
@@ -474,8 +479,7 @@ pub async fn cleanup(state: &LabState, kubeconfig: &Path) -> anyhow::Result<()> 
         match listed {
             Ok(list) => {
                 for pod in list.items {
-                    let (Some(ns), Some(name)) = (pod.metadata.namespace, pod.metadata.name)
-                    else {
+                    let (Some(ns), Some(name)) = (pod.metadata.namespace, pod.metadata.name) else {
                         continue;
                     };
                     let pod = ObjectRef::new("v1", "Pod", Some(&ns), &name);
@@ -557,7 +561,11 @@ mod tests {
         );
         assert_eq!(
             split("https://api.example:8443/prefix"),
-            ("https".into(), "api.example:8443".into(), "api.example".into())
+            (
+                "https".into(),
+                "api.example:8443".into(),
+                "api.example".into()
+            )
         );
         assert_eq!(
             split("https://[fd00::1]"),
@@ -631,13 +639,23 @@ mod tests {
         std::fs::write(&path, agent_kubeconfig(&external, &url, "t0ken")).unwrap();
         let config = kube::config::Kubeconfig::read_from(&path).unwrap();
         let cluster = config.clusters[0].cluster.clone().unwrap();
-        assert_eq!(cluster.server.as_deref(), Some("https://192.168.200.1:6443"));
+        assert_eq!(
+            cluster.server.as_deref(),
+            Some("https://192.168.200.1:6443")
+        );
         assert_eq!(cluster.tls_server_name.as_deref(), Some("127.0.0.1"));
         assert_eq!(
             cluster.certificate_authority,
             Some(dir.path().join("ca.crt").display().to_string())
         );
-        assert!(config.auth_infos[0].auth_info.as_ref().unwrap().token.is_some());
+        assert!(
+            config.auth_infos[0]
+                .auth_info
+                .as_ref()
+                .unwrap()
+                .token
+                .is_some()
+        );
         let raw: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         assert_eq!(raw["users"][0]["user"]["token"], "t0ken");
     }
