@@ -49,7 +49,7 @@ use kubewire::firewall::model::{FAMILY, TABLE};
 use kubewire::nft::Nft;
 use kubewire_lab::agents;
 use kubewire_lab::state::LabState;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// How long the agents may take to bring the dataplane to a changed cluster.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -295,9 +295,28 @@ async fn apply_step(
             None => {
                 let object: DynamicObject = serde_json::from_value(value.clone())
                     .map_err(|e| format!("{}: {e}", label(key)))?;
-                api.create(&PostParams::default(), &object)
-                    .await
-                    .map_err(|e| format!("creating {}: {e}", label(key)))?;
+                match api.create(&PostParams::default(), &object).await {
+                    Ok(_) => {}
+                    // A real server holds every Namespace in use, also those the
+                    // step before left implicit: the step's object updates it.
+                    Err(kube::Error::Api(status))
+                        if status.code == 409 && *kind == Kind::Namespace =>
+                    {
+                        let current = api
+                            .get(name)
+                            .await
+                            .map_err(|e| format!("reading {}: {e}", label(key)))?;
+                        let mut new = value.clone();
+                        new["metadata"]["resourceVersion"] =
+                            json!(current.metadata.resource_version);
+                        let object: DynamicObject = serde_json::from_value(new)
+                            .map_err(|e| format!("{}: {e}", label(key)))?;
+                        api.replace(name, &PostParams::default(), &object)
+                            .await
+                            .map_err(|e| format!("updating {}: {e}", label(key)))?;
+                    }
+                    Err(e) => return Err(format!("creating {}: {e}", label(key))),
+                }
             }
             Some(old) if old == value => {}
             Some(_) => {
