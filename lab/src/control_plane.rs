@@ -14,8 +14,11 @@
 //! With an external API server (`lab up --apiserver-kubeconfig`, see
 //! [`super::external`]) no server is started: the relay dials that server, the host
 //! kubeconfig is `up`'s copy of the given one, and each node's kubeconfig names the
-//! server through the relay (TLS checked against the server's own name) with the
-//! agents' ServiceAccount token.
+//! server with the agents' ServiceAccount token: a server on the host's loopback at
+//! the same address, relayed inside each node netns (so its certificate matches);
+//! any other through the fabric relay, checked against the server's own name
+//! (`tls-server-name`; kube-rs with rustls checks the dialled address instead, so
+//! there the certificate must also name the lab's gateways).
 //!
 //! Writes `<state>/kubeconfig` (host) and `<state>/nodes/<node>/kubeconfig`, then
 //! prints `ready` on stdout; runs until SIGTERM. The kubelet, a client of the API
@@ -124,7 +127,7 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
         }
         match (&state.external, &token) {
             (Some(external), Some(token)) => {
-                let url = external::relay_url(external, &gateway, FABRIC_APISERVER_PORT);
+                let url = external::agent_url(external, &gateway, FABRIC_APISERVER_PORT);
                 write_private(&path, &external::agent_kubeconfig(external, &url, token))?;
             }
             _ => {
@@ -141,6 +144,22 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     })
     .context("listening in the fabric netns")?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
+    // A server on the host's loopback is relayed from the same address in every
+    // node netns (loopback is per namespace), so the agents dial the address its
+    // certificate names.
+    let mut loopback_relays = Vec::new();
+    if let Some(addr) = state.external.as_ref().and_then(|e| e.loopback_upstream()) {
+        for node in &plan.nodes {
+            let listener = netns::run_in(&node.netns, move || {
+                let listener = std::net::TcpListener::bind(addr)?;
+                listener.set_nonblocking(true)?;
+                Ok(listener)
+            })
+            .with_context(|| format!("listening on {addr} in {}", node.netns))?;
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            loopback_relays.push(tokio::spawn(relay(listener, upstream)));
+        }
+    }
     let client = kubewire::agent::client_from_kubeconfig(&host_kubeconfig).await?;
     let supervisor = tokio::spawn(super::supervise::run(
         LabStateFile::new(&state.dir),
@@ -160,6 +179,9 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     }
     kubelet.abort();
     supervisor.abort();
+    for relay in loopback_relays {
+        relay.abort();
+    }
     if let Some(server) = server {
         server.shutdown().await;
     }

@@ -221,9 +221,24 @@ pub fn agent_kubeconfig(external: &ExternalApiServer, url: &str, token: &str) ->
     config.to_string()
 }
 
-/// The URL the agents of a node use: the relay on the node's fabric gateway.
-pub fn relay_url(external: &ExternalApiServer, gateway: &str, port: u16) -> String {
-    format!("{}://{gateway}:{port}", external.scheme)
+/// The URL the agents of a node use: the server's own on the host's loopback (the
+/// control plane relays it inside each node netns), else the fabric relay on the
+/// node's gateway.
+pub fn agent_url(external: &ExternalApiServer, gateway: &str, port: u16) -> String {
+    match external.loopback_upstream() {
+        Some(addr) => format!("{}://{addr}", external.scheme),
+        None => format!("{}://{gateway}:{port}", external.scheme),
+    }
+}
+
+impl ExternalApiServer {
+    /// The server's address when it is on the host's loopback.
+    pub fn loopback_upstream(&self) -> Option<std::net::SocketAddr> {
+        self.upstream
+            .parse::<std::net::SocketAddr>()
+            .ok()
+            .filter(|addr| addr.ip().is_loopback())
+    }
 }
 
 fn is_status(err: &kube::Error, code: u16) -> bool {
@@ -634,7 +649,15 @@ mod tests {
         .unwrap();
         let external = describe(&admin).unwrap();
         assert_eq!(external.upstream, "127.0.0.1:6443");
-        let url = relay_url(&external, "192.168.200.1", 6443);
+        assert_eq!(
+            agent_url(&external, "192.168.200.1", 6443),
+            "https://127.0.0.1:6443"
+        );
+        let elsewhere = ExternalApiServer {
+            upstream: "api.example:6443".into(),
+            ..external.clone()
+        };
+        let url = agent_url(&elsewhere, "192.168.200.1", 6443);
         let path = dir.path().join("agent");
         std::fs::write(&path, agent_kubeconfig(&external, &url, "t0ken")).unwrap();
         let config = kube::config::Kubeconfig::read_from(&path).unwrap();
