@@ -12,7 +12,8 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 
-use super::external::{self, ObjectRef};
+use super::external::ObjectRef;
+use super::external_objects;
 use super::state::LabStateFile;
 
 /// The RBAC manifests the agents run under, as shipped.
@@ -73,7 +74,7 @@ pub async fn set_up(state: &LabStateFile, client: &kube::Client) -> anyhow::Resu
     let mut account = None;
     for object in rbac_objects()? {
         let reference = reference(&object)?;
-        external::create(state, client, &reference, &object).await?;
+        external_objects::create(state, client, &reference, &object).await?;
         if reference.kind == "ServiceAccount" {
             account = Some(reference);
         }

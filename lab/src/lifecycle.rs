@@ -30,7 +30,7 @@ use super::control_plane::{self, HOST_KUBECONFIG};
 use super::process::{self, ProcessRecord};
 use super::state::{self, LabState, LabStateFile};
 use super::topology::{self, LabPlan, NodePlan};
-use super::{agent_identity, agents, external, netns, pods};
+use super::{agent_identity, agents, external, external_objects, netns, pods};
 use kubewire::cache::manifests;
 
 /// The role of the process answering in the external netns.
@@ -260,7 +260,7 @@ async fn on_external_server(
     let client = kubewire::agent::client_from_kubeconfig(&copy).await?;
     let account = agent_identity::set_up(shared, &client).await?;
     tracing::info!(%account, "the agents use this ServiceAccount's token");
-    external::seed(shared, &client, seed).await
+    external_objects::seed(shared, &client, seed).await
 }
 
 /// The `ip -batch` lines of the underlay, per netns (pure; see [`underlay`]). IPv6
@@ -432,7 +432,7 @@ pub async fn teardown(state: &LabState, plugin_dirs: &[PathBuf]) -> anyhow::Resu
     let mut keep_state = false;
     if state.external.is_some() {
         let kubeconfig = external::host_kubeconfig(&state.dir);
-        if let Err(err) = external::cleanup(state, &kubeconfig).await {
+        if let Err(err) = external_objects::cleanup(state, &kubeconfig).await {
             problems.push(format!(
                 "{err:#} (state kept in {} for another `lab down`)",
                 state.dir.display()
