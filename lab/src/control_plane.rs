@@ -11,6 +11,15 @@
 //! underlay gateway (`http://<gateway>:6443`), which every node reaches on-link. The
 //! host's namespace thus gets no interface, route or address at all.
 //!
+//! With an external API server (`lab up --apiserver-kubeconfig`, see
+//! [`super::external`]) no server is started: the relay dials that server, the host
+//! kubeconfig is `up`'s copy of the given one, and each node's kubeconfig names the
+//! server with the agents' ServiceAccount token: a server on the host's loopback at
+//! the same address, relayed inside each node netns (so its certificate matches);
+//! any other through the fabric relay, checked against the server's own name
+//! (`tls-server-name`; kube-rs with rustls checks the dialled address instead, so
+//! there the certificate must also name the lab's gateways).
+//!
 //! Writes `<state>/kubeconfig` (host) and `<state>/nodes/<node>/kubeconfig`, then
 //! prints `ready` on stdout; runs until SIGTERM. The kubelet, a client of the API
 //! server like any other, starts and stops the Pods created and deleted after `lab
@@ -25,7 +34,7 @@ use serde_json::Value;
 use super::netns;
 use super::state::{LabState, LabStateFile};
 use super::topology::FABRIC_APISERVER_PORT;
-use super::{agents, kubelet};
+use super::{agent_identity, agents, external, kubelet};
 use crate::apiserver::{ApiServer, ApiServerConfig, write_kubeconfig};
 use kubewire::cache::Kind;
 use kubewire::cache::manifests::ManifestObject;
@@ -76,24 +85,57 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     let state = LabState::load(&args.state_dir)?
         .with_context(|| format!("no lab state in {}", args.state_dir.display()))?;
     let plan = state.plan()?.clone();
-    let server = ApiServer::start(ApiServerConfig {
-        listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-        history: args.history,
-        bookmark_interval: std::time::Duration::from_secs(30),
-        seed: read_seed(&state.dir)?,
-    })
-    .await
-    .context("starting the API server")?;
     let host_kubeconfig = state.dir.join(HOST_KUBECONFIG);
-    write_kubeconfig(&server.url(), &host_kubeconfig)
-        .with_context(|| format!("writing {}", host_kubeconfig.display()))?;
+    let (server, upstream) = match &state.external {
+        None => {
+            let server = ApiServer::start(ApiServerConfig {
+                listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+                history: args.history,
+                bookmark_interval: std::time::Duration::from_secs(30),
+                seed: read_seed(&state.dir)?,
+            })
+            .await
+            .context("starting the API server")?;
+            write_kubeconfig(&server.url(), &host_kubeconfig)
+                .with_context(|| format!("writing {}", host_kubeconfig.display()))?;
+            let upstream = server.addr();
+            (Some(server), upstream)
+        }
+        Some(external) => {
+            let upstream = tokio::net::lookup_host(&external.upstream)
+                .await
+                .ok()
+                .and_then(|mut addrs| addrs.next())
+                .with_context(|| format!("resolving the API server {}", external.upstream))?;
+            (None, upstream)
+        }
+    };
+    let token = match &state.external {
+        Some(_) => {
+            let path = agent_identity::token_path(&state.dir);
+            let token = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            Some(token.trim().to_string())
+        }
+        None => None,
+    };
     for node in &plan.nodes {
-        let url = format!("http://{}:{FABRIC_APISERVER_PORT}", plan.gateway_of(node));
+        let gateway = plan.gateway_of(node).to_string();
         let path = agents::kubeconfig(&state.node_dir(&node.name));
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        write_kubeconfig(&url, &path).with_context(|| format!("writing {}", path.display()))?;
+        match (&state.external, &token) {
+            (Some(external), Some(token)) => {
+                let url = external::agent_url(external, &gateway, FABRIC_APISERVER_PORT);
+                write_private(&path, &external::agent_kubeconfig(external, &url, token))?;
+            }
+            _ => {
+                let url = format!("http://{gateway}:{FABRIC_APISERVER_PORT}");
+                write_kubeconfig(&url, &path)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+        }
     }
     let listener = netns::run_in(&plan.fabric_netns, || {
         let listener = std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, FABRIC_APISERVER_PORT))?;
@@ -102,7 +144,22 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     })
     .context("listening in the fabric netns")?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    let upstream = server.addr();
+    // A server on the host's loopback is relayed from the same address in every
+    // node netns (loopback is per namespace), so the agents dial the address its
+    // certificate names.
+    let mut loopback_relays = Vec::new();
+    if let Some(addr) = state.external.as_ref().and_then(|e| e.loopback_upstream()) {
+        for node in &plan.nodes {
+            let listener = netns::run_in(&node.netns, move || {
+                let listener = std::net::TcpListener::bind(addr)?;
+                listener.set_nonblocking(true)?;
+                Ok(listener)
+            })
+            .with_context(|| format!("listening on {addr} in {}", node.netns))?;
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            loopback_relays.push(tokio::spawn(relay(listener, upstream)));
+        }
+    }
     let client = kubewire::agent::client_from_kubeconfig(&host_kubeconfig).await?;
     let supervisor = tokio::spawn(super::supervise::run(
         LabStateFile::new(&state.dir),
@@ -122,8 +179,28 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     }
     kubelet.abort();
     supervisor.abort();
-    server.shutdown().await;
+    for relay in loopback_relays {
+        relay.abort();
+    }
+    if let Some(server) = server {
+        server.shutdown().await;
+    }
     Ok(())
+}
+
+/// Writes a file only root reads (an agent's kubeconfig holds its token).
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Relays every connection accepted in the fabric to the API server.

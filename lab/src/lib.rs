@@ -10,14 +10,19 @@
 //! lab's pods equal to the API server's Pods as they are created and deleted.
 //! [`control_plane`] (the API server and the kubelet) and [`responder`] are the hidden
 //! subcommands the lab runs in the background; [`probe`] measures and [`report`]
-//! prints for people.
+//! prints for people. [`external`], [`external_objects`] and [`agent_identity`] put
+//! the lab on an existing
+//! API server instead of the embedded one (`lab up --apiserver-kubeconfig`).
 
+pub mod agent_identity;
 pub mod agents;
 pub mod apiserver;
 pub mod binaries;
 pub mod cache_memory;
 pub mod cni_exec;
 pub mod control_plane;
+pub mod external;
+pub mod external_objects;
 pub mod harness;
 pub mod kubelet;
 pub mod lifecycle;

@@ -13,6 +13,11 @@
 //! first (so the kubelet changes nothing more), then agents and responders (and any
 //! other process found inside the lab's namespaces), CNI DEL for every wired pod,
 //! namespaces (pods, nodes, external, fabric), then the state dir.
+//!
+//! With `--apiserver-kubeconfig` ([`external`]) the control plane relays that server
+//! instead of running one: `up` creates the agents' RBAC, their token and the
+//! manifests' objects there before starting it, and `down` deletes them after the
+//! processes are stopped.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -25,7 +30,7 @@ use super::control_plane::{self, HOST_KUBECONFIG};
 use super::process::{self, ProcessRecord};
 use super::state::{self, LabState, LabStateFile};
 use super::topology::{self, LabPlan, NodePlan};
-use super::{agents, netns, pods};
+use super::{agent_identity, agents, external, external_objects, netns, pods};
 use kubewire::cache::manifests;
 
 /// The role of the process answering in the external netns.
@@ -83,6 +88,11 @@ pub struct UpArgs {
     /// How long agents may take to write their CNI config and become healthy.
     #[arg(long, default_value = "60s", value_parser = kubewire::agent::parse_duration)]
     pub agent_timeout: Duration,
+    /// Run on this existing API server instead of the embedded one: the manifests'
+    /// objects are created there (and deleted by `down`), the agents use a token of
+    /// the ServiceAccount of manifests/base.
+    #[arg(long)]
+    pub apiserver_kubeconfig: Option<PathBuf>,
 }
 
 /// Brings the lab up; on failure removes whatever it had built.
@@ -175,7 +185,11 @@ async fn build(
         &exe,
     )
     .await?;
-    control_plane::write_seed(&dir, &topology::seed_objects(plan, objects))?;
+    let seed = topology::seed_objects(plan, objects);
+    match &args.apiserver_kubeconfig {
+        Some(kubeconfig) => on_external_server(shared, kubeconfig, &seed).await?,
+        None => control_plane::write_seed(&dir, &seed)?,
+    }
     start_control_plane(shared, &exe).await?;
 
     let mut agents_started: Vec<(NodePlan, ProcessRecord)> = Vec::new();
@@ -229,6 +243,24 @@ async fn build(
     )
     .await?;
     Ok(())
+}
+
+/// Takes the external API server of `kubeconfig` for the lab's: its copy becomes the
+/// lab's host kubeconfig, the agents get their identity, the seed its objects there.
+async fn on_external_server(
+    shared: &LabStateFile,
+    kubeconfig: &Path,
+    seed: &[manifests::ManifestObject],
+) -> anyhow::Result<()> {
+    let external = external::describe(kubeconfig)?;
+    let copy = external::host_kubeconfig(shared.dir());
+    std::fs::copy(kubeconfig, &copy)
+        .with_context(|| format!("copying {} to {}", kubeconfig.display(), copy.display()))?;
+    shared.update(|s| s.external = Some(external))?;
+    let client = kubewire::agent::client_from_kubeconfig(&copy).await?;
+    let account = agent_identity::set_up(shared, &client).await?;
+    tracing::info!(%account, "the agents use this ServiceAccount's token");
+    external_objects::seed(shared, &client, seed).await
 }
 
 /// The `ip -batch` lines of the underlay, per netns (pure; see [`underlay`]). IPv6
@@ -395,6 +427,19 @@ pub async fn teardown(state: &LabState, plugin_dirs: &[PathBuf]) -> anyhow::Resu
         .collect();
     process::terminate(&others, &in_lab, Duration::from_secs(3));
     let mut problems = Vec::new();
+    // The external API server's objects: when they cannot all be deleted, the state
+    // dir stays, so that a later `down` tries again.
+    let mut keep_state = false;
+    if state.external.is_some() {
+        let kubeconfig = external::host_kubeconfig(&state.dir);
+        if let Err(err) = external_objects::cleanup(state, &kubeconfig).await {
+            problems.push(format!(
+                "{err:#} (state kept in {} for another `lab down`)",
+                state.dir.display()
+            ));
+            keep_state = true;
+        }
+    }
     if let Ok(plan) = state.plan() {
         let dels = plan
             .pods
@@ -414,7 +459,19 @@ pub async fn teardown(state: &LabState, plugin_dirs: &[PathBuf]) -> anyhow::Resu
             problems.push(format!("{err:#}"));
         }
     }
-    if let Err(err) = state::remove_dir(state) {
+    if keep_state {
+        // Nothing of the host is left to remove: only the server's objects.
+        let kept = LabState {
+            netns: Vec::new(),
+            processes: Vec::new(),
+            wired_pods: Vec::new(),
+            complete: false,
+            ..state.clone()
+        };
+        if let Err(err) = kept.save() {
+            problems.push(format!("{err:#}"));
+        }
+    } else if let Err(err) = state::remove_dir(state) {
         problems.push(format!("{err:#}"));
     }
     tracing::debug!(elapsed = ?started.elapsed(), "lab torn down");

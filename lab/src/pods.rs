@@ -212,6 +212,8 @@ pub async fn report_running(
     // Pods claim depends on it).
     let started =
         k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
+    let conditions = ["PodScheduled", "Initialized", "ContainersReady", "Ready"]
+        .map(|kind| json!({"type": kind, "status": "True", "lastTransitionTime": started}));
     let mut patch = json!({
         "status": {
             "phase": "Running",
@@ -220,6 +222,9 @@ pub async fn report_running(
             "hostIPs": super::topology::host_ips(node),
             "podIP": ips.first(),
             "podIPs": ips.iter().map(|ip| json!({"ip": ip})).collect::<Vec<_>>(),
+            // Ready, as a kubelet says once the containers run: a real
+            // kube-controller-manager puts only ready pods in EndpointSlices as ready.
+            "conditions": conditions,
         }
     });
     with_uid_precondition(&mut patch, pod);

@@ -52,6 +52,10 @@ pub struct LabState {
     /// (see `probe::udp_source_port`).
     #[serde(default)]
     pub udp_ports_taken: u32,
+    /// The API server the lab runs on when it is not its own (`--apiserver-kubeconfig`),
+    /// with what the lab created there.
+    #[serde(default)]
+    pub external: Option<super::external::ExternalApiServer>,
 }
 
 impl LabState {
