@@ -51,17 +51,32 @@ fn kinds() -> (TableId, Table) {
         )
     };
     let sets = [
-        ("v6", set(false, "type ipv6_addr", &[("fd00::1", ""), ("2001:db8::a:0:1", "")])),
+        (
+            "v6",
+            set(
+                false,
+                "type ipv6_addr",
+                &[("fd00::1", ""), ("2001:db8::a:0:1", "")],
+            ),
+        ),
         (
             "v6-ranges",
-            set(false, "type ipv6_addr; flags interval", &[("fd00::/64", ""), ("fd01::5", "")]),
+            set(
+                false,
+                "type ipv6_addr; flags interval",
+                &[("fd00::/64", ""), ("fd01::5", "")],
+            ),
         ),
         (
             "v4-ranges",
             set(
                 false,
                 "type ipv4_addr; flags interval",
-                &[("0.0.0.0/8", ""), ("10.1.0.0-10.1.0.6", ""), ("240.0.0.0/4", "")],
+                &[
+                    ("0.0.0.0/8", ""),
+                    ("10.1.0.0-10.1.0.6", ""),
+                    ("240.0.0.0/4", ""),
+                ],
             ),
         ),
         (
@@ -88,10 +103,21 @@ fn kinds() -> (TableId, Table) {
             set(
                 true,
                 "type ipv6_addr : verdict",
-                &[("fd00::9", "goto target"), ("fd00::a", "drop"), ("fd00::b", "accept")],
+                &[
+                    ("fd00::9", "goto target"),
+                    ("fd00::a", "drop"),
+                    ("fd00::b", "accept"),
+                ],
             ),
         ),
-        ("counts", set(true, "type ipv4_addr : counter", &[("10.0.0.1", "\"hits\"")])),
+        (
+            "counts",
+            set(
+                true,
+                "type ipv4_addr : counter",
+                &[("10.0.0.1", "\"hits\"")],
+            ),
+        ),
         (
             "slots",
             set(
@@ -100,7 +126,14 @@ fn kinds() -> (TableId, Table) {
                 &[("fd00::1 . tcp . 80 . 7", "fd10::2 . 8080")],
             ),
         ),
-        ("seen", set(false, "type ipv4_addr; flags dynamic,timeout; timeout 60s", &[])),
+        (
+            "seen",
+            set(
+                false,
+                "type ipv4_addr; flags dynamic,timeout; timeout 60s",
+                &[],
+            ),
+        ),
     ];
     for (name, set) in sets {
         table.sets.insert(name.into(), set);
@@ -108,7 +141,10 @@ fn kinds() -> (TableId, Table) {
     table
         .counters
         .insert("hits".into(), std::sync::Arc::new(nft::Counter));
-    table.chains.insert("target".into(), std::sync::Arc::new(nft::Chain::new(None, ["counter accept"])));
+    table.chains.insert(
+        "target".into(),
+        std::sync::Arc::new(nft::Chain::new(None, ["counter accept"])),
+    );
     table.chains.insert(
         "input".into(),
         std::sync::Arc::new(nft::Chain::new(
@@ -142,7 +178,10 @@ fn netlink_reads_what_nft_lists() {
             assert!(left.is_empty(), "{id}: {left:?}");
         }
         let mut kernel = Kernel::new(Nft::default());
-        assert_eq!(kernel.read(&TableId::new("inet", "none")).await.unwrap(), None);
+        assert_eq!(
+            kernel.read(&TableId::new("inet", "none")).await.unwrap(),
+            None
+        );
     });
 }
 

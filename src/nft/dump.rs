@@ -17,11 +17,11 @@ use std::sync::Arc;
 
 use super::model::{Chain, Counter, Elements, Hook, Rule, Set, Table, canonical, comment_id};
 use super::netlink::{
-    NFNL_SUBSYS_NFTABLES, NFTA_DATA_VALUE, NFTA_DATA_VERDICT, NFTA_LIST_ELEM,
-    NFTA_SET_ELEM_DATA, NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_LIST_SET,
+    NFNL_SUBSYS_NFTABLES, NFTA_DATA_VALUE, NFTA_DATA_VERDICT, NFTA_LIST_ELEM, NFTA_SET_ELEM_DATA,
+    NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_LIST_SET,
     NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_OBJREF, NFTA_VERDICT_CHAIN, NFTA_VERDICT_CODE,
-    NLM_F_DUMP, NLMSG_DONE, NLMSG_ERROR, NetlinkError, Session, attr_str, attributes,
-    error_of, error_of_code,
+    NLM_F_DUMP, NLMSG_DONE, NLMSG_ERROR, NetlinkError, Session, attr_str, attributes, error_of,
+    error_of_code,
 };
 use super::read::Observed;
 
@@ -257,7 +257,11 @@ impl Session {
     }
 
     /// The rules of `family table`, in order within each chain.
-    pub fn dump_rules(&mut self, family: &str, table: &str) -> Result<Vec<DumpedRule>, NetlinkError> {
+    pub fn dump_rules(
+        &mut self,
+        family: &str,
+        table: &str,
+    ) -> Result<Vec<DumpedRule>, NetlinkError> {
         let family = family_number(family)?;
         let mut payload = vec![family, 0, 0, 0];
         attr_str(&mut payload, NFTA_RULE_TABLE, table);
@@ -284,7 +288,11 @@ impl Session {
 
     /// The whole of `family table` (`None`: there is none). Dynamic sets' elements
     /// (those the packet path adds) are left out, as [`super::read`] does.
-    pub fn dump_table(&mut self, family: &str, table: &str) -> Result<Option<Dumped>, NetlinkError> {
+    pub fn dump_table(
+        &mut self,
+        family: &str,
+        table: &str,
+    ) -> Result<Option<Dumped>, NetlinkError> {
         let number = family_number(family)?;
         if !self.table_exists(number, table)? {
             return Ok(None);
@@ -319,10 +327,8 @@ impl Session {
                 self.dump_elements(number, table, &layout)?
             };
             let map = layout.flags & (NFT_SET_MAP | NFT_SET_OBJECT) != 0;
-            out.sets.insert(
-                layout.name.clone(),
-                Set::observed(map, layout.id, elements),
-            );
+            out.sets
+                .insert(layout.name.clone(), Set::observed(map, layout.id, elements));
         }
         out.packets = self.counters(family, table)?;
         Ok(Some(out))
@@ -738,7 +744,12 @@ mod tests {
             .collect();
         assert_eq!(
             keys,
-            ["10.0.0.0/8", "11.1.0.0-11.1.0.9", "192.168.1.11", "240.0.0.0/4"]
+            [
+                "10.0.0.0/8",
+                "11.1.0.0-11.1.0.9",
+                "192.168.1.11",
+                "240.0.0.0/4"
+            ]
         );
     }
 
@@ -746,7 +757,10 @@ mod tests {
     fn comments_come_out_of_user_data() {
         let mut data = vec![5, 2, b'x', 0];
         data.extend([UDATA_SET_COMMENT, 4, b'a', b'b', b'c', 0]);
-        assert_eq!(udata_comment(&data, UDATA_SET_COMMENT).as_deref(), Some("abc"));
+        assert_eq!(
+            udata_comment(&data, UDATA_SET_COMMENT).as_deref(),
+            Some("abc")
+        );
         assert_eq!(udata_comment(&data, 9), None);
     }
 }
