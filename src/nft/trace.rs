@@ -841,6 +841,187 @@ mod tests {
         assert!(path[1].starts_with("pol: counter name"));
     }
 
+    /// A NAT table in the shape of a service proxy's, with chain names of its own.
+    fn nat_table() -> Table {
+        let mut t = Table::default();
+        let set = |decl: &str, map: bool, elements: &[(&str, &str)]| {
+            Arc::new(
+                Set::new(map, decl, None).with_elements(
+                    elements
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect::<Elements>(),
+                ),
+            )
+        };
+        let frontend = "type ipv4_addr . inet_proto . inet_service : verdict";
+        t.sets.insert(
+            "vips".into(),
+            set(
+                frontend,
+                true,
+                &[
+                    ("10.96.0.1 . tcp . 80", "goto svc"),
+                    ("10.96.0.2 . tcp . 80", "goto dead"),
+                ],
+            ),
+        );
+        t.sets.insert(
+            "slots".into(),
+            set(
+                "typeof ip daddr . meta l4proto . th dport . numgen random mod 1 : ip daddr . th dport",
+                true,
+                &[
+                    ("10.96.0.1 . tcp . 80 . 0", "10.244.1.1 . 8080"),
+                    ("10.96.0.1 . tcp . 80 . 1", "10.244.2.1 . 8080"),
+                    ("10.96.0.1 . tcp . 80 . 2", "10.244.3.1 . 8080"),
+                ],
+            ),
+        );
+        t.sets.insert(
+            "sticky".into(),
+            set(frontend, true, &[("10.96.0.1 . tcp . 80", "goto remember")]),
+        );
+        t.sets.insert(
+            "hairpin".into(),
+            set(
+                "type ipv4_addr . ipv4_addr",
+                false,
+                &[("10.244.2.1 . 10.244.2.1", "")],
+            ),
+        );
+        t.sets.insert(
+            "pods".into(),
+            set(
+                "type ipv4_addr; flags interval",
+                false,
+                &[("10.244.0.0/16", "")],
+            ),
+        );
+        t.sets.insert(
+            "cut".into(),
+            set(
+                "type ipv4_addr; flags dynamic,timeout; timeout 1h",
+                false,
+                &[],
+            ),
+        );
+        let base = |hook: &str, kind: &str, priority: i32, rules: &[&str]| {
+            Arc::new(Chain::new(
+                Some(Hook::new(kind, hook, priority)),
+                rules.iter().copied(),
+            ))
+        };
+        let plain = |rules: &[&str]| Arc::new(Chain::new(None, rules.iter().copied()));
+        t.chains.insert(
+            "pre".into(),
+            base(
+                "prerouting",
+                "nat",
+                -100,
+                &["ip daddr . meta l4proto . th dport vmap @vips"],
+            ),
+        );
+        t.chains.insert(
+            "out".into(),
+            base(
+                "output",
+                "nat",
+                -100,
+                &["ip daddr . meta l4proto . th dport vmap @vips"],
+            ),
+        );
+        t.chains.insert(
+            "svc".into(),
+            plain(&[
+                "ip saddr != @pods meta mark set meta mark | 0x4000",
+                "fib saddr type local meta mark set meta mark | 0x4000",
+                "dnat ip to ip saddr . ip daddr . meta l4proto . th dport map @cut",
+                "dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 3 map @slots",
+            ]),
+        );
+        t.chains.insert("dead".into(), plain(&["reject"]));
+        t.chains.insert(
+            "after".into(),
+            base(
+                "prerouting",
+                "filter",
+                -90,
+                &["ct status dnat ct original ip daddr . meta l4proto . ct original proto-dst vmap @sticky"],
+            ),
+        );
+        t.chains.insert(
+            "remember".into(),
+            plain(&["update @cut { ip saddr timeout 600s : ip daddr . th dport }"]),
+        );
+        t.chains.insert(
+            "post".into(),
+            base(
+                "postrouting",
+                "nat",
+                100,
+                &[
+                    "ct status dnat ip saddr . ip daddr @hairpin masquerade",
+                    "meta mark & 0x4000 == 0x4000 meta mark set meta mark ^ 0x4000 masquerade fully-random",
+                ],
+            ),
+        );
+        t
+    }
+
+    #[test]
+    fn nat_follows_every_bucket_with_marks_and_masquerade() {
+        let t = nat_table();
+        let local: Vec<IpAddr> = vec!["192.168.0.1".parse().unwrap()];
+        let flows = |src: &str, dst: &str| {
+            let mut flows = trace_flow(&t, &packet(src, dst, "tcp", 80), &local).unwrap();
+            flows.sort_by_key(|f| f.daddr);
+            flows
+        };
+        // A pod: every endpoint, masqueraded only when it lands on itself.
+        let pod = flows("10.244.2.1", "10.96.0.1");
+        let landed: Vec<(String, bool)> = pod
+            .iter()
+            .map(|f| (format!("{}:{}", f.daddr, f.dport), f.masquerade))
+            .collect();
+        assert_eq!(
+            landed,
+            [
+                ("10.244.1.1:8080".to_string(), false),
+                ("10.244.2.1:8080".to_string(), true),
+                ("10.244.3.1:8080".to_string(), false),
+            ]
+        );
+        assert!(pod.iter().all(|f| f.fate == Fate::Accept && f.dnat));
+        assert!(pod.iter().all(|f| f.affinity_seconds == Some(600)));
+        assert!(
+            pod[0]
+                .path
+                .iter()
+                .any(|p| p.starts_with("prerouting svc: dnat")),
+            "{:?}",
+            pod[0].path
+        );
+        // Off the pod network, and the node itself (through output): marked, masqueraded.
+        assert!(flows("192.0.2.9", "10.96.0.1").iter().all(|f| f.masquerade));
+        let node = flows("192.168.0.1", "10.96.0.1");
+        assert_eq!(node.len(), 3);
+        assert!(node.iter().all(|f| f.masquerade && f.dnat));
+        assert!(
+            node[0].path[0].starts_with("output out: "),
+            "{:?}",
+            node[0].path
+        );
+        // A reject, and a packet no rule touches.
+        assert_eq!(flows("10.244.2.1", "10.96.0.2")[0].fate, Fate::Reject);
+        let untouched = flows("10.244.2.1", "10.96.0.3");
+        assert_eq!(untouched.len(), 1);
+        assert!(!untouched[0].dnat && !untouched[0].masquerade);
+        // IPv6 meets no `ip` rule.
+        let v6 = trace_flow(&t, &packet("fd00::1", "fd00::2", "tcp", 80), &local).unwrap();
+        assert_eq!((v6.len(), v6[0].dnat), (1, false));
+    }
+
     #[test]
     fn an_unknown_statement_is_an_error() {
         let mut t = table();
