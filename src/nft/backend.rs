@@ -136,8 +136,13 @@ impl Backend for Kernel {
             None => {
                 self.nft.apply(&tx.text()).await?;
                 // Rules were written: learn their expressions as the kernel holds
-                // them now, for the drift check (see RuleDigests).
-                self.learn_rules(&tx.table)
+                // them now, for the drift check (see RuleDigests). The commit stands
+                // either way; without a dump the next read learns them instead.
+                if let Err(err) = self.learn_rules(&tx.table) {
+                    tracing::warn!(table = %tx.table, error = %err, "could not read our rules back after writing them");
+                    self.digests.remove(&tx.table);
+                }
+                Ok(())
             }
         }
     }
@@ -151,7 +156,10 @@ impl Backend for Kernel {
             let before = self.generation().await?;
             let dumped = match self.session.dump_table(&table.family, &table.name) {
                 Ok(dumped) => dumped,
-                Err(NetlinkError::Unsupported { .. }) => break,
+                Err(err @ NetlinkError::Unsupported { .. }) => {
+                    tracing::debug!(table = %table, error = %err, "reading the table through nft -j");
+                    break;
+                }
                 Err(err) => return Err(NftError::Netlink(err.to_string())),
             };
             if self.generation().await? != before {
