@@ -218,6 +218,14 @@ impl<'a> State<'a> {
         }
     }
 
+    /// Rewrites the destination, remembering the original one.
+    fn dnat(&mut self, addr: IpAddr, port: u16) {
+        self.original
+            .get_or_insert((self.packet.daddr, self.packet.dport));
+        self.packet.daddr = addr;
+        self.packet.dport = port;
+    }
+
     /// The bucket of the next `numgen ... mod modulus`.
     fn bucket(&mut self, modulus: u32) -> u32 {
         let chosen = self
@@ -525,12 +533,45 @@ impl Value {
     }
 }
 
+/// A DNAT target written in the rule: `10.0.0.1`, `10.0.0.1:80`, `[fd00::1]:80`
+/// (without a port the packet's stays).
+fn literal_destination(word: &str, dport: u16) -> Option<(IpAddr, u16)> {
+    if let Ok(addr) = word.parse::<std::net::SocketAddr>() {
+        return Some((addr.ip(), addr.port()));
+    }
+    word.parse::<IpAddr>().ok().map(|addr| (addr, dport))
+}
+
+/// Whether the values are the element key `key`.
+fn key_matches(key: &str, values: &[Value]) -> bool {
+    let parts: Vec<&str> = key.split(" . ").collect();
+    parts.len() == values.len() && values.iter().zip(&parts).all(|(v, p)| v.matches(p))
+}
+
 /// The element of `set` the values match, as (key, value).
 fn lookup<'a>(set: &'a Set, values: &[Value]) -> Option<(&'a String, &'a String)> {
-    set.elements.iter().find(|(key, _)| {
-        let parts: Vec<&str> = key.split(" . ").collect();
-        parts.len() == values.len() && values.iter().zip(&parts).all(|(v, p)| v.matches(p))
-    })
+    set.elements
+        .iter()
+        .find(|(key, _)| key_matches(key, values))
+}
+
+/// The value of the element the values match in `operand`: a named set or map
+/// (`@name`) or one written in the rule (`{ 0 : goto a, 1 : goto b }`).
+fn find(table: &Table, operand: &str, values: &[Value]) -> Result<Option<String>, String> {
+    if let Some(name) = operand.strip_prefix('@') {
+        let set = table
+            .sets
+            .get(name)
+            .ok_or_else(|| format!("no set {name}"))?;
+        return Ok(lookup(set, values).map(|(_, v)| v.clone()));
+    }
+    let Some(inner) = operand.strip_prefix('{').and_then(|o| o.strip_suffix('}')) else {
+        return Err(format!("`{operand}` is neither a set nor a map"));
+    };
+    Ok(inner.split(',').find_map(|element| {
+        let (key, value) = element.split_once(" : ").unwrap_or((element, ""));
+        key_matches(key.trim(), values).then(|| value.trim().to_string())
+    }))
 }
 
 fn verdict(text: &str) -> Result<Action, String> {
@@ -632,6 +673,15 @@ fn evaluate(table: &Table, text: &str, state: &mut State) -> Result<Option<Actio
                     return Err(format!("unknown dnat `{text}`"));
                 }
                 at += 1;
+                if let Some((addr, port)) = literal_destination(word(at), state.packet.dport) {
+                    at += 1;
+                    if addr.is_ipv4() != state.packet.daddr.is_ipv4() {
+                        return Ok(None);
+                    }
+                    state.dnat(addr, port);
+                    action = Action::Accept;
+                    continue;
+                }
                 let key = fields(state, &words, &mut at)?;
                 if word(at) != "map" {
                     return Err(format!("dnat without a map `{text}`"));
@@ -642,7 +692,7 @@ fn evaluate(table: &Table, text: &str, state: &mut State) -> Result<Option<Actio
                 if family.is_some_and(|v4| v4 != state.packet.daddr.is_ipv4()) {
                     return Ok(None);
                 }
-                let Some((_, value)) = lookup(set(&name)?, &key) else {
+                let Some(value) = find(table, &name, &key)? else {
                     return Ok(None);
                 };
                 let (addr, port) = value
@@ -655,11 +705,7 @@ fn evaluate(table: &Table, text: &str, state: &mut State) -> Result<Option<Actio
                     .trim()
                     .parse()
                     .map_err(|_| format!("map {name}: `{port}` is not a port"))?;
-                state
-                    .original
-                    .get_or_insert((state.packet.daddr, state.packet.dport));
-                state.packet.daddr = addr;
-                state.packet.dport = port;
+                state.dnat(addr, port);
                 action = Action::Accept;
             }
             "masquerade" => {
@@ -711,13 +757,13 @@ fn evaluate(table: &Table, text: &str, state: &mut State) -> Result<Option<Actio
                 };
                 if operand == "vmap" {
                     let name = word(at).to_string();
-                    return match lookup(set(&name)?, &values) {
-                        Some((_, value)) => verdict(value).map(Some),
+                    return match find(table, &name, &values)? {
+                        Some(value) => verdict(&value).map(Some),
                         None => Ok(None),
                     };
                 }
-                let found = if operand.starts_with('@') {
-                    lookup(set(&operand)?, &values).is_some()
+                let found = if operand.starts_with('@') || operand.starts_with('{') {
+                    find(table, &operand, &values)?.is_some()
                 } else {
                     let literal = operand.trim_start_matches('{').trim_end_matches('}');
                     values.len() == 1 && values[0].matches(literal)
@@ -863,6 +909,7 @@ mod tests {
                 &[
                     ("10.96.0.1 . tcp . 80", "goto svc"),
                     ("10.96.0.2 . tcp . 80", "goto dead"),
+                    ("10.96.0.4 . tcp . 80", "goto split"),
                 ],
             ),
         );
@@ -942,6 +989,16 @@ mod tests {
         );
         t.chains.insert("dead".into(), plain(&["reject"]));
         t.chains.insert(
+            "split".into(),
+            plain(&["numgen random mod 2 vmap { 0 : goto to-a, 1 : goto to-b }"]),
+        );
+        t.chains.insert(
+            "to-a".into(),
+            plain(&["meta l4proto { tcp, udp } dnat ip to 10.244.5.1:80"]),
+        );
+        t.chains
+            .insert("to-b".into(), plain(&["dnat ip to 10.244.6.1"]));
+        t.chains.insert(
             "after".into(),
             base(
                 "prerouting",
@@ -1017,6 +1074,12 @@ mod tests {
         let untouched = flows("10.244.2.1", "10.96.0.3");
         assert_eq!(untouched.len(), 1);
         assert!(!untouched[0].dnat && !untouched[0].masquerade);
+        // Buckets of a verdict map written in the rule, and literal DNAT targets.
+        let split: Vec<String> = flows("10.244.2.1", "10.96.0.4")
+            .iter()
+            .map(|f| format!("{}:{}", f.daddr, f.dport))
+            .collect();
+        assert_eq!(split, ["10.244.5.1:80", "10.244.6.1:80"]);
         // IPv6 meets no `ip` rule.
         let v6 = trace_flow(&t, &packet("fd00::1", "fd00::2", "tcp", 80), &local).unwrap();
         assert_eq!((v6.len(), v6[0].dnat), (1, false));
