@@ -43,8 +43,9 @@ pub trait Backend: Send {
 pub struct Kernel {
     nft: Nft,
     session: Session,
-    /// The network namespace's inode, which names it for [`Backend::scope`].
-    netns_inode: Option<u64>,
+    /// Names the network namespace for [`Backend::scope`]: its cookie, else its
+    /// inode (which a later namespace may get again once this one is gone).
+    netns_id: Option<String>,
     /// Our rules' expressions as we wrote them, per table.
     digests: BTreeMap<TableId, RuleDigests>,
 }
@@ -54,13 +55,16 @@ impl Kernel {
     pub fn new(nft: Nft) -> Self {
         use std::os::unix::fs::MetadataExt;
         let session = Session::new(nft.netns());
-        let netns_inode = std::fs::metadata(nft.netns().unwrap_or("/proc/thread-self/ns/net"))
-            .ok()
-            .map(|m| m.ino());
+        let netns_id = match super::netlink::netns_cookie(nft.netns()) {
+            Some(cookie) => Some(format!("netns-cookie:{cookie}")),
+            None => std::fs::metadata(nft.netns().unwrap_or("/proc/thread-self/ns/net"))
+                .ok()
+                .map(|m| format!("netns:{}", m.ino())),
+        };
         Self {
             nft,
             session,
-            netns_inode,
+            netns_id,
             digests: BTreeMap::new(),
         }
     }
@@ -184,6 +188,6 @@ impl Backend for Kernel {
     }
 
     fn scope(&self) -> Option<String> {
-        self.netns_inode.map(|inode| format!("netns:{inode}"))
+        self.netns_id.clone()
     }
 }

@@ -589,6 +589,27 @@ fn counter_object(data: &[u8]) -> Option<(String, u64)> {
     Some((name, u64::from_be_bytes(packets)))
 }
 
+/// The network namespace's cookie (`SO_NETNS_COOKIE`): unlike its inode number,
+/// never reused by a later namespace. `None` where the kernel has none (before 5.14).
+pub fn netns_cookie(netns: Option<&str>) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let socket = open(netns).ok()?;
+    let mut cookie: u64 = 0;
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<u64>()).ok()?;
+    // SAFETY: getsockopt writes at most `len` bytes into the u64 it is given.
+    let result = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &raw mut len,
+        )
+    };
+    (result == 0).then_some(cookie)
+}
+
 /// A socket to nf_tables in the network namespace at `netns` (entered from a thread
 /// of its own, so the caller's thread stays where it is) or the current one.
 fn open(netns: Option<&str>) -> Result<Socket, NetlinkError> {
