@@ -34,6 +34,7 @@ mod demo;
 mod firewall;
 mod ipvs;
 mod memory;
+mod nftread;
 mod proxy;
 mod routing;
 
@@ -108,6 +109,12 @@ const BENCHMARKS: &[Benchmark] = &[
         about: "service proxy nftables: 10,000 services x 10 endpoints",
         needs_binaries: false,
         run: proxy::run,
+    },
+    Benchmark {
+        name: "nftread",
+        about: "reading the proxy's table back (10,000 services x 10 endpoints): netlink dumps vs `nft -j`",
+        needs_binaries: false,
+        run: nftread::run,
     },
     Benchmark {
         name: "ipvs",

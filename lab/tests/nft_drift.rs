@@ -46,6 +46,11 @@ fn listing(ns: &Netns, id: &TableId) -> String {
     ns.exec("nft", &["-a", "-j", "list", "table", &id.family, &id.name])
 }
 
+/// Held by the tests that repair a table: the repairs counter is one per table name
+/// for the whole process, so another test's repair must not land between a test's
+/// reading of it and its own.
+static REPAIRS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn repairs(id: &TableId) -> u64 {
     NftMetrics::get()
         .drift_repairs
@@ -150,6 +155,7 @@ fn drift_and_restart(case: Case) {
     if !kubewire_lab::harness::require_root() {
         return;
     }
+    let _repairs = REPAIRS.lock().unwrap_or_else(|e| e.into_inner());
     let ns = Netns::new("kwdrift");
     ns.ip(&["link", "set", "lo", "up"]);
     ns.nft(FOREIGN);
@@ -266,6 +272,7 @@ fn one_tables_commits_do_not_make_the_others_read() {
         return;
     }
     let (firewall, proxy) = (firewall(), proxy());
+    let _repairs = REPAIRS.lock().unwrap_or_else(|e| e.into_inner());
     let ns = Netns::new("kwshare");
     ns.block_on(|| async {
         let new = |case: &Case| nft::Reconciler::new(Kernel::new(Nft::default()), case.id.clone());

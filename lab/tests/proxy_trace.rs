@@ -1,5 +1,8 @@
 //! `kubewire proxy trace` and `proxy plan` run as a binary on examples/proxy (one
 //! Service per kube-proxy rule): every rule's verdict, exactly as CONTRACT.md prints it.
+//! `proxy trace` also follows each packet through the compiled nftables table
+//! (`kubewire::nft::trace::trace_flow`) and fails when the two disagree, so every case
+//! here is checked against the compiled rules too (rootless).
 
 mod common;
 mod proxy_support;

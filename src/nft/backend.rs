@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use std::future::Future;
 
 use super::cli::{Nft, NftError};
+use super::dump::RuleDigests;
 use super::model::TableId;
-use super::netlink::{Codec, ElementBatch, Session};
+use super::netlink::{Codec, ElementBatch, NetlinkError, Session};
 use super::read::{self, Observed};
 use super::render::{Op, Transaction};
 
@@ -42,8 +43,11 @@ pub trait Backend: Send {
 pub struct Kernel {
     nft: Nft,
     session: Session,
-    /// The network namespace's inode, which names it for [`Backend::scope`].
-    netns_inode: Option<u64>,
+    /// Names the network namespace for [`Backend::scope`]: its cookie, else its
+    /// inode (which a later namespace may get again once this one is gone).
+    netns_id: Option<String>,
+    /// Our rules' expressions as we wrote them, per table.
+    digests: BTreeMap<TableId, RuleDigests>,
 }
 
 impl Kernel {
@@ -51,13 +55,17 @@ impl Kernel {
     pub fn new(nft: Nft) -> Self {
         use std::os::unix::fs::MetadataExt;
         let session = Session::new(nft.netns());
-        let netns_inode = std::fs::metadata(nft.netns().unwrap_or("/proc/thread-self/ns/net"))
-            .ok()
-            .map(|m| m.ino());
+        let netns_id = match super::netlink::netns_cookie(nft.netns()) {
+            Some(cookie) => Some(format!("netns-cookie:{cookie}")),
+            None => std::fs::metadata(nft.netns().unwrap_or("/proc/thread-self/ns/net"))
+                .ok()
+                .map(|m| format!("netns:{}", m.ino())),
+        };
         Self {
             nft,
             session,
-            netns_inode,
+            netns_id,
+            digests: BTreeMap::new(),
         }
     }
 
@@ -98,6 +106,27 @@ impl Kernel {
     }
 }
 
+impl Kernel {
+    /// The table as `nft -j list table` shows it (the reader before netlink dumps;
+    /// rules are taken by their comments alone).
+    pub async fn read_listing(&mut self, table: &TableId) -> Result<Option<Observed>, NftError> {
+        match self.nft.list_table(&table.family, &table.name, false).await {
+            Ok(listing) => Ok(Some(read::observed(&listing))),
+            Err(NftError::NoTable { .. }) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    fn learn_rules(&mut self, table: &TableId) -> Result<(), NftError> {
+        let rules = self
+            .session
+            .dump_rules(&table.family, &table.name)
+            .map_err(|err| NftError::Netlink(err.to_string()))?;
+        self.digests.entry(table.clone()).or_default().learn(&rules);
+        Ok(())
+    }
+}
+
 impl Backend for Kernel {
     /// An elements-only transaction is sent in place: the kernel runs the whole
     /// batch, commit included, within the send, so this blocks for the commit (about
@@ -108,16 +137,42 @@ impl Backend for Kernel {
                 .session
                 .apply(&batches)
                 .map_err(|err| NftError::Netlink(err.to_string())),
-            None => self.nft.apply(&tx.text()).await,
+            None => {
+                self.nft.apply(&tx.text()).await?;
+                // Rules were written: learn their expressions as the kernel holds
+                // them now, for the drift check (see RuleDigests). The commit stands
+                // either way; without a dump the next read learns them instead.
+                if let Err(err) = self.learn_rules(&tx.table) {
+                    tracing::warn!(table = %tx.table, error = %err, "could not read our rules back after writing them");
+                    self.digests.remove(&tx.table);
+                }
+                Ok(())
+            }
         }
     }
 
+    /// Reads the table with netlink dumps, between two generation queries that must
+    /// agree (a commit in between may have been read half): tried three times, then
+    /// the table is read through `nft -j` (also when a set has elements the dump
+    /// cannot decode).
     async fn read(&mut self, table: &TableId) -> Result<Option<Observed>, NftError> {
-        match self.nft.list_table(&table.family, &table.name, false).await {
-            Ok(listing) => Ok(Some(read::observed(&listing))),
-            Err(NftError::NoTable { .. }) => Ok(None),
-            Err(err) => Err(err),
+        for _ in 0..3 {
+            let before = self.generation().await?;
+            let dumped = match self.session.dump_table(&table.family, &table.name) {
+                Ok(dumped) => dumped,
+                Err(err @ NetlinkError::Unsupported { .. }) => {
+                    tracing::debug!(table = %table, error = %err, "reading the table through nft -j");
+                    break;
+                }
+                Err(err) => return Err(NftError::Netlink(err.to_string())),
+            };
+            if self.generation().await? != before {
+                continue;
+            }
+            let digests = self.digests.entry(table.clone()).or_default();
+            return Ok(dumped.map(|dumped| digests.observed(dumped)));
         }
+        self.read_listing(table).await
     }
 
     async fn packets(&mut self, table: &TableId) -> Result<BTreeMap<String, u64>, NftError> {
@@ -133,6 +188,6 @@ impl Backend for Kernel {
     }
 
     fn scope(&self) -> Option<String> {
-        self.netns_inode.map(|inode| format!("netns:{inode}"))
+        self.netns_id.clone()
     }
 }

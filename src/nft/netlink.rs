@@ -20,7 +20,7 @@ use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
 use super::model::Set;
 
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
+pub(super) const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 16;
 const NFNL_MSG_BATCH_END: u16 = 17;
 const NFT_MSG_NEWSETELEM: u16 = 12;
@@ -30,30 +30,30 @@ const NFT_MSG_GETGEN: u16 = 16;
 const NFTA_GEN_ID: u16 = 1;
 const NFT_MSG_NEWOBJ: u16 = 18;
 const NFT_MSG_GETOBJ: u16 = 19;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_DUMP: u16 = 0x300;
+pub(super) const NLMSG_DONE: u16 = 3;
+pub(super) const NLM_F_DUMP: u16 = 0x300;
 const NFTA_OBJ_TABLE: u16 = 1;
 const NFTA_OBJ_NAME: u16 = 2;
 const NFTA_OBJ_TYPE: u16 = 3;
 const NFTA_OBJ_DATA: u16 = 4;
 const NFT_OBJECT_COUNTER: u32 = 1;
 const NFTA_COUNTER_PACKETS: u16 = 2;
-const NLMSG_ERROR: u16 = 2;
+pub(super) const NLMSG_ERROR: u16 = 2;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_CREATE: u16 = 0x400;
 const NLA_F_NESTED: u16 = 0x8000;
-const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
-const NFTA_SET_ELEM_LIST_SET: u16 = 2;
-const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
-const NFTA_LIST_ELEM: u16 = 1;
-const NFTA_SET_ELEM_KEY: u16 = 1;
-const NFTA_SET_ELEM_DATA: u16 = 2;
-const NFTA_SET_ELEM_OBJREF: u16 = 9;
-const NFTA_DATA_VALUE: u16 = 1;
-const NFTA_DATA_VERDICT: u16 = 2;
-const NFTA_VERDICT_CODE: u16 = 1;
-const NFTA_VERDICT_CHAIN: u16 = 2;
+pub(super) const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+pub(super) const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+pub(super) const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+pub(super) const NFTA_LIST_ELEM: u16 = 1;
+pub(super) const NFTA_SET_ELEM_KEY: u16 = 1;
+pub(super) const NFTA_SET_ELEM_DATA: u16 = 2;
+pub(super) const NFTA_SET_ELEM_OBJREF: u16 = 9;
+pub(super) const NFTA_DATA_VALUE: u16 = 1;
+pub(super) const NFTA_DATA_VERDICT: u16 = 2;
+pub(super) const NFTA_VERDICT_CODE: u16 = 1;
+pub(super) const NFTA_VERDICT_CHAIN: u16 = 2;
 const NFT_CONTINUE: i32 = -1;
 const NFT_JUMP: i32 = -3;
 const NFT_GOTO: i32 = -4;
@@ -302,7 +302,7 @@ fn encode_verdict(value: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-fn attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
+pub(super) fn attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
     let len = u16::try_from(4 + payload.len()).unwrap_or(u16::MAX);
     out.extend_from_slice(&len.to_ne_bytes());
     out.extend_from_slice(&kind.to_ne_bytes());
@@ -312,7 +312,7 @@ fn attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
     }
 }
 
-fn attr_str(out: &mut Vec<u8>, kind: u16, text: &str) {
+pub(super) fn attr_str(out: &mut Vec<u8>, kind: u16, text: &str) {
     let mut bytes = text.as_bytes().to_vec();
     bytes.push(0);
     attr(out, kind, &bytes);
@@ -426,7 +426,7 @@ impl Session {
 impl Session {
     /// Sends one request and hands each reply message of it (type, body after the
     /// netlink header) to `reply` until that returns a result.
-    fn request<T>(
+    pub(super) fn request<T>(
         &mut self,
         kind: u16,
         flags: u16,
@@ -550,17 +550,17 @@ impl Session {
 }
 
 /// The error code of an NLMSG_ERROR body (0: an acknowledgement).
-fn error_of_code(body: &[u8]) -> i32 {
+pub(super) fn error_of_code(body: &[u8]) -> i32 {
     body.get(..4)
         .map_or(-libc::EIO, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
 }
 
-fn error_of(body: &[u8]) -> NetlinkError {
+pub(super) fn error_of(body: &[u8]) -> NetlinkError {
     std::io::Error::from_raw_os_error(-error_of_code(body)).into()
 }
 
 /// The attributes in `data`: (type without flags, payload).
-fn attributes(data: &[u8]) -> Vec<(u16, &[u8])> {
+pub(super) fn attributes(data: &[u8]) -> Vec<(u16, &[u8])> {
     let mut out = Vec::new();
     let mut offset = 0;
     while offset + 4 <= data.len() {
@@ -587,6 +587,27 @@ fn counter_object(data: &[u8]) -> Option<(String, u64)> {
         .1;
     let packets: [u8; 8] = packets.get(..8)?.try_into().ok()?;
     Some((name, u64::from_be_bytes(packets)))
+}
+
+/// The network namespace's cookie (`SO_NETNS_COOKIE`): unlike its inode number,
+/// never reused by a later namespace. `None` where the kernel has none (before 5.14).
+pub fn netns_cookie(netns: Option<&str>) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let socket = open(netns).ok()?;
+    let mut cookie: u64 = 0;
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<u64>()).ok()?;
+    // SAFETY: getsockopt writes at most `len` bytes into the u64 it is given.
+    let result = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &raw mut len,
+        )
+    };
+    (result == 0).then_some(cookie)
 }
 
 /// A socket to nf_tables in the network namespace at `netns` (entered from a thread

@@ -1,7 +1,10 @@
 //! Reads a table back from an `nft -j list table` listing into the same [`Table`]
 //! type a controller builds, so that drift and restart are one diff: rules and set
 //! declarations by the fingerprint in their comment, base chains by their hook,
-//! elements in the syntax the controllers write.
+//! elements in the syntax the controllers write. The kernel backend reads through
+//! netlink dumps ([`super::dump`]) into the same [`Observed`]; this listing reader is
+//! its fallback (a set whose elements the dump cannot decode) and its reference in
+//! tests and benchmarks.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

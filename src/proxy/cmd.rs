@@ -112,6 +112,16 @@ pub fn trace(args: &TraceArgs) -> anyhow::Result<String> {
     })?;
     let map = load(&args.target, &args.service_cluster_ip_range, &args.map)?;
     let trace = super::trace::trace(&map, args.from, args.to, args.port, protocol);
+    // The answer is checked against the compiled nftables rules themselves.
+    let compiled = super::trace::compiled(&map, args.from, args.to, args.port, protocol)
+        .map_err(|e| anyhow::anyhow!("tracing the compiled nftables rules: {e}"))?;
+    if !super::trace::agrees(&trace.verdict, &compiled, args.to) {
+        anyhow::bail!(
+            "the compiled nftables rules disagree: they say {}, the reference says {}",
+            serde_json::to_string(&compiled)?,
+            serde_json::to_string(&trace.verdict)?
+        );
+    }
     Ok(match args.format {
         OutputFormat::Json => format!("{}\n", serde_json::to_string(&trace.verdict)?),
         OutputFormat::Text => super::trace::render_text(&trace),

@@ -245,6 +245,77 @@ fn decide(map: &ServiceMap, port: &ServicePort, kind: FrontendKind, from: IpAddr
     }
 }
 
+/// What the compiled nftables rules do to the same packet: the map compiled and
+/// lowered to the table the reconciler applies, and the packet followed through it
+/// by [`crate::nft::trace::trace_flow`] (every numgen bucket), with the node's
+/// addresses as its local ones. Errors name a rule the tracer cannot evaluate or
+/// buckets that disagree on the packet's fate.
+pub fn compiled(
+    map: &ServiceMap,
+    from: IpAddr,
+    to: IpAddr,
+    port: u16,
+    protocol: Protocol,
+) -> Result<Verdict, String> {
+    use crate::nft::trace::{Fate, Packet, trace_flow};
+    if from.is_ipv6() != to.is_ipv6() {
+        return Ok(Verdict::None);
+    }
+    let (ruleset, _) = super::nftables::compile::compile(map);
+    let table = super::nftables::ruleset::Lowering::default().lower(&ruleset);
+    let mut local = map.node_ips.clone();
+    local.extend(&map.node_port_ips);
+    let packet = Packet::new(from, to, protocol.nft(), port);
+    let flows = trace_flow(&table, &packet, &local).map_err(|e| e.to_string())?;
+    let fates: std::collections::BTreeSet<String> = flows
+        .iter()
+        .map(|f| format!("{:?} dnat={}", f.fate, f.dnat))
+        .collect();
+    if fates.len() != 1 {
+        return Err(format!("the numgen buckets disagree: {fates:?}"));
+    }
+    let first = &flows[0];
+    Ok(match (first.fate, first.dnat) {
+        (Fate::Drop, _) => Verdict::Drop,
+        (Fate::Reject, _) => Verdict::Reject,
+        (Fate::Accept, false) => Verdict::None,
+        (Fate::Accept, true) => {
+            let backends: std::collections::BTreeSet<String> = flows
+                .iter()
+                .map(|f| SocketAddr::new(f.daddr, f.dport).to_string())
+                .collect();
+            Verdict::Forward {
+                backends: backends.into_iter().collect(),
+                masquerade: flows.iter().any(|f| f.masquerade),
+                affinity_seconds: flows.iter().find_map(|f| f.affinity_seconds),
+            }
+        }
+    })
+}
+
+/// Whether the compiled rules' verdict is the reference's for the nftables backend,
+/// which keeps no ClientIP affinity for IPv6 (IPVS does).
+pub fn agrees(reference: &Verdict, compiled: &Verdict, to: IpAddr) -> bool {
+    match (reference, to.is_ipv6()) {
+        (
+            Verdict::Forward {
+                backends,
+                masquerade,
+                ..
+            },
+            true,
+        ) => {
+            *compiled
+                == Verdict::Forward {
+                    backends: backends.clone(),
+                    masquerade: *masquerade,
+                    affinity_seconds: None,
+                }
+        }
+        _ => reference == compiled,
+    }
+}
+
 /// The text `proxy trace` prints for people.
 pub fn render_text(trace: &Trace) -> String {
     let head = match &trace.verdict {
@@ -330,6 +401,13 @@ mod tests {
                 *protocol,
             );
             assert_eq!(&got.verdict, expected, "{what}: {}", got.reason);
+            let (from, to) = (from.parse().unwrap(), to.parse().unwrap());
+            let compiled = compiled(map, from, to, *port, *protocol)
+                .unwrap_or_else(|e| panic!("{what}: the compiled rules: {e}"));
+            assert!(
+                agrees(expected, &compiled, to),
+                "{what}: the compiled rules say {compiled:?}"
+            );
         }
     }
 
