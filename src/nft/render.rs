@@ -320,19 +320,16 @@ pub fn diff(id: &TableId, old: &Table, new: &Table) -> Option<Transaction> {
     })
 }
 
-/// Whether `rule` names a set of `old` declared with a `typeof` naming `th`: nft
-/// 1.0.6 cannot add such a rule to an existing table ("conflicting protocols
-/// specified: ip vs. th"), only create it with the set, so a replacement is the
-/// only way (and trying first would cost a failed `nft -f` that reads the whole
-/// table). The same `typeof` with `tcp dport` instead is read back fine.
+/// Whether `rule` names a set of `old` declared with `typeof`: nft 1.0.6 cannot add
+/// such a rule to an existing table ("conflicting protocols specified: ip vs. th"
+/// for a `typeof ... th dport` map), only create it with the set, so a replacement
+/// is the only way (and trying first would cost a failed `nft -f` that reads the
+/// whole table).
 fn names_existing_typeof(rule: &Rule, old: &Table) -> bool {
     rule.text().split_whitespace().any(|word| {
         word.strip_prefix('@')
             .and_then(|name| old.sets.get(name))
-            .is_some_and(|set| {
-                set.declaration.starts_with("typeof")
-                    && set.declaration.split_whitespace().any(|w| w == "th")
-            })
+            .is_some_and(|set| set.declaration.starts_with("typeof"))
     })
 }
 

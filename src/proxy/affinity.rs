@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
+use super::nftables::compile::slot_map;
 use super::nftables::ruleset::{FAMILY, TABLE};
 use crate::nft::{Nft, Table};
 
@@ -18,7 +19,7 @@ pub const MAP: &str = "affinity4";
 /// `(frontend "addr . proto . port", endpoint "addr . port")`.
 type Pair = (String, String);
 
-/// Every (frontend, endpoint) an affinity entry may point at in `ruleset`: each
+/// Every (frontend, endpoint) an affinity entry may point at in `table`: each
 /// frontend of `affinity-services4` with every endpoint of its slot maps.
 pub fn valid_pairs(table: &Table) -> BTreeSet<Pair> {
     let mut out = BTreeSet::new();
@@ -26,8 +27,18 @@ pub fn valid_pairs(table: &Table) -> BTreeSet<Pair> {
         return out;
     };
     for (frontend, _) in services.elements.iter_unordered() {
-        for slots in ["endpoints4", "local-endpoints4"] {
-            let Some(slots) = table.sets.get(slots) else {
+        for (counts, local) in [("cluster-counts4", false), ("local-counts4", true)] {
+            // `goto endpoints-N`: N says which slot map.
+            let count = table
+                .sets
+                .get(counts)
+                .and_then(|counts| counts.elements.get(frontend))
+                .and_then(|verdict| verdict.rsplit_once('-'))
+                .and_then(|(_, n)| n.parse::<usize>().ok());
+            let Some(n) = count else {
+                continue;
+            };
+            let Some(slots) = table.sets.get(slot_map(local, n, false).as_ref()) else {
                 continue;
             };
             // Slots are numbered from 0 without gaps.

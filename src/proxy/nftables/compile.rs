@@ -38,6 +38,7 @@
 //! Services get no affinity: nft 1.0.6 aborts on a dynamic-map update whose key
 //! (client, address, protocol, port) is that long.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
@@ -131,7 +132,6 @@ pub fn declarations(dataplane: Dataplane) -> Ruleset {
         for name in verdict_maps {
             sets.push((name, declare(true, format!("type {frontend} : verdict;"))));
         }
-        let ip = f.ip();
         let slot_maps: &[&str] = if nat {
             &["endpoints", "local-endpoints"]
         } else {
@@ -154,24 +154,58 @@ pub fn declarations(dataplane: Dataplane) -> Ruleset {
             ));
         }
         for name in slot_maps {
-            // `tcp dport`, not `th dport` (same type): nft 1.0.6 reads a `typeof` with
-            // `th` back as "conflicting protocols", and so could not add a rule naming
-            // the map (an `endpoints-N` chain) to an existing table.
-            sets.push((
-                name,
-                declare(
-                    true,
-                    format!(
-                        "typeof {ip} daddr . meta l4proto . tcp dport . numgen random mod 1 : {ip} daddr . tcp dport;"
-                    ),
-                ),
-            ));
+            sets.push((name, declare(true, slot_map_declaration(f))));
         }
         for (name, set) in sets {
             ruleset.sets.insert(f.name(name).to_string(), set);
         }
     }
     ruleset
+}
+
+/// A slot map: `frontend . slot → endpoint`.
+fn slot_map_declaration(f: Family) -> String {
+    let ip = f.ip();
+    format!(
+        "typeof {ip} daddr . meta l4proto . th dport . numgen random mod 1 : {ip} daddr . th dport;"
+    )
+}
+
+/// The slot map of frontends with `n` endpoints: the family's shared one up to
+/// [`FIXED_COUNTS`], beyond it one per count (`endpoints4-20`), created with its
+/// `endpoints-N` chain. nft 1.0.6 cannot add a rule naming an existing `typeof ...
+/// th dport` map to a table, only create both together (and a `tcp dport` typeof
+/// would make nft match TCP only), so a new count gets a new map and is a change,
+/// not a table replacement.
+pub fn slot_map(local: bool, n: usize, v6: bool) -> Cow<'static, str> {
+    let f = Family(v6);
+    let base = if local {
+        "local-endpoints"
+    } else {
+        "endpoints"
+    };
+    if n <= FIXED_COUNTS {
+        Cow::Borrowed(f.name(base))
+    } else {
+        Cow::Owned(format!("{}-{n}", f.name(base)))
+    }
+}
+
+/// The slot maps of count `n` beyond [`FIXED_COUNTS`] (both families), with their
+/// declaration.
+pub(super) fn count_maps(local: bool, n: usize) -> Vec<(String, String)> {
+    if n <= FIXED_COUNTS {
+        return Vec::new();
+    }
+    [false, true]
+        .into_iter()
+        .map(|v6| {
+            (
+                slot_map(local, n, v6).into_owned(),
+                slot_map_declaration(Family(v6)),
+            )
+        })
+        .collect()
 }
 
 /// The elements of the sets that follow the cluster, not its Services: pod CIDRs,
@@ -276,7 +310,7 @@ impl Family {
 pub(super) struct Claim {
     pub kind: FrontendKind,
     /// Elements only this frontend has (keys start with the frontend): set, key, value.
-    pub elements: Vec<(&'static str, String, Option<String>)>,
+    pub elements: Vec<(Cow<'static, str>, String, Option<String>)>,
     /// Elements other frontends may have too (`hairpin`).
     pub shared: Vec<(&'static str, String)>,
     /// `endpoints-N` chains it jumps to: (local?, N).
@@ -286,8 +320,8 @@ pub(super) struct Claim {
 }
 
 impl Claim {
-    fn put(&mut self, set: &'static str, key: String, value: Option<String>) {
-        self.elements.push((set, key, value));
+    fn put(&mut self, set: impl Into<Cow<'static, str>>, key: String, value: Option<String>) {
+        self.elements.push((set.into(), key, value));
     }
 }
 
@@ -428,10 +462,10 @@ fn endpoints(
     key: &str,
     endpoints: &[SocketAddr],
 ) {
-    let (counts, slots, chain) = if local {
-        ("local-counts", "local-endpoints", "local-endpoints")
+    let (counts, chain) = if local {
+        ("local-counts", "local-endpoints")
     } else {
-        ("cluster-counts", "endpoints", "endpoints")
+        ("cluster-counts", "endpoints")
     };
     if dataplane == Dataplane::IpvsGlue {
         for endpoint in endpoints {
@@ -449,9 +483,10 @@ fn endpoints(
         key.to_string(),
         Some(format!("goto {chain}-{n}")),
     );
+    let slots = slot_map(local, n, f.0);
     for (slot, endpoint) in endpoints.iter().enumerate() {
         claim.put(
-            f.name(slots),
+            slots.clone(),
             format!("{key} . {slot}"),
             Some(format!("{} . {}", endpoint.ip(), endpoint.port())),
         );
@@ -702,7 +737,7 @@ fn chains(
                 "dnat {0} to {1} . numgen random mod {n} map @{2}",
                 f.ip(),
                 frontend(f),
-                f.name(name)
+                slot_map(is_local, n, f.0)
             )
         });
         add(&format!("{name}-{n}"), chain(None, rules));
@@ -862,7 +897,20 @@ mod tests {
         assert_eq!(extra, ["endpoints-20"]);
         assert_eq!(
             large.chains["endpoints-20"].rules[0],
-            "dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 20 map @endpoints4"
+            "dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 20 map @endpoints4-20"
+        );
+        // Its own slot maps, created with it: the Service's slots are there.
+        assert_eq!(
+            elements(&large, "endpoints4-20").len(),
+            2 * 20,
+            "ClusterIP and NodePort"
+        );
+        assert!(large.sets.contains_key("endpoints6-20"));
+        assert!(!small.sets.contains_key("endpoints4-20"));
+        assert!(
+            elements(&large, "endpoints4")
+                .iter()
+                .all(|e| !e.starts_with("192.168.0.1 . tcp . 30080 ."))
         );
         // No pod CIDRs of IPv6: only the IPv4 masquerade rule for off-cluster sources.
         assert_eq!(

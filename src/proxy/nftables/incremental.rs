@@ -14,7 +14,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::compile::{
-    ChainInputs, Claim, Dataplane, chains_for, declarations, fixed_elements, port_claims,
+    ChainInputs, Claim, Dataplane, chains_for, count_maps, declarations, fixed_elements,
+    port_claims,
 };
 use super::ruleset::{Chain, Lowering, Ruleset};
 use crate::nft::{self, Hook, Objects};
@@ -27,6 +28,9 @@ pub trait Sink {
     fn remove(&mut self, set: &str, key: &str);
     /// Makes `keys` the elements of plain set `set`.
     fn fill(&mut self, set: &str, keys: &[String]);
+    /// Declares map `name`, empty.
+    fn add_map(&mut self, name: &str, declaration: &str);
+    fn remove_set(&mut self, name: &str);
     fn set_chains(&mut self, chains: BTreeMap<String, Chain>);
 }
 
@@ -47,6 +51,21 @@ impl Sink for Ruleset {
         if let Some(set) = self.sets.get_mut(set) {
             set.elements = keys.iter().map(|k| (k.clone(), None)).collect();
         }
+    }
+
+    fn add_map(&mut self, name: &str, declaration: &str) {
+        self.sets.insert(
+            name.to_string(),
+            super::ruleset::Set {
+                map: true,
+                declaration: declaration.to_string(),
+                elements: BTreeMap::new(),
+            },
+        );
+    }
+
+    fn remove_set(&mut self, name: &str) {
+        self.sets.remove(name);
     }
 
     fn set_chains(&mut self, chains: BTreeMap<String, Chain>) {
@@ -87,6 +106,17 @@ impl Sink for nft::Table {
         if new != **old {
             self.sets.insert(name.to_string(), Arc::new(new));
         }
+    }
+
+    fn add_map(&mut self, name: &str, declaration: &str) {
+        self.sets.insert(
+            name.to_string(),
+            Arc::new(nft::Set::new(true, declaration, None)),
+        );
+    }
+
+    fn remove_set(&mut self, name: &str) {
+        self.sets.remove(name);
     }
 
     fn set_chains(&mut self, chains: BTreeMap<String, Chain>) {
@@ -152,14 +182,21 @@ impl<S: Sink> Output<S> {
     }
 
     fn apply(&mut self, claim: &Claim) {
+        // A count's own maps first: its elements go there.
+        for &(local, n) in &claim.counts {
+            let users = self.counts.entry((local, n)).or_default();
+            *users += 1;
+            if *users == 1 {
+                for (name, declaration) in count_maps(local, n) {
+                    self.sink.add_map(&name, &declaration);
+                }
+            }
+        }
         for (set, key, value) in &claim.elements {
             self.sink.insert(set, key.clone(), value.clone());
         }
         for shared in &claim.shared {
             self.share(shared);
-        }
-        for count in &claim.counts {
-            *self.counts.entry(*count).or_default() += 1;
         }
         if let Some(timeout) = claim.timeout {
             *self.timeouts.entry(timeout).or_default() += 1;
@@ -173,8 +210,12 @@ impl<S: Sink> Output<S> {
         for shared in &claim.shared {
             self.unshare(shared);
         }
-        for count in &claim.counts {
-            release(&mut self.counts, count);
+        for &(local, n) in &claim.counts {
+            if release(&mut self.counts, &(local, n)) {
+                for (name, _) in count_maps(local, n) {
+                    self.sink.remove_set(&name);
+                }
+            }
         }
         if let Some(timeout) = &claim.timeout {
             release(&mut self.timeouts, timeout);
@@ -182,13 +223,17 @@ impl<S: Sink> Output<S> {
     }
 }
 
-fn release<K: Ord>(counts: &mut BTreeMap<K, usize>, key: &K) {
-    if let Some(count) = counts.get_mut(key) {
-        *count -= 1;
-        if *count == 0 {
-            counts.remove(key);
-        }
+/// Drops one user of `key`; whether it was the last.
+fn release<K: Ord>(counts: &mut BTreeMap<K, usize>, key: &K) -> bool {
+    let Some(count) = counts.get_mut(key) else {
+        return false;
+    };
+    *count -= 1;
+    if *count == 0 {
+        counts.remove(key);
+        return true;
     }
+    false
 }
 
 /// The compiled table, kept up to date one Service at a time.
