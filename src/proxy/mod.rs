@@ -86,7 +86,7 @@ pub struct ProxyController {
     metrics: metrics::ProxyMetrics,
     backend: Backend,
     /// The service map, kept between syncs.
-    services: services::Incremental,
+    services: Box<services::Incremental>,
     /// Kept open for reading the node's addresses (`--nodeport-addresses` CIDRs).
     addresses_socket: Option<crate::routing::netlink::Netlink>,
 }
@@ -138,7 +138,7 @@ impl ProxyController {
             conntrack: conntrack::Cleaner::default(),
             metrics: metrics::ProxyMetrics::register(metrics),
             backend,
-            services: services::Incremental::default(),
+            services: Box::default(),
             addresses_socket: None,
         })
     }

@@ -197,16 +197,16 @@ impl Incremental {
             }
         }
         for (old, new) in differences(&self.slices, &snapshot.endpoint_slices) {
-            if let Some(old) = old {
-                if let Some(key) = slice_service(old) {
-                    if let Some(list) = self.by_service.get_mut(&key) {
-                        list.retain(|s| !Arc::ptr_eq(s, old));
-                        if list.is_empty() {
-                            self.by_service.remove(&key);
-                        }
+            if let Some(old) = old
+                && let Some(key) = slice_service(old)
+            {
+                if let Some(list) = self.by_service.get_mut(&key) {
+                    list.retain(|s| !Arc::ptr_eq(s, old));
+                    if list.is_empty() {
+                        self.by_service.remove(&key);
                     }
-                    changed.insert(key);
                 }
+                changed.insert(key);
             }
             if let Some(new) = new
                 && let Some(key) = slice_service(new)
@@ -397,13 +397,13 @@ fn slice_service(slice: &EndpointSlice) -> Option<String> {
     ))
 }
 
+/// One object's old and new version; `None` where it did not exist.
+type Difference<'a, T> = (Option<&'a Arc<T>>, Option<&'a Arc<T>>);
+
 /// The objects that differ between two lists sorted by (namespace, name): (old,
 /// new), either missing when added or deleted. The same `Arc` is the same version,
 /// so an unchanged list costs one pointer comparison per object.
-fn differences<'a, T: ResourceExt>(
-    old: &'a [Arc<T>],
-    new: &'a [Arc<T>],
-) -> Vec<(Option<&'a Arc<T>>, Option<&'a Arc<T>>)> {
+fn differences<'a, T: ResourceExt>(old: &'a [Arc<T>], new: &'a [Arc<T>]) -> Vec<Difference<'a, T>> {
     let id = |o: &'a Arc<T>| {
         (
             o.meta().namespace.as_deref().unwrap_or(""),
