@@ -12,7 +12,10 @@
 //!   `local-endpoints-N`, whose one rule per family is
 //!   `dnat to <frontend> . numgen random mod N map @endpoints` (slot → endpoint), so
 //!   every endpoint is equally likely. Chains exist for 1..=[`FIXED_COUNTS`]
-//!   endpoints and for any larger count in use;
+//!   endpoints, sharing the slot maps `endpoints4/6` and `local-endpoints4/6`, and
+//!   for any larger count in use, each with its own slot maps (`endpoints4-20`, see
+//!   [`slot_map`]) created in the same transaction, so a Service growing past 16
+//!   endpoints is a change, not a table replacement;
 //! - the filter chains reject or drop Service ports without usable endpoints
 //!   (`no-endpoint-services`), drop sources outside loadBalancerSourceRanges
 //!   (`firewall-ips` / `firewall-allow`), reject ClusterIPs on unserved ports and drop
