@@ -9,8 +9,9 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use super::nftables::ruleset::{FAMILY, Ruleset, TABLE};
-use crate::nft::Nft;
+use super::nftables::compile::slot_map;
+use super::nftables::ruleset::{FAMILY, TABLE};
+use crate::nft::{Nft, Table};
 
 /// The affinity map the janitor keeps clean.
 pub const MAP: &str = "affinity4";
@@ -18,26 +19,34 @@ pub const MAP: &str = "affinity4";
 /// `(frontend "addr . proto . port", endpoint "addr . port")`.
 type Pair = (String, String);
 
-/// Every (frontend, endpoint) an affinity entry may point at in `ruleset`: each
+/// Every (frontend, endpoint) an affinity entry may point at in `table`: each
 /// frontend of `affinity-services4` with every endpoint of its slot maps.
-pub fn valid_pairs(ruleset: &Ruleset) -> BTreeSet<Pair> {
-    let Some(services) = ruleset.sets.get("affinity-services4") else {
-        return BTreeSet::new();
-    };
+pub fn valid_pairs(table: &Table) -> BTreeSet<Pair> {
     let mut out = BTreeSet::new();
-    for slots in ["endpoints4", "local-endpoints4"] {
-        let Some(slots) = ruleset.sets.get(slots) else {
-            continue;
-        };
-        for (key, endpoint) in &slots.elements {
-            // `frontend . slot`
-            let Some((frontend, _slot)) = key.rsplit_once(" . ") else {
+    let Some(services) = table.sets.get("affinity-services4") else {
+        return out;
+    };
+    for (frontend, _) in services.elements.iter_unordered() {
+        for (counts, local) in [("cluster-counts4", false), ("local-counts4", true)] {
+            // `goto endpoints-N`: N says which slot map.
+            let count = table
+                .sets
+                .get(counts)
+                .and_then(|counts| counts.elements.get(frontend))
+                .and_then(|verdict| verdict.rsplit_once('-'))
+                .and_then(|(_, n)| n.parse::<usize>().ok());
+            let Some(n) = count else {
                 continue;
             };
-            if let Some(endpoint) = endpoint
-                && services.elements.contains_key(frontend)
-            {
-                out.insert((frontend.to_string(), endpoint.clone()));
+            let Some(slots) = table.sets.get(slot_map(local, n, false).as_ref()) else {
+                continue;
+            };
+            // Slots are numbered from 0 without gaps.
+            for slot in 0.. {
+                match slots.elements.get(&format!("{frontend} . {slot}")) {
+                    Some(endpoint) => out.insert((frontend.clone(), endpoint.clone())),
+                    None => break,
+                };
             }
         }
     }
@@ -155,7 +164,8 @@ mod tests {
             crate::proxy::services::build(&snapshot, "n1", &["10.96.0.0/16".parse().unwrap()])
         };
         let (ruleset, _) = super::super::nftables::compile::compile(&map);
-        let pairs: Vec<String> = valid_pairs(&ruleset)
+        let table = super::super::nftables::ruleset::Lowering::default().lower(&ruleset);
+        let pairs: Vec<String> = valid_pairs(&table)
             .into_iter()
             .map(|(f, e)| format!("{f} -> {e}"))
             .collect();

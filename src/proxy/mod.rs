@@ -33,8 +33,44 @@ pub const KINDS: [Kind; 4] = [
 
 /// The backend that keeps one node's Services in the kernel.
 enum Backend {
-    Nftables(Box<nftables::apply::Reconciler>, affinity::Janitor),
+    Nftables(Box<Nftables>),
     Ipvs(Box<ipvs::apply::Reconciler>),
+}
+
+/// The nftables backend's state between syncs: the compiled table, kept up to date
+/// one Service at a time, and what keeps the kernel equal to it.
+pub struct Nftables {
+    pub compiler: nftables::incremental::Compiler<crate::nft::Table>,
+    pub reconciler: nftables::apply::Reconciler,
+    pub janitor: affinity::Janitor,
+}
+
+impl Nftables {
+    pub fn new(nft: crate::nft::Nft) -> Self {
+        Self {
+            compiler: nftables::incremental::Compiler::table(
+                nftables::compile::Dataplane::Nftables,
+            ),
+            reconciler: nftables::apply::Reconciler::new(nft),
+            janitor: affinity::Janitor::default(),
+        }
+    }
+
+    /// Brings the kernel to `map`, recompiling the `changed` Services; returns what
+    /// was applied and the compiler's problems.
+    pub async fn sync(
+        &mut self,
+        map: &model::ServiceMap,
+        changed: &services::Changed,
+        reason: SyncReason,
+    ) -> anyhow::Result<(nftables::apply::Applied, Vec<String>)> {
+        let problems = self.compiler.update(map, changed);
+        let applied = self
+            .reconciler
+            .sync_table(self.compiler.sink(), reason)
+            .await?;
+        Ok((applied, problems))
+    }
 }
 
 /// Keeps this node's Services in the kernel: the `inet kubewire-proxy` table, and
@@ -49,6 +85,8 @@ pub struct ProxyController {
     conntrack: conntrack::Cleaner,
     metrics: metrics::ProxyMetrics,
     backend: Backend,
+    /// The service map, kept between syncs.
+    services: Box<services::Incremental>,
     /// Kept open for reading the node's addresses (`--nodeport-addresses` CIDRs).
     addresses_socket: Option<crate::routing::netlink::Netlink>,
 }
@@ -64,12 +102,7 @@ impl ProxyController {
         metrics: &crate::telemetry::Metrics,
     ) -> anyhow::Result<Self> {
         crate::nft::NftMetrics::register(metrics);
-        let nftables = || {
-            Backend::Nftables(
-                Box::new(nftables::apply::Reconciler::new(crate::nft::Nft::default())),
-                affinity::Janitor::default(),
-            )
-        };
+        let nftables = || Backend::Nftables(Box::new(Nftables::new(crate::nft::Nft::default())));
         let grace = args.ipvs_graceful_period;
         let backend = match args.proxy_backend {
             ProxyBackend::Nftables => nftables(),
@@ -105,58 +138,63 @@ impl ProxyController {
             conntrack: conntrack::Cleaner::default(),
             metrics: metrics::ProxyMetrics::register(metrics),
             backend,
+            services: Box::default(),
             addresses_socket: None,
         })
     }
 }
 
-impl ProxyController {
-    /// Brings the backend to `map`, adding the compilers' problems to `bad_objects`.
-    async fn program(
-        &mut self,
-        map: &model::ServiceMap,
-        reason: SyncReason,
-        bad_objects: &mut Vec<BadObject>,
-    ) -> anyhow::Result<()> {
-        match &mut self.backend {
-            Backend::Nftables(reconciler, janitor) => {
-                let (ruleset, problems) = nftables::compile::compile(map);
-                bad_objects.extend(problems.into_iter().map(BadObject::from));
-                let valid = affinity::valid_pairs(&ruleset);
-                let applied = reconciler.sync(ruleset, reason).await?;
-                let forgotten = janitor.sync(&crate::nft::Nft::default(), valid).await?;
-                if forgotten > 0 {
-                    tracing::debug!(forgotten, "affinity entries to removed endpoints deleted");
-                }
-                if applied != nftables::apply::Applied::Nothing {
-                    tracing::debug!(?applied, ports = map.ports.len(), "service proxy updated");
-                }
+/// Brings the backend to `map`, adding the compilers' problems to `bad_objects`.
+async fn program(
+    backend: &mut Backend,
+    conntrack: &mut conntrack::Cleaner,
+    map: &model::ServiceMap,
+    changed: &services::Changed,
+    reason: SyncReason,
+    bad_objects: &mut Vec<BadObject>,
+) -> anyhow::Result<()> {
+    match backend {
+        Backend::Nftables(nftables) => {
+            let (applied, problems) = nftables.sync(map, changed, reason).await?;
+            bad_objects.extend(problems.into_iter().map(BadObject::from));
+            let valid = affinity::valid_pairs(nftables.compiler.sink());
+            let forgotten = nftables
+                .janitor
+                .sync(&crate::nft::Nft::default(), valid)
+                .await?;
+            if forgotten > 0 {
+                tracing::debug!(forgotten, "affinity entries to removed endpoints deleted");
             }
-            Backend::Ipvs(reconciler) => {
-                let (desired, problems) = ipvs::compile::compile(map);
-                bad_objects.extend(problems.into_iter().map(BadObject::from));
-                let applied = reconciler.sync(desired, reason).await?;
-                if applied.ipvs_changes > 0 {
-                    tracing::debug!(
-                        ?applied,
-                        ports = map.ports.len(),
-                        "IPVS service proxy updated"
-                    );
-                }
+            if applied != nftables::apply::Applied::Nothing {
+                tracing::debug!(?applied, ports = map.ports.len(), "service proxy updated");
             }
         }
-        // Only once the new endpoints are in place: a flow that is cut now starts again
-        // on them.
-        let deleted = self.conntrack.sync(map).await?;
-        if deleted > 0 {
-            tracing::debug!(
-                deleted,
-                "conntrack entries of removed UDP/SCTP endpoints deleted"
-            );
+        Backend::Ipvs(reconciler) => {
+            let (desired, problems) = ipvs::compile::compile(map);
+            bad_objects.extend(problems.into_iter().map(BadObject::from));
+            let applied = reconciler.sync(desired, reason).await?;
+            if applied.ipvs_changes > 0 {
+                tracing::debug!(
+                    ?applied,
+                    ports = map.ports.len(),
+                    "IPVS service proxy updated"
+                );
+            }
         }
-        Ok(())
     }
+    // Only once the new endpoints are in place: a flow that is cut now starts again
+    // on them.
+    let deleted = conntrack.sync(map).await?;
+    if deleted > 0 {
+        tracing::debug!(
+            deleted,
+            "conntrack entries of removed UDP/SCTP endpoints deleted"
+        );
+    }
+    Ok(())
+}
 
+impl ProxyController {
     /// How to read the snapshot; with `--nodeport-addresses` CIDRs, the addresses on
     /// this node's interfaces are read from the kernel every sync.
     /// Every address on this node's interfaces, over the kept-open socket.
@@ -205,20 +243,30 @@ impl Controller for ProxyController {
 
     async fn sync(&mut self, snapshot: &Snapshot, reason: SyncReason) -> anyhow::Result<Synced> {
         self.health.start_proxy_healthz(self.healthz_bind);
-        let map = services::build_with(snapshot, &self.options().await);
+        let options = self.options().await;
+        let changed = self.services.update(snapshot, &options);
+        let map = self.services.map();
         let mut bad_objects: Vec<BadObject> =
             map.errors.iter().cloned().map(BadObject::from).collect();
-        let (health_ports, problems) = health::desired(&map);
+        let (health_ports, problems) = health::desired(map);
         bad_objects.extend(problems.into_iter().map(BadObject::from));
         let started = std::time::Instant::now();
-        let result = self.program(&map, reason, &mut bad_objects).await;
+        let result = program(
+            &mut self.backend,
+            &mut self.conntrack,
+            map,
+            &changed,
+            reason,
+            &mut bad_objects,
+        )
+        .await;
         self.metrics.sync_took(started.elapsed());
         self.health.synced(result.is_ok());
         result?;
-        self.metrics.programmed(&map, std::time::SystemTime::now());
+        self.metrics.programmed(map, std::time::SystemTime::now());
         self.health.set_services(health_ports);
         let resync_after = match &mut self.backend {
-            Backend::Nftables(reconciler, _) => reconciler.inner().retiring_in(),
+            Backend::Nftables(nftables) => nftables.reconciler.inner().retiring_in(),
             Backend::Ipvs(_) => None,
         };
         Ok(Synced {

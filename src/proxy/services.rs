@@ -25,8 +25,9 @@
 //! Bad fields of one object are reported in [`ServiceMap::errors`] and skipped; they
 //! never stop the others.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Service;
@@ -81,113 +82,369 @@ fn not_ours(labels: &BTreeMap<String, String>) -> bool {
 
 /// Builds the service map of `options.node`.
 pub fn build_with(snapshot: &Snapshot, options: &Options) -> ServiceMap {
-    let node = options.node.as_str();
-    let default_service_cidrs = options.default_service_cidrs.as_slice();
-    let mut errors = Vec::new();
-    let node_ips = node_ips(snapshot, node);
-    let node_port_ips = node_port_ips(snapshot, node, options, &node_ips);
-    let zone = snapshot
-        .node(node)
-        .and_then(|n| n.labels().get(ZONE_LABEL).cloned())
-        .filter(|z| !z.is_empty());
-    let pod_cidrs = pod_cidrs(snapshot, &mut errors);
-    let mut service_cidrs: Vec<IpNet> = Vec::new();
-    for object in &snapshot.service_cidrs {
-        let name = object.name_any();
-        for (i, cidr) in object
-            .spec
-            .iter()
-            .flat_map(|s| s.cidrs.iter().flatten())
-            .enumerate()
-        {
-            match cidr.parse::<IpNet>() {
-                Ok(net) => service_cidrs.push(net.trunc()),
-                Err(err) => errors.push(format!(
-                    "ServiceCIDR {name}: spec.cidrs[{i}] {cidr:?}: {err}"
-                )),
-            }
-        }
-    }
-    if snapshot.service_cidrs.is_empty() {
-        service_cidrs = default_service_cidrs.iter().map(IpNet::trunc).collect();
-    }
-    service_cidrs.sort();
-    service_cidrs.dedup();
+    let mut builder = Incremental::default();
+    builder.update(snapshot, options);
+    builder.map
+}
 
-    let slices = slices_by_service(snapshot);
-    let mut ports = Vec::new();
-    let mut trigger_times = BTreeMap::new();
-    let mut foreign_ips = Vec::new();
-    for service in snapshot
-        .services
-        .iter()
-        .filter(|s| s.labels().contains_key(SERVICE_PROXY_NAME_LABEL))
-    {
-        let key = format!(
-            "{}/{}",
-            service.namespace().unwrap_or_default(),
-            service.name_any()
-        );
-        let spec = service.spec.as_ref();
-        let ips = spec
-            .and_then(|s| s.cluster_ips.clone())
-            .filter(|ips| !ips.is_empty())
-            .or_else(|| spec.and_then(|s| s.cluster_ip.clone()).map(|ip| vec![ip]))
-            .unwrap_or_default();
-        foreign_ips.extend(
-            ips.iter()
-                .filter_map(|ip| ip.parse::<IpAddr>().ok())
-                .map(|ip| (ip, key.clone())),
-        );
-    }
-    for service in snapshot.services.iter().filter(|s| !not_ours(s.labels())) {
-        let key = format!(
-            "{}/{}",
-            service.namespace().unwrap_or_default(),
-            service.name_any()
-        );
-        let service_slices = slices.get(&key).map(Vec::as_slice).unwrap_or_default();
-        let served = service_ports(
-            service,
-            &key,
-            service_slices,
-            (node, zone.as_deref()),
-            &mut errors,
-        );
-        if !served.is_empty() {
-            for slice in service_slices {
-                if let Some(time) = slice.annotations().get(TRIGGER_TIME_ANNOTATION) {
-                    let name = format!(
-                        "{}/{}",
-                        slice.namespace().unwrap_or_default(),
-                        slice.name_any()
-                    );
-                    trigger_times.insert(name, time.clone());
+/// Which Services may have changed since the last update.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Changed {
+    /// Every one (the first update, or the node's addresses, zone or CIDRs changed).
+    All,
+    /// These (`namespace/name`), and no other.
+    Services(BTreeSet<String>),
+}
+
+/// What every Service's ports depend on besides the Service and its slices.
+#[derive(Debug, PartialEq)]
+struct Context {
+    node: String,
+    node_ips: Vec<IpAddr>,
+    node_port_ips: Vec<IpAddr>,
+    zone: Option<String>,
+    pod_cidrs: Vec<IpNet>,
+    service_cidrs: Vec<IpNet>,
+    masquerade_all: bool,
+    errors: Vec<String>,
+}
+
+impl Context {
+    fn read(snapshot: &Snapshot, options: &Options) -> Self {
+        let node = options.node.as_str();
+        let mut errors = Vec::new();
+        let node_ips = node_ips(snapshot, node);
+        let node_port_ips = node_port_ips(snapshot, node, options, &node_ips);
+        let zone = snapshot
+            .node(node)
+            .and_then(|n| n.labels().get(ZONE_LABEL).cloned())
+            .filter(|z| !z.is_empty());
+        let pod_cidrs = pod_cidrs(snapshot, &mut errors);
+        let mut service_cidrs: Vec<IpNet> = Vec::new();
+        for object in &snapshot.service_cidrs {
+            let name = object.name_any();
+            for (i, cidr) in object
+                .spec
+                .iter()
+                .flat_map(|s| s.cidrs.iter().flatten())
+                .enumerate()
+            {
+                match cidr.parse::<IpNet>() {
+                    Ok(net) => service_cidrs.push(net.trunc()),
+                    Err(err) => errors.push(format!(
+                        "ServiceCIDR {name}: spec.cidrs[{i}] {cidr:?}: {err}"
+                    )),
                 }
             }
         }
-        ports.extend(served);
+        if snapshot.service_cidrs.is_empty() {
+            service_cidrs = options
+                .default_service_cidrs
+                .iter()
+                .map(IpNet::trunc)
+                .collect();
+        }
+        service_cidrs.sort();
+        service_cidrs.dedup();
+        Self {
+            node: node.to_string(),
+            node_ips,
+            node_port_ips,
+            zone,
+            pod_cidrs,
+            service_cidrs,
+            masquerade_all: options.masquerade_all,
+            errors,
+        }
     }
-    ports.sort_by(|a, b| {
-        (&a.service, &a.name, a.protocol, a.is_ipv6()).cmp(&(
-            &b.service,
-            &b.name,
-            b.protocol,
-            b.is_ipv6(),
-        ))
-    });
-    ServiceMap {
-        node: node.to_string(),
-        node_ips,
-        node_port_ips,
-        masquerade_all: options.masquerade_all,
-        pod_cidrs,
-        service_cidrs,
-        ports,
-        errors,
-        foreign_ips,
-        trigger_times,
+}
+
+/// What one Service contributed besides its ports.
+#[derive(Debug, Default)]
+struct Entry {
+    errors: Vec<String>,
+    /// Its slices in [`ServiceMap::trigger_times`].
+    triggers: Vec<String>,
+    /// Its ClusterIPs when another proxy owns it.
+    foreign: Vec<(IpAddr, String)>,
+}
+
+/// Keeps one node's service map between syncs: a Service whose object or
+/// EndpointSlices changed (by pointer: the cache hands out one `Arc` per object
+/// version) is read again, the rest is kept.
+#[derive(Default)]
+pub struct Incremental {
+    map: ServiceMap,
+    context: Option<Context>,
+    services: Vec<Arc<Service>>,
+    slices: Vec<Arc<EndpointSlice>>,
+    /// Our slices per Service (`namespace/name`), by name.
+    by_service: HashMap<String, Vec<Arc<EndpointSlice>>>,
+    entries: BTreeMap<String, Entry>,
+}
+
+impl Incremental {
+    pub fn map(&self) -> &ServiceMap {
+        &self.map
     }
+
+    /// Brings the map to `snapshot`; says which Services changed.
+    pub fn update(&mut self, snapshot: &Snapshot, options: &Options) -> Changed {
+        let mut changed = BTreeSet::new();
+        for (old, new) in differences(&self.services, &snapshot.services) {
+            if let Some(service) = old.or(new) {
+                changed.insert(object_key(&**service));
+            }
+        }
+        for (old, new) in differences(&self.slices, &snapshot.endpoint_slices) {
+            if let Some(old) = old
+                && let Some(key) = slice_service(old)
+            {
+                if let Some(list) = self.by_service.get_mut(&key) {
+                    list.retain(|s| !Arc::ptr_eq(s, old));
+                    if list.is_empty() {
+                        self.by_service.remove(&key);
+                    }
+                }
+                changed.insert(key);
+            }
+            if let Some(new) = new
+                && let Some(key) = slice_service(new)
+            {
+                if !not_ours(new.labels()) {
+                    let list = self.by_service.entry(key.clone()).or_default();
+                    let at = list.partition_point(|s| s.name_any() < new.name_any());
+                    list.insert(at, new.clone());
+                }
+                changed.insert(key);
+            }
+        }
+        self.services = snapshot.services.clone();
+        self.slices = snapshot.endpoint_slices.clone();
+        let context = Context::read(snapshot, options);
+        let all = self.context.as_ref() != Some(&context);
+        self.context = Some(context);
+        if all {
+            self.map.ports.clear();
+            self.map.trigger_times.clear();
+            self.entries.clear();
+            for service in &snapshot.services {
+                let key = object_key(&**service);
+                let (ports, entry) = self.read_service(&key, service);
+                self.map.ports.extend(ports);
+                self.add_triggers(&key, entry);
+            }
+            self.map.ports.sort_by(|a, b| {
+                (&a.service, &a.name, a.protocol, a.is_ipv6()).cmp(&(
+                    &b.service,
+                    &b.name,
+                    b.protocol,
+                    b.is_ipv6(),
+                ))
+            });
+        } else {
+            for key in &changed {
+                self.reread(snapshot, key);
+            }
+        }
+        self.assemble();
+        if all {
+            Changed::All
+        } else {
+            Changed::Services(changed)
+        }
+    }
+
+    /// Reads Service `key` again (or drops it when gone).
+    fn reread(&mut self, snapshot: &Snapshot, key: &str) {
+        if let Some(entry) = self.entries.remove(key) {
+            for slice in &entry.triggers {
+                self.map.trigger_times.remove(slice);
+            }
+        }
+        let ports = &mut self.map.ports;
+        let start = ports.partition_point(|p| p.service.as_str() < key);
+        let end = ports.partition_point(|p| p.service.as_str() <= key);
+        let Some((namespace, name)) = key.split_once('/') else {
+            ports.drain(start..end);
+            return;
+        };
+        let found = snapshot
+            .services
+            .binary_search_by(|s| {
+                (
+                    s.metadata.namespace.as_deref().unwrap_or(""),
+                    s.metadata.name.as_deref().unwrap_or(""),
+                )
+                    .cmp(&(namespace, name))
+            })
+            .ok()
+            .and_then(|at| snapshot.services.get(at));
+        let Some(service) = found else {
+            self.map.ports.drain(start..end);
+            return;
+        };
+        let (mut new, entry) = self.read_service(key, service);
+        new.sort_by(|a, b| {
+            (&a.name, a.protocol, a.is_ipv6()).cmp(&(&b.name, b.protocol, b.is_ipv6()))
+        });
+        self.map.ports.splice(start..end, new);
+        self.add_triggers(key, entry);
+    }
+
+    /// The ports of one Service, and what else it contributes.
+    fn read_service(&self, key: &str, service: &Service) -> (Vec<ServicePort>, Entry) {
+        let mut entry = Entry::default();
+        if service.labels().contains_key(SERVICE_PROXY_NAME_LABEL) {
+            let spec = service.spec.as_ref();
+            let ips = spec
+                .and_then(|s| s.cluster_ips.clone())
+                .filter(|ips| !ips.is_empty())
+                .or_else(|| spec.and_then(|s| s.cluster_ip.clone()).map(|ip| vec![ip]))
+                .unwrap_or_default();
+            entry.foreign = ips
+                .iter()
+                .filter_map(|ip| ip.parse::<IpAddr>().ok())
+                .map(|ip| (ip, key.to_string()))
+                .collect();
+        }
+        if not_ours(service.labels()) {
+            return (Vec::new(), entry);
+        }
+        let Some(context) = &self.context else {
+            return (Vec::new(), entry);
+        };
+        let slices: Vec<&EndpointSlice> = self
+            .by_service
+            .get(key)
+            .into_iter()
+            .flatten()
+            .map(|s| &**s)
+            .collect();
+        let ports = service_ports(
+            service,
+            key,
+            &slices,
+            (&context.node, context.zone.as_deref()),
+            &mut entry.errors,
+        );
+        if !ports.is_empty() {
+            for slice in &slices {
+                if slice.annotations().contains_key(TRIGGER_TIME_ANNOTATION) {
+                    entry.triggers.push(object_key(*slice));
+                }
+            }
+        }
+        (ports, entry)
+    }
+
+    fn add_triggers(&mut self, key: &str, entry: Entry) {
+        for name in &entry.triggers {
+            let time = self
+                .by_service
+                .get(key)
+                .into_iter()
+                .flatten()
+                .find_map(|s| {
+                    (object_key(&**s) == *name)
+                        .then(|| s.annotations().get(TRIGGER_TIME_ANNOTATION).cloned())
+                        .flatten()
+                });
+            if let Some(time) = time {
+                self.map.trigger_times.insert(name.clone(), time);
+            }
+        }
+        self.entries.insert(key.to_string(), entry);
+    }
+
+    /// The map's fields that are not per port.
+    fn assemble(&mut self) {
+        let Some(context) = &self.context else {
+            return;
+        };
+        let map = &mut self.map;
+        map.node = context.node.clone();
+        map.node_ips = context.node_ips.clone();
+        map.node_port_ips = context.node_port_ips.clone();
+        map.masquerade_all = context.masquerade_all;
+        map.pod_cidrs = context.pod_cidrs.clone();
+        map.service_cidrs = context.service_cidrs.clone();
+        map.errors = context.errors.clone();
+        map.foreign_ips.clear();
+        for entry in self.entries.values() {
+            map.errors.extend(entry.errors.iter().cloned());
+            map.foreign_ips.extend(entry.foreign.iter().cloned());
+        }
+    }
+}
+
+/// `namespace/name`.
+fn object_key(object: &impl ResourceExt) -> String {
+    format!(
+        "{}/{}",
+        object.namespace().unwrap_or_default(),
+        object.name_any()
+    )
+}
+
+/// The Service (`namespace/name`) a slice belongs to, by its label.
+fn slice_service(slice: &EndpointSlice) -> Option<String> {
+    let service = slice.labels().get(SERVICE_NAME_LABEL)?;
+    Some(format!(
+        "{}/{}",
+        slice.namespace().unwrap_or_default(),
+        service
+    ))
+}
+
+/// One object's old and new version; `None` where it did not exist.
+type Difference<'a, T> = (Option<&'a Arc<T>>, Option<&'a Arc<T>>);
+
+/// The objects that differ between two lists sorted by (namespace, name): (old,
+/// new), either missing when added or deleted. The same `Arc` is the same version,
+/// so an unchanged list costs one pointer comparison per object.
+fn differences<'a, T: ResourceExt>(old: &'a [Arc<T>], new: &'a [Arc<T>]) -> Vec<Difference<'a, T>> {
+    let id = |o: &'a Arc<T>| {
+        (
+            o.meta().namespace.as_deref().unwrap_or(""),
+            o.meta().name.as_deref().unwrap_or(""),
+        )
+    };
+    let mut out = Vec::new();
+    let (mut i, mut j) = (0, 0);
+    while i < old.len() || j < new.len() {
+        match (old.get(i), new.get(j)) {
+            (Some(a), Some(b)) if Arc::ptr_eq(a, b) => {
+                i += 1;
+                j += 1;
+            }
+            (Some(a), Some(b)) => match id(a).cmp(&id(b)) {
+                std::cmp::Ordering::Equal => {
+                    out.push((Some(a), Some(b)));
+                    i += 1;
+                    j += 1;
+                }
+                std::cmp::Ordering::Less => {
+                    out.push((Some(a), None));
+                    i += 1;
+                }
+                std::cmp::Ordering::Greater => {
+                    out.push((None, Some(b)));
+                    j += 1;
+                }
+            },
+            (Some(a), None) => {
+                out.push((Some(a), None));
+                i += 1;
+            }
+            (None, Some(b)) => {
+                out.push((None, Some(b)));
+                j += 1;
+            }
+            (None, None) => break,
+        }
+    }
+    out
 }
 
 /// Where NodePorts listen: the primary IP of each family (kube-proxy's node IPs: the
@@ -265,21 +522,6 @@ fn pod_cidrs(snapshot: &Snapshot, errors: &mut Vec<String>) -> Vec<IpNet> {
         errors.extend(problems.iter().map(ToString::to_string));
     }
     cidrs.into_iter().collect()
-}
-
-fn slices_by_service(snapshot: &Snapshot) -> BTreeMap<String, Vec<&EndpointSlice>> {
-    let mut out: BTreeMap<String, Vec<&EndpointSlice>> = BTreeMap::new();
-    for slice in snapshot
-        .endpoint_slices
-        .iter()
-        .filter(|s| !not_ours(s.labels()))
-    {
-        if let Some(service) = slice.labels().get(SERVICE_NAME_LABEL) {
-            let key = format!("{}/{}", slice.namespace().unwrap_or_default(), service);
-            out.entry(key).or_default().push(slice);
-        }
-    }
-    out
 }
 
 /// One endpoint as kube-proxy sees it.

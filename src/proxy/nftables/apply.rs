@@ -34,12 +34,23 @@ impl<B: Backend> Reconciler<B> {
         &mut self.inner
     }
 
-    /// Brings the kernel to `desired`.
+    /// Brings the kernel to `desired` (the IPVS glue, compiled whole).
     pub async fn sync(&mut self, desired: Ruleset, reason: SyncReason) -> anyhow::Result<Applied> {
         let table = self.lowering.lower(&desired);
+        self.sync_table(&table, reason).await
+    }
+
+    /// Brings the kernel to `desired`, the table an
+    /// [`super::incremental::Compiler`] keeps: what it shares with the last sync is
+    /// not looked at.
+    pub async fn sync_table(
+        &mut self,
+        desired: &nft::Table,
+        reason: SyncReason,
+    ) -> anyhow::Result<Applied> {
         Ok(self
             .inner
-            .sync(&table, reason == SyncReason::Periodic)
+            .sync(desired, reason == SyncReason::Periodic)
             .await?)
     }
 }

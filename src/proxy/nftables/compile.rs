@@ -12,7 +12,10 @@
 //!   `local-endpoints-N`, whose one rule per family is
 //!   `dnat to <frontend> . numgen random mod N map @endpoints` (slot → endpoint), so
 //!   every endpoint is equally likely. Chains exist for 1..=[`FIXED_COUNTS`]
-//!   endpoints and for any larger count in use;
+//!   endpoints, sharing the slot maps `endpoints4/6` and `local-endpoints4/6`, and
+//!   for any larger count in use, each with its own slot maps (`endpoints4-20`, see
+//!   [`slot_map`]) created in the same transaction, so a Service growing past 16
+//!   endpoints is a change, not a table replacement;
 //! - the filter chains reject or drop Service ports without usable endpoints
 //!   (`no-endpoint-services`), drop sources outside loadBalancerSourceRanges
 //!   (`firewall-ips` / `firewall-allow`), reject ClusterIPs on unserved ports and drop
@@ -38,13 +41,16 @@
 //! Services get no affinity: nft 1.0.6 aborts on a dynamic-map update whose key
 //! (client, address, protocol, port) is that long.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 
+use super::incremental::Compiler;
 use super::ruleset::{Chain, Ruleset, Set};
 use crate::proxy::model::{Frontend, FrontendKind, ServiceMap, ServicePort};
+use crate::proxy::services::Changed;
 
 /// `endpoints-N` chains that always exist, so that scaling within this range never
 /// changes a chain.
@@ -77,18 +83,17 @@ pub fn glue(map: &ServiceMap) -> (Ruleset, Vec<String>) {
     compile_for(map, Dataplane::IpvsGlue)
 }
 
+/// The whole compile: every Service through the same [`Compiler`] the agent keeps
+/// between syncs, into a [`Ruleset`].
 fn compile_for(map: &ServiceMap, dataplane: Dataplane) -> (Ruleset, Vec<String>) {
-    let mut builder = Builder {
-        dataplane,
-        ..Builder::default()
-    };
+    let mut compiler = Compiler::new(dataplane, declarations(dataplane));
+    let problems = compiler.update(map, &Changed::All);
+    (compiler.into_sink(), problems)
+}
+
+/// The table's sets and maps, empty, and no chains (the [`Compiler`] adds both).
+pub fn declarations(dataplane: Dataplane) -> Ruleset {
     let nat = dataplane == Dataplane::Nftables;
-    // ClusterIPs are claimed first: one Service's externalIP cannot shadow another's.
-    for cluster_ip in [true, false] {
-        for port in &map.ports {
-            builder.service_port(map, port, cluster_ip);
-        }
-    }
     let mut ruleset = Ruleset::default();
     for v6 in [false, true] {
         let f = Family(v6);
@@ -130,7 +135,6 @@ fn compile_for(map: &ServiceMap, dataplane: Dataplane) -> (Ruleset, Vec<String>)
         for name in verdict_maps {
             sets.push((name, declare(true, format!("type {frontend} : verdict;"))));
         }
-        let ip = f.ip();
         let slot_maps: &[&str] = if nat {
             &["endpoints", "local-endpoints"]
         } else {
@@ -153,72 +157,146 @@ fn compile_for(map: &ServiceMap, dataplane: Dataplane) -> (Ruleset, Vec<String>)
             ));
         }
         for name in slot_maps {
-            sets.push((
-                name,
-                declare(
-                    true,
-                    format!(
-                        "typeof {ip} daddr . meta l4proto . th dport . numgen random mod 1 : {ip} daddr . th dport;"
-                    ),
-                ),
-            ));
+            sets.push((name, declare(true, slot_map_declaration(f))));
         }
-        for (name, mut set) in sets {
-            let name = f.name(name);
-            if let Some(elements) = builder.elements.remove(&name) {
-                set.elements = elements;
-            }
-            ruleset.sets.insert(name, set);
+        for (name, set) in sets {
+            ruleset.sets.insert(f.name(name).to_string(), set);
         }
+    }
+    ruleset
+}
+
+/// A slot map: `frontend . slot → endpoint`.
+fn slot_map_declaration(f: Family) -> String {
+    let ip = f.ip();
+    format!(
+        "typeof {ip} daddr . meta l4proto . th dport . numgen random mod 1 : {ip} daddr . th dport;"
+    )
+}
+
+/// The slot map of frontends with `n` endpoints: the family's shared one up to
+/// [`FIXED_COUNTS`], beyond it one per count (`endpoints4-20`), created with its
+/// `endpoints-N` chain. nft 1.0.6 cannot add a rule naming an existing `typeof ...
+/// th dport` map to a table, only create both together (and a `tcp dport` typeof
+/// would make nft match TCP only), so a new count gets a new map and is a change,
+/// not a table replacement.
+pub fn slot_map(local: bool, n: usize, v6: bool) -> Cow<'static, str> {
+    let f = Family(v6);
+    let base = if local {
+        "local-endpoints"
+    } else {
+        "endpoints"
+    };
+    if n <= FIXED_COUNTS {
+        Cow::Borrowed(f.name(base))
+    } else {
+        Cow::Owned(format!("{}-{n}", f.name(base)))
+    }
+}
+
+/// The slot maps of count `n` beyond [`FIXED_COUNTS`] (both families), with their
+/// declaration.
+pub(super) fn count_maps(local: bool, n: usize) -> Vec<(String, String)> {
+    if n <= FIXED_COUNTS {
+        return Vec::new();
+    }
+    [false, true]
+        .into_iter()
+        .map(|v6| {
+            (
+                slot_map(local, n, v6).into_owned(),
+                slot_map_declaration(Family(v6)),
+            )
+        })
+        .collect()
+}
+
+/// The elements of the sets that follow the cluster, not its Services: pod CIDRs,
+/// other proxies' ClusterIPs, service CIDRs.
+pub(super) fn fixed_elements(map: &ServiceMap) -> Vec<(&'static str, Vec<String>)> {
+    let mut out = Vec::new();
+    for v6 in [false, true] {
+        let f = Family(v6);
         let family_nets = |list: &[IpNet]| -> Vec<String> {
             list.iter()
                 .filter(|n| matches!(n, IpNet::V6(_)) == v6)
                 .map(IpNet::to_string)
                 .collect()
         };
-        let fill = |ruleset: &mut Ruleset, name: &str, keys: Vec<String>| {
-            if let Some(set) = ruleset.sets.get_mut(&f.name(name)) {
-                set.elements.extend(keys.into_iter().map(|k| (k, None)));
-            }
-        };
-        fill(&mut ruleset, "pod-cidrs", family_nets(&map.pod_cidrs));
+        out.push((f.name("pod-cidrs"), family_nets(&map.pod_cidrs)));
         let foreign: Vec<String> = map
             .foreign_ips
             .iter()
             .filter(|(ip, _)| ip.is_ipv6() == v6)
             .map(|(ip, _)| ip.to_string())
             .collect();
-        fill(&mut ruleset, "foreign-ips", foreign);
-        fill(
-            &mut ruleset,
-            "service-cidrs",
-            family_nets(&map.service_cidrs),
-        );
+        out.push((f.name("foreign-ips"), foreign));
+        out.push((f.name("service-cidrs"), family_nets(&map.service_cidrs)));
     }
-    let has_pod_cidrs = |v6: bool| {
-        map.pod_cidrs
-            .iter()
-            .any(|n| matches!(n, IpNet::V6(_)) == v6)
-    };
-    ruleset.chains = chains(
-        &builder.counts,
-        &builder.timeouts,
-        [has_pod_cidrs(false), has_pod_cidrs(true)],
-        map.masquerade_all,
+    out
+}
+
+/// What the fixed chains depend on: endpoint counts and affinity timeouts in use,
+/// whether each family has pod CIDRs, `--masquerade-all`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct ChainInputs {
+    pub counts: BTreeSet<(bool, usize)>,
+    pub timeouts: BTreeSet<u32>,
+    pub has_pod_cidrs: [bool; 2],
+    pub masquerade_all: bool,
+}
+
+pub(super) fn chains_for(inputs: &ChainInputs, dataplane: Dataplane) -> BTreeMap<String, Chain> {
+    chains(
+        &inputs.counts,
+        &inputs.timeouts,
+        inputs.has_pod_cidrs,
+        inputs.masquerade_all,
         dataplane,
-    );
-    (ruleset, builder.problems)
+    )
 }
 
 #[derive(Clone, Copy)]
 struct Family(bool);
 
+/// Every set of the table, by its name without the family and with each family.
+const SET_NAMES: [(&str, &str, &str); 15] = [
+    ("pod-cidrs", "pod-cidrs4", "pod-cidrs6"),
+    ("service-cidrs", "service-cidrs4", "service-cidrs6"),
+    ("cluster-ips", "cluster-ips4", "cluster-ips6"),
+    ("foreign-ips", "foreign-ips4", "foreign-ips6"),
+    ("hairpin", "hairpin4", "hairpin6"),
+    ("firewall-ips", "firewall-ips4", "firewall-ips6"),
+    ("firewall-allow", "firewall-allow4", "firewall-allow6"),
+    ("service-ips", "service-ips4", "service-ips6"),
+    (
+        "no-endpoint-services",
+        "no-endpoint-services4",
+        "no-endpoint-services6",
+    ),
+    ("cluster-counts", "cluster-counts4", "cluster-counts6"),
+    ("local-counts", "local-counts4", "local-counts6"),
+    (
+        "affinity-services",
+        "affinity-services4",
+        "affinity-services6",
+    ),
+    ("affinity", "affinity4", "affinity6"),
+    ("endpoints", "endpoints4", "endpoints6"),
+    ("local-endpoints", "local-endpoints4", "local-endpoints6"),
+];
+
 impl Family {
     fn of(ip: IpAddr) -> Self {
         Family(ip.is_ipv6())
     }
-    fn name(self, base: &str) -> String {
-        format!("{base}{}", if self.0 { 6 } else { 4 })
+    /// The set's name in this family (`base` is one of [`SET_NAMES`]).
+    fn name(self, base: &str) -> &'static str {
+        let (_, v4, v6) = SET_NAMES
+            .iter()
+            .find(|(name, _, _)| *name == base)
+            .expect("a set the compiler declares");
+        if self.0 { v6 } else { v4 }
     }
     fn ip(self) -> &'static str {
         if self.0 { "ip6" } else { "ip" }
@@ -228,150 +306,197 @@ impl Family {
     }
 }
 
-#[derive(Default)]
-struct Builder {
-    dataplane: Dataplane,
-    /// Set name → elements.
-    elements: BTreeMap<String, BTreeMap<String, Option<String>>>,
-    /// Endpoint counts in use, (local?, N).
-    counts: BTreeSet<(bool, usize)>,
-    /// sessionAffinity timeouts in use, seconds.
-    timeouts: BTreeSet<u32>,
-    claimed: BTreeMap<String, String>,
-    problems: Vec<String>,
+/// What one frontend of one Service port puts in the table while it is that
+/// frontend's owner (the first to claim it: ClusterIPs before other addresses, then
+/// by Service and port).
+#[derive(Clone, Debug)]
+pub(super) struct Claim {
+    pub kind: FrontendKind,
+    /// Elements only this frontend has (keys start with the frontend): set, key, value.
+    pub elements: Vec<(Cow<'static, str>, String, Option<String>)>,
+    /// Elements other frontends may have too (`hairpin`).
+    pub shared: Vec<(&'static str, String)>,
+    /// `endpoints-N` chains it jumps to: (local?, N).
+    pub counts: Vec<(bool, usize)>,
+    /// sessionAffinity timeout chain it jumps to.
+    pub timeout: Option<u32>,
 }
 
-impl Builder {
-    fn put(&mut self, set: String, key: String, value: Option<String>) {
-        self.elements.entry(set).or_default().insert(key, value);
+impl Claim {
+    fn put(&mut self, set: impl Into<Cow<'static, str>>, key: String, value: Option<String>) {
+        self.elements.push((set.into(), key, value));
     }
+}
 
-    /// Adds the ClusterIP frontend of `port`, or (`cluster_ip` false) its others.
-    fn service_port(&mut self, map: &ServiceMap, port: &ServicePort, cluster_ip: bool) {
-        let f = Family::of(port.cluster_ip);
-        self.put(f.name("cluster-ips"), port.cluster_ip.to_string(), None);
-        let frontends = port.frontends(&map.node_port_ips);
-        let wanted = frontends
-            .iter()
-            .filter(|f| (f.kind == FrontendKind::ClusterIp) == cluster_ip);
-        for frontend in wanted {
+/// One claimed frontend of a port: whether it is the ClusterIP, its key, its claim.
+pub(super) type PortClaim = (bool, String, Claim);
+
+/// What `port` adds: its ClusterIP (for `cluster-ips`, whoever serves it), and one
+/// claim per frontend, in order.
+pub(super) fn port_claims(
+    dataplane: Dataplane,
+    map: &ServiceMap,
+    port: &ServicePort,
+) -> ((&'static str, String), Vec<PortClaim>) {
+    let f = Family::of(port.cluster_ip);
+    let cluster_ip = (f.name("cluster-ips"), port.cluster_ip.to_string());
+    let claims = port
+        .frontends(&map.node_port_ips)
+        .iter()
+        .map(|frontend| {
             let key = frontend_key(frontend);
-            if let Some(owner) = self.claimed.get(&key) {
-                self.problems.push(format!(
-                    "Service {}: {} {} is already served by {owner}; ignored",
-                    port.service,
-                    frontend.kind.as_str(),
-                    key
-                ));
-                continue;
-            }
-            self.claimed.insert(key.clone(), port.service.clone());
-            if let (Some(timeout), Dataplane::Nftables) = (port.affinity_timeout, self.dataplane)
-                && port.has_endpoints
-                && !port.is_ipv6()
-            {
-                self.timeouts.insert(timeout);
-                self.put(
-                    Family::of(frontend.address).name("affinity-services"),
-                    key.clone(),
-                    Some(format!("goto affinity-{timeout}")),
-                );
-            }
-            self.frontend(map, port, frontend, key);
-        }
-    }
+            let claim = frontend_claim(dataplane, map, port, frontend, &key);
+            (frontend.kind == FrontendKind::ClusterIp, key, claim)
+        })
+        .collect();
+    (cluster_ip, claims)
+}
 
-    fn frontend(&mut self, map: &ServiceMap, port: &ServicePort, frontend: &Frontend, key: String) {
-        let f = Family::of(frontend.address);
-        if !port.has_endpoints {
-            self.put(
-                f.name("no-endpoint-services"),
-                key,
-                Some("goto reject-packet".into()),
-            );
-            return;
-        }
-        if frontend.kind == FrontendKind::ClusterIp {
-            if port.internal_endpoints().is_empty() {
-                self.put(f.name("no-endpoint-services"), key, Some("drop".into()));
-                return;
-            }
-            self.put(
-                f.name("service-ips"),
-                key.clone(),
-                Some("goto cluster-ip".into()),
-            );
-            self.endpoints(f, false, &key, port.internal_endpoints());
-            return;
-        }
-        if frontend.kind == FrontendKind::LoadBalancer && !port.source_ranges.is_empty() {
-            self.put(f.name("firewall-ips"), key.clone(), None);
-            let mut allowed: Vec<String> =
-                port.source_ranges.iter().map(IpNet::to_string).collect();
-            if port.allows_from_node(&map.node_ips) {
-                allowed.extend(port.load_balancer_ips.iter().map(IpAddr::to_string));
-            }
-            for source in allowed {
-                self.put(f.name("firewall-allow"), format!("{key} . {source}"), None);
-            }
-        }
-        if port.external_local
-            && port.local_endpoints.is_empty()
-            && self.dataplane == Dataplane::IpvsGlue
-        {
-            // IPVS has one destination set per address: the local one, empty.
-            self.put(f.name("no-endpoint-services"), key, Some("drop".into()));
-            return;
-        }
-        if port.external_local {
-            self.put(
-                f.name("service-ips"),
-                key.clone(),
-                Some("goto external-local".into()),
-            );
-            self.endpoints(f, false, &key, &port.cluster_endpoints);
-            if !port.local_endpoints.is_empty() {
-                self.endpoints(f, true, &key, &port.local_endpoints);
-            }
-        } else {
-            self.put(
-                f.name("service-ips"),
-                key.clone(),
-                Some("goto external".into()),
-            );
-            self.endpoints(f, false, &key, &port.cluster_endpoints);
-        }
-    }
-
-    fn endpoints(&mut self, f: Family, local: bool, key: &str, endpoints: &[SocketAddr]) {
-        let (counts, slots, chain) = if local {
-            ("local-counts", "local-endpoints", "local-endpoints")
-        } else {
-            ("cluster-counts", "endpoints", "endpoints")
-        };
-        if self.dataplane == Dataplane::IpvsGlue {
-            for endpoint in endpoints {
-                let ip = endpoint.ip().to_string();
-                self.put(f.name("hairpin"), format!("{ip} . {ip}"), None);
-            }
-            return;
-        }
-        let n = endpoints.len();
-        self.counts.insert((local, n));
-        self.put(
-            f.name(counts),
+fn frontend_claim(
+    dataplane: Dataplane,
+    map: &ServiceMap,
+    port: &ServicePort,
+    frontend: &Frontend,
+    key: &str,
+) -> Claim {
+    let f = Family::of(frontend.address);
+    let mut claim = Claim {
+        kind: frontend.kind,
+        elements: Vec::new(),
+        shared: Vec::new(),
+        counts: Vec::new(),
+        timeout: None,
+    };
+    if let (Some(timeout), Dataplane::Nftables) = (port.affinity_timeout, dataplane)
+        && port.has_endpoints
+        && !port.is_ipv6()
+    {
+        claim.timeout = Some(timeout);
+        claim.put(
+            f.name("affinity-services"),
             key.to_string(),
-            Some(format!("goto {chain}-{n}")),
+            Some(format!("goto affinity-{timeout}")),
         );
-        for (slot, endpoint) in endpoints.iter().enumerate() {
-            self.put(
-                f.name(slots),
-                format!("{key} . {slot}"),
-                Some(format!("{} . {}", endpoint.ip(), endpoint.port())),
-            );
-            let ip = endpoint.ip().to_string();
-            self.put(f.name("hairpin"), format!("{ip} . {ip}"), None);
+    }
+    let key = key.to_string();
+    if !port.has_endpoints {
+        claim.put(
+            f.name("no-endpoint-services"),
+            key,
+            Some("goto reject-packet".into()),
+        );
+        return claim;
+    }
+    if frontend.kind == FrontendKind::ClusterIp {
+        if port.internal_endpoints().is_empty() {
+            claim.put(f.name("no-endpoint-services"), key, Some("drop".into()));
+            return claim;
         }
+        claim.put(
+            f.name("service-ips"),
+            key.clone(),
+            Some("goto cluster-ip".into()),
+        );
+        endpoints(
+            &mut claim,
+            dataplane,
+            f,
+            false,
+            &key,
+            port.internal_endpoints(),
+        );
+        return claim;
+    }
+    if frontend.kind == FrontendKind::LoadBalancer && !port.source_ranges.is_empty() {
+        claim.put(f.name("firewall-ips"), key.clone(), None);
+        let mut allowed: Vec<String> = port.source_ranges.iter().map(IpNet::to_string).collect();
+        if port.allows_from_node(&map.node_ips) {
+            allowed.extend(port.load_balancer_ips.iter().map(IpAddr::to_string));
+        }
+        for source in allowed {
+            claim.put(f.name("firewall-allow"), format!("{key} . {source}"), None);
+        }
+    }
+    if port.external_local && port.local_endpoints.is_empty() && dataplane == Dataplane::IpvsGlue {
+        // IPVS has one destination set per address: the local one, empty.
+        claim.put(f.name("no-endpoint-services"), key, Some("drop".into()));
+        return claim;
+    }
+    if port.external_local {
+        claim.put(
+            f.name("service-ips"),
+            key.clone(),
+            Some("goto external-local".into()),
+        );
+        endpoints(
+            &mut claim,
+            dataplane,
+            f,
+            false,
+            &key,
+            &port.cluster_endpoints,
+        );
+        if !port.local_endpoints.is_empty() {
+            endpoints(&mut claim, dataplane, f, true, &key, &port.local_endpoints);
+        }
+    } else {
+        claim.put(
+            f.name("service-ips"),
+            key.clone(),
+            Some("goto external".into()),
+        );
+        endpoints(
+            &mut claim,
+            dataplane,
+            f,
+            false,
+            &key,
+            &port.cluster_endpoints,
+        );
+    }
+    claim
+}
+
+fn endpoints(
+    claim: &mut Claim,
+    dataplane: Dataplane,
+    f: Family,
+    local: bool,
+    key: &str,
+    endpoints: &[SocketAddr],
+) {
+    let (counts, chain) = if local {
+        ("local-counts", "local-endpoints")
+    } else {
+        ("cluster-counts", "endpoints")
+    };
+    if dataplane == Dataplane::IpvsGlue {
+        for endpoint in endpoints {
+            let ip = endpoint.ip().to_string();
+            claim
+                .shared
+                .push((f.name("hairpin"), format!("{ip} . {ip}")));
+        }
+        return;
+    }
+    let n = endpoints.len();
+    claim.counts.push((local, n));
+    claim.put(
+        f.name(counts),
+        key.to_string(),
+        Some(format!("goto {chain}-{n}")),
+    );
+    let slots = slot_map(local, n, f.0);
+    for (slot, endpoint) in endpoints.iter().enumerate() {
+        claim.put(
+            slots.clone(),
+            format!("{key} . {slot}"),
+            Some(format!("{} . {}", endpoint.ip(), endpoint.port())),
+        );
+        let ip = endpoint.ip().to_string();
+        claim
+            .shared
+            .push((f.name("hairpin"), format!("{ip} . {ip}")));
     }
 }
 
@@ -615,7 +740,7 @@ fn chains(
                 "dnat {0} to {1} . numgen random mod {n} map @{2}",
                 f.ip(),
                 frontend(f),
-                f.name(name)
+                slot_map(is_local, n, f.0)
             )
         });
         add(&format!("{name}-{n}"), chain(None, rules));
@@ -775,7 +900,20 @@ mod tests {
         assert_eq!(extra, ["endpoints-20"]);
         assert_eq!(
             large.chains["endpoints-20"].rules[0],
-            "dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 20 map @endpoints4"
+            "dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 20 map @endpoints4-20"
+        );
+        // Its own slot maps, created with it: the Service's slots are there.
+        assert_eq!(
+            elements(&large, "endpoints4-20").len(),
+            2 * 20,
+            "ClusterIP and NodePort"
+        );
+        assert!(large.sets.contains_key("endpoints6-20"));
+        assert!(!small.sets.contains_key("endpoints4-20"));
+        assert!(
+            elements(&large, "endpoints4")
+                .iter()
+                .all(|e| !e.starts_with("192.168.0.1 . tcp . 30080 ."))
         );
         // No pod CIDRs of IPv6: only the IPv4 masquerade rule for off-cluster sources.
         assert_eq!(
