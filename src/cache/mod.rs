@@ -8,6 +8,7 @@
 
 mod discovery;
 mod kind;
+pub mod labels;
 pub mod liveness;
 pub mod manifests;
 mod pod;
@@ -18,8 +19,11 @@ mod trim;
 mod watch;
 
 pub use kind::Kind;
+pub use labels::Labels;
 pub use pod::{Container, Pod, PodSpec, PodStatus};
 pub use signal::Changes;
 pub use snapshot::Snapshot;
-pub use trim::{trim_node, trim_object, trim_pod};
+pub use trim::{
+    trim_endpoint_slice, trim_network_policy, trim_node, trim_object, trim_pod, trim_service,
+};
 pub use watch::{Cache, SyncError};

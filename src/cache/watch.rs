@@ -20,7 +20,9 @@ use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch as tokio_watch;
 
-use super::trim::{trim_node, trim_object, trim_pod};
+use super::trim::{
+    trim_endpoint_slice, trim_network_policy, trim_node, trim_object, trim_pod, trim_service,
+};
 use super::{Changes, Kind, Pod, Snapshot};
 use crate::telemetry::Metrics;
 
@@ -96,11 +98,11 @@ impl Cache {
             nodes: spawn(Kind::Node).map(|k| ctx.spawn(k, trim_node, &mut tasks)),
             namespaces: spawn(Kind::Namespace).map(|k| ctx.spawn(k, trim_object, &mut tasks)),
             pods: spawn(Kind::Pod).map(|k| ctx.spawn(k, trim_pod, &mut tasks)),
-            services: spawn(Kind::Service).map(|k| ctx.spawn(k, trim_object, &mut tasks)),
+            services: spawn(Kind::Service).map(|k| ctx.spawn(k, trim_service, &mut tasks)),
             endpoint_slices: spawn(Kind::EndpointSlice)
-                .map(|k| ctx.spawn(k, trim_object, &mut tasks)),
+                .map(|k| ctx.spawn(k, trim_endpoint_slice, &mut tasks)),
             network_policies: spawn(Kind::NetworkPolicy)
-                .map(|k| ctx.spawn(k, trim_object, &mut tasks)),
+                .map(|k| ctx.spawn(k, trim_network_policy, &mut tasks)),
             service_cidrs: spawn(Kind::ServiceCIDR).map(|k| ctx.spawn(k, trim_object, &mut tasks)),
         };
         Cache {

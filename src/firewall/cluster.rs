@@ -81,7 +81,8 @@ pub struct ContainerPort {
 pub struct PodEndpoint {
     pub namespace: String,
     pub name: String,
-    pub labels: Labels,
+    /// The cache's shared copy.
+    pub labels: Arc<Labels>,
     /// Primary first, as the API lists them.
     pub ips: Vec<IpAddr>,
     pub node: Option<String>,
