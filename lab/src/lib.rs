@@ -15,6 +15,7 @@
 pub mod agents;
 pub mod apiserver;
 pub mod binaries;
+pub mod bird;
 pub mod cache_memory;
 pub mod cni_exec;
 pub mod control_plane;

@@ -17,11 +17,12 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{kubewire, our_routes, sh, success, temp_dir, unique};
+use kubewire_lab::bird::{Bird, missing_prerequisite};
 use kubewire_lab::lifecycle::LabArg;
 use kubewire_lab::probe::{self, Probe, Reply};
 use kubewire_lab::topology::{LabPlan, Protocol};
@@ -30,25 +31,6 @@ const CLUSTER_AS: u32 = 64512;
 const FABRIC_AS: u32 = 65000;
 const LB_IP: &str = "203.0.113.10";
 const POD_PORT: u16 = 8080;
-
-fn missing_prerequisite() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("needs root (network namespaces)".into());
-    }
-    for tool in ["bird", "birdc"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !found {
-            return Some(format!(
-                "{tool} not installed (scripts/install-deps installs bird2)"
-            ));
-        }
-    }
-    None
-}
 
 /// `lab down` on drop.
 struct Lab {
@@ -125,78 +107,6 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         let _ = kubewire(&self.args("down"));
-    }
-}
-
-/// BIRD in a netns, killed on drop.
-struct Bird {
-    child: Child,
-    socket: PathBuf,
-    dir: tempfile::TempDir,
-}
-
-impl Bird {
-    fn start(netns: &str, config: &str) -> Bird {
-        let dir = tempfile::tempdir().unwrap();
-        let conf = dir.path().join("bird.conf");
-        let socket = dir.path().join("bird.ctl");
-        let log = dir.path().join("bird.log");
-        std::fs::write(&conf, format!("log \"{}\" all;\n{config}", log.display())).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", netns, "bird", "-f", "-c"])
-            .arg(&conf)
-            .arg("-s")
-            .arg(&socket)
-            .arg("-P")
-            .arg(dir.path().join("bird.pid"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("stderr")).unwrap())
-            .spawn()
-            .unwrap();
-        let mut bird = Bird { child, socket, dir };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !bird.birdc(&["show", "status"]).contains("Daemon is up") {
-            if let Ok(Some(status)) = bird.child.try_wait() {
-                panic!("bird exited ({status}): {}", bird.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "bird did not start: {}",
-                bird.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        bird
-    }
-
-    fn birdc(&self, args: &[&str]) -> String {
-        if !self.socket.exists() {
-            return String::new();
-        }
-        let out = Command::new("timeout")
-            .arg("10")
-            .arg("birdc")
-            .arg("-s")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn log(&self) -> String {
-        ["bird.log", "stderr"]
-            .iter()
-            .map(|f| std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default())
-            .collect()
-    }
-}
-
-impl Drop for Bird {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

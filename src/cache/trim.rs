@@ -3,11 +3,15 @@
 //! pod's), annotations and labels no controller reads, and the bulky parts of pods,
 //! nodes and endpoint slices. What is kept is what `src/firewall`, `src/proxy`,
 //! `src/routing` (BGP included), `src/cni` and the lab's kubelet read.
+//!
+//! Every list is also cut to its length: a list parsed from JSON grows by doubling
+//! (one container, or one Service port, takes room for four), and in the cache it
+//! never grows again.
 
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
 use super::Pod;
 use kube::Resource;
@@ -61,6 +65,22 @@ fn drop_empty(meta: &mut ObjectMeta) {
     }
 }
 
+/// Gives back a list's unused room.
+fn fit<T>(list: &mut Option<Vec<T>>) {
+    if let Some(list) = list.as_mut() {
+        list.shrink_to_fit();
+    }
+}
+
+fn fit_selector(selector: Option<&mut LabelSelector>) {
+    if let Some(selector) = selector {
+        fit(&mut selector.match_expressions);
+        for expression in selector.match_expressions.iter_mut().flatten() {
+            fit(&mut expression.values);
+        }
+    }
+}
+
 fn is_setting(key: &str) -> bool {
     SETTING_PREFIXES
         .iter()
@@ -83,6 +103,10 @@ pub fn trim_node(node: &mut Node) {
         status.config = None;
         status.features = None;
         status.runtime_handlers = None;
+        fit(&mut status.addresses);
+    }
+    if let Some(spec) = node.spec.as_mut() {
+        fit(&mut spec.pod_cidrs);
     }
 }
 
@@ -95,6 +119,16 @@ pub fn trim_pod(pod: &mut Pod) {
     trim_object(pod);
     pod.metadata.uid = uid;
     pod.metadata.annotations = None;
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.containers.shrink_to_fit();
+        for container in &mut spec.containers {
+            fit(&mut container.ports);
+        }
+    }
+    if let Some(status) = pod.status.as_mut() {
+        fit(&mut status.pod_ips);
+        fit(&mut status.host_ips);
+    }
 }
 
 /// A Service keeps the labels the proxy filters by (`service.kubernetes.io/…`) and the
@@ -104,6 +138,23 @@ pub fn trim_service(service: &mut Service) {
     keep_only(&mut service.metadata, |key| {
         key.starts_with("service.kubernetes.io/") || is_setting(key)
     });
+    if let Some(spec) = service.spec.as_mut() {
+        fit(&mut spec.ports);
+        fit(&mut spec.cluster_ips);
+        fit(&mut spec.ip_families);
+        fit(&mut spec.external_ips);
+        fit(&mut spec.load_balancer_source_ranges);
+    }
+    let balancer = service
+        .status
+        .as_mut()
+        .and_then(|s| s.load_balancer.as_mut());
+    if let Some(balancer) = balancer {
+        fit(&mut balancer.ingress);
+        for ingress in balancer.ingress.iter_mut().flatten() {
+            fit(&mut ingress.ports);
+        }
+    }
 }
 
 /// An EndpointSlice keeps its Service's name, the `service.kubernetes.io/…` labels and
@@ -124,11 +175,13 @@ pub fn trim_endpoint_slice(slice: &mut EndpointSlice) {
         endpoint.zone = None;
         if let Some(hints) = endpoint.hints.as_mut() {
             hints.for_nodes = None;
+            fit(&mut hints.for_zones);
         }
         endpoint.addresses.truncate(1);
         endpoint.addresses.shrink_to_fit();
     }
     slice.endpoints.shrink_to_fit();
+    fit(&mut slice.ports);
 }
 
 /// A NetworkPolicy is read by its spec alone.
@@ -136,6 +189,28 @@ pub fn trim_network_policy(policy: &mut NetworkPolicy) {
     trim_object(policy);
     policy.metadata.annotations = None;
     policy.metadata.labels = None;
+    let Some(spec) = policy.spec.as_mut() else {
+        return;
+    };
+    fit(&mut spec.policy_types);
+    fit_selector(spec.pod_selector.as_mut());
+    fit(&mut spec.ingress);
+    fit(&mut spec.egress);
+    let ingress = spec.ingress.iter_mut().flatten();
+    let ingress = ingress.map(|rule| (&mut rule.from, &mut rule.ports));
+    let egress = spec.egress.iter_mut().flatten();
+    let egress = egress.map(|rule| (&mut rule.to, &mut rule.ports));
+    for (peers, ports) in ingress.chain(egress) {
+        fit(ports);
+        fit(peers);
+        for peer in peers.iter_mut().flatten() {
+            fit_selector(peer.pod_selector.as_mut());
+            fit_selector(peer.namespace_selector.as_mut());
+            if let Some(block) = peer.ip_block.as_mut() {
+                fit(&mut block.except);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
