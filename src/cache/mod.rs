@@ -7,6 +7,7 @@
 //! offline verbs.
 
 mod discovery;
+mod endpoint_slice;
 mod kind;
 pub mod labels;
 pub mod liveness;
@@ -18,6 +19,7 @@ mod strict;
 mod trim;
 mod watch;
 
+pub use endpoint_slice::{Endpoint, EndpointSlice};
 pub use kind::Kind;
 pub use labels::Labels;
 pub use pod::{Container, Pod, PodSpec, PodStatus};

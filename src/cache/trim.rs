@@ -9,11 +9,10 @@
 //! never grows again.
 
 use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
-use super::Pod;
+use super::{EndpointSlice, Pod};
 use kube::Resource;
 
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
@@ -158,8 +157,9 @@ pub fn trim_service(service: &mut Service) {
 }
 
 /// An EndpointSlice keeps its Service's name, the `service.kubernetes.io/…` labels and
-/// the trigger-time annotation; of each endpoint, the addresses (only the first is
-/// used), node, conditions and zone hints — not the target, hostname or topology.
+/// the trigger-time annotation; of each endpoint (which [`EndpointSlice`] already
+/// reads without its target, hostname or topology), the first address only (the only
+/// one used) and not the node hints.
 pub fn trim_endpoint_slice(slice: &mut EndpointSlice) {
     trim_object(slice);
     keep_only(&mut slice.metadata, |key| {
@@ -169,10 +169,6 @@ pub fn trim_endpoint_slice(slice: &mut EndpointSlice) {
             || is_setting(key)
     });
     for endpoint in &mut slice.endpoints {
-        endpoint.target_ref = None;
-        endpoint.hostname = None;
-        endpoint.deprecated_topology = None;
-        endpoint.zone = None;
         if let Some(hints) = endpoint.hints.as_mut() {
             hints.for_nodes = None;
             fit(&mut hints.for_zones);
@@ -312,7 +308,6 @@ mod tests {
             endpoint.hints.as_ref().unwrap().for_zones.as_ref().unwrap()[0].name,
             "z"
         );
-        assert!(endpoint.target_ref.is_none() && endpoint.zone.is_none());
         assert_eq!(slice.ports.as_ref().unwrap()[0].port, Some(80));
 
         let mut policy: NetworkPolicy = serde_json::from_value(serde_json::json!({

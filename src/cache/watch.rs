@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{NetworkPolicy, ServiceCIDR};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, Store};
@@ -23,7 +22,7 @@ use tokio::sync::watch as tokio_watch;
 use super::trim::{
     trim_endpoint_slice, trim_network_policy, trim_node, trim_object, trim_pod, trim_service,
 };
-use super::{Changes, Kind, Pod, Snapshot};
+use super::{Changes, EndpointSlice, Kind, Pod, Snapshot};
 use crate::telemetry::Metrics;
 
 #[derive(Debug, thiserror::Error)]

@@ -30,12 +30,11 @@ use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 
 use super::args::NodePortAddresses;
 use super::model::{DEFAULT_AFFINITY_TIMEOUT, Protocol, ServiceMap, ServicePort};
-use crate::cache::Snapshot;
+use crate::cache::{EndpointSlice, Snapshot};
 
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
