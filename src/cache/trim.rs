@@ -180,11 +180,11 @@ pub fn trim_endpoint_slice(slice: &mut EndpointSlice) {
     fit(&mut slice.ports);
 }
 
-/// A NetworkPolicy is read by its spec alone.
+/// A NetworkPolicy is read by its spec alone (and, like every kind, keeps what it
+/// has under kubewire's and kube-router's prefixes).
 pub fn trim_network_policy(policy: &mut NetworkPolicy) {
     trim_object(policy);
-    policy.metadata.annotations = None;
-    policy.metadata.labels = None;
+    keep_only(&mut policy.metadata, is_setting);
     let Some(spec) = policy.spec.as_mut() else {
         return;
     };
@@ -311,12 +311,22 @@ mod tests {
         assert_eq!(slice.ports.as_ref().unwrap()[0].port, Some(80));
 
         let mut policy: NetworkPolicy = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "p", "namespace": "x", "labels": {"a": "b"}, "annotations": {"c": "d"}},
+            "metadata": {"name": "p", "namespace": "x", "labels": {"a": "b"}, "annotations": {"c": "d", "kubewire.io/x": "y"}},
             "spec": {"podSelector": {"matchLabels": {"app": "web"}}}
         }))
         .unwrap();
         trim_network_policy(&mut policy);
-        assert!(policy.metadata.labels.is_none() && policy.metadata.annotations.is_none());
+        assert!(policy.metadata.labels.is_none());
+        assert_eq!(
+            policy
+                .metadata
+                .annotations
+                .as_ref()
+                .unwrap()
+                .keys()
+                .collect::<Vec<_>>(),
+            ["kubewire.io/x"]
+        );
         assert_eq!(policy.metadata.name.as_deref(), Some("p"));
         assert!(
             policy
