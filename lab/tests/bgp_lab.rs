@@ -14,6 +14,7 @@
 //! also announces is refused.
 
 mod common;
+mod lab_support;
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
@@ -21,94 +22,16 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{kubewire, our_routes, sh, success, temp_dir, unique};
+use common::{our_routes, sh, success, temp_dir};
 use kubewire_lab::bird::{Bird, missing_prerequisite};
-use kubewire_lab::lifecycle::LabArg;
 use kubewire_lab::probe::{self, Probe, Reply};
 use kubewire_lab::topology::{LabPlan, Protocol};
+use lab_support::TestLab;
 
 const CLUSTER_AS: u32 = 64512;
 const FABRIC_AS: u32 = 65000;
 const LB_IP: &str = "203.0.113.10";
 const POD_PORT: u16 = 8080;
-
-/// `lab down` on drop.
-struct Lab {
-    name: String,
-    state_dir: String,
-    _state: tempfile::TempDir,
-}
-
-impl Lab {
-    fn up(manifests: &Path, agent_args: &[&str]) -> Lab {
-        let state = temp_dir();
-        let lab = Lab {
-            name: unique("b"),
-            state_dir: state.path().join("lab").display().to_string(),
-            _state: state,
-        };
-        let mut up = lab.args("up");
-        up.extend(["--manifests", manifests.to_str().unwrap()]);
-        up.extend(agent_args);
-        success(kubewire(&up), "lab up");
-        lab
-    }
-
-    fn args<'a>(&'a self, verb: &'a str) -> Vec<&'a str> {
-        vec![
-            "lab",
-            verb,
-            "--name",
-            &self.name,
-            "--state-dir",
-            &self.state_dir,
-        ]
-    }
-
-    fn plan(&self) -> LabPlan {
-        let arg = LabArg {
-            name: self.name.clone(),
-            state_dir: Some(self.state_dir.clone().into()),
-        };
-        arg.load_up().unwrap().plan().unwrap().clone()
-    }
-
-    /// The agent process of `node`: (pid, its command line).
-    fn agent(&self, node: &str) -> (i32, Vec<String>) {
-        let arg = LabArg {
-            name: self.name.clone(),
-            state_dir: Some(self.state_dir.clone().into()),
-        };
-        let state = arg.load_up().unwrap();
-        let pid = state
-            .processes
-            .iter()
-            .find(|p| p.role == format!("agent {node}"))
-            .map(|p| p.pid)
-            .expect("the agent's process record");
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
-        let args = cmdline
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        (pid, args)
-    }
-
-    fn agent_log(&self, node: &str) -> String {
-        let path = Path::new(&self.state_dir)
-            .join("nodes")
-            .join(node)
-            .join("agent.log");
-        std::fs::read_to_string(path).unwrap_or_default()
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = kubewire(&self.args("down"));
-    }
-}
 
 /// Polls `check` every 100 ms for up to `limit`; prints how long it took.
 fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> Result<(), String>) {
@@ -257,7 +180,8 @@ async fn fabric_bird_learns_pod_cidrs_and_lb_ips_and_pods_reach_across_subnets()
         return;
     }
     let manifests = manifests();
-    let lab = Lab::up(
+    let lab = TestLab::up_from(
+        "b",
         manifests.path(),
         &[
             "--agent-arg=--run-bgp=true",
@@ -419,7 +343,7 @@ async fn fabric_bird_learns_pod_cidrs_and_lb_ips_and_pods_reach_across_subnets()
 
     // Annotations are read live: n1 gets communities and the fabric sees them on
     // its routes; the Service opts out of LB announcement and BIRD loses the IP.
-    let kubeconfig = success(kubewire(&lab.args("kubeconfig")), "lab kubeconfig");
+    let kubeconfig = success(lab.run("kubeconfig", &[]), "lab kubeconfig");
     let client = kubewire::agent::client_from_kubeconfig(Path::new(kubeconfig.trim()))
         .await
         .expect("client");
@@ -485,7 +409,8 @@ async fn kill_9_and_restart_of_an_agent_keeps_its_routes_with_graceful_restart()
         return;
     }
     let manifests = manifests();
-    let lab = Lab::up(
+    let lab = TestLab::up_from(
+        "b",
         manifests.path(),
         &[
             "--agent-arg=--run-bgp=true",
