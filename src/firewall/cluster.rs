@@ -494,6 +494,24 @@ mod tests {
         );
     }
 
+    #[test]
+    fn pods_with_the_same_labels_share_the_caches_copy() {
+        let pod = |name: &str, ip: &str| {
+            format!(
+                "kind: Pod\nmetadata: {{name: {name}, namespace: x, labels: {{app: shared-copy, tier: web}}}}\n\
+                 spec: {{containers: [{{name: c}}]}}\nstatus: {{podIP: {ip}}}\n---\n"
+            )
+        };
+        let yaml = pod("a", "10.0.0.1") + &pod("b", "10.0.0.2");
+        let objects = manifests::parse_documents(std::path::Path::new("t.yaml"), &yaml).unwrap();
+        let snapshot = manifests::snapshot_from_objects(&objects).unwrap();
+        let cluster = Cluster::from_snapshot(&snapshot);
+        let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
+        assert_eq!(a.labels.get("tier").map(String::as_str), Some("web"));
+        assert!(Arc::ptr_eq(&a.labels, &b.labels));
+        assert!(Arc::ptr_eq(&a.labels, snapshot.pods[0].labels()));
+    }
+
     fn claimant(name: &str, ip: &str, phase: &str, started: &str) -> String {
         format!(
             "kind: Pod\nmetadata: {{name: {name}, namespace: x}}\nspec: {{nodeName: n1, containers: [{{name: c}}]}}\n\
