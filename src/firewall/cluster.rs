@@ -199,7 +199,7 @@ impl Cluster {
             let (endpoint, errors) = read_pod(pod);
             cluster.errors.extend(errors);
             if let Some(endpoint) = endpoint {
-                claims.push((endpoint, Claim::of(pod)));
+                claims.push((endpoint, pod.as_ref()));
             }
         }
         cluster.pods = resolve_shared_addresses(claims, &mut cluster.errors);
@@ -353,13 +353,14 @@ impl Claim {
 /// others, each reported. Policies then follow the owner only, and a loser that goes
 /// away takes nothing of the owner's with it. A loser left without addresses is no
 /// endpoint. HostNetwork pods share their node's addresses by design and are left be.
+/// A claim is only weighed (and built) when an address is shared, which is rare.
 fn resolve_shared_addresses(
-    claims: Vec<(Arc<PodEndpoint>, Claim)>,
+    claims: Vec<(Arc<PodEndpoint>, &Pod)>,
     errors: &mut Vec<ObjectError>,
 ) -> Vec<Arc<PodEndpoint>> {
     let mut owners: std::collections::HashMap<IpAddr, usize> = std::collections::HashMap::new();
     let mut shared = false;
-    for (index, (pod, claim)) in claims.iter().enumerate() {
+    for (index, (pod, object)) in claims.iter().enumerate() {
         if !pod.policed() {
             continue;
         }
@@ -370,7 +371,7 @@ fn resolve_shared_addresses(
                 }
                 std::collections::hash_map::Entry::Occupied(mut entry) => {
                     shared = true;
-                    if *claim > claims[*entry.get()].1 {
+                    if Claim::of(object) > Claim::of(claims[*entry.get()].1) {
                         entry.insert(index);
                     }
                 }
