@@ -5,6 +5,7 @@
 //! Service traffic, which `proxy trace` does not model.
 
 mod common;
+mod lab_support;
 mod proxy_support;
 
 use std::collections::BTreeSet;
@@ -12,8 +13,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{kubewire, success, temp_dir, unique};
+use common::{kubewire, success, temp_dir};
 use kube::ResourceExt;
+use lab_support::TestLab;
 use serde_json::Value;
 
 const AGENT_ARGS: [&str; 2] = [
@@ -25,33 +27,6 @@ const AGENT_ARGS: [&str; 2] = [
 /// (outside every loadBalancerSourceRange of the examples, like the lab's own).
 const EXTERNAL_SOURCE: &str = "192.0.2.1";
 
-/// Runs `lab down` for the lab when dropped, so a failing test leaves nothing behind.
-struct Lab {
-    name: String,
-    state: tempfile::TempDir,
-}
-
-impl Lab {
-    fn args(&self, verb: &str) -> Vec<String> {
-        vec![
-            "lab".into(),
-            verb.into(),
-            "--name".into(),
-            self.name.clone(),
-            "--state-dir".into(),
-            self.state.path().join("lab").display().to_string(),
-        ]
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let args = self.args("down");
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let _ = kubewire(&args);
-    }
-}
-
 fn trace(manifests: &Path, node: &str, from: &str, to: &str, port: u64, protocol: &str) -> Value {
     let out = proxy_support::trace(manifests.to_str().unwrap(), node, from, to, port, protocol);
     serde_json::from_str(&out).unwrap()
@@ -61,10 +36,7 @@ fn trace(manifests: &Path, node: &str, from: &str, to: &str, port: u64, protocol
 /// probe (each tried `tries` times) against `proxy trace`. Returns how many probes
 /// were answered.
 fn probes_match_trace(manifests: &Path, backend: &str, tries: u32) -> usize {
-    let lab = Lab {
-        name: unique("kwpx"),
-        state: temp_dir(),
-    };
+    let lab = TestLab::new("kwpx", false);
     let mut args = lab.args("run");
     args.extend(["--manifests".into(), manifests.display().to_string()]);
     args.extend(AGENT_ARGS.iter().map(|a| a.to_string()));
@@ -176,10 +148,7 @@ fn demo_cluster_ips_and_node_ports_answer_from_exactly_the_endpoints() {
 #[ignore = "needs IPVS: tests/vm/run proxy_lab ipvs"]
 fn ipvs_demo_cluster_ips_and_node_ports_answer_from_exactly_the_endpoints() {
     let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo");
-    let lab = Lab {
-        name: unique("kwpv"),
-        state: temp_dir(),
-    };
+    let lab = TestLab::new("kwpv", false);
     let mut up = lab.args("up");
     up.extend(["--manifests".into(), manifests.display().to_string()]);
     up.extend(AGENT_ARGS.iter().map(|a| a.to_string()));
@@ -500,17 +469,14 @@ endpoints:
 "#;
 
 /// A lab of examples/proxy plus [`EXTRA`], up with the proxy `backend`.
-fn extra_lab(prefix: &str, backend: &str) -> (Lab, tempfile::TempDir) {
+fn extra_lab(prefix: &str, backend: &str) -> (TestLab, tempfile::TempDir) {
     let manifests = temp_dir();
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/proxy");
     for file in ["nodes-pods.yaml", "services.yaml"] {
         std::fs::copy(examples.join(file), manifests.path().join(file)).unwrap();
     }
     std::fs::write(manifests.path().join("extra.yaml"), EXTRA).unwrap();
-    let lab = Lab {
-        name: unique(prefix),
-        state: temp_dir(),
-    };
+    let lab = TestLab::new(prefix, false);
     let mut up = lab.args("up");
     up.extend(["--manifests".into(), manifests.path().display().to_string()]);
     up.extend(AGENT_ARGS.iter().map(|a| a.to_string()));
@@ -521,7 +487,7 @@ fn extra_lab(prefix: &str, backend: &str) -> (Lab, tempfile::TempDir) {
 }
 
 /// `lab connect`: "who" and the source address the responder saw.
-fn connect(lab: &Lab, from: &str, to: &str, protocol: &str) -> (String, String) {
+fn connect(lab: &TestLab, from: &str, to: &str, protocol: &str) -> (String, String) {
     let mut args = lab.args("connect");
     args.extend(
         [
@@ -545,7 +511,7 @@ fn connect(lab: &Lab, from: &str, to: &str, protocol: &str) -> (String, String) 
 }
 
 /// The lab's netns holding `address` (a pod's).
-fn netns_with(lab: &Lab, address: &str) -> String {
+fn netns_with(lab: &TestLab, address: &str) -> String {
     let list = common::sh("ip", &["netns", "list"]);
     let prefix = format!("kw-{}-pod-", lab.name);
     list.lines()
@@ -615,7 +581,7 @@ fn http_get(netns: &str, to: &str, path: &str) -> (u16, String) {
 
 /// Removes the endpoint at `address` from the lab's EndpointSlice `shop/<slice>`,
 /// stamping the change's trigger time as the EndpointSlice controller does.
-fn remove_endpoint(lab: &Lab, slice_name: &str, address: &str) {
+fn remove_endpoint(lab: &TestLab, slice_name: &str, address: &str) {
     let kubeconfig = lab.args("kubeconfig");
     let kc: Vec<&str> = kubeconfig.iter().map(String::as_str).collect();
     let path = success(kubewire(&kc), "lab kubeconfig");
@@ -676,7 +642,7 @@ fn clients_stick_to_one_pod_and_spread_over_both(node1: &str) {
 
 /// Source addresses from outside: the `Local` NodePort's pod sees the client's, the
 /// `Cluster` one's sees n2's.
-fn local_keeps_the_client_address_cluster_gives_the_nodes(lab: &Lab) {
+fn local_keeps_the_client_address_cluster_gives_the_nodes(lab: &TestLab) {
     let external = format!("kw-{}-ext", lab.name);
     let (who, local_peer) = connect(lab, "external", "192.168.50.11:30100", "TCP");
     assert_eq!(who, "shop/api-1");
@@ -702,7 +668,7 @@ fn local_keeps_the_client_address_cluster_gives_the_nodes(lab: &Lab) {
 }
 
 /// Deletes the Service `shop/<name>` through the lab's API server.
-fn delete_service(lab: &Lab, name: &str) {
+fn delete_service(lab: &TestLab, name: &str) {
     let kubeconfig = lab.args("kubeconfig");
     let kc: Vec<&str> = kubeconfig.iter().map(String::as_str).collect();
     let path = success(kubewire(&kc), "lab kubeconfig");
@@ -954,10 +920,7 @@ fn nodeport_addresses_cidrs_and_masquerade_all() {
         return;
     }
     let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/proxy");
-    let lab = Lab {
-        name: unique("kwpn"),
-        state: temp_dir(),
-    };
+    let lab = TestLab::new("kwpn", false);
     let mut up = lab.args("up");
     up.extend(["--manifests".into(), manifests.display().to_string()]);
     up.extend(AGENT_ARGS.iter().map(|a| a.to_string()));

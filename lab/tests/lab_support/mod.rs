@@ -50,7 +50,7 @@ impl TestLab {
     /// panics when `up` fails.
     pub fn up_from(prefix: &str, manifests: &Path, up_args: &[&str]) -> TestLab {
         let lab = TestLab::new(prefix, false).with_default_controllers();
-        let mut args = lab.verb_args("up");
+        let mut args = lab.args("up");
         args.extend(["--manifests".into(), manifests.display().to_string()]);
         args.extend(up_args.iter().map(|a| a.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -64,7 +64,7 @@ impl TestLab {
 
     /// `kubewire lab <verb> --name N [--state-dir D] [--manifests M --agent-arg…] extra…`.
     pub fn run(&self, verb: &str, extra: &[&str]) -> Output {
-        let mut args = self.verb_args(verb);
+        let mut args = self.args(verb);
         if matches!(verb, "up" | "run") {
             args.extend([
                 "--manifests".into(),
@@ -78,7 +78,7 @@ impl TestLab {
     }
 
     /// `lab <verb> --name N [--state-dir D]`.
-    fn verb_args(&self, verb: &str) -> Vec<String> {
+    pub fn args(&self, verb: &str) -> Vec<String> {
         let mut args = vec![
             "lab".to_string(),
             verb.into(),
