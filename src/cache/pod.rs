@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{ContainerPort, HostIP, PodIP};
+use k8s_openapi::api::core::v1::{HostIP, PodIP};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use serde::{Deserialize, Serialize};
 
@@ -89,6 +89,40 @@ pub struct Container {
     pub ports: Option<Vec<ContainerPort>>,
 }
 
+/// A declared port: its number, name and protocol (the API's also has a host IP and
+/// port, which nothing reads). Names and protocols repeat across pods: one shared copy.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerPort {
+    #[serde(default)]
+    pub container_port: i32,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "shared_text",
+        serialize_with = "text"
+    )]
+    pub name: Option<Arc<str>>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "shared_text",
+        serialize_with = "text"
+    )]
+    pub protocol: Option<Arc<str>>,
+}
+
+fn shared_text<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Arc<str>>, D::Error> {
+    let text: Option<std::borrow::Cow<'de, str>> = Option::deserialize(deserializer)?;
+    Ok(text.map(|t| labels::intern_str(&t)))
+}
+
+fn text<S: serde::Serializer>(value: &Option<Arc<str>>, serializer: S) -> Result<S::Ok, S::Error> {
+    value.as_deref().serialize(serializer)
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodStatus {
@@ -157,7 +191,13 @@ mod tests {
         let (spec, api_spec) = (ours.spec.unwrap(), api.spec.unwrap());
         assert_eq!(spec.node_name, api_spec.node_name);
         assert_eq!(spec.host_network, api_spec.host_network);
-        assert_eq!(spec.containers[0].ports, api_spec.containers[0].ports);
+        let (port, api_port) = (
+            &spec.containers[0].ports.as_ref().unwrap()[0],
+            &api_spec.containers[0].ports.as_ref().unwrap()[0],
+        );
+        assert_eq!(port.container_port, api_port.container_port);
+        assert_eq!(port.name.as_deref(), api_port.name.as_deref());
+        assert_eq!(port.protocol.as_deref(), api_port.protocol.as_deref());
         let (status, api_status) = (ours.status.unwrap(), api.status.unwrap());
         assert_eq!(status.pod_ip, api_status.pod_ip);
         assert_eq!(status.pod_ips, api_status.pod_ips);

@@ -71,7 +71,8 @@ impl fmt::Display for Protocol {
 /// One declared container port.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ContainerPort {
-    pub name: Option<String>,
+    /// The cache's shared copy.
+    pub name: Option<Arc<str>>,
     pub port: u16,
     pub protocol: Protocol,
 }
