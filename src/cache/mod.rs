@@ -6,6 +6,33 @@
 //! [`Snapshot`]. The same [`Snapshot`] is filled from YAML by [`manifests`] for the
 //! offline verbs.
 
+/// A slim type of ours is watched and named as the API's type `$api` is.
+macro_rules! watched_as {
+    ($ours:ty, $api:ty) => {
+        impl k8s_openapi::Resource for $ours {
+            const API_VERSION: &'static str = <$api as k8s_openapi::Resource>::API_VERSION;
+            const GROUP: &'static str = <$api as k8s_openapi::Resource>::GROUP;
+            const KIND: &'static str = <$api as k8s_openapi::Resource>::KIND;
+            const VERSION: &'static str = <$api as k8s_openapi::Resource>::VERSION;
+            const URL_PATH_SEGMENT: &'static str =
+                <$api as k8s_openapi::Resource>::URL_PATH_SEGMENT;
+            type Scope = <$api as k8s_openapi::Resource>::Scope;
+        }
+
+        impl k8s_openapi::Metadata for $ours {
+            type Ty = ObjectMeta;
+
+            fn metadata(&self) -> &ObjectMeta {
+                &self.metadata
+            }
+
+            fn metadata_mut(&mut self) -> &mut ObjectMeta {
+                &mut self.metadata
+            }
+        }
+    };
+}
+
 mod discovery;
 mod endpoint_slice;
 mod kind;
