@@ -12,13 +12,13 @@
 //! `cargo bench -p kubewire-lab --bench run -- bgp`
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ipnet::{IpNet, Ipv4Net};
 use kubewire::routing::bgp::config::{Backoff, Families, PeerConfig, SpeakerConfig};
 use kubewire::routing::bgp::{RouteAttrs, Speaker};
+use kubewire_lab::bird::{Bird, birdc};
 use kubewire_lab::harness::Netns;
 
 use crate::{Outcome, require_program, require_root};
@@ -33,64 +33,6 @@ const SIZES: [usize; 2] = [10_000, 100_000];
 fn prefix(i: usize) -> Ipv4Net {
     let n = (16u32 << 24) + (i as u32) * 256;
     Ipv4Net::new(Ipv4Addr::from(n), 24).unwrap_or_default()
-}
-
-struct Bird {
-    child: Child,
-    socket: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Bird {
-    fn start(netns: &Netns, config: &str) -> Bird {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let conf = dir.path().join("bird.conf");
-        let socket = dir.path().join("bird.ctl");
-        std::fs::write(&conf, config).expect("bird.conf");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &netns.name, "bird", "-f", "-c"])
-            .arg(&conf)
-            .arg("-s")
-            .arg(&socket)
-            .arg("-P")
-            .arg(dir.path().join("bird.pid"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting bird");
-        let mut bird = Bird {
-            child,
-            socket,
-            _dir: dir,
-        };
-        std::thread::sleep(Duration::from_millis(100));
-        if let Ok(Some(status)) = bird.child.try_wait() {
-            panic!("bird exited at once ({status}): a config error?");
-        }
-        bird
-    }
-
-    fn rss_kib(&self) -> u64 {
-        rss_kib(self.child.id())
-    }
-}
-
-impl Drop for Bird {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn birdc(socket: &Path, args: &[&str]) -> String {
-    let out = Command::new("birdc")
-        .arg("-s")
-        .arg(socket)
-        .args(args)
-        .output()
-        .expect("birdc");
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Routes in master4 (`show route count`), 0 before BIRD answers.
@@ -163,7 +105,7 @@ struct Row {
 }
 
 fn kubewire_run(sender: &Netns, receiver_ns: &Netns, count: usize) -> Row {
-    let receiver = Bird::start(receiver_ns, &receiver_config());
+    let receiver = Bird::start(&receiver_ns.name, &receiver_config());
     std::thread::sleep(Duration::from_millis(300));
     // SAFETY: as below.
     unsafe { libc::malloc_trim(0) };
@@ -184,7 +126,7 @@ fn kubewire_run(sender: &Netns, receiver_ns: &Netns, count: usize) -> Row {
         for i in 0..count {
             speaker.announce(IpNet::V4(prefix(i)), None, RouteAttrs::default());
         }
-        let socket = receiver.socket.clone();
+        let socket = receiver.socket().to_path_buf();
         let (up, all) = tokio::task::spawn_blocking(move || converge(&socket, started, count))
             .await
             .expect("polling BIRD");
@@ -211,12 +153,12 @@ fn kubewire_run(sender: &Netns, receiver_ns: &Netns, count: usize) -> Row {
 }
 
 fn bird_run(sender_ns: &Netns, receiver_ns: &Netns, count: usize) -> Row {
-    let receiver = Bird::start(receiver_ns, &receiver_config());
+    let receiver = Bird::start(&receiver_ns.name, &receiver_config());
     std::thread::sleep(Duration::from_millis(300));
     let config = sender_config(count);
     let started = Instant::now();
-    let sender = Bird::start(sender_ns, &config);
-    let (session_up, all_in) = converge(&receiver.socket, started, count);
+    let sender = Bird::start(&sender_ns.name, &config);
+    let (session_up, all_in) = converge(receiver.socket(), started, count);
     Row {
         sender: "BIRD",
         count,

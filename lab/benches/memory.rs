@@ -59,7 +59,8 @@ pub fn run() -> Outcome {
         for (controllers, flags) in CONTROLLERS {
             let (rss_mib, healthy, cache) = measure(size, flags);
             println!(
-                "{label}, {controllers}: RSS {rss_mib} MiB, healthy after {:.2}s",
+                "{label}, {controllers}: RSS {:.1} MiB, healthy after {:.2}s",
+                rss_mib,
                 healthy.as_secs_f64()
             );
             for line in cache {
@@ -73,7 +74,7 @@ pub fn run() -> Outcome {
 /// Starts the API server with a cluster of `size` (node n1 in it) and the agent with
 /// `flags` in a new network namespace: the agent's resident memory (MiB) 2 s after it
 /// became healthy, the time until it did, and its `kubewire_cache_objects` lines (sorted).
-fn measure(size: ClusterSize, flags: &[&str]) -> (u64, Duration, Vec<String>) {
+fn measure(size: ClusterSize, flags: &[&str]) -> (f64, Duration, Vec<String>) {
     let mut seed = generate(size);
     // The agent's node, with a CIDR the CNI controller can use.
     seed.retain(|o| o.kind != kubewire::cache::Kind::Node || o.value["metadata"]["name"] != "n1");
@@ -117,7 +118,7 @@ fn measure(size: ClusterSize, flags: &[&str]) -> (u64, Duration, Vec<String>) {
             .map(String::from)
             .collect();
         cache.sort();
-        let rss_mib = resident_kib(agent.child.id()) / 1024;
+        let rss_mib = resident_kib(agent.child.id()) as f64 / 1024.0;
         drop(agent);
         runtime.block_on(server.shutdown());
         (rss_mib, healthy, cache)

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kubewire::cache::EndpointSlice;
 use kubewire::cache::Snapshot;
 use kubewire::cache::manifests::snapshot_from_objects;
 use kubewire::nft::{Backend, Kernel, Nft};

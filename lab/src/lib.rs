@@ -18,6 +18,7 @@ pub mod agent_identity;
 pub mod agents;
 pub mod apiserver;
 pub mod binaries;
+pub mod bird;
 pub mod cache_memory;
 pub mod cni_exec;
 pub mod control_plane;

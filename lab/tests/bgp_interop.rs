@@ -14,7 +14,6 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -33,26 +32,7 @@ const OUR_LINK_LOCAL: &str = "fe80::a1";
 const BIRD_V4: &str = "10.99.0.2";
 const BIRD_V6: &str = "fd99::2";
 
-/// Why this machine cannot run the test, if it cannot.
-fn missing_prerequisite() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("needs root (network namespaces)".into());
-    }
-    for tool in ["bird", "birdc", "ip"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !found {
-            return Some(format!(
-                "{tool} not installed (scripts/install-deps installs bird2)"
-            ));
-        }
-    }
-    None
-}
-
+use kubewire_lab::bird::{Bird, missing_prerequisite};
 use kubewire_lab::harness::{Netns, unique};
 
 /// Our namespace and BIRD's, joined by a veth with an IPv4 and an IPv6 subnet.
@@ -84,100 +64,6 @@ impl Link {
             "nodad",
         ]);
         Link { ours, birds }
-    }
-}
-
-/// A BIRD daemon in a namespace, killed on drop.
-struct Bird {
-    child: Child,
-    socket: PathBuf,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Bird {
-    fn start(netns: &Netns, config: &str) -> Bird {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let conf = dir.path().join("bird.conf");
-        let socket = dir.path().join("bird.ctl");
-        let log = dir.path().join("bird.log");
-        let config = format!("log \"{}\" all;\n{config}", log.display());
-        std::fs::write(&conf, config).expect("writing bird.conf");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &netns.name, "bird", "-f", "-c"])
-            .arg(&conf)
-            .arg("-s")
-            .arg(&socket)
-            .arg("-P")
-            .arg(dir.path().join("bird.pid"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("stderr")).expect("stderr file"))
-            .spawn()
-            .expect("starting bird");
-        let mut bird = Bird {
-            child,
-            socket,
-            log,
-            _dir: dir,
-        };
-        // Up once birdc gets an answer; a config error ends bird at once.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(Some(status)) = bird.child.try_wait() {
-                panic!("bird exited ({status}): {}", bird.log());
-            }
-            let answered = bird.socket.exists()
-                && Command::new("birdc")
-                    .arg("-s")
-                    .arg(&bird.socket)
-                    .arg("show status")
-                    .output()
-                    .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("Daemon is up"));
-            if answered {
-                return bird;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "bird did not answer on its control socket; log:\n{}",
-                bird.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// `birdc -s SOCK args…`, bounded to 10 s.
-    async fn birdc(&self, args: &[&str]) -> String {
-        let output = tokio::time::timeout(
-            Duration::from_secs(10),
-            tokio::process::Command::new("birdc")
-                .arg("-s")
-                .arg(&self.socket)
-                .args(args)
-                .kill_on_drop(true)
-                .output(),
-        )
-        .await
-        .expect("birdc answered within 10s")
-        .expect("running birdc");
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    }
-
-    /// Its log file and what it printed.
-    fn log(&self) -> String {
-        let stderr = self.log.with_file_name("stderr");
-        format!(
-            "{}{}",
-            std::fs::read_to_string(&self.log).unwrap_or_default(),
-            std::fs::read_to_string(stderr).unwrap_or_default()
-        )
-    }
-}
-
-impl Drop for Bird {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -262,7 +148,7 @@ async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
 
 /// The `show protocols` line of a BGP protocol.
 async fn protocol_line(bird: &Bird, name: &str) -> String {
-    bird.birdc(&["show", "protocols", name])
+    bird.birdc_async(&["show", "protocols", name])
         .await
         .lines()
         .find(|l| l.starts_with(name))
@@ -283,7 +169,7 @@ async fn wait_established(bird: &Bird, speaker: &SpeakerHandle) {
         panic!(
             "sessions not established within 30s\nours: {:?}\nbird: {}\nbird log:\n{}",
             speaker.peers().await,
-            bird.birdc(&["show", "protocols"]).await,
+            bird.birdc_async(&["show", "protocols"]).await,
             bird.log()
         );
     }
@@ -340,7 +226,7 @@ fn route_line(out: &str) -> String {
 /// BIRD's `show route PREFIX all`, once it has the prefix.
 async fn bird_route(bird: &Bird, prefix: &str) -> String {
     let found = eventually(Duration::from_secs(20), || async {
-        let out = bird.birdc(&["show", "route", prefix, "all"]).await;
+        let out = bird.birdc_async(&["show", "route", prefix, "all"]).await;
         out.contains(&format!("{prefix} ")).then_some(out)
     })
     .await;
@@ -361,7 +247,7 @@ fn bird_learns_our_routes_and_we_learn_birds_over_ipv4_and_ipv6() {
     let link = Link::new();
     // IPv4: both sides connect (a real collision, resolved by router id).
     // IPv6: we only listen, BIRD connects to our port.
-    let bird = Bird::start(&link.birds, &bird_config(65010, "", ""));
+    let bird = Bird::start(&link.birds.name, &bird_config(65010, "", ""));
     let config = our_config(
         65010,
         |_| {},
@@ -421,7 +307,7 @@ fn bird_learns_our_routes_and_we_learn_birds_over_ipv4_and_ipv6() {
 
         // BIRD saw our capabilities; a route refresh it asks for is answered with
         // our routes again and the session stays up.
-        let details = bird.birdc(&["show", "protocols", "all", "kw4"]).await;
+        let details = bird.birdc_async(&["show", "protocols", "all", "kw4"]).await;
         let caps: Vec<&str> = details
             .lines()
             .skip_while(|l| !l.contains("Neighbor capabilities"))
@@ -435,9 +321,9 @@ fn bird_learns_our_routes_and_we_learn_birds_over_ipv4_and_ipv6() {
             "{details}"
         );
         let received_before = import_updates_received(&details);
-        bird.birdc(&["reload", "in", "kw4"]).await;
+        bird.birdc_async(&["reload", "in", "kw4"]).await;
         let refreshed = eventually(Duration::from_secs(10), || async {
-            let details = bird.birdc(&["show", "protocols", "all", "kw4"]).await;
+            let details = bird.birdc_async(&["show", "protocols", "all", "kw4"]).await;
             let received = import_updates_received(&details);
             (received > received_before).then_some(received)
         })
@@ -472,7 +358,7 @@ fn bird_learns_our_routes_and_we_learn_birds_over_ipv4_and_ipv6() {
         // A withdrawal reaches BIRD.
         speaker.withdraw(net("10.123.0.0/24"));
         let gone = eventually(Duration::from_secs(10), || async {
-            let out = bird.birdc(&["show", "route", "10.123.0.0/24"]).await;
+            let out = bird.birdc_async(&["show", "route", "10.123.0.0/24"]).await;
             (!out.contains("10.123.0.0/24 ")).then_some(())
         })
         .await;
@@ -493,7 +379,7 @@ fn md5_with_the_right_password_comes_up_and_4_byte_as_on_both_sides() {
     // IPv4: we listen (MD5 on the listening socket); IPv6: BIRD listens (MD5 on
     // our connecting socket).
     let bird = Bird::start(
-        &link.birds,
+        &link.birds.name,
         &bird_config(
             bird_as,
             "password \"kubewire-md5\";",
@@ -531,7 +417,7 @@ fn md5_with_a_wrong_password_stays_down() {
     }
     let link = Link::new();
     let bird = Bird::start(
-        &link.birds,
+        &link.birds.name,
         &bird_config(
             65010,
             "password \"not-this-one\";",
@@ -570,7 +456,7 @@ fn md5_with_a_wrong_password_stays_down() {
             came_up.is_none(),
             "a session got past TCP with a wrong MD5 password"
         );
-        let route = bird.birdc(&["show", "route", "10.125.0.0/24"]).await;
+        let route = bird.birdc_async(&["show", "route", "10.125.0.0/24"]).await;
         assert!(!route.contains("10.125.0.0/24 "), "{route}");
         speaker.shutdown().await;
     });
@@ -586,7 +472,7 @@ fn ibgp_with_bird_keeps_local_pref_next_hop_self_and_split_horizon() {
     // Both sessions iBGP (4-byte AS on both sides); the one over IPv6 carries IPv4
     // too, so it is a second iBGP neighbour that may not get what the first sent.
     let bird = Bird::start(
-        &link.birds,
+        &link.birds.name,
         &format!(
             r#"router id {BIRD_V4};
 protocol device {{ scan time 1; }}
@@ -647,7 +533,7 @@ protocol bgp kw6 from kw {{
         // other iBGP neighbour: BIRD keeps only its static route.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let bird_view = bird
-            .birdc(&["show", "route", "198.51.100.0/24", "all"])
+            .birdc_async(&["show", "route", "198.51.100.0/24", "all"])
             .await;
         let paths: Vec<&str> = bird_view
             .lines()
@@ -681,7 +567,7 @@ fn we_reconnect_and_resend_when_bird_restarts() {
         let speaker = Speaker::start(config).await.expect("speaker starts");
         let mut events = speaker.subscribe();
         speaker.announce(net("10.128.0.0/24"), None, RouteAttrs::default());
-        let bird = Bird::start(birds, &bird_config(65010, "", ""));
+        let bird = Bird::start(&birds.name, &bird_config(65010, "", ""));
         wait_established(&bird, &speaker).await;
         bird_route(&bird, "10.128.0.0/24").await;
         learn(&mut events, &[net("198.51.100.0/24")]).await;
@@ -709,7 +595,7 @@ fn we_reconnect_and_resend_when_bird_restarts() {
             "{down:?}"
         );
 
-        let bird = Bird::start(birds, &bird_config(65010, "", ""));
+        let bird = Bird::start(&birds.name, &bird_config(65010, "", ""));
         let started = Instant::now();
         wait_established(&bird, &speaker).await;
         println!(
@@ -1009,7 +895,7 @@ fn graceful_restart_helper_keeps_birds_routes_through_its_restart() {
         let speaker = Speaker::start(gr_config()).await.expect("speaker starts");
         let mut events = speaker.subscribe();
         let bird = Bird::start(
-            birds,
+            &birds.name,
             &gr_bird_config(&["198.51.100.0/24", "198.51.101.0/24"]),
         );
         let up = eventually(Duration::from_secs(30), || async {
@@ -1043,7 +929,7 @@ fn graceful_restart_helper_keeps_birds_routes_through_its_restart() {
         // BIRD comes back with one of the two: after its End-of-RIB the other,
         // stale one goes (long before the 30 s restart time), the kept one stays.
         let started = Instant::now();
-        let bird = Bird::start(birds, &gr_bird_config(&["198.51.100.0/24"]));
+        let bird = Bird::start(&birds.name, &gr_bird_config(&["198.51.100.0/24"]));
         assert!(
             withdrawn_within(&mut events, net("198.51.101.0/24"), Duration::from_secs(20)).await,
             "the route BIRD no longer has was not withdrawn after its End-of-RIB: {}",
@@ -1067,7 +953,7 @@ fn graceful_restart_bird_keeps_our_routes_while_we_restart() {
         return;
     }
     let link = Link::new();
-    let bird = Bird::start(&link.birds, &gr_bird_config(&[]));
+    let bird = Bird::start(&link.birds.name, &gr_bird_config(&[]));
     // Our first life, on its own runtime: announce two routes, then die without
     // a NOTIFICATION (the runtime is dropped, its sockets just close), as kill -9
     // would.
@@ -1087,11 +973,11 @@ fn graceful_restart_bird_keeps_our_routes_while_we_restart() {
         // Past the hold time BIRD still routes both: it waits for our restart.
         tokio::time::sleep(Duration::from_secs(10)).await;
         for prefix in ["10.129.0.0/24", "10.130.0.0/24"] {
-            let out = bird.birdc(&["show", "route", prefix]).await;
+            let out = bird.birdc_async(&["show", "route", prefix]).await;
             assert!(
                 out.contains(prefix),
                 "BIRD dropped {prefix} while we restarted: {out}\n{}",
-                bird.birdc(&["show", "protocols", "all", "kw4"]).await
+                bird.birdc_async(&["show", "protocols", "all", "kw4"]).await
             );
         }
         // The second life announces one of them; after our End-of-RIB BIRD drops
@@ -1099,12 +985,12 @@ fn graceful_restart_bird_keeps_our_routes_while_we_restart() {
         let speaker = Speaker::start(gr_config()).await.expect("speaker starts");
         speaker.announce(net("10.129.0.0/24"), None, RouteAttrs::default());
         let gone = eventually(Duration::from_secs(20), || async {
-            let out = bird.birdc(&["show", "route", "10.130.0.0/24"]).await;
+            let out = bird.birdc_async(&["show", "route", "10.130.0.0/24"]).await;
             (!out.contains("10.130.0.0/24")).then_some(())
         })
         .await;
         assert!(gone.is_some(), "BIRD kept our stale route: {}", bird.log());
-        let kept = bird.birdc(&["show", "route", "10.129.0.0/24"]).await;
+        let kept = bird.birdc_async(&["show", "route", "10.129.0.0/24"]).await;
         assert!(kept.contains("10.129.0.0/24"), "{kept}");
         speaker.shutdown().await;
     });

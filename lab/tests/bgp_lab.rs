@@ -14,191 +14,24 @@
 //! also announces is refused.
 
 mod common;
+mod lab_support;
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{kubewire, our_routes, sh, success, temp_dir, unique};
-use kubewire_lab::lifecycle::LabArg;
+use common::{our_routes, sh, success, temp_dir};
+use kubewire_lab::bird::{Bird, missing_prerequisite};
 use kubewire_lab::probe::{self, Probe, Reply};
 use kubewire_lab::topology::{LabPlan, Protocol};
+use lab_support::TestLab;
 
 const CLUSTER_AS: u32 = 64512;
 const FABRIC_AS: u32 = 65000;
 const LB_IP: &str = "203.0.113.10";
 const POD_PORT: u16 = 8080;
-
-fn missing_prerequisite() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("needs root (network namespaces)".into());
-    }
-    for tool in ["bird", "birdc"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !found {
-            return Some(format!(
-                "{tool} not installed (scripts/install-deps installs bird2)"
-            ));
-        }
-    }
-    None
-}
-
-/// `lab down` on drop.
-struct Lab {
-    name: String,
-    state_dir: String,
-    _state: tempfile::TempDir,
-}
-
-impl Lab {
-    fn up(manifests: &Path, agent_args: &[&str]) -> Lab {
-        let state = temp_dir();
-        let lab = Lab {
-            name: unique("b"),
-            state_dir: state.path().join("lab").display().to_string(),
-            _state: state,
-        };
-        let mut up = lab.args("up");
-        up.extend(["--manifests", manifests.to_str().unwrap()]);
-        up.extend(agent_args);
-        success(kubewire(&up), "lab up");
-        lab
-    }
-
-    fn args<'a>(&'a self, verb: &'a str) -> Vec<&'a str> {
-        vec![
-            "lab",
-            verb,
-            "--name",
-            &self.name,
-            "--state-dir",
-            &self.state_dir,
-        ]
-    }
-
-    fn plan(&self) -> LabPlan {
-        let arg = LabArg {
-            name: self.name.clone(),
-            state_dir: Some(self.state_dir.clone().into()),
-        };
-        arg.load_up().unwrap().plan().unwrap().clone()
-    }
-
-    /// The agent process of `node`: (pid, its command line).
-    fn agent(&self, node: &str) -> (i32, Vec<String>) {
-        let arg = LabArg {
-            name: self.name.clone(),
-            state_dir: Some(self.state_dir.clone().into()),
-        };
-        let state = arg.load_up().unwrap();
-        let pid = state
-            .processes
-            .iter()
-            .find(|p| p.role == format!("agent {node}"))
-            .map(|p| p.pid)
-            .expect("the agent's process record");
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
-        let args = cmdline
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        (pid, args)
-    }
-
-    fn agent_log(&self, node: &str) -> String {
-        let path = Path::new(&self.state_dir)
-            .join("nodes")
-            .join(node)
-            .join("agent.log");
-        std::fs::read_to_string(path).unwrap_or_default()
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = kubewire(&self.args("down"));
-    }
-}
-
-/// BIRD in a netns, killed on drop.
-struct Bird {
-    child: Child,
-    socket: PathBuf,
-    dir: tempfile::TempDir,
-}
-
-impl Bird {
-    fn start(netns: &str, config: &str) -> Bird {
-        let dir = tempfile::tempdir().unwrap();
-        let conf = dir.path().join("bird.conf");
-        let socket = dir.path().join("bird.ctl");
-        let log = dir.path().join("bird.log");
-        std::fs::write(&conf, format!("log \"{}\" all;\n{config}", log.display())).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", netns, "bird", "-f", "-c"])
-            .arg(&conf)
-            .arg("-s")
-            .arg(&socket)
-            .arg("-P")
-            .arg(dir.path().join("bird.pid"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("stderr")).unwrap())
-            .spawn()
-            .unwrap();
-        let mut bird = Bird { child, socket, dir };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !bird.birdc(&["show", "status"]).contains("Daemon is up") {
-            if let Ok(Some(status)) = bird.child.try_wait() {
-                panic!("bird exited ({status}): {}", bird.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "bird did not start: {}",
-                bird.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        bird
-    }
-
-    fn birdc(&self, args: &[&str]) -> String {
-        if !self.socket.exists() {
-            return String::new();
-        }
-        let out = Command::new("timeout")
-            .arg("10")
-            .arg("birdc")
-            .arg("-s")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn log(&self) -> String {
-        ["bird.log", "stderr"]
-            .iter()
-            .map(|f| std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default())
-            .collect()
-    }
-}
-
-impl Drop for Bird {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Polls `check` every 100 ms for up to `limit`; prints how long it took.
 fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> Result<(), String>) {
@@ -347,7 +180,8 @@ async fn fabric_bird_learns_pod_cidrs_and_lb_ips_and_pods_reach_across_subnets()
         return;
     }
     let manifests = manifests();
-    let lab = Lab::up(
+    let lab = TestLab::up_from(
+        "b",
         manifests.path(),
         &[
             "--agent-arg=--run-bgp=true",
@@ -509,7 +343,7 @@ async fn fabric_bird_learns_pod_cidrs_and_lb_ips_and_pods_reach_across_subnets()
 
     // Annotations are read live: n1 gets communities and the fabric sees them on
     // its routes; the Service opts out of LB announcement and BIRD loses the IP.
-    let kubeconfig = success(kubewire(&lab.args("kubeconfig")), "lab kubeconfig");
+    let kubeconfig = success(lab.run("kubeconfig", &[]), "lab kubeconfig");
     let client = kubewire::agent::client_from_kubeconfig(Path::new(kubeconfig.trim()))
         .await
         .expect("client");
@@ -575,7 +409,8 @@ async fn kill_9_and_restart_of_an_agent_keeps_its_routes_with_graceful_restart()
         return;
     }
     let manifests = manifests();
-    let lab = Lab::up(
+    let lab = TestLab::up_from(
+        "b",
         manifests.path(),
         &[
             "--agent-arg=--run-bgp=true",

@@ -94,7 +94,11 @@ fn contents(snapshot: &Snapshot) -> BTreeMap<(Kind, String), BTreeMap<String, St
     let mut out = BTreeMap::new();
     add(&mut out, Kind::Node, &snapshot.nodes);
     add(&mut out, Kind::Namespace, &snapshot.namespaces);
-    add(&mut out, Kind::Pod, &snapshot.pods);
+    // A Pod's labels are held apart from its metadata (one shared copy per set).
+    for pod in &snapshot.pods {
+        let key = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
+        out.insert((Kind::Pod, key), (**pod.labels()).clone());
+    }
     add(&mut out, Kind::Service, &snapshot.services);
     add(&mut out, Kind::EndpointSlice, &snapshot.endpoint_slices);
     add(&mut out, Kind::NetworkPolicy, &snapshot.network_policies);
@@ -191,13 +195,15 @@ async fn cache_sees_adds_updates_and_deletes_of_every_kind() {
         api.create(&PostParams::default(), &object).await.unwrap();
         eventually(&cache, &format!("{kind} added"), |c| c.contains_key(&key)).await;
         assert!(changes.changed().await.contains(&kind), "{kind} signalled");
-        let relabel = Patch::Merge(json!({"metadata": {"labels": {"rev": "2"}}}));
+        // Under kubewire's prefix: the cache keeps such labels on every kind (others
+        // only where a controller reads them).
+        let relabel = Patch::Merge(json!({"metadata": {"labels": {"kubewire.io/rev": "2"}}}));
         api.patch(&object.name_any(), &PatchParams::default(), &relabel)
             .await
             .unwrap();
         eventually(&cache, &format!("{kind} updated"), |c| {
             c.get(&key)
-                .and_then(|labels| labels.get("rev"))
+                .and_then(|labels| labels.get("kubewire.io/rev"))
                 .map(String::as_str)
                 == Some("2")
         })

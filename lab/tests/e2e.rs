@@ -16,6 +16,7 @@
 //! One server holds one lab's Nodes and Pods at a time: the tests take turns.
 
 mod common;
+mod lab_support;
 mod netpol_support;
 mod proxy_support;
 mod service_lab;
@@ -24,12 +25,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use common::{kubewire, success, temp_dir, unique, wait_for};
+use common::{kubewire, success, temp_dir, wait_for};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, PostParams};
 use kubewire_lab::harness::{require_root, skip};
 use kubewire_lab::state::LabState;
+use lab_support::TestLab;
 use serde_json::{Value, json};
 
 static ONE_LAB: Mutex<()> = Mutex::new(());
@@ -111,7 +113,7 @@ spec: {nodeName: n2, containers: [{name: c, ports: [{containerPort: 80}]}]}
 ";
 
 /// `lab connect --from FROM --to TO`: who answered, or `None`.
-fn connect(lab: &service_lab::Lab, from: &str, to: &str) -> Option<String> {
+fn connect(lab: &TestLab, from: &str, to: &str) -> Option<String> {
     let mut args = lab.args("connect");
     args.extend(["--from", from, "--to", to, "--timeout", "1s"].map(String::from));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -129,10 +131,7 @@ fn agents_with_the_manifests_service_account_program_a_change() {
     };
     let manifests = temp_dir();
     std::fs::write(manifests.path().join("pods.yaml"), TWO_PODS).unwrap();
-    let lab = service_lab::Lab {
-        name: unique("kwe2e"),
-        state: temp_dir(),
-    };
+    let lab = TestLab::new("kwe2e", false);
     let mut up = lab.args("up");
     up.extend(["--manifests".into(), manifests.path().display().to_string()]);
     up.extend(up_args(&kubeconfig));
@@ -146,7 +145,7 @@ fn agents_with_the_manifests_service_account_program_a_change() {
         started.elapsed().as_secs_f64()
     );
 
-    let state_dir = lab.state.path().join("lab");
+    let state_dir = lab.state_dir();
     let state = LabState::load(&state_dir).unwrap().unwrap();
     let plan = state.plan().unwrap();
     let ip = |name: &str| {

@@ -5,6 +5,7 @@
 //! Service traffic, which `proxy trace` does not model.
 
 mod common;
+mod lab_support;
 mod proxy_support;
 mod service_lab;
 
@@ -13,10 +14,11 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{kubewire, success, temp_dir, unique};
+use common::{kubewire, success, temp_dir};
+use lab_support::TestLab;
 use serde_json::Value;
 
-use service_lab::{AGENT_ARGS, Lab, probes_match_trace, report_matches_trace, trace};
+use service_lab::{AGENT_ARGS, probes_match_trace, report_matches_trace, trace};
 
 #[test]
 fn demo_cluster_ips_and_node_ports_answer_from_exactly_the_endpoints() {
@@ -35,10 +37,7 @@ fn demo_cluster_ips_and_node_ports_answer_from_exactly_the_endpoints() {
 #[ignore = "needs IPVS: tests/vm/run proxy_lab ipvs"]
 fn ipvs_demo_cluster_ips_and_node_ports_answer_from_exactly_the_endpoints() {
     let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo");
-    let lab = Lab {
-        name: unique("kwpv"),
-        state: temp_dir(),
-    };
+    let lab = TestLab::new("kwpv", false);
     let mut up = lab.args("up");
     up.extend(["--manifests".into(), manifests.display().to_string()]);
     up.extend(AGENT_ARGS.iter().map(|a| a.to_string()));
@@ -359,17 +358,14 @@ endpoints:
 "#;
 
 /// A lab of examples/proxy plus [`EXTRA`], up with the proxy `backend`.
-fn extra_lab(prefix: &str, backend: &str) -> (Lab, tempfile::TempDir) {
+fn extra_lab(prefix: &str, backend: &str) -> (TestLab, tempfile::TempDir) {
     let manifests = temp_dir();
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/proxy");
     for file in ["nodes-pods.yaml", "services.yaml"] {
         std::fs::copy(examples.join(file), manifests.path().join(file)).unwrap();
     }
     std::fs::write(manifests.path().join("extra.yaml"), EXTRA).unwrap();
-    let lab = Lab {
-        name: unique(prefix),
-        state: temp_dir(),
-    };
+    let lab = TestLab::new(prefix, false);
     let mut up = lab.args("up");
     up.extend(["--manifests".into(), manifests.path().display().to_string()]);
     up.extend(AGENT_ARGS.iter().map(|a| a.to_string()));
@@ -380,7 +376,7 @@ fn extra_lab(prefix: &str, backend: &str) -> (Lab, tempfile::TempDir) {
 }
 
 /// `lab connect`: "who" and the source address the responder saw.
-fn connect(lab: &Lab, from: &str, to: &str, protocol: &str) -> (String, String) {
+fn connect(lab: &TestLab, from: &str, to: &str, protocol: &str) -> (String, String) {
     let mut args = lab.args("connect");
     args.extend(
         [
@@ -404,7 +400,7 @@ fn connect(lab: &Lab, from: &str, to: &str, protocol: &str) -> (String, String) 
 }
 
 /// The lab's netns holding `address` (a pod's).
-fn netns_with(lab: &Lab, address: &str) -> String {
+fn netns_with(lab: &TestLab, address: &str) -> String {
     let list = common::sh("ip", &["netns", "list"]);
     let prefix = format!("kw-{}-pod-", lab.name);
     list.lines()
@@ -474,7 +470,7 @@ fn http_get(netns: &str, to: &str, path: &str) -> (u16, String) {
 
 /// Removes the endpoint at `address` from the lab's EndpointSlice `shop/<slice>`,
 /// stamping the change's trigger time as the EndpointSlice controller does.
-fn remove_endpoint(lab: &Lab, slice_name: &str, address: &str) {
+fn remove_endpoint(lab: &TestLab, slice_name: &str, address: &str) {
     let kubeconfig = lab.args("kubeconfig");
     let kc: Vec<&str> = kubeconfig.iter().map(String::as_str).collect();
     let path = success(kubewire(&kc), "lab kubeconfig");
@@ -535,7 +531,7 @@ fn clients_stick_to_one_pod_and_spread_over_both(node1: &str) {
 
 /// Source addresses from outside: the `Local` NodePort's pod sees the client's, the
 /// `Cluster` one's sees n2's.
-fn local_keeps_the_client_address_cluster_gives_the_nodes(lab: &Lab) {
+fn local_keeps_the_client_address_cluster_gives_the_nodes(lab: &TestLab) {
     let external = format!("kw-{}-ext", lab.name);
     let (who, local_peer) = connect(lab, "external", "192.168.50.11:30100", "TCP");
     assert_eq!(who, "shop/api-1");
@@ -561,7 +557,7 @@ fn local_keeps_the_client_address_cluster_gives_the_nodes(lab: &Lab) {
 }
 
 /// Deletes the Service `shop/<name>` through the lab's API server.
-fn delete_service(lab: &Lab, name: &str) {
+fn delete_service(lab: &TestLab, name: &str) {
     let kubeconfig = lab.args("kubeconfig");
     let kc: Vec<&str> = kubeconfig.iter().map(String::as_str).collect();
     let path = success(kubewire(&kc), "lab kubeconfig");
@@ -813,10 +809,7 @@ fn nodeport_addresses_cidrs_and_masquerade_all() {
         return;
     }
     let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/proxy");
-    let lab = Lab {
-        name: unique("kwpn"),
-        state: temp_dir(),
-    };
+    let lab = TestLab::new("kwpn", false);
     let mut up = lab.args("up");
     up.extend(["--manifests".into(), manifests.display().to_string()]);
     up.extend(AGENT_ARGS.iter().map(|a| a.to_string()));

@@ -13,108 +13,57 @@
 //! Times are printed, not asserted.
 
 mod common;
+mod lab_support;
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{kubewire, our_routes, sh, success, temp_dir, unique};
+use common::{kubewire, our_routes, sh, success, temp_dir};
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
-use kubewire_lab::lifecycle::LabArg;
 use kubewire_lab::probe::{self, EXTERNAL, Probe, Reply};
 use kubewire_lab::topology::{EXTERNAL_PORTS, LabPlan, Protocol};
+use lab_support::TestLab;
 
-/// `lab down` on drop.
-struct Lab {
-    name: String,
-    state_dir: String,
-    /// Holds `state_dir` (the lab creates it inside); removed after `lab down`.
-    _state: tempfile::TempDir,
+/// `lab up` from `manifests` with `agent_args`; prints how long it took.
+fn lab_up(manifests: &Path, agent_args: &[&str]) -> TestLab {
+    let started = Instant::now();
+    let lab = TestLab::up_from("r", manifests, agent_args);
+    println!(
+        "lab up ({}): {:.2} s",
+        if agent_args.is_empty() {
+            "default agent flags".to_string()
+        } else {
+            agent_args.join(" ")
+        },
+        started.elapsed().as_secs_f64()
+    );
+    lab
 }
 
-impl Lab {
-    fn new() -> Lab {
-        let state = temp_dir();
-        Lab {
-            name: unique("r"),
-            state_dir: state.path().join("lab").display().to_string(),
-            _state: state,
-        }
-    }
-
-    /// `lab up` from `manifests` with `agent_args`; prints how long it took.
-    fn up(manifests: &Path, agent_args: &[&str]) -> Lab {
-        let lab = Lab::new();
-        let manifests = manifests.to_str().unwrap();
-        let mut up = lab.args("up");
-        up.extend(["--manifests", manifests]);
-        up.extend(agent_args);
-        let started = Instant::now();
-        success(kubewire(&up), "lab up");
-        println!(
-            "lab up ({}): {:.2} s",
-            if agent_args.is_empty() {
-                "default agent flags".to_string()
-            } else {
-                agent_args.join(" ")
-            },
-            started.elapsed().as_secs_f64()
-        );
-        lab
-    }
-
-    fn args<'a>(&'a self, verb: &'a str) -> Vec<&'a str> {
-        vec![
-            "lab",
-            verb,
-            "--name",
-            &self.name,
-            "--state-dir",
-            &self.state_dir,
-        ]
-    }
-
-    fn plan(&self) -> LabPlan {
-        let arg = LabArg {
-            name: self.name.clone(),
-            state_dir: Some(self.state_dir.clone().into()),
-        };
-        arg.load_up().unwrap().plan().unwrap().clone()
-    }
-
-    fn node_netns(&self, node: &str) -> String {
-        format!("kw-{}-node-{node}", self.name)
-    }
-
-    fn our_routes(&self, node: &str) -> String {
-        our_routes(&self.node_netns(node)).join("\n")
-    }
-
-    fn fdb(&self, node: &str) -> String {
-        sh(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &self.node_netns(node),
-                "bridge",
-                "fdb",
-                "show",
-                "dev",
-                "kubewire-vx",
-            ],
-        )
-    }
+/// kubewire's routes on `node`, one a line.
+fn routes_on(lab: &TestLab, node: &str) -> String {
+    our_routes(&lab.node_netns(node)).join("\n")
 }
 
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let args = self.args("down");
-        let _ = kubewire(&args);
-    }
+/// The VXLAN device's forwarding entries on `node`.
+fn fdb(lab: &TestLab, node: &str) -> String {
+    sh(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &lab.node_netns(node),
+            "bridge",
+            "fdb",
+            "show",
+            "dev",
+            "kubewire-vx",
+        ],
+    )
 }
 
 /// Polls `check` every 20 ms for up to 15 s; returns how long it took.
@@ -196,7 +145,7 @@ fn family_address(addresses: &[IpAddr], like: IpAddr) -> IpAddr {
         .unwrap_or_else(|| panic!("no address like {like} in {addresses:?}"))
 }
 
-fn assert_routes(lab: &Lab, plan: &LabPlan, direct: &[(&str, &str)], vxlan: bool) {
+fn assert_routes(lab: &TestLab, plan: &LabPlan, direct: &[(&str, &str)], vxlan: bool) {
     for node in &plan.nodes {
         let got: BTreeSet<String> = our_routes(&node.netns).into_iter().collect();
         assert_eq!(
@@ -319,7 +268,7 @@ fn pairs(nodes: &[(&str, &str)]) -> BTreeSet<(String, String, &'static str)> {
 async fn dual_stack_pods_reach_pods_directly_in_a_subnet_and_over_vxlan_across() {
     let manifests = dual_stack_manifests();
     // Every controller the agent runs by default (the firewall has no policies here).
-    let lab = Lab::up(manifests.path(), &[]);
+    let lab = lab_up(manifests.path(), &[]);
     let plan = lab.plan();
     // n1 and n2 share 192.168.1.0/24 and fd00:1::/64: direct routes over eth0, no
     // tunnel; n3 is behind the fabric router: VXLAN, for IPv6 pod CIDRs too.
@@ -361,7 +310,7 @@ async fn dual_stack_pods_reach_pods_directly_in_a_subnet_and_over_vxlan_across()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlay_full_carries_every_pair_over_vxlan() {
     let manifests = dual_stack_manifests();
-    let lab = Lab::up(
+    let lab = lab_up(
         manifests.path(),
         &[
             "--agent-arg=--overlay-type=full",
@@ -377,7 +326,7 @@ async fn overlay_full_carries_every_pair_over_vxlan() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlay_none_needs_the_underlay_to_route_pod_cidrs() {
     let manifests = dual_stack_manifests();
-    let lab = Lab::up(
+    let lab = lab_up(
         manifests.path(),
         &[
             "--agent-arg=--overlay-type=none",
@@ -418,28 +367,26 @@ async fn overlay_none_needs_the_underlay_to_route_pod_cidrs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_follow_nodes_through_the_api_and_drift_is_repaired() {
-    let lab = Lab::new();
     let manifests = temp_dir();
     let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo/nodes.yaml");
     std::fs::copy(&demo, manifests.path().join("nodes.yaml")).unwrap();
-    let mut up = lab.args("up");
-    let manifests_path = manifests.path().to_str().unwrap().to_string();
-    up.extend([
-        "--manifests",
-        &manifests_path,
-        "--agent-arg=--run-firewall=false",
-        "--agent-arg=--sync-period=1s",
-    ]);
-    success(kubewire(&up), "lab up");
+    let lab = TestLab::up_from(
+        "r",
+        manifests.path(),
+        &[
+            "--agent-arg=--run-firewall=false",
+            "--agent-arg=--sync-period=1s",
+        ],
+    );
 
     // n1 and n2 share 192.168.50.0/24; n3 is behind the fabric router.
     wait_for("n1 has its routes", || {
-        let routes = lab.our_routes("n1");
+        let routes = routes_on(&lab, "n1");
         routes.contains("10.244.2.0/24 via 192.168.50.12 dev eth0")
             && routes.contains("10.244.3.0/24 via 10.244.3.0 dev kubewire-vx")
     });
     let n3_mac = "06:6b:c0:a8:3c:0d"; // derived from 192.168.60.13
-    assert!(lab.fdb("n1").contains(n3_mac), "{}", lab.fdb("n1"));
+    assert!(fdb(&lab, "n1").contains(n3_mac), "{}", fdb(&lab, "n1"));
 
     // Drift: a route deleted by hand is back after the next periodic check.
     sh(
@@ -447,11 +394,10 @@ async fn routes_follow_nodes_through_the_api_and_drift_is_repaired() {
         &["-n", &lab.node_netns("n1"), "route", "del", "10.244.2.0/24"],
     );
     wait_for("a deleted route is re-installed", || {
-        lab.our_routes("n1")
-            .contains("10.244.2.0/24 via 192.168.50.12")
+        routes_on(&lab, "n1").contains("10.244.2.0/24 via 192.168.50.12")
     });
 
-    let kubeconfig = success(kubewire(&lab.args("kubeconfig")), "lab kubeconfig");
+    let kubeconfig = success(lab.run("kubeconfig", &[]), "lab kubeconfig");
     let client = kubewire::agent::client_from_kubeconfig(Path::new(kubeconfig.trim()))
         .await
         .expect("client");
@@ -469,11 +415,8 @@ async fn routes_follow_nodes_through_the_api_and_drift_is_repaired() {
         .await
         .expect("create n4");
     wait_for("a new Node is routed on n1 and n3", || {
-        lab.our_routes("n1")
-            .contains("10.244.4.0/24 via 192.168.50.14 dev eth0")
-            && lab
-                .our_routes("n3")
-                .contains("10.244.4.0/24 via 10.244.4.0 dev kubewire-vx")
+        routes_on(&lab, "n1").contains("10.244.4.0/24 via 192.168.50.14 dev eth0")
+            && routes_on(&lab, "n3").contains("10.244.4.0/24 via 10.244.4.0 dev kubewire-vx")
     });
 
     // Deleting n3 takes its routes and its FDB entry off n1 and n2.
@@ -482,9 +425,9 @@ async fn routes_follow_nodes_through_the_api_and_drift_is_repaired() {
         .await
         .expect("delete n3");
     wait_for("a deleted Node's routes and FDB entries are gone", || {
-        ["n1", "n2"]
-            .iter()
-            .all(|n| !lab.our_routes(n).contains("10.244.3.0/24") && !lab.fdb(n).contains(n3_mac))
+        ["n1", "n2"].iter().all(|n| {
+            !routes_on(&lab, n).contains("10.244.3.0/24") && !fdb(&lab, n).contains(n3_mac)
+        })
     });
 
     // The controller's own metrics, as the agent serves them.
@@ -539,10 +482,8 @@ async fn dual_stack_probe_measures_what_firewall_matrix_predicts() {
         ]),
         "firewall matrix",
     );
-    let lab = Lab::up(manifests.path(), &[]);
-    let mut probe = lab.args("probe");
-    probe.extend(["--format", "json"]);
-    let measured = success(kubewire(&probe), "lab probe");
+    let lab = lab_up(manifests.path(), &[]);
+    let measured = success(lab.run("probe", &["--format", "json"]), "lab probe");
     let results = |json: &str| -> serde_json::Value {
         serde_json::from_str::<serde_json::Value>(json).unwrap()["results"].clone()
     };

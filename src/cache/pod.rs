@@ -4,20 +4,69 @@
 //! time. Every other field is skipped while parsing, never allocated: the API's `Pod`
 //! type is 2.2 KB before its first container (2.1 KB each), this one under a third
 //! of that with containers of about 50 bytes — the bulk of the cache's memory at
-//! 5,000 pods.
+//! 5,000 pods. Its labels are held apart from `metadata`, as one shared copy per
+//! distinct set ([`super::labels`]); [`Pod::labels`] reads them.
 
-use k8s_openapi::api::core::v1::{ContainerPort, HostIP, PodIP};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{HostIP, PodIP};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use serde::{Deserialize, Serialize};
 
+use super::labels::{self, Labels};
+
+/// `metadata.labels` is always `None`: the labels are in [`Pod::labels`].
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(from = "PodObject", into = "PodObject")]
 pub struct Pod {
-    #[serde(default)]
     pub metadata: ObjectMeta,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    labels: Arc<Labels>,
     pub spec: Option<PodSpec>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<PodStatus>,
+}
+
+impl Pod {
+    /// The pod's labels (an inherent method, so it is what `pod.labels()` calls, not
+    /// `ResourceExt::labels`, which would read the always-empty `metadata.labels`).
+    pub fn labels(&self) -> &Arc<Labels> {
+        &self.labels
+    }
+}
+
+/// The Pod as the API writes it.
+#[derive(Clone, Default, Deserialize, Serialize)]
+struct PodObject {
+    #[serde(default)]
+    metadata: ObjectMeta,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    spec: Option<PodSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    status: Option<PodStatus>,
+}
+
+impl From<PodObject> for Pod {
+    fn from(mut object: PodObject) -> Self {
+        let labels = labels::intern(object.metadata.labels.take().unwrap_or_default());
+        Pod {
+            metadata: object.metadata,
+            labels,
+            spec: object.spec,
+            status: object.status,
+        }
+    }
+}
+
+impl From<Pod> for PodObject {
+    fn from(mut pod: Pod) -> Self {
+        if !pod.labels.is_empty() {
+            pod.metadata.labels = Some(Arc::unwrap_or_clone(pod.labels));
+        }
+        PodObject {
+            metadata: pod.metadata,
+            spec: pod.spec,
+            status: pod.status,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
@@ -40,6 +89,40 @@ pub struct Container {
     pub ports: Option<Vec<ContainerPort>>,
 }
 
+/// A declared port: its number, name and protocol (the API's also has a host IP and
+/// port, which nothing reads). Names and protocols repeat across pods: one shared copy.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerPort {
+    #[serde(default)]
+    pub container_port: i32,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "shared_text",
+        serialize_with = "text"
+    )]
+    pub name: Option<Arc<str>>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "shared_text",
+        serialize_with = "text"
+    )]
+    pub protocol: Option<Arc<str>>,
+}
+
+fn shared_text<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Arc<str>>, D::Error> {
+    let text: Option<std::borrow::Cow<'de, str>> = Option::deserialize(deserializer)?;
+    Ok(text.map(|t| labels::intern_str(&t)))
+}
+
+fn text<S: serde::Serializer>(value: &Option<Arc<str>>, serializer: S) -> Result<S::Ok, S::Error> {
+    value.as_deref().serialize(serializer)
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodStatus {
@@ -57,26 +140,7 @@ pub struct PodStatus {
     pub start_time: Option<Time>,
 }
 
-impl k8s_openapi::Resource for Pod {
-    const API_VERSION: &'static str = "v1";
-    const GROUP: &'static str = "";
-    const KIND: &'static str = "Pod";
-    const VERSION: &'static str = "v1";
-    const URL_PATH_SEGMENT: &'static str = "pods";
-    type Scope = k8s_openapi::NamespaceResourceScope;
-}
-
-impl k8s_openapi::Metadata for Pod {
-    type Ty = ObjectMeta;
-
-    fn metadata(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-
-    fn metadata_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
+watched_as!(Pod, k8s_openapi::api::core::v1::Pod);
 
 #[cfg(test)]
 mod tests {
@@ -96,11 +160,25 @@ mod tests {
         });
         let ours: Pod = serde_json::from_value(json.clone()).unwrap();
         let api: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json).unwrap();
+        let mut api_meta = api.metadata.clone();
+        assert_eq!(Some(&**ours.labels()), api_meta.labels.take().as_ref());
+        assert_eq!(ours.metadata, api_meta);
+        let again: Pod = serde_json::from_value(serde_json::to_value(&ours).unwrap()).unwrap();
+        assert_eq!(again, ours, "serializes back to what it read");
+        assert!(
+            Arc::ptr_eq(again.labels(), ours.labels()),
+            "one shared label set"
+        );
         let (spec, api_spec) = (ours.spec.unwrap(), api.spec.unwrap());
-        assert_eq!(ours.metadata, api.metadata);
         assert_eq!(spec.node_name, api_spec.node_name);
         assert_eq!(spec.host_network, api_spec.host_network);
-        assert_eq!(spec.containers[0].ports, api_spec.containers[0].ports);
+        let (port, api_port) = (
+            &spec.containers[0].ports.as_ref().unwrap()[0],
+            &api_spec.containers[0].ports.as_ref().unwrap()[0],
+        );
+        assert_eq!(port.container_port, api_port.container_port);
+        assert_eq!(port.name.as_deref(), api_port.name.as_deref());
+        assert_eq!(port.protocol.as_deref(), api_port.protocol.as_deref());
         let (status, api_status) = (ours.status.unwrap(), api.status.unwrap());
         assert_eq!(status.pod_ip, api_status.pod_ip);
         assert_eq!(status.pod_ips, api_status.pod_ips);

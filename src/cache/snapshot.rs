@@ -3,11 +3,10 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{NetworkPolicy, ServiceCIDR};
 use kube::ResourceExt;
 
-use super::{Kind, Pod};
+use super::{EndpointSlice, Kind, Pod};
 
 /// Every object of every watched kind, each list sorted by (namespace, name) so that
 /// compilers are deterministic whatever order the watch delivered them in.

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{NetworkPolicy, ServiceCIDR};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, Store};
@@ -20,8 +19,10 @@ use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch as tokio_watch;
 
-use super::trim::{trim_node, trim_object, trim_pod};
-use super::{Changes, Kind, Pod, Snapshot};
+use super::trim::{
+    trim_endpoint_slice, trim_network_policy, trim_node, trim_object, trim_pod, trim_service,
+};
+use super::{Changes, EndpointSlice, Kind, Pod, Snapshot};
 use crate::telemetry::Metrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -96,11 +97,11 @@ impl Cache {
             nodes: spawn(Kind::Node).map(|k| ctx.spawn(k, trim_node, &mut tasks)),
             namespaces: spawn(Kind::Namespace).map(|k| ctx.spawn(k, trim_object, &mut tasks)),
             pods: spawn(Kind::Pod).map(|k| ctx.spawn(k, trim_pod, &mut tasks)),
-            services: spawn(Kind::Service).map(|k| ctx.spawn(k, trim_object, &mut tasks)),
+            services: spawn(Kind::Service).map(|k| ctx.spawn(k, trim_service, &mut tasks)),
             endpoint_slices: spawn(Kind::EndpointSlice)
-                .map(|k| ctx.spawn(k, trim_object, &mut tasks)),
+                .map(|k| ctx.spawn(k, trim_endpoint_slice, &mut tasks)),
             network_policies: spawn(Kind::NetworkPolicy)
-                .map(|k| ctx.spawn(k, trim_object, &mut tasks)),
+                .map(|k| ctx.spawn(k, trim_network_policy, &mut tasks)),
             service_cidrs: spawn(Kind::ServiceCIDR).map(|k| ctx.spawn(k, trim_object, &mut tasks)),
         };
         Cache {

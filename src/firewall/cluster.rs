@@ -71,7 +71,8 @@ impl fmt::Display for Protocol {
 /// One declared container port.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ContainerPort {
-    pub name: Option<String>,
+    /// The cache's shared copy.
+    pub name: Option<Arc<str>>,
     pub port: u16,
     pub protocol: Protocol,
 }
@@ -81,7 +82,8 @@ pub struct ContainerPort {
 pub struct PodEndpoint {
     pub namespace: String,
     pub name: String,
-    pub labels: Labels,
+    /// The cache's shared copy.
+    pub labels: Arc<Labels>,
     /// Primary first, as the API lists them.
     pub ips: Vec<IpAddr>,
     pub node: Option<String>,
@@ -198,7 +200,7 @@ impl Cluster {
             let (endpoint, errors) = read_pod(pod);
             cluster.errors.extend(errors);
             if let Some(endpoint) = endpoint {
-                claims.push((endpoint, Claim::of(pod)));
+                claims.push((endpoint, pod.as_ref()));
             }
         }
         cluster.pods = resolve_shared_addresses(claims, &mut cluster.errors);
@@ -352,13 +354,14 @@ impl Claim {
 /// others, each reported. Policies then follow the owner only, and a loser that goes
 /// away takes nothing of the owner's with it. A loser left without addresses is no
 /// endpoint. HostNetwork pods share their node's addresses by design and are left be.
+/// A claim is only weighed (and built) when an address is shared, which is rare.
 fn resolve_shared_addresses(
-    claims: Vec<(Arc<PodEndpoint>, Claim)>,
+    claims: Vec<(Arc<PodEndpoint>, &Pod)>,
     errors: &mut Vec<ObjectError>,
 ) -> Vec<Arc<PodEndpoint>> {
     let mut owners: std::collections::HashMap<IpAddr, usize> = std::collections::HashMap::new();
     let mut shared = false;
-    for (index, (pod, claim)) in claims.iter().enumerate() {
+    for (index, (pod, object)) in claims.iter().enumerate() {
         if !pod.policed() {
             continue;
         }
@@ -369,7 +372,7 @@ fn resolve_shared_addresses(
                 }
                 std::collections::hash_map::Entry::Occupied(mut entry) => {
                     shared = true;
-                    if *claim > claims[*entry.get()].1 {
+                    if Claim::of(object) > Claim::of(claims[*entry.get()].1) {
                         entry.insert(index);
                     }
                 }
@@ -491,6 +494,24 @@ mod tests {
                 .map(String::as_str),
             Some("x")
         );
+    }
+
+    #[test]
+    fn pods_with_the_same_labels_share_the_caches_copy() {
+        let pod = |name: &str, ip: &str| {
+            format!(
+                "kind: Pod\nmetadata: {{name: {name}, namespace: x, labels: {{app: shared-copy, tier: web}}}}\n\
+                 spec: {{containers: [{{name: c}}]}}\nstatus: {{podIP: {ip}}}\n---\n"
+            )
+        };
+        let yaml = pod("a", "10.0.0.1") + &pod("b", "10.0.0.2");
+        let objects = manifests::parse_documents(std::path::Path::new("t.yaml"), &yaml).unwrap();
+        let snapshot = manifests::snapshot_from_objects(&objects).unwrap();
+        let cluster = Cluster::from_snapshot(&snapshot);
+        let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
+        assert_eq!(a.labels.get("tier").map(String::as_str), Some("web"));
+        assert!(Arc::ptr_eq(&a.labels, &b.labels));
+        assert!(Arc::ptr_eq(&a.labels, snapshot.pods[0].labels()));
     }
 
     fn claimant(name: &str, ip: &str, phase: &str, started: &str) -> String {

@@ -1170,10 +1170,10 @@ spec: {podSelector: {matchLabels: {app: web}}, egress: [{to: [{ipBlock: {cidr: 1
         type Mutation = fn(&mut Vec<PodEndpoint>);
         let mutations: [(&str, Mutation); 8] = [
             ("relabel a peer", |pods| {
-                pods[1].labels.insert("pod2".into(), "updated".into());
+                Arc::make_mut(&mut pods[1].labels).insert("pod2".into(), "updated".into());
             }),
             ("relabel a target", |pods| {
-                pods[0].labels.insert("pod".into(), "z".into());
+                Arc::make_mut(&mut pods[0].labels).insert("pod".into(), "z".into());
             }),
             ("remove a pod", |pods| {
                 pods.remove(2);
@@ -1182,7 +1182,7 @@ spec: {podSelector: {matchLabels: {app: web}}, egress: [{to: [{ipBlock: {cidr: 1
                 let mut pod = pods[0].clone();
                 pod.name = "new".into();
                 pod.ips = vec!["10.244.1.99".parse().unwrap()];
-                pod.labels.insert("pod".into(), "a".into());
+                Arc::make_mut(&mut pod.labels).insert("pod".into(), "a".into());
                 pods.push(pod);
                 pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
             }),

@@ -31,12 +31,11 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 
 use super::args::NodePortAddresses;
 use super::model::{DEFAULT_AFFINITY_TIMEOUT, Protocol, ServiceMap, ServicePort};
-use crate::cache::Snapshot;
+use crate::cache::{EndpointSlice, Snapshot};
 
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";

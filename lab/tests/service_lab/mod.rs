@@ -7,7 +7,8 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use crate::common::{kubewire, success, temp_dir, unique};
+use crate::common::{kubewire, success};
+use crate::lab_support::TestLab;
 use kube::ResourceExt;
 use serde_json::Value;
 
@@ -19,33 +20,6 @@ pub const AGENT_ARGS: [&str; 2] = [
 /// Probes from the lab's external namespace are traced from this off-cluster address
 /// (outside every loadBalancerSourceRange of the examples, like the lab's own).
 pub const EXTERNAL_SOURCE: &str = "192.0.2.1";
-
-/// Runs `lab down` for the lab when dropped, so a failing test leaves nothing behind.
-pub struct Lab {
-    pub name: String,
-    pub state: tempfile::TempDir,
-}
-
-impl Lab {
-    pub fn args(&self, verb: &str) -> Vec<String> {
-        vec![
-            "lab".into(),
-            verb.into(),
-            "--name".into(),
-            self.name.clone(),
-            "--state-dir".into(),
-            self.state.path().join("lab").display().to_string(),
-        ]
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let args = self.args("down");
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let _ = kubewire(&args);
-    }
-}
 
 pub fn trace(
     manifests: &Path,
@@ -74,10 +48,7 @@ pub fn probes_match_trace_with(
     tries: u32,
     extra: &[String],
 ) -> usize {
-    let lab = Lab {
-        name: unique("kwpx"),
-        state: temp_dir(),
-    };
+    let lab = TestLab::new("kwpx", false);
     let mut args = lab.args("run");
     args.extend(["--manifests".into(), manifests.display().to_string()]);
     args.extend(AGENT_ARGS.iter().map(|a| a.to_string()));
