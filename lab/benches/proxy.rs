@@ -32,7 +32,7 @@ pub fn run() -> Outcome {
 
 async fn bench_10k_services_10_endpoints() {
     let started = Instant::now();
-    let mut map = service_map(10_000, 10);
+    let mut map = service_map(crate::report::scale(10_000, 1_000), 10);
     println!(
         "service map (10,000 services x 10 endpoints): {:?}",
         started.elapsed()
@@ -45,11 +45,13 @@ async fn bench_10k_services_10_endpoints() {
         ruleset.element_count(),
         ruleset.chains.len()
     );
+    crate::report::millis("compile", started.elapsed());
     let netns = Netns::new("kwpxbench");
     let mut reconciler = Reconciler::new(Nft::in_netns(&netns.name));
     let started = Instant::now();
     reconciler.sync(ruleset, SyncReason::Start).await.unwrap();
     println!("full load: {:?}", started.elapsed());
+    crate::report::millis("full_load", started.elapsed());
     map.ports[0].cluster_endpoints.pop();
     let (ruleset, _) = compile(&map);
     let started = Instant::now();
@@ -61,6 +63,7 @@ async fn bench_10k_services_10_endpoints() {
         "one service loses an endpoint (compiled already; lowering, diff, kernel): {:?} ({applied:?})",
         started.elapsed()
     );
+    crate::report::millis("one_endpoint_removed", started.elapsed());
     let mut periodic = Vec::new();
     for _ in 0..5 {
         let started = Instant::now();
@@ -77,6 +80,7 @@ async fn bench_10k_services_10_endpoints() {
         periodic[2],
         reconciler.inner().reads
     );
+    crate::report::millis("periodic_sync_noop", periodic[2]);
     let mut kernel = Kernel::new(Nft::in_netns(&netns.name));
     kernel.generation().await.unwrap(); // opens the socket
     let started = Instant::now();
@@ -122,6 +126,7 @@ async fn bench_10k_services_10_endpoints() {
         "restart with the table in place: {:?} ({applied:?})",
         started.elapsed()
     );
+    crate::report::millis("restart_table_in_place", started.elapsed());
 
     // One Service from 10 to 40 endpoints, one at a time.
     let template = map.ports[1].cluster_endpoints[0];
@@ -145,4 +150,5 @@ async fn bench_10k_services_10_endpoints() {
         times[times.len() / 2],
         times[times.len() - 1]
     );
+    crate::report::millis("scale_one_service_step", times[times.len() / 2]);
 }

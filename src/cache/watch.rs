@@ -293,7 +293,9 @@ impl WatchContext {
 }
 
 /// The next restart request; never, once nobody can request one.
-async fn restart_requested(restarts: &mut Option<tokio_watch::Receiver<(u64, Restart)>>) -> Restart {
+async fn restart_requested(
+    restarts: &mut Option<tokio_watch::Receiver<(u64, Restart)>>,
+) -> Restart {
     if let Some(receiver) = restarts {
         if receiver.changed().await.is_ok() {
             return receiver.borrow_and_update().1;
