@@ -20,7 +20,7 @@
 //!
 //! `cargo bench -p kubewire-lab --bench run -- [--quick] soak`
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -630,7 +630,6 @@ fn drift(server: &ApiServer, nodes: &[Netns; 2], dir: &Path) -> usize {
         let plans = [
             (
                 "kubewire",
-                kubewire::firewall::render::table_id(),
                 vec![
                     "firewall",
                     "plan",
@@ -642,7 +641,6 @@ fn drift(server: &ApiServer, nodes: &[Netns; 2], dir: &Path) -> usize {
             ),
             (
                 "kubewire-proxy",
-                kubewire::proxy::nftables::ruleset::table_id(),
                 vec![
                     "proxy",
                     "plan",
@@ -655,7 +653,7 @@ fn drift(server: &ApiServer, nodes: &[Netns; 2], dir: &Path) -> usize {
                 ],
             ),
         ];
-        for (table, id, args) in plans {
+        for (table, args) in plans {
             let output = Command::new(crate::common::kubewire_bin())
                 .args(&args)
                 .output()
@@ -668,20 +666,23 @@ fn drift(server: &ApiServer, nodes: &[Netns; 2], dir: &Path) -> usize {
             );
             let scratch = Netns::new("kwsoakplan");
             scratch.nft(&String::from_utf8_lossy(&output.stdout));
-            let list = |netns: &str| -> kubewire::nft::Table {
+            let list = |netns: &str| -> BTreeMap<String, Value> {
                 let listing = kubewire_lab::harness::sh(
                     "ip",
                     &[
                         "netns", "exec", netns, "nft", "-j", "list", "table", "inet", table,
                     ],
                 );
-                let json: Value = serde_json::from_str(&listing).unwrap_or(Value::Null);
-                kubewire::nft::read::observed(&json).table
+                normalize(&serde_json::from_str(&listing).unwrap_or(Value::Null))
             };
             let expected = list(&scratch.name);
+            assert!(
+                sensitive(&expected),
+                "the plan for {node} lists no element to compare"
+            );
             let differences = loop {
-                let differences =
-                    kubewire::nft::render::describe(&id, &list(&nodes[i].name), &expected);
+                let observed = list(&nodes[i].name);
+                let differences = compare(&observed, &expected);
                 if differences.is_empty() || started.elapsed() > Duration::from_secs(20) {
                     break differences;
                 }
@@ -700,4 +701,106 @@ fn drift(server: &ApiServer, nodes: &[Netns; 2], dir: &Path) -> usize {
         }
     }
     total
+}
+
+/// A `nft -j list table` listing as comparable items: by chain, rule (its chain and
+/// place), set, map or counter; without handles, counter values and the
+/// `#fingerprint` the agent adds to comments (the offline plan carries none); the
+/// elements sorted.
+fn normalize(listing: &Value) -> BTreeMap<String, Value> {
+    fn clean(value: &mut Value) {
+        match value {
+            Value::Object(object) => {
+                object.remove("handle");
+                if let Some(counter) = object.get_mut("counter")
+                    && let Some(counter) = counter.as_object_mut()
+                {
+                    for field in ["packets", "bytes"] {
+                        if counter.contains_key(field) {
+                            counter.insert(field.into(), json!(0));
+                        }
+                    }
+                }
+                if let Some(Value::String(comment)) = object.get("comment") {
+                    let kept = match comment.rsplit_once('#') {
+                        Some((before, tag))
+                            if tag.len() == 8 && tag.chars().all(|c| c.is_ascii_hexdigit()) =>
+                        {
+                            before.trim_end().to_string()
+                        }
+                        _ => comment.clone(),
+                    };
+                    if kept.is_empty() {
+                        object.remove("comment");
+                    } else {
+                        object.insert("comment".into(), json!(kept));
+                    }
+                }
+                if let Some(Value::Array(elements)) = object.get_mut("elem") {
+                    elements.sort_by_key(|e| e.to_string());
+                }
+                object.values_mut().for_each(clean);
+            }
+            Value::Array(items) => items.iter_mut().for_each(clean),
+            _ => {}
+        }
+    }
+    let mut out = BTreeMap::new();
+    let mut places: HashMap<String, usize> = HashMap::new();
+    for item in listing["nftables"].as_array().into_iter().flatten() {
+        let Some((what, body)) = item.as_object().and_then(|o| o.iter().next()) else {
+            continue;
+        };
+        if what == "metainfo" || what == "table" {
+            continue;
+        }
+        let mut body = body.clone();
+        clean(&mut body);
+        let key = if what == "rule" {
+            let chain = body["chain"].as_str().unwrap_or_default().to_string();
+            let place = places.entry(chain.clone()).or_default();
+            *place += 1;
+            format!("rule {chain} #{place}")
+        } else {
+            format!("{what} {}", body["name"].as_str().unwrap_or_default())
+        };
+        out.insert(key, body);
+    }
+    out
+}
+
+/// What differs between the agent's table and the planned one, one line per item.
+fn compare(observed: &BTreeMap<String, Value>, expected: &BTreeMap<String, Value>) -> Vec<String> {
+    let short = |v: &Value| v.to_string().chars().take(300).collect::<String>();
+    let mut out = Vec::new();
+    for (key, ours) in expected {
+        match observed.get(key) {
+            None => out.push(format!("{key} is missing: {}", short(ours))),
+            Some(theirs) if theirs != ours => {
+                out.push(format!("{key}: {} planned {}", short(theirs), short(ours)))
+            }
+            Some(_) => {}
+        }
+    }
+    for (key, theirs) in observed {
+        if !expected.contains_key(key) {
+            out.push(format!("unexpected {key}: {}", short(theirs)));
+        }
+    }
+    out
+}
+
+/// Whether [`compare`] sees one element fewer in `table` (so an empty comparison
+/// means something).
+fn sensitive(table: &BTreeMap<String, Value>) -> bool {
+    let mut fewer = table.clone();
+    let Some(elements) = fewer.values_mut().find_map(|item| {
+        item.get_mut("elem")?
+            .as_array_mut()
+            .filter(|e| !e.is_empty())
+    }) else {
+        return false;
+    };
+    elements.pop();
+    !compare(&fewer, table).is_empty()
 }

@@ -296,10 +296,10 @@ impl WatchContext {
 async fn restart_requested(
     restarts: &mut Option<tokio_watch::Receiver<(u64, Restart)>>,
 ) -> Restart {
-    if let Some(receiver) = restarts {
-        if receiver.changed().await.is_ok() {
-            return receiver.borrow_and_update().1;
-        }
+    if let Some(receiver) = restarts
+        && receiver.changed().await.is_ok()
+    {
+        return receiver.borrow_and_update().1;
     }
     *restarts = None;
     std::future::pending().await
