@@ -501,7 +501,7 @@ async fn connection_rates() {
             cpu[cpu.len() / 2],
             cpu[0]
         );
-        let key = label.replace([' ', ','], "_");
+        let key = label.replace(',', "").replace(' ', "_");
         crate::report::figure(
             &format!("connections_per_s.{key}"),
             rates[rates.len() / 2],

@@ -37,13 +37,6 @@ const ENDPOINTS: usize = 10;
 pub fn run() -> Outcome {
     require_root()?;
     require_program("nft", "nftables")?;
-    let ipvsadm_runs = Command::new("ipvsadm")
-        .arg("-v")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ipvsadm_runs {
-        return Err(Skip("no ipvsadm binary (apt: ipvsadm)".into()));
-    }
     let probe = Netns::new("kwipvsprobe");
     if probe.run(Ipvs::new).is_err() {
         return Err(Skip(
@@ -51,6 +44,13 @@ pub fn run() -> Outcome {
         ));
     }
     drop(probe);
+    let ipvsadm_runs = Command::new("ipvsadm")
+        .arg("-v")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ipvsadm_runs {
+        return Err(Skip("no ipvsadm binary (apt: ipvsadm)".into()));
+    }
 
     let map = service_map(services(), ENDPOINTS);
     let (desired, _) = compile(&map);

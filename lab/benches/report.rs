@@ -192,7 +192,7 @@ pub fn markdown(title: &str) -> String {
             let (base, ratio_text) = match &f.baseline {
                 Some((base, tool)) => (
                     format!("{} ({tool})", number(*base)),
-                    format!("{:.2}x", ratio(f.value, *base)),
+                    format!("{}x", number(ratio(f.value, *base))),
                 ),
                 None => (String::new(), String::new()),
             };

@@ -512,7 +512,7 @@ async fn soak(settings: &Settings, nodes: &[Netns; 2], dir: &Path) {
         "{changes} changes in {:.1}s: {rate:.1}/s",
         churned.as_secs_f64()
     );
-    report::figure("changes", changes as f64, "");
+    report::figure("changes", changes as f64, "changes");
     report::figure("change_rate", rate, "1/s");
 
     // Every probe reflected, or 15 s.
@@ -580,13 +580,13 @@ async fn soak(settings: &Settings, nodes: &[Netns; 2], dir: &Path) {
         all.last().copied().unwrap_or(0.0),
         "ms",
     );
-    report::figure("probes_not_reflected", missing as f64, "");
+    report::figure("probes_not_reflected", missing as f64, "probes");
     if missing > 0 {
         println!("{missing} probe writes never reached a node's kernel");
     }
 
     let differences = tokio::task::block_in_place(|| drift(&server, nodes, dir));
-    report::figure("final_drift_differences", differences as f64, "");
+    report::figure("final_drift_differences", differences as f64, "differences");
     for monitor in &mut monitors {
         let _ = monitor.kill();
         let _ = monitor.wait();
