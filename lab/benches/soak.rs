@@ -25,6 +25,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -158,14 +159,25 @@ struct Probe {
 
 type Probes = Arc<Mutex<HashMap<String, Probe>>>;
 
-/// `nft monitor` in a node, every line timestamped: marks the probes it names.
-fn monitor(netns: &str, node: usize, probes: Probes) -> Child {
+/// `nft monitor` in a node, every line timestamped: marks the probes it names;
+/// counts in `lost` the errors it prints (a netlink overrun loses events, so a probe
+/// may be seen only when its address shows up again).
+fn monitor(netns: &str, node: usize, probes: Probes, lost: Arc<AtomicU64>) -> Child {
     let mut child = Command::new("ip")
         .args(["netns", "exec", netns, "nft", "monitor"])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("nft monitor");
+    let stderr = child.stderr.take().expect("piped");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            if line.is_err() {
+                break;
+            }
+            lost.fetch_add(1, Ordering::Relaxed);
+        }
+    });
     let stdout = child.stdout.take().expect("piped");
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
@@ -453,10 +465,11 @@ async fn soak(settings: &Settings, nodes: &[Netns; 2], dir: &Path) {
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     let probes: Probes = Arc::default();
+    let lost = Arc::new(AtomicU64::new(0));
     let mut monitors: Vec<Child> = nodes
         .iter()
         .enumerate()
-        .map(|(node, netns)| monitor(&netns.name, node, probes.clone()))
+        .map(|(node, netns)| monitor(&netns.name, node, probes.clone(), lost.clone()))
         .collect();
     let pids: Vec<u32> = agents.children.iter().map(Child::id).collect();
     let start_rss: Vec<u64> = pids.iter().map(|p| rss_kib(*p)).collect();
@@ -465,7 +478,7 @@ async fn soak(settings: &Settings, nodes: &[Netns; 2], dir: &Path) {
     let sampler = {
         let (peak, sampling, pids) = (peak.clone(), sampling.clone(), pids.clone());
         std::thread::spawn(move || {
-            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+            while sampling.load(Ordering::Relaxed) {
                 let mut peak = peak.lock().unwrap_or_else(|e| e.into_inner());
                 for (i, pid) in pids.iter().enumerate() {
                     peak[i] = peak[i].max(rss_kib(*pid));
@@ -529,7 +542,7 @@ async fn soak(settings: &Settings, nodes: &[Netns; 2], dir: &Path) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    sampling.store(false, Ordering::Relaxed);
     let _ = sampler.join();
     let end_rss: Vec<u64> = pids.iter().map(|p| rss_kib(*p)).collect();
     let peak = peak.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -581,6 +594,13 @@ async fn soak(settings: &Settings, nodes: &[Netns; 2], dir: &Path) {
         "ms",
     );
     report::figure("probes_not_reflected", missing as f64, "probes");
+    let lost = lost.load(Ordering::Relaxed);
+    report::figure("nft_monitor_errors", lost as f64, "lines");
+    if lost > 0 {
+        println!(
+            "`nft monitor` reported {lost} errors (lost events): a late probe may be one it missed"
+        );
+    }
     if missing > 0 {
         println!("{missing} probe writes never reached a node's kernel");
     }
