@@ -160,7 +160,8 @@ struct Probe {
 type Probes = Arc<Mutex<HashMap<String, Probe>>>;
 
 /// `nft monitor` in a node, every line timestamped: marks the probes it names;
-/// counts in `lost` the errors it prints (a netlink overrun loses events, so a probe
+/// counts in `lost` the warnings it prints (e.g. `Unable to cache set_elem. Set not
+/// found.` for a set created before it started: an event it cannot print, so a probe
 /// may be seen only when its address shows up again).
 fn monitor(netns: &str, node: usize, probes: Probes, lost: Arc<AtomicU64>) -> Child {
     let mut child = Command::new("ip")
@@ -170,12 +171,13 @@ fn monitor(netns: &str, node: usize, probes: Probes, lost: Arc<AtomicU64>) -> Ch
         .spawn()
         .expect("nft monitor");
     let stderr = child.stderr.take().expect("piped");
+    let node_name = NODES[node];
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines() {
-            if line.is_err() {
-                break;
+            let Ok(line) = line else { break };
+            if lost.fetch_add(1, Ordering::Relaxed) == 0 {
+                println!("nft monitor in {node_name}: {line}");
             }
-            lost.fetch_add(1, Ordering::Relaxed);
         }
     });
     let stdout = child.stdout.take().expect("piped");
