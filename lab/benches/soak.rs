@@ -597,10 +597,10 @@ async fn soak(settings: &Settings, nodes: &[Netns; 2], dir: &Path) {
     );
     report::figure("probes_not_reflected", missing as f64, "probes");
     let lost = lost.load(Ordering::Relaxed);
-    report::figure("nft_monitor_errors", lost as f64, "lines");
+    report::figure("nft_monitor_warnings", lost as f64, "lines");
     if lost > 0 {
         println!(
-            "`nft monitor` reported {lost} errors (lost events): a late probe may be one it missed"
+            "`nft monitor` printed {lost} warnings (events it could not print): a late probe may be one it missed"
         );
     }
     if missing > 0 {
