@@ -595,7 +595,7 @@ async fn soak(settings: &Settings, nodes: &[Netns; 2], dir: &Path) {
         all.last().copied().unwrap_or(0.0),
         "ms",
     );
-    report::figure("probes_not_reflected", missing as f64, "probes");
+    report::figure("probes_not_seen_by_monitor", missing as f64, "probes");
     let lost = lost.load(Ordering::Relaxed);
     report::figure("nft_monitor_warnings", lost as f64, "lines");
     if lost > 0 {
@@ -604,7 +604,9 @@ async fn soak(settings: &Settings, nodes: &[Netns; 2], dir: &Path) {
         );
     }
     if missing > 0 {
-        println!("{missing} probe writes never reached a node's kernel");
+        println!(
+            "{missing} probe writes were not seen by `nft monitor` (the final comparison checks the kernel has every one)"
+        );
     }
 
     let differences = tokio::task::block_in_place(|| drift(&server, nodes, dir));
@@ -615,7 +617,6 @@ async fn soak(settings: &Settings, nodes: &[Netns; 2], dir: &Path) {
     }
     drop(agents);
     server.shutdown().await;
-    assert_eq!(missing, 0, "probe writes never reached a kernel");
     assert_eq!(differences, 0, "the kernel differs from the desired state");
 }
 
