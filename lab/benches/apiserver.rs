@@ -106,11 +106,16 @@ async fn benchmark_list_and_watch() {
     );
     let (rss, _) = memory_mib(&process);
     println!("server resident memory, idle: {rss:.1} MiB");
+    crate::report::figure("rss_idle_7500_objects", rss, "MiB");
     let pods: Api<Pod> = Api::all(process.client().await);
     for (label, page) in [("one request", None), ("pages of 500", Some(500))] {
         let started = Instant::now();
         assert_eq!(list_all_pods(&pods, page).await, 5000);
         println!("list 5,000 pods ({label}): {:?}", started.elapsed());
+        crate::report::millis(
+            &format!("list_5000_pods.{}", label.replace(' ', "_")),
+            started.elapsed(),
+        );
     }
     let (rss, peak) = memory_mib(&process);
     println!("server resident memory after the lists: {rss:.1} MiB (peak {peak:.1} MiB)");
@@ -120,7 +125,7 @@ async fn benchmark_list_and_watch() {
     let pods: Api<Pod> = Api::all(client.clone());
     let rv = server.read(|state| state.resource_version()).to_string();
     let watchers = 4;
-    let events = 5000;
+    let events = crate::report::scale(5000, 1000);
     let mut streams = Vec::new();
     for _ in 0..watchers {
         streams.push(
@@ -154,6 +159,12 @@ async fn benchmark_list_and_watch() {
         "{events} patches in {writes:?} ({:.0}/s); {watchers} watchers received all {events} events in {elapsed:?} ({:.0} events/s delivered)",
         events as f64 / writes.as_secs_f64(),
         (events * watchers) as f64 / elapsed.as_secs_f64()
+    );
+    crate::report::figure("patches_per_s", events as f64 / writes.as_secs_f64(), "1/s");
+    crate::report::figure(
+        "watch_events_delivered_per_s",
+        (events * watchers) as f64 / elapsed.as_secs_f64(),
+        "1/s",
     );
     server.shutdown().await;
 }

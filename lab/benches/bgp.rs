@@ -193,7 +193,7 @@ pub fn run() -> Outcome {
         ns.ip(&["link", "set", "eth0", "up"]);
     }
     let mut rows = vec![];
-    for count in SIZES {
+    for &count in crate::report::scale(&SIZES[..], &SIZES[..1]) {
         rows.push(kubewire_run(&sender, &receiver, count));
         rows.push(bird_run(&sender, &receiver, count));
     }
@@ -220,6 +220,20 @@ pub fn run() -> Outcome {
                 kw.count,
                 kw.all_in.as_secs_f64() / bird.all_in.as_secs_f64().max(1e-9),
                 kw.sender_kib as f64 / (bird.sender_kib.max(1)) as f64
+            );
+            crate::report::versus(
+                &format!("announce_{}.all_in", kw.count),
+                kw.all_in.as_secs_f64(),
+                "s",
+                bird.all_in.as_secs_f64(),
+                "BIRD",
+            );
+            crate::report::versus(
+                &format!("announce_{}.sender_rss", kw.count),
+                kw.sender_kib as f64 / 1024.0,
+                "MiB",
+                bird.sender_kib as f64 / 1024.0,
+                "BIRD",
             );
         }
     }

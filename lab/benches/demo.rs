@@ -26,5 +26,6 @@ pub fn run() -> Outcome {
         "demo lab: 3 nodes, 9 pods, up + probe + down in {:.1}s",
         started.elapsed().as_secs_f64()
     );
+    crate::report::figure("lab_run", started.elapsed().as_secs_f64(), "s");
     Ok(())
 }

@@ -35,7 +35,15 @@ use crate::firewall_support::cluster::TestCluster;
 use crate::{Outcome, require_program, require_root};
 
 const NODE: &str = "bench";
-const NAMESPACES: usize = 100;
+/// 100 namespaces (5,000 pods); 20 (1,000 pods) under `--quick`.
+fn namespaces() -> usize {
+    crate::report::scale(100, 20)
+}
+
+/// Policies: 1,000; 200 under `--quick`.
+fn policies() -> usize {
+    crate::report::scale(1000, 200)
+}
 const PODS_PER_NAMESPACE: usize = 50;
 const APPS_PER_NAMESPACE: usize = 10;
 
@@ -58,7 +66,7 @@ fn cluster(policies: usize, relabel: bool) -> Snapshot {
         }))
         .unwrap(),
     ));
-    for n in 0..NAMESPACES {
+    for n in 0..namespaces() {
         snapshot.namespaces.push(Arc::new(
             serde_json::from_value::<Namespace>(json!({
                 "metadata": {"name": format!("ns{n}"), "labels": {
@@ -92,8 +100,8 @@ fn cluster(policies: usize, relabel: bool) -> Snapshot {
         }
     }
     for i in 0..policies {
-        let n = i % NAMESPACES;
-        let k = (i / NAMESPACES) % APPS_PER_NAMESPACE;
+        let n = i % namespaces();
+        let k = (i / namespaces()) % APPS_PER_NAMESPACE;
         let mut spec = json!({
             "podSelector": {"matchLabels": {"app": format!("app{k}")}},
             "ingress": [
@@ -169,7 +177,7 @@ pub fn run() -> Outcome {
 }
 
 async fn benchmark() {
-    let snapshot = cluster(1000, false);
+    let snapshot = cluster(policies(), false);
     let input = FirewallInput::from_snapshot(&snapshot);
     assert!(input.errors.is_empty(), "{:?}", input.errors);
     println!(
@@ -200,7 +208,7 @@ async fn benchmark() {
     println!(
         "compile: {} (median of 7; snapshot to ruleset: reading the snapshot {}, compiling {}): \
          {} chains, {} rules, {} sets and maps, {} elements",
-        ms(median(samples)),
+        ms(median(samples.clone())),
         ms(median(reads)),
         ms(median(compiles)),
         ruleset.chains.len(),
@@ -208,6 +216,7 @@ async fn benchmark() {
         ruleset.sets.len(),
         ruleset.element_count()
     );
+    crate::report::millis("compile", median(samples));
 
     // Full apply into an empty namespace, then again over an existing table.
     let ns = NetNs::new("bench");
@@ -228,6 +237,14 @@ async fn benchmark() {
         let started = Instant::now();
         nft.apply(&full.text()).await.unwrap();
         println!("{label}: {}", ms(started.elapsed()));
+        crate::report::millis(
+            if label.contains("empty") {
+                "full_apply"
+            } else {
+                "full_apply_replacing"
+            },
+            started.elapsed(),
+        );
     }
 
     // One pod label change the way the controller sees it: the watch cache hands out
@@ -268,7 +285,7 @@ async fn benchmark() {
                 "one pod label change: {} total (median of 20: read {}, incremental compile {}, \
                  diff {}, kernel {}); transaction: {} commands, size {}, elements only: {}, \
                  sent over netlink: {}",
-                ms(median(totals)),
+                ms(median(totals.clone())),
                 ms(median(reads)),
                 ms(median(compiles)),
                 ms(median(diffs)),
@@ -278,6 +295,7 @@ async fn benchmark() {
                 transaction.elements_only(),
                 Kernel::element_batches(&transaction).is_some()
             );
+            crate::report::millis("one_label_change", median(totals.clone()));
             for line in transaction.text().lines() {
                 println!("    {line}");
             }
@@ -317,12 +335,13 @@ async fn benchmark() {
         "periodic sync, nothing to do: {} (median of 10; of which the drift check's \
          generation query {}, the drop counters' read {}); the whole table read back, \
          when someone else committed: {}; reads done by the checks: {}",
-        ms(median(periodic)),
+        ms(median(periodic.clone())),
         ms(median(generation)),
         ms(median(counters)),
         ms(median(read)),
         reconciler.inner().reads
     );
+    crate::report::millis("periodic_sync_noop", median(periodic.clone()));
     drop(reconciler);
     // The kernel part alone, three ways: `nft -f` (a process, which reads the table's
     // cache first); netlink from a socket per transaction (closing a socket waits for
@@ -384,11 +403,17 @@ async fn benchmark() {
         "the same change, kernel only (median): `nft -f` {}; netlink from a socket per \
          transaction {} (its {} set adds alone, no delete: {}); netlink from one socket kept \
          open {}",
-        ms(median(cli)),
+        ms(median(cli.clone())),
         ms(median(per_transaction)),
         adds_only.iter().map(|b| b.elements.len()).sum::<usize>(),
         ms(median(adds_per_transaction)),
-        ms(median(kept_open))
+        ms(median(kept_open.clone()))
+    );
+    crate::report::millis_versus(
+        "one_label_change_kernel",
+        median(kept_open.clone()),
+        median(cli.clone()),
+        "nft -f",
     );
 
     drop(ns);
@@ -403,7 +428,7 @@ async fn connection_rates() {
     // app1 on 8080: ns0/pod1.
     let server_index = 0;
     let client_index = 1;
-    let big = cluster(1000, false);
+    let big = cluster(policies(), false);
     let small = cluster(10, false);
     // The two pods' own small topology: the node with its bridge, and two pod namespaces.
     let pair = Snapshot {
@@ -448,7 +473,7 @@ async fn connection_rates() {
     // context on that thread, mostly) is measured: it does not depend on waiting for
     // a CPU on a busy machine.
     let mut samples: Vec<Vec<(f64, f64)>> = vec![Vec::new(); configs.len()];
-    for _ in 0..8 {
+    for _ in 0..crate::report::scale(8, 3) {
         for (i, (_, text)) in configs.iter().enumerate() {
             match text {
                 None => {
@@ -470,7 +495,22 @@ async fn connection_rates() {
         println!(
             "through the policed pod, {label}: median {:.0} connections/s (min {:.0}, max {:.0}); \
              client CPU per connection: median {:.1} µs (min {:.1}) — 8 rounds of 0.7 s",
-            rates[4], rates[0], rates[7], cpu[4], cpu[0]
+            rates[rates.len() / 2],
+            rates[0],
+            rates[rates.len() - 1],
+            cpu[cpu.len() / 2],
+            cpu[0]
+        );
+        let key = label.replace(',', "").replace(' ', "_");
+        crate::report::figure(
+            &format!("connections_per_s.{key}"),
+            rates[rates.len() / 2],
+            "conn/s",
+        );
+        crate::report::figure(
+            &format!("client_cpu_per_connection.{key}"),
+            cpu[cpu.len() / 2],
+            "us",
         );
     }
 }

@@ -28,19 +28,15 @@ use crate::common::Netns;
 use crate::proxy_support::service_map;
 use crate::{Outcome, Skip, require_program, require_root};
 
-const SERVICES: usize = 1_000;
+/// 1,000 services; 200 under `--quick`.
+fn services() -> usize {
+    crate::report::scale(1_000, 200)
+}
 const ENDPOINTS: usize = 10;
 
 pub fn run() -> Outcome {
     require_root()?;
     require_program("nft", "nftables")?;
-    let ipvsadm_runs = Command::new("ipvsadm")
-        .arg("-v")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ipvsadm_runs {
-        return Err(Skip("no ipvsadm binary (apt: ipvsadm)".into()));
-    }
     let probe = Netns::new("kwipvsprobe");
     if probe.run(Ipvs::new).is_err() {
         return Err(Skip(
@@ -48,8 +44,15 @@ pub fn run() -> Outcome {
         ));
     }
     drop(probe);
+    let ipvsadm_runs = Command::new("ipvsadm")
+        .arg("-v")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ipvsadm_runs {
+        return Err(Skip("no ipvsadm binary (apt: ipvsadm)".into()));
+    }
 
-    let map = service_map(SERVICES, ENDPOINTS);
+    let map = service_map(services(), ENDPOINTS);
     let (desired, _) = compile(&map);
     let destinations: usize = desired
         .services
@@ -78,6 +81,12 @@ pub fn run() -> Outcome {
 }
 
 fn row(what: &str, ours: Duration, theirs: Duration) {
+    let key: String = what
+        .split(" (")
+        .next()
+        .unwrap_or(what)
+        .replace([' ', ','], "_");
+    crate::report::millis_versus(&key, ours, theirs, "ipvsadm");
     let ratio = ours.as_secs_f64() / theirs.as_secs_f64().max(1e-9);
     println!("{what:<44} {ours:>12.2?} {theirs:>12.2?} {ratio:>6.2}x");
 }

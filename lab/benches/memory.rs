@@ -54,7 +54,10 @@ pub fn run() -> Outcome {
                 policies: 0,
             },
         ),
-        ("issue-2 size", ClusterSize::BENCH),
+        (
+            "issue-2 size",
+            crate::report::scale(ClusterSize::BENCH, crate::report::QUICK_CLUSTER),
+        ),
     ] {
         for (controllers, flags) in CONTROLLERS {
             let (rss_mib, healthy, cache) = measure(size, flags);
@@ -62,6 +65,15 @@ pub fn run() -> Outcome {
                 "{label}, {controllers}: RSS {:.1} MiB, healthy after {:.2}s",
                 rss_mib,
                 healthy.as_secs_f64()
+            );
+            crate::report::figure(
+                &format!(
+                    "rss.{}.{}",
+                    label.split(' ').next().unwrap_or(label),
+                    controllers.split(' ').next().unwrap_or(controllers)
+                ),
+                rss_mib as f64,
+                "MiB",
             );
             for line in cache {
                 println!("    {line}");

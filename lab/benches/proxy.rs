@@ -100,14 +100,15 @@ async fn bench_10k_services_10_endpoints() {
     let size = ClusterSize {
         nodes: 3,
         namespaces: 5,
-        pods: 100_000,
-        services: 10_000,
+        pods: crate::report::scale(100_000, 10_000),
+        services: crate::report::scale(10_000, 1_000),
         endpoints_per_service: 10,
         policies: 0,
     };
     let snapshot = snapshot_from_objects(&generate(size)).expect("snapshot");
     println!(
-        "snapshot (10,000 services x 10 endpoints): {:?}",
+        "snapshot ({} services x 10 endpoints): {:?}",
+        size.services,
         started.elapsed()
     );
     let options = Options {
@@ -127,9 +128,11 @@ async fn bench_10k_services_10_endpoints() {
     let mut parts = Incremental::default();
     let changed = parts.update(&snapshot, &options);
     let map_took = started.elapsed();
+    crate::report::millis("service_map", map_took);
     let started = Instant::now();
     let mut compiler = Nftables::new(Nft::in_netns(&netns.name)).compiler;
     compiler.update(parts.map(), &changed);
+    crate::report::millis("compile", started.elapsed());
     println!(
         "  service map {map_took:?}, compile {:?} ({} elements, {} chains)",
         started.elapsed(),
@@ -138,6 +141,7 @@ async fn bench_10k_services_10_endpoints() {
     );
     drop((parts, compiler));
     let (applied, took) = agent.sync(&snapshot, SyncReason::Start).await;
+    crate::report::millis("full_load", took);
     println!(
         "full load (snapshot to kernel, compile included): {took:?} ({})",
         kind(&applied)
@@ -158,6 +162,7 @@ async fn bench_10k_services_10_endpoints() {
         times.push(took);
         *kinds.entry(kind(&applied)).or_default() += 1;
     }
+    crate::report::millis("one_endpoint_change", median(times.clone()));
     println!(
         "one endpoint change, snapshot to kernel (compile included), 100 changes: median {:?}, max {:?}; transactions {kinds:?}",
         median(times.clone()),
@@ -195,6 +200,7 @@ async fn bench_10k_services_10_endpoints() {
         periodic.push(took);
         assert_eq!(applied, Applied::Nothing);
     }
+    crate::report::millis("periodic_sync_noop", median(periodic.clone()));
     println!(
         "periodic sync, nothing to do (median of 5, service map and compile included): {:?}; reads by the drift check: {}",
         median(periodic),
@@ -208,6 +214,7 @@ async fn bench_10k_services_10_endpoints() {
         .await
         .expect("read")
         .expect("table");
+    crate::report::millis("table_read_back", started.elapsed());
     println!(
         "  the whole table read back (when someone else committed): {:?} ({} elements)",
         started.elapsed(),
@@ -221,6 +228,7 @@ async fn bench_10k_services_10_endpoints() {
         nftables: Nftables::new(Nft::in_netns(&netns.name)),
     };
     let (applied, took) = restarted.sync(&now, SyncReason::Start).await;
+    crate::report::millis("restart_table_in_place", took);
     println!(
         "restart with the table in place: {took:?} ({})",
         kind(&applied)
@@ -236,6 +244,12 @@ async fn bench_10k_services_10_endpoints() {
         times.push(took);
         *kinds.entry(kind(&applied)).or_default() += 1;
     }
+    crate::report::millis("scale_one_service_step", median(times.clone()));
+    crate::report::figure(
+        "scale_one_service_replaces",
+        kinds.get("replace").copied().unwrap_or(0) as f64,
+        "transactions",
+    );
     println!(
         "one service scaled 10 -> 40 endpoints one at a time: transactions {kinds:?}; median {:?}, max {:?}",
         median(times.clone()),
@@ -249,9 +263,13 @@ async fn bench_10k_services_10_endpoints() {
         println!("  Services recompiled for one slice change: {names:?}");
     }
     match (after_first, after_changes) {
-        (Some(first), Some(changes)) => println!(
-            "memory (this process: snapshot, service map, compiled table, reconciler): {first:.0} MiB after the first sync, {changes:.0} MiB after 100 changes"
-        ),
+        (Some(first), Some(changes)) => {
+            crate::report::figure("bench_process_rss_after_first_sync", first, "MiB");
+            crate::report::figure("bench_process_rss_after_100_changes", changes, "MiB");
+            println!(
+                "memory (this process: snapshot, service map, compiled table, reconciler): {first:.0} MiB after the first sync, {changes:.0} MiB after 100 changes"
+            )
+        }
         _ => println!("memory: /proc/self/status unreadable"),
     }
 }

@@ -157,7 +157,8 @@ pub fn run() -> Outcome {
     let (_, plan) = plan(OverlayType::Subnet);
     let mut ours = Vec::new();
     let mut theirs = Vec::new();
-    for _ in 0..ROUNDS {
+    let rounds = crate::report::scale(ROUNDS, 3);
+    for _ in 0..rounds {
         ours.push(kubewire_routes(&plan));
         theirs.push(ip_batch(&plan));
     }
@@ -166,7 +167,12 @@ pub fn run() -> Outcome {
     let vxlan: Vec<_> = (0..3).map(|_| full_sync(OverlayType::Full)).collect();
     let first = |runs: &[(Duration, Duration)]| median(runs.iter().map(|r| r.0).collect());
     let again = |runs: &[(Duration, Duration)]| median(runs.iter().map(|r| r.1).collect());
-    println!("routes for {PEERS} nodes, median of {ROUNDS} runs, each in a fresh namespace:");
+    crate::report::millis_versus("routes_1000_nodes", ours, theirs, "ip -batch");
+    crate::report::millis("full_sync_direct", first(&direct));
+    crate::report::millis("resync_noop_direct", again(&direct));
+    crate::report::millis("full_sync_vxlan", first(&vxlan));
+    crate::report::millis("resync_noop_vxlan", again(&vxlan));
+    println!("routes for {PEERS} nodes, median of {rounds} runs, each in a fresh namespace:");
     println!(
         "  kubewire apply layer (dump + diff + batched netlink) {:>10}",
         ms(ours)

@@ -6,6 +6,12 @@
 //!     cargo bench -p kubewire-lab --bench run            # every benchmark
 //!     cargo bench -p kubewire-lab --bench run -- routing memory
 //!     cargo bench -p kubewire-lab --bench run -- --list
+//!     cargo bench -p kubewire-lab --bench run -- --quick --report bench/out
+//!
+//! `bench/run [--quick]` does the build and the last line. Every number a benchmark
+//! reports goes through [`report`] (a `BENCH name value unit [baseline ratio]` line);
+//! `--report DIR` writes them all to `DIR/report.json` and `DIR/report.md`.
+//! `--quick` runs each benchmark at a small scale (a few minutes in all).
 //!
 //! `cargo bench` builds this runner (and `kubewire-lab`) but not the root package's
 //! `kubewire` agent binary that `memory`, `apiserver` and `demo` start (the latter two
@@ -36,7 +42,9 @@ mod ipvs;
 mod memory;
 mod nftread;
 mod proxy;
+mod report;
 mod routing;
+mod soak;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
@@ -134,15 +142,31 @@ const BENCHMARKS: &[Benchmark] = &[
         needs_binaries: false,
         run: routing::run,
     },
+    Benchmark {
+        name: "soak",
+        about: "churn and soak: 100 changes/s for 5 min against 2,000 pods and 500 services, two agents: RSS, write-to-kernel latency, final drift",
+        needs_binaries: true,
+        run: soak::run,
+    },
 ];
 
-const USAGE: &str = "usage: cargo bench -p kubewire-lab --bench run [-- [--list] [NAME...]]";
+const USAGE: &str = "usage: cargo bench -p kubewire-lab --bench run [-- [--list] [--quick] [--report DIR] [NAME...]]";
 
 fn main() -> ExitCode {
     let mut names: Vec<String> = Vec::new();
-    let (mut list, mut bench) = (false, false);
-    for arg in std::env::args().skip(1) {
+    let (mut list, mut bench, mut quick) = (false, false, false);
+    let mut report_dir: Option<PathBuf> = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
         match arg.as_str() {
+            "--quick" => quick = true,
+            "--report" => match args.next() {
+                Some(dir) => report_dir = Some(PathBuf::from(dir)),
+                None => {
+                    eprintln!("--report needs a directory\n{USAGE}");
+                    return ExitCode::from(2);
+                }
+            },
             // `cargo bench` passes it; `cargo test` does not.
             "--bench" => bench = true,
             "--list" => list = true,
@@ -177,6 +201,10 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    if quick {
+        // SAFETY: set before any thread of ours starts; the benches read it.
+        unsafe { std::env::set_var(report::QUICK_ENV, "1") };
+    }
     let selected: Vec<&Benchmark> = if names.is_empty() {
         BENCHMARKS.iter().collect()
     } else {
@@ -195,17 +223,48 @@ fn main() -> ExitCode {
         }
     }
     let mut failed = Vec::new();
+    let all = Instant::now();
     for benchmark in selected {
         println!("=== {}: {}", benchmark.name, benchmark.about);
+        report::begin(benchmark.name);
         let started = Instant::now();
         let outcome = catch_unwind(AssertUnwindSafe(benchmark.run));
         let wall = started.elapsed().as_secs_f64();
         match outcome {
-            Ok(Ok(())) => println!("=== {}: {wall:.1}s wall time", benchmark.name),
-            Ok(Err(Skip(why))) => println!("skipped: {}: {why}", benchmark.name),
+            Ok(Ok(())) => {
+                report::figure("wall_time", wall, "s");
+                println!("=== {}: {wall:.1}s wall time", benchmark.name)
+            }
+            Ok(Err(Skip(why))) => {
+                report::skipped(benchmark.name, &why);
+                println!("skipped: {}: {why}", benchmark.name)
+            }
             Err(_) => {
+                report::skipped(
+                    benchmark.name,
+                    &format!("FAILED after {wall:.1}s (see the log)"),
+                );
                 println!("=== {}: FAILED after {wall:.1}s", benchmark.name);
                 failed.push(benchmark.name);
+            }
+        }
+    }
+    report::begin("");
+    report::figure("total_wall_time", all.elapsed().as_secs_f64(), "s");
+    if let Some(dir) = report_dir {
+        let title = format!(
+            "kubewire benchmarks{}",
+            if quick { " (--quick scale)" } else { "" }
+        );
+        match report::write(&dir, &title) {
+            Ok(()) => println!(
+                "report: {}/report.json, {}/report.md",
+                dir.display(),
+                dir.display()
+            ),
+            Err(err) => {
+                eprintln!("error: writing the report to {}: {err}", dir.display());
+                return ExitCode::FAILURE;
             }
         }
     }

@@ -1,8 +1,10 @@
 //! Faults around the agent, as integration tests: the API server hung (TCP open, no
 //! answers) for a while — reported within 30 s, the agent converges once it answers —
 //! and hung for longer than its watch history (the agent relists after 410 Gone and
-//! converges); `kill -9` of an agent (the lab restarts it, an established connection
-//! through a policed pod keeps flowing); a route, the tunnel and the bridge address
+//! converges); a server gone behind a load balancer (its connections dead, new ones
+//! answered: the agent restarts its watches instead of waiting minutes for them);
+//! `kill -9` of an agent (the lab restarts it, an established connection through a
+//! policed pod and one through a ClusterIP keep flowing); a route, the tunnel and the bridge address
 //! tampered with and repaired within one check period; `kubewire cleanup` leaving
 //! other owners' nftables tables as they were.
 //!
@@ -183,6 +185,110 @@ async fn frozen_past_the_watch_history_the_agent_relists_after_410_and_converges
     server.shutdown().await;
 }
 
+/// A TCP load balancer in front of the API server whose backend can "go away": the
+/// connections open at [`Balancer::lose_backend`] stay open but carry nothing more
+/// (as when the server behind them died and the balancer keeps the client's side),
+/// while new connections reach the server.
+struct Balancer {
+    addr: std::net::SocketAddr,
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Balancer {
+    async fn start(backend: std::net::SocketAddr) -> Balancer {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let generation = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let shared = generation.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(backend).await else {
+                    continue;
+                };
+                let born = shared.load(Ordering::SeqCst);
+                let generation = shared.clone();
+                tokio::spawn(async move {
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    let alive = move || generation.load(Ordering::SeqCst) == born;
+                    let alive_too = alive.clone();
+                    tokio::select! {
+                        _ = pump(client_read, server_write, alive) => {}
+                        _ = pump(server_read, client_write, alive_too) => {}
+                    }
+                });
+            }
+        });
+        Balancer { addr, generation }
+    }
+
+    fn lose_backend(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to` while `alive()`; after that reads and drops everything
+/// until `from` closes.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    alive: impl Fn() -> bool,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if alive() && to.write_all(&buffer[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_gone_behind_a_load_balancer_makes_the_agent_restart_its_watches() {
+    let seed = manifests::parse_documents(std::path::Path::new("nodes.yaml"), NODES).unwrap();
+    let server = start_server(seed).await;
+    let balancer = Balancer::start(server.addr()).await;
+    let dir = common::temp_dir();
+    let kubeconfig = dir.path().join("kubeconfig");
+    write_kubeconfig(&format!("http://{}", balancer.addr), &kubeconfig).unwrap();
+    let addr = free_port();
+    let cni_dir = dir.path().join("cni");
+    let mut agent = Agent::start(&kubeconfig, &cni_dir, addr, &[]);
+    tokio::task::block_in_place(|| {
+        agent.wait_healthy(addr, Duration::from_secs(30));
+        common::wait_for("kubewire_apiserver_up 1", || {
+            (metric(&scrape(addr), "kubewire_apiserver_up") == Some(1.0)).then_some(())
+        });
+    });
+    // A probe at least, so the probe's kept-alive connection is one of the dead.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    balancer.lose_backend();
+    let lost = Instant::now();
+    set_pod_cidr(&server, "10.244.9.0/24");
+    // The watches' own connections would carry nothing until kube's idle timeout
+    // (290 s + 5 s); the probe notices within 20 s and the watches start over.
+    let converged = tokio::task::block_in_place(|| {
+        wait_conflist(&cni_dir, "10.244.9.0/24", Duration::from_secs(60))
+    });
+    println!("converged {converged:?} after the backend was lost");
+    assert!(lost.elapsed() < Duration::from_secs(60));
+    let metrics = scrape(addr);
+    assert!(
+        metric(&metrics, "kubewire_apiserver_watch_reconnects_total").unwrap_or(0.0) >= 1.0,
+        "{metrics}"
+    );
+    let log = stderr_of(agent);
+    assert!(log.contains("restarting the watch"), "{log}");
+    server.shutdown().await;
+}
+
 mod lab_support;
 
 /// A TCP echo server (in the server pod) and a client (in the client pod) that sends
@@ -338,6 +444,114 @@ fn a_killed_agent_is_restarted_and_an_established_connection_survives() {
     // `down` still stops it: it runs in the lab's node netns.
     common::success(lab.run("down", &[]), "lab down");
     assert!(!restarted.is_alive());
+}
+
+/// `kill -9` of the agent of the client's node (where a ClusterIP is translated): an
+/// established connection through the ClusterIP keeps flowing while the agent is gone
+/// and after the lab restarted it, and new connections through it work after.
+#[test]
+fn a_killed_agent_keeps_an_established_connection_through_a_cluster_ip() {
+    use kubewire_lab::state::LabState;
+    if !kubewire_lab::harness::require_root() {
+        return;
+    }
+    let lab = lab_support::TestLab::new("k", false).with_default_controllers();
+    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo/nodes.yaml");
+    std::fs::copy(&demo, lab.manifests.path().join("nodes.yaml")).unwrap();
+    lab.write(
+        "objects.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: server, namespace: x, labels: {app: server}}\n\
+         spec: {nodeName: n2, containers: [{name: c, ports: [{containerPort: 8080}]}]}\nstatus: {podIP: 10.244.2.10}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: x}\n\
+         spec: {nodeName: n1, containers: [{name: c, ports: [{containerPort: 8081}]}]}\nstatus: {podIP: 10.244.1.10}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: echo, namespace: x}\n\
+         spec: {clusterIP: 10.96.7.7, ports: [{name: echo, port: 9000, targetPort: 9000}]}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {name: echo-abc, namespace: x, labels: {kubernetes.io/service-name: echo}}\n\
+         addressType: IPv4\nports: [{name: echo, port: 9000, protocol: TCP}]\n\
+         endpoints: [{addresses: [10.244.2.10], nodeName: n2, conditions: {ready: true}}]\n",
+    );
+    common::success(lab.run("up", &[]), "lab up");
+    let dir = lab.state.as_ref().unwrap().path().join("lab");
+    let state = || LabState::load(&dir).unwrap().unwrap();
+    let plan = state().plan.unwrap();
+    let netns_of = |name: &str| {
+        plan.pods
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap()
+            .netns
+            .clone()
+            .unwrap()
+    };
+    let (server_ns, client_ns) = (netns_of("server"), netns_of("client"));
+    let mut server = std::process::Command::new("ip")
+        .args(["netns", "exec", &server_ns, "python3", "-c", ECHO_SERVER])
+        .spawn()
+        .unwrap();
+    // The proxy has the ClusterIP once a connection through it succeeds.
+    let connect = "import socket; socket.create_connection(('10.96.7.7', 9000), timeout=2); print('connected')";
+    common::wait_for("a connection through the ClusterIP", || {
+        let (ok, _, _) = kubewire_lab::harness::try_sh(
+            "ip",
+            &["netns", "exec", &client_ns, "python3", "-c", connect],
+        );
+        ok.then_some(())
+    });
+    let client = std::process::Command::new("ip")
+        .args(["netns", "exec", &client_ns, "python3", "-c", ECHO_CLIENT])
+        .args(["10.96.7.7", "15"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+
+    let agent = |lab: &LabState| {
+        lab.processes
+            .iter()
+            .rev()
+            .find(|p| p.role == "agent n1")
+            .cloned()
+            .unwrap()
+    };
+    let killed = agent(&state());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(killed.pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let gone = Instant::now();
+    let restarted = common::wait_for("the lab to restart the killed agent", || {
+        let now = agent(&state());
+        (now.pid != killed.pid && now.is_alive()).then_some(now)
+    });
+    common::wait_for("the restarted agent to be healthy", || {
+        let out = common::success(lab.run("status", &[]), "lab status");
+        out.lines()
+            .any(|l| l.trim_start().starts_with("n1") && l.contains("agent running, healthz 200"))
+            .then_some(())
+    });
+    println!(
+        "agent restarted (pid {}) and healthy {:?} after kill -9",
+        restarted.pid,
+        gone.elapsed()
+    );
+    let output = client.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && said.starts_with("ok"),
+        "the connection through the ClusterIP broke: {said}"
+    );
+    let (ok, said, err) = kubewire_lab::harness::try_sh(
+        "ip",
+        &["netns", "exec", &client_ns, "python3", "-c", connect],
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(
+        ok,
+        "a new connection through the ClusterIP after the restart: {said}{err}"
+    );
 }
 
 /// The tables of other owners in a node: kube-proxy's (nftables mode), Docker's (as

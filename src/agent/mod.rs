@@ -55,16 +55,19 @@ pub async fn run(args: AgentArgs, wanted: &[ControllerKind]) -> anyhow::Result<(
     read.sort();
     read.dedup();
     tracing::info!(node = %node_name, controllers = ?kinds.iter().map(|c| c.name()).collect::<Vec<_>>(), kinds = ?read, "kubewire starting");
+    let restarts = crate::cache::liveness::WatchRestarts::default();
     tokio::spawn(crate::cache::liveness::monitor(
         client.clone(),
         metrics.clone(),
         health.clone(),
+        restarts.clone(),
     ));
-    let cache = Cache::start(
+    let cache = Cache::start_restartable(
         client,
         &read,
         metrics.clone(),
         args.common.cache_sync_timeout,
+        &restarts,
     )
     .await;
 

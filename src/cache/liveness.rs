@@ -5,12 +5,19 @@
 //! one log line when it stops and one when it is back, `kubewire_apiserver_up`, a
 //! failure count, and a line in /healthz. /healthz stays green for it: the dataplane
 //! keeps the last state the agent saw, and a restart would not bring the server back.
+//!
+//! A watch whose connection hangs sees nothing until kube's idle timeout (about five
+//! minutes), even when a new connection would be answered at once (a server gone
+//! behind a load balancer). So when the probe stops being answered every watch is
+//! restarted (a new connection, a relist), and when it is answered again the watches
+//! that have not completed a list since are restarted once more.
 
 use std::time::{Duration, Instant};
 
 use kube::Client;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::watch;
 
 use crate::telemetry::{Health, Metrics};
 
@@ -71,8 +78,44 @@ impl Liveness {
     }
 }
 
-/// Probes the API server until the task is dropped.
-pub async fn monitor(client: Client, metrics: Metrics, health: Health) {
+/// Which watch streams a restart request is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Restart {
+    /// Every stream: the server stopped answering, their connections may be dead.
+    Every,
+    /// Streams that have not completed a list since the last restart: the server
+    /// answers again, and a stream restarted while it hung may hang on its own.
+    Unsynced,
+}
+
+/// The monitor's requests to restart the cache's watch streams: a counter (so no
+/// request is missed by a stream busy meanwhile) and what the latest one is for.
+#[derive(Clone, Debug)]
+pub struct WatchRestarts(watch::Sender<(u64, Restart)>);
+
+impl Default for WatchRestarts {
+    fn default() -> Self {
+        Self(watch::channel((0, Restart::Unsynced)).0)
+    }
+}
+
+impl WatchRestarts {
+    pub fn request(&self, which: Restart) {
+        self.0.send_modify(|(count, restart)| {
+            *count += 1;
+            *restart = which;
+        });
+    }
+
+    /// For one watch stream: changes when a restart is requested.
+    pub fn subscribe(&self) -> watch::Receiver<(u64, Restart)> {
+        self.0.subscribe()
+    }
+}
+
+/// Probes the API server until the task is dropped; asks `restarts` to restart the
+/// watches when it stops and when it is back.
+pub async fn monitor(client: Client, metrics: Metrics, health: Health, restarts: WatchRestarts) {
     let up = Gauge::<i64>::default();
     metrics.register(
         "kubewire_apiserver_up",
@@ -84,6 +127,12 @@ pub async fn monitor(client: Client, metrics: Metrics, health: Health) {
         "kubewire_apiserver_probe_failures",
         "Probes of the API server (GET /version) that failed or got no answer within 10 s",
         failures.clone(),
+    );
+    let reconnects = Counter::<u64>::default();
+    metrics.register(
+        "kubewire_apiserver_watch_reconnects",
+        "Times the watches were restarted because the API server stopped or resumed answering",
+        reconnects.clone(),
     );
     let mut liveness = Liveness::new(Instant::now());
     loop {
@@ -109,10 +158,14 @@ pub async fn monitor(client: Client, metrics: Metrics, health: Health) {
         };
         match transition {
             Some(Transition::Stopped { error }) => {
-                tracing::error!(%error, "the API server is not answering: the watch cache may be stale; the dataplane keeps its last state")
+                tracing::error!(%error, "the API server is not answering: the watch cache may be stale; the dataplane keeps its last state; restarting the watches");
+                reconnects.inc();
+                restarts.request(Restart::Every);
             }
             Some(Transition::Back { after }) => {
-                tracing::warn!(after = ?after, "the API server answers again")
+                tracing::warn!(after = ?after, "the API server answers again; restarting the watches that have not relisted since");
+                reconnects.inc();
+                restarts.request(Restart::Unsynced);
             }
             None => {}
         }
@@ -124,6 +177,18 @@ pub async fn monitor(client: Client, metrics: Metrics, health: Health) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stream_sees_the_latest_restart_request() {
+        let restarts = WatchRestarts::default();
+        let mut stream = restarts.subscribe();
+        assert!(!stream.has_changed().unwrap());
+        restarts.request(Restart::Every);
+        restarts.request(Restart::Unsynced);
+        assert!(stream.has_changed().unwrap());
+        assert_eq!(*stream.borrow_and_update(), (2, Restart::Unsynced));
+        assert!(!stream.has_changed().unwrap());
+    }
 
     #[test]
     fn one_transition_per_outage() {

@@ -1,7 +1,8 @@
 //! The live cache: a kube-rs reflector per kind the enabled controllers read, over
 //! one client. Each store is eventually consistent with the API server; the watcher
 //! relists on 410 Gone and reconnects with backoff when the server goes away, so the
-//! cache outlives restarts. A kind the API server does not serve (ServiceCIDR before
+//! cache outlives restarts; the API server probe ([`super::liveness`]) can restart
+//! every stream when a hang makes their connections suspect. A kind the API server does not serve (ServiceCIDR before
 //! Kubernetes 1.33) is not watched: it reads as empty and counts as synced.
 
 use std::fmt::Debug;
@@ -19,6 +20,7 @@ use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch as tokio_watch;
 
+use super::liveness::{Restart, WatchRestarts};
 use super::trim::{
     trim_endpoint_slice, trim_network_policy, trim_node, trim_object, trim_pod, trim_service,
 };
@@ -66,6 +68,20 @@ impl Cache {
         metrics: Metrics,
         discovery_timeout: Duration,
     ) -> Cache {
+        let never = WatchRestarts::default();
+        Self::start_restartable(client, kinds, metrics, discovery_timeout, &never).await
+    }
+
+    /// [`Cache::start`], with each watch stream restarted (a new connection and a
+    /// relist; the store keeps its contents until the list completes) when `restarts`
+    /// asks.
+    pub async fn start_restartable(
+        client: Client,
+        kinds: &[Kind],
+        metrics: Metrics,
+        discovery_timeout: Duration,
+        restarts: &WatchRestarts,
+    ) -> Cache {
         let served = super::discovery::served(&client, kinds, discovery_timeout).await;
         let watched: Vec<Kind> = kinds
             .iter()
@@ -91,6 +107,7 @@ impl Cache {
             client,
             metrics,
             kinds: kinds.clone(),
+            restarts: restarts.clone(),
         };
         let spawn = |kind| watched.contains(&kind).then_some(kind);
         let stores = Stores {
@@ -204,6 +221,7 @@ struct WatchContext {
     client: Client,
     metrics: Metrics,
     kinds: Arc<Vec<(Kind, KindState)>>,
+    restarts: WatchRestarts,
 }
 
 impl WatchContext {
@@ -216,43 +234,74 @@ impl WatchContext {
     where
         K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     {
-        let (reader, writer) = reflector::store::<K>();
+        let (reader, mut writer) = reflector::store::<K>();
         let api: Api<K> = Api::all(self.client.clone());
         let metrics = self.metrics.clone();
         let kinds = self.kinds.clone();
         let store = reader.clone();
-        let stream = watcher::watcher(api, watcher::Config::default())
-            .default_backoff()
-            .modify(trim)
-            .reflect(writer);
+        let mut restarts = Some(self.restarts.subscribe());
         tasks.push(tokio::spawn(async move {
             let Some((_, state)) = kinds.iter().find(|(k, _)| *k == kind) else {
                 return;
             };
-            let mut stream = std::pin::pin!(stream);
-            while let Some(item) = stream.next().await {
-                match item {
-                    Ok(event) => {
-                        let visible = match event {
-                            Event::InitDone => {
-                                state.synced.store(true, Ordering::Release);
-                                true
+            loop {
+                // A new watcher starts with a list; the writer swaps it in whole.
+                let stream = watcher::watcher(api.clone(), watcher::Config::default())
+                    .default_backoff()
+                    .modify(trim);
+                let mut stream = std::pin::pin!(stream);
+                let mut listed = false;
+                loop {
+                    let item = tokio::select! {
+                        item = stream.next() => item,
+                        restart = restart_requested(&mut restarts) => {
+                            if restart == Restart::Every || !listed {
+                                break;
                             }
-                            Event::Apply(_) | Event::Delete(_) => true,
-                            Event::Init | Event::InitApply(_) => false,
-                        };
-                        if visible {
-                            state.generation.send_modify(|g| *g += 1);
-                            metrics.set_cache_objects(kind.as_str(), store.len());
+                            continue;
+                        }
+                    };
+                    let Some(item) = item else { return };
+                    match item {
+                        Ok(event) => {
+                            writer.apply_watcher_event(&event);
+                            let visible = match event {
+                                Event::InitDone => {
+                                    listed = true;
+                                    state.synced.store(true, Ordering::Release);
+                                    true
+                                }
+                                Event::Apply(_) | Event::Delete(_) => true,
+                                Event::Init | Event::InitApply(_) => false,
+                            };
+                            if visible {
+                                state.generation.send_modify(|g| *g += 1);
+                                metrics.set_cache_objects(kind.as_str(), store.len());
+                            }
+                        }
+                        Err(err) => {
+                            metrics.watch_restarted(kind.as_str());
+                            tracing::warn!(%kind, error = %err, "watch failed; retrying with backoff");
                         }
                     }
-                    Err(err) => {
-                        metrics.watch_restarted(kind.as_str());
-                        tracing::warn!(%kind, error = %err, "watch failed; retrying with backoff");
-                    }
                 }
+                metrics.watch_restarted(kind.as_str());
+                tracing::info!(%kind, "restarting the watch (new connection, relist)");
             }
         }));
         reader
     }
+}
+
+/// The next restart request; never, once nobody can request one.
+async fn restart_requested(
+    restarts: &mut Option<tokio_watch::Receiver<(u64, Restart)>>,
+) -> Restart {
+    if let Some(receiver) = restarts
+        && receiver.changed().await.is_ok()
+    {
+        return receiver.borrow_and_update().1;
+    }
+    *restarts = None;
+    std::future::pending().await
 }
