@@ -72,7 +72,7 @@ pub fn run() -> Outcome {
                     label.split(' ').next().unwrap_or(label),
                     controllers.split(' ').next().unwrap_or(controllers)
                 ),
-                rss_mib as f64,
+                rss_mib,
                 "MiB",
             );
             for line in cache {
