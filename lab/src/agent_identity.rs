@@ -99,7 +99,8 @@ pub async fn set_up(state: &LabStateFile, client: &kube::Client) -> anyhow::Resu
     Ok(format!("{namespace}/{}", account.name))
 }
 
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+/// Writes a file only root reads (an agent's token, or a kubeconfig holding it).
+pub fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()

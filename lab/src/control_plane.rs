@@ -128,7 +128,10 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
         match (&state.external, &token) {
             (Some(external), Some(token)) => {
                 let url = external::agent_url(external, &gateway, FABRIC_APISERVER_PORT);
-                write_private(&path, &external::agent_kubeconfig(external, &url, token))?;
+                agent_identity::write_private(
+                    &path,
+                    &external::agent_kubeconfig(external, &url, token),
+                )?;
             }
             _ => {
                 let url = format!("http://{gateway}:{FABRIC_APISERVER_PORT}");
@@ -186,21 +189,6 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
         server.shutdown().await;
     }
     Ok(())
-}
-
-/// Writes a file only root reads (an agent's kubeconfig holds its token).
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    file.write_all(text.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Relays every connection accepted in the fabric to the API server.

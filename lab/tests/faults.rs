@@ -368,36 +368,7 @@ fn a_killed_agent_is_restarted_and_an_established_connection_survives() {
         .unwrap();
     std::thread::sleep(Duration::from_secs(2));
 
-    let agent = |lab: &LabState| {
-        lab.processes
-            .iter()
-            .rev()
-            .find(|p| p.role == "agent n1")
-            .cloned()
-            .unwrap()
-    };
-    let killed = agent(&state());
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(killed.pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    let gone = Instant::now();
-    let restarted = common::wait_for("the lab to restart the killed agent", || {
-        let now = agent(&state());
-        (now.pid != killed.pid && now.is_alive()).then_some(now)
-    });
-    let status = common::wait_for("the restarted agent to be healthy", || {
-        let out = common::success(lab.run("status", &[]), "lab status");
-        out.lines()
-            .any(|l| l.trim_start().starts_with("n1") && l.contains("agent running, healthz 200"))
-            .then_some(out)
-    });
-    println!(
-        "agent restarted (pid {}) and healthy {:?} after kill -9",
-        restarted.pid,
-        gone.elapsed()
-    );
+    let (status, restarted) = kill_agent_n1_and_wait_for_its_restart(&lab, &dir);
     let output = client.wait_with_output().unwrap();
     let _ = server.kill();
     let _ = server.wait();
@@ -506,36 +477,7 @@ fn a_killed_agent_keeps_an_established_connection_through_a_cluster_ip() {
         .unwrap();
     std::thread::sleep(Duration::from_secs(2));
 
-    let agent = |lab: &LabState| {
-        lab.processes
-            .iter()
-            .rev()
-            .find(|p| p.role == "agent n1")
-            .cloned()
-            .unwrap()
-    };
-    let killed = agent(&state());
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(killed.pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    let gone = Instant::now();
-    let restarted = common::wait_for("the lab to restart the killed agent", || {
-        let now = agent(&state());
-        (now.pid != killed.pid && now.is_alive()).then_some(now)
-    });
-    common::wait_for("the restarted agent to be healthy", || {
-        let out = common::success(lab.run("status", &[]), "lab status");
-        out.lines()
-            .any(|l| l.trim_start().starts_with("n1") && l.contains("agent running, healthz 200"))
-            .then_some(())
-    });
-    println!(
-        "agent restarted (pid {}) and healthy {:?} after kill -9",
-        restarted.pid,
-        gone.elapsed()
-    );
+    kill_agent_n1_and_wait_for_its_restart(&lab, &dir);
     let output = client.wait_with_output().unwrap();
     let said = String::from_utf8_lossy(&output.stdout);
     assert!(
@@ -552,6 +494,48 @@ fn a_killed_agent_keeps_an_established_connection_through_a_cluster_ip() {
         ok,
         "a new connection through the ClusterIP after the restart: {said}{err}"
     );
+}
+
+/// `kill -9` of n1's agent; once the lab has restarted it and it is healthy again,
+/// `lab status` and the restarted agent's record.
+fn kill_agent_n1_and_wait_for_its_restart(
+    lab: &lab_support::TestLab,
+    dir: &std::path::Path,
+) -> (String, kubewire_lab::process::ProcessRecord) {
+    let agent = || {
+        kubewire_lab::state::LabState::load(dir)
+            .unwrap()
+            .unwrap()
+            .processes
+            .iter()
+            .rev()
+            .find(|p| p.role == "agent n1")
+            .cloned()
+            .unwrap()
+    };
+    let killed = agent();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(killed.pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let gone = Instant::now();
+    let restarted = common::wait_for("the lab to restart the killed agent", || {
+        let now = agent();
+        (now.pid != killed.pid && now.is_alive()).then_some(now)
+    });
+    let status = common::wait_for("the restarted agent to be healthy", || {
+        let out = common::success(lab.run("status", &[]), "lab status");
+        out.lines()
+            .any(|l| l.trim_start().starts_with("n1") && l.contains("agent running, healthz 200"))
+            .then_some(out)
+    });
+    println!(
+        "agent restarted (pid {}) and healthy {:?} after kill -9",
+        restarted.pid,
+        gone.elapsed()
+    );
+    (status, restarted)
 }
 
 /// The tables of other owners in a node: kube-proxy's (nftables mode), Docker's (as
