@@ -45,7 +45,8 @@ pub async fn run(args: AgentArgs, wanted: &[ControllerKind]) -> anyhow::Result<(
             tracing::warn!(%problem, "bridge netfilter is unavailable: traffic between pods on one bridge bypasses the firewall and the Service NAT");
         }
     }
-    let client = args.common.client().await?;
+    let client_config = args.common.client_config().await?;
+    let client = kube::Client::try_from(client_config.clone())?;
     let health = Health::new(args.common.sync_period * 3 + Duration::from_secs(30));
     let mut read: Vec<Kind> = controllers
         .iter()
@@ -58,6 +59,7 @@ pub async fn run(args: AgentArgs, wanted: &[ControllerKind]) -> anyhow::Result<(
     let restarts = crate::cache::liveness::WatchRestarts::default();
     tokio::spawn(crate::cache::liveness::monitor(
         client.clone(),
+        Some(client_config),
         metrics.clone(),
         health.clone(),
         restarts.clone(),

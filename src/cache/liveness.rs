@@ -88,34 +88,59 @@ pub enum Restart {
     Unsynced,
 }
 
+/// One request to restart watch streams: which, and the client to restart them with
+/// (a new one has its own connection pool: an idle pooled connection to a server
+/// gone behind a load balancer would hang the relist as it hung the watch).
+#[derive(Clone)]
+pub struct RestartRequest {
+    pub count: u64,
+    pub which: Restart,
+    pub client: Option<Client>,
+}
+
 /// The monitor's requests to restart the cache's watch streams: a counter (so no
 /// request is missed by a stream busy meanwhile) and what the latest one is for.
-#[derive(Clone, Debug)]
-pub struct WatchRestarts(watch::Sender<(u64, Restart)>);
+#[derive(Clone)]
+pub struct WatchRestarts(watch::Sender<RestartRequest>);
 
 impl Default for WatchRestarts {
     fn default() -> Self {
-        Self(watch::channel((0, Restart::Unsynced)).0)
+        Self(
+            watch::channel(RestartRequest {
+                count: 0,
+                which: Restart::Unsynced,
+                client: None,
+            })
+            .0,
+        )
     }
 }
 
 impl WatchRestarts {
-    pub fn request(&self, which: Restart) {
-        self.0.send_modify(|(count, restart)| {
-            *count += 1;
-            *restart = which;
+    pub fn request(&self, which: Restart, client: Option<Client>) {
+        self.0.send_modify(|request| {
+            request.count += 1;
+            request.which = which;
+            request.client = client;
         });
     }
 
     /// For one watch stream: changes when a restart is requested.
-    pub fn subscribe(&self) -> watch::Receiver<(u64, Restart)> {
+    pub fn subscribe(&self) -> watch::Receiver<RestartRequest> {
         self.0.subscribe()
     }
 }
 
 /// Probes the API server until the task is dropped; asks `restarts` to restart the
-/// watches when it stops and when it is back.
-pub async fn monitor(client: Client, metrics: Metrics, health: Health, restarts: WatchRestarts) {
+/// watches when it stops and when it is back, each time with a new client made from
+/// `config` (which the probes then use too).
+pub async fn monitor(
+    mut client: Client,
+    config: Option<kube::Config>,
+    metrics: Metrics,
+    health: Health,
+    restarts: WatchRestarts,
+) {
     let up = Gauge::<i64>::default();
     metrics.register(
         "kubewire_apiserver_up",
@@ -156,16 +181,27 @@ pub async fn monitor(client: Client, metrics: Metrics, health: Health, restarts:
                 liveness.failed(now, error)
             }
         };
+        let which = match &transition {
+            Some(Transition::Stopped { .. }) => Some(Restart::Every),
+            Some(Transition::Back { .. }) => Some(Restart::Unsynced),
+            None => None,
+        };
+        let fresh = which
+            .and(config.as_ref())
+            .and_then(|config| Client::try_from(config.clone()).ok());
+        if let Some(fresh) = &fresh {
+            client = fresh.clone();
+        }
         match transition {
             Some(Transition::Stopped { error }) => {
                 tracing::error!(%error, "the API server is not answering: the watch cache may be stale; the dataplane keeps its last state; restarting the watches");
                 reconnects.inc();
-                restarts.request(Restart::Every);
+                restarts.request(Restart::Every, fresh);
             }
             Some(Transition::Back { after }) => {
                 tracing::warn!(after = ?after, "the API server answers again; restarting the watches that have not relisted since");
                 reconnects.inc();
-                restarts.request(Restart::Unsynced);
+                restarts.request(Restart::Unsynced, fresh);
             }
             None => {}
         }
@@ -183,10 +219,11 @@ mod tests {
         let restarts = WatchRestarts::default();
         let mut stream = restarts.subscribe();
         assert!(!stream.has_changed().unwrap());
-        restarts.request(Restart::Every);
-        restarts.request(Restart::Unsynced);
+        restarts.request(Restart::Every, None);
+        restarts.request(Restart::Unsynced, None);
         assert!(stream.has_changed().unwrap());
-        assert_eq!(*stream.borrow_and_update(), (2, Restart::Unsynced));
+        let latest = stream.borrow_and_update().clone();
+        assert_eq!((latest.count, latest.which), (2, Restart::Unsynced));
         assert!(!stream.has_changed().unwrap());
     }
 

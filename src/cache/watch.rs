@@ -20,7 +20,7 @@ use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch as tokio_watch;
 
-use super::liveness::{Restart, WatchRestarts};
+use super::liveness::{Restart, RestartRequest, WatchRestarts};
 use super::trim::{
     trim_endpoint_slice, trim_network_policy, trim_node, trim_object, trim_pod, trim_service,
 };
@@ -235,7 +235,7 @@ impl WatchContext {
         K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     {
         let (reader, mut writer) = reflector::store::<K>();
-        let api: Api<K> = Api::all(self.client.clone());
+        let mut api: Api<K> = Api::all(self.client.clone());
         let metrics = self.metrics.clone();
         let kinds = self.kinds.clone();
         let store = reader.clone();
@@ -254,8 +254,11 @@ impl WatchContext {
                 loop {
                     let item = tokio::select! {
                         item = stream.next() => item,
-                        restart = restart_requested(&mut restarts) => {
-                            if restart == Restart::Every || !listed {
+                        request = restart_requested(&mut restarts) => {
+                            if request.which == Restart::Every || !listed {
+                                if let Some(client) = request.client {
+                                    api = Api::all(client);
+                                }
                                 break;
                             }
                             continue;
@@ -295,12 +298,12 @@ impl WatchContext {
 
 /// The next restart request; never, once nobody can request one.
 async fn restart_requested(
-    restarts: &mut Option<tokio_watch::Receiver<(u64, Restart)>>,
-) -> Restart {
+    restarts: &mut Option<tokio_watch::Receiver<RestartRequest>>,
+) -> RestartRequest {
     if let Some(receiver) = restarts
         && receiver.changed().await.is_ok()
     {
-        return receiver.borrow_and_update().1;
+        return receiver.borrow_and_update().clone();
     }
     *restarts = None;
     std::future::pending().await
