@@ -422,37 +422,21 @@ fn frontend_claim(
         claim.put(f.name("no-endpoint-services"), key, Some("drop".into()));
         return claim;
     }
-    if port.external_local {
-        claim.put(
-            f.name("service-ips"),
-            key.clone(),
-            Some("goto external-local".into()),
-        );
-        endpoints(
-            &mut claim,
-            dataplane,
-            f,
-            false,
-            &key,
-            &port.cluster_endpoints,
-        );
-        if !port.local_endpoints.is_empty() {
-            endpoints(&mut claim, dataplane, f, true, &key, &port.local_endpoints);
-        }
-    } else {
-        claim.put(
-            f.name("service-ips"),
-            key.clone(),
-            Some("goto external".into()),
-        );
-        endpoints(
-            &mut claim,
-            dataplane,
-            f,
-            false,
-            &key,
-            &port.cluster_endpoints,
-        );
+    let target = match port.external_local {
+        true => "goto external-local",
+        false => "goto external",
+    };
+    claim.put(f.name("service-ips"), key.clone(), Some(target.into()));
+    endpoints(
+        &mut claim,
+        dataplane,
+        f,
+        false,
+        &key,
+        &port.cluster_endpoints,
+    );
+    if port.external_local && !port.local_endpoints.is_empty() {
+        endpoints(&mut claim, dataplane, f, true, &key, &port.local_endpoints);
     }
     claim
 }
