@@ -329,3 +329,118 @@ fn named_counters_are_read_over_netlink_from_our_table_only() {
     );
     assert!(packets.1.is_empty());
 }
+
+/// `nft list table` (no handles): what the kernel holds, as nft prints it.
+fn printed(ns: &Netns, id: &TableId) -> String {
+    ns.exec("nft", &["list", "table", &id.family, &id.name])
+}
+
+/// Each table created over netlink (the structure compiled by nft into a staging
+/// table and copied, the elements encoded by us) is the table `nft -f` creates, to
+/// the letter as nft lists it; likewise replacing it; the staging table is gone
+/// after each; the read back equals what was wanted.
+fn loaded_over_netlink(case: Case) {
+    if !kubewire_lab::harness::require_root() {
+        return;
+    }
+    let ns = Netns::new("kwload");
+    let (family, name) = (case.id.family.clone(), case.id.name.clone());
+    ns.block_on(|| async {
+        let mut by_nft = Kernel::new(Nft::default()).with_netlink_load_from(usize::MAX);
+        let create = nft::render::create(&case.id, &case.table);
+        by_nft.apply(&create).await.unwrap();
+        let expected = printed(&ns, &case.id);
+        ns.exec("nft", &["delete", "table", &family, &name]);
+
+        let mut by_netlink = Kernel::new(Nft::default()).with_netlink_load_from(0);
+        for tx in [create, nft::render::replace(&case.id, &case.table)] {
+            by_netlink.apply(&tx).await.unwrap();
+            assert_eq!(
+                printed(&ns, &case.id),
+                expected,
+                "{}: {:?}",
+                case.id,
+                tx.kind
+            );
+            let tables = ns.exec("nft", &["list", "tables"]);
+            assert!(!tables.contains("staging"), "{tables}");
+            let observed = by_netlink.read(&case.id).await.unwrap().unwrap();
+            let left = nft::render::describe(&case.id, &observed.table, &case.table);
+            assert!(left.is_empty(), "{}: {left:?}", case.id);
+        }
+    });
+}
+
+#[test]
+fn the_firewall_table_loads_over_netlink_as_nft_loads_it() {
+    loaded_over_netlink(firewall());
+}
+
+#[test]
+fn the_proxy_table_loads_over_netlink_as_nft_loads_it() {
+    loaded_over_netlink(proxy());
+}
+
+#[test]
+fn the_routing_table_loads_over_netlink_as_nft_loads_it() {
+    loaded_over_netlink(routing());
+}
+
+/// While no agent runs, someone replaces one of our rules with another under the
+/// same comment: the restarted agent's first sync puts ours back (it knows how its
+/// rules look in the kernel before it reads them), and the agent after that finds
+/// nothing to do.
+fn edited_while_down(case: Case) {
+    if !kubewire_lab::harness::require_root() {
+        return;
+    }
+    let ns = Netns::new("kwedit");
+    let (family, name) = (case.id.family.clone(), case.id.name.clone());
+    ns.block_on(|| async {
+        let start = || nft::Reconciler::new(Kernel::new(Nft::default()), case.id.clone());
+        start().sync(&case.table, false).await.unwrap();
+        let before = printed(&ns, &case.id);
+        let chain = ns.exec("nft", &["-a", "list", "chain", &family, &name, &case.chain]);
+        let (handle, comment) = chain
+            .lines()
+            .find_map(|line| {
+                let (_, handle) = line.rsplit_once("# handle ")?;
+                let (_, comment) = line.split_once(" comment \"")?;
+                let (comment, _) = comment.split_once('"')?;
+                Some((handle.trim().to_string(), comment.to_string()))
+            })
+            .expect("a rule of ours with a comment");
+        ns.nft(&format!(
+            "replace rule {family} {name} {} handle {handle} meta mark set 0x2a comment \"{comment}\"\n",
+            case.chain
+        ));
+        assert!(printed(&ns, &case.id).contains("mark set 0x0000002a"));
+
+        let applied = start().sync(&case.table, false).await.unwrap();
+        assert!(matches!(applied, Applied::Applied(_)), "{}: not repaired", case.id);
+        assert_eq!(printed(&ns, &case.id), before, "{}", case.id);
+        let tables = ns.exec("nft", &["list", "tables"]);
+        assert!(!tables.contains("staging"), "{tables}");
+        assert_eq!(
+            start().sync(&case.table, false).await.unwrap(),
+            Applied::Nothing,
+            "{}: a restart after the repair changed the table",
+            case.id
+        );
+    });
+}
+
+#[test]
+fn a_firewall_rule_edited_while_the_agent_was_down_is_repaired_after_restart() {
+    edited_while_down(firewall());
+}
+
+#[test]
+fn a_proxy_rule_edited_while_the_agent_was_down_is_repaired_after_restart() {
+    edited_while_down(proxy());
+}
+
+#[test]
+fn a_routing_rule_edited_while_the_agent_was_down_is_repaired_after_restart() {
+    edited_while_down(routing());
+}

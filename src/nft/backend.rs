@@ -1,13 +1,16 @@
 //! Where transactions go: the [`Backend`] trait, and [`Kernel`], the real one (an
-//! elements-only transaction over a kept-open netlink socket, anything else as one
-//! `nft -f`; reads through `nft -j`). [`super::fake::Fake`] is the other.
+//! elements-only transaction over a kept-open netlink socket, a large create or
+//! replace as one netlink batch of the structure `nft` compiled and the elements
+//! ([`super::load`]), anything else as one `nft -f`; reads over netlink dumps).
+//! [`super::fake::Fake`] is the other.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 
 use super::cli::{Nft, NftError};
 use super::dump::RuleDigests;
-use super::model::TableId;
+use super::load;
+use super::model::{Table, TableId};
 use super::netlink::{Codec, ElementBatch, NetlinkError, Session};
 use super::read::{self, Observed};
 use super::render::{Op, Transaction};
@@ -27,6 +30,14 @@ pub trait Backend: Send {
         &mut self,
         table: &TableId,
     ) -> impl Future<Output = Result<BTreeMap<String, u64>, NftError>> + Send;
+
+    /// Called before the first read of `table` with what the caller wants in it: the
+    /// kernel learns how its rules look there, so that the read tells a rule edited
+    /// under our comment from ours (see [`RuleDigests`]).
+    fn prepare(&mut self, table: &TableId, desired: &Table) -> impl Future<Output = ()> + Send {
+        let _ = (table, desired);
+        async {}
+    }
 
     /// A number every commit to any table changes.
     fn generation(&mut self) -> impl Future<Output = Result<u32, NftError>> + Send;
@@ -48,6 +59,8 @@ pub struct Kernel {
     netns_id: Option<String>,
     /// Our rules' expressions as we wrote them, per table.
     digests: BTreeMap<TableId, RuleDigests>,
+    /// Elements from which a create or replace goes over netlink.
+    netlink_load_from: usize,
 }
 
 impl Kernel {
@@ -66,7 +79,15 @@ impl Kernel {
             session,
             netns_id,
             digests: BTreeMap::new(),
+            netlink_load_from: load::NETLINK_LOAD_FROM,
         }
+    }
+
+    /// Creates and replaces tables of at least `elements` elements over netlink (the
+    /// default: [`load::NETLINK_LOAD_FROM`]); `usize::MAX`: always with `nft -f`.
+    pub fn with_netlink_load_from(mut self, elements: usize) -> Self {
+        self.netlink_load_from = elements;
+        self
     }
 
     pub fn nft(&self) -> &Nft {
@@ -138,7 +159,29 @@ impl Backend for Kernel {
                 .apply(&batches)
                 .map_err(|err| NftError::Netlink(err.to_string())),
             None => {
-                self.nft.apply(&tx.text()).await?;
+                match load::split(tx, self.netlink_load_from) {
+                    Some((structure, elements)) => {
+                        let loaded = load::load(
+                            &self.nft,
+                            &mut self.session,
+                            &tx.table,
+                            structure,
+                            elements,
+                        )
+                        .await;
+                        match loaded {
+                            Ok(()) => {}
+                            // Not a load nft would refuse (that failed above, while
+                            // staging): it is tried the slow way before giving up.
+                            Err(err @ NftError::Netlink(_)) => {
+                                tracing::warn!(table = %tx.table, error = %err, "loading the table over netlink failed; loading it with nft -f");
+                                self.nft.apply(&tx.text()).await?;
+                            }
+                            Err(err) => return Err(err),
+                        }
+                    }
+                    None => self.nft.apply(&tx.text()).await?,
+                }
                 // Rules were written: learn their expressions as the kernel holds
                 // them now, for the drift check (see RuleDigests). The commit stands
                 // either way; without a dump the next read learns them instead.
@@ -173,6 +216,26 @@ impl Backend for Kernel {
             return Ok(dumped.map(|dumped| digests.observed(dumped)));
         }
         self.read_listing(table).await
+    }
+
+    /// Learns the digests of `desired`'s rules from a staging copy, when `table`
+    /// exists and none were learned yet; without them the first read trusts our
+    /// comments on the rules it finds.
+    async fn prepare(&mut self, table: &TableId, desired: &Table) {
+        if self.digests.contains_key(table) || desired.rule_count() == 0 {
+            return;
+        }
+        let exists = super::netlink::family_number(&table.family)
+            .and_then(|family| self.session.table_exists(family, &table.name));
+        if !matches!(exists, Ok(true)) {
+            return;
+        }
+        match load::rule_digests(&self.nft, &mut self.session, table, desired).await {
+            Ok(rules) => self.digests.entry(table.clone()).or_default().learn(&rules),
+            Err(err) => {
+                tracing::warn!(table = %table, error = %err, "could not learn how our rules look in the kernel; trusting their comments")
+            }
+        }
     }
 
     async fn packets(&mut self, table: &TableId) -> Result<BTreeMap<String, u64>, NftError> {

@@ -21,7 +21,7 @@ use super::netlink::{
     NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_LIST_SET,
     NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_OBJREF, NFTA_VERDICT_CHAIN, NFTA_VERDICT_CODE,
     NLM_F_DUMP, NLMSG_DONE, NLMSG_ERROR, NetlinkError, Session, attr_str, attributes, error_of,
-    error_of_code,
+    error_of_code, family_number,
 };
 use super::read::Observed;
 
@@ -173,18 +173,6 @@ impl RuleDigests {
     }
 }
 
-fn family_number(family: &str) -> Result<u8, NetlinkError> {
-    match family {
-        "inet" => Ok(1),
-        "ip" => Ok(2),
-        "ip6" => Ok(10),
-        other => Err(NetlinkError::Unsupported {
-            set: String::new(),
-            element: format!("family {other}"),
-        }),
-    }
-}
-
 fn string(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes.split(|b| *b == 0).next().unwrap_or_default()).into_owned()
 }
@@ -241,7 +229,7 @@ impl Session {
     }
 
     /// Whether `family table` exists.
-    fn table_exists(&mut self, family: u8, table: &str) -> Result<bool, NetlinkError> {
+    pub(super) fn table_exists(&mut self, family: u8, table: &str) -> Result<bool, NetlinkError> {
         let mut payload = vec![family, 0, 0, 0];
         attr_str(&mut payload, NFTA_TABLE_NAME, table);
         let reply = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWTABLE;
@@ -405,7 +393,8 @@ fn chain_hook(attrs: &[(u16, &[u8])]) -> Option<Hook> {
 }
 
 /// FNV-1a (64 bits) over each expression's name and data; stateful expressions
-/// (whose data counts packets, tokens or bytes) by name only.
+/// (whose data counts packets, tokens or bytes) by name only, and an anonymous
+/// set's name (`__set3`: numbered as the table's history goes) as just anonymous.
 fn expressions_digest(list: &[u8]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     let mut feed = |bytes: &[u8]| {
@@ -423,7 +412,11 @@ fn expressions_digest(list: &[u8]) -> u64 {
             "counter" | "limit" | "quota" | "last" | "connlimit"
         );
         if !stateful {
-            feed(find(&attrs, NFTA_EXPR_DATA).unwrap_or_default());
+            for (kind, value) in attributes(find(&attrs, NFTA_EXPR_DATA).unwrap_or_default()) {
+                feed(&kind.to_ne_bytes());
+                let anonymous = value.starts_with(b"__set") || value.starts_with(b"__map");
+                feed(if anonymous { b"__anonymous" } else { value });
+            }
         }
     }
     hash

@@ -11,6 +11,7 @@ mod cli;
 pub mod dump;
 pub mod elements;
 pub mod fake;
+pub mod load;
 pub mod model;
 pub mod netlink;
 pub mod read;

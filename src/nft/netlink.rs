@@ -41,8 +41,10 @@ const NFTA_COUNTER_PACKETS: u16 = 2;
 pub(super) const NLMSG_ERROR: u16 = 2;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
-const NLM_F_CREATE: u16 = 0x400;
+pub(super) const NLM_F_CREATE: u16 = 0x400;
+pub(super) const NLM_F_APPEND: u16 = 0x800;
 const NLA_F_NESTED: u16 = 0x8000;
+const NLMSGERR_ATTR_MSG: u16 = 1;
 pub(super) const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 pub(super) const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 pub(super) const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
@@ -66,8 +68,11 @@ pub enum NetlinkError {
     Unsupported { set: String, element: String },
     #[error("netlink: {0}")]
     Io(#[from] std::io::Error),
-    #[error("nf_tables rejected the update of set {set}: {source}")]
-    Rejected { set: String, source: std::io::Error },
+    #[error("nf_tables rejected {what}: {source}")]
+    Rejected {
+        what: String,
+        source: std::io::Error,
+    },
 }
 
 /// How a set's keys and values are laid out in registers, read from its declaration.
@@ -182,64 +187,120 @@ impl ElementBatch {
 
     /// Whether every element can be encoded here.
     pub fn supported(&self) -> bool {
-        self.encode().is_ok()
+        self.elements
+            .iter()
+            .all(|(key, value)| self.element(key, value).is_some())
     }
 
-    /// The NEWSETELEM/DELSETELEM message payload (after the netlink header).
-    fn encode(&self) -> Result<Vec<u8>, NetlinkError> {
+    /// The NEWSETELEM/DELSETELEM messages, each list under the 64 KiB a netlink
+    /// attribute can hold.
+    pub(super) fn messages(&self) -> Result<Vec<Message>, NetlinkError> {
         let unsupported = |element: &str| NetlinkError::Unsupported {
             set: self.set.clone(),
             element: element.to_string(),
         };
-        let family = match self.family.as_str() {
-            "inet" => 1u8,
-            "ip" => 2,
-            "ip6" => 10,
-            other => return Err(unsupported(other)),
+        let family = family_number(&self.family).map_err(|_| unsupported(&self.family))?;
+        let mut head = vec![family, 0, 0, 0];
+        attr_str(&mut head, NFTA_SET_ELEM_LIST_TABLE, &self.table);
+        attr_str(&mut head, NFTA_SET_ELEM_LIST_SET, &self.set);
+        let (kind, flags) = if self.delete {
+            (NFT_MSG_DELSETELEM, 0)
+        } else {
+            (NFT_MSG_NEWSETELEM, NLM_F_CREATE)
         };
-        let mut payload = vec![family, 0, 0, 0];
-        attr_str(&mut payload, NFTA_SET_ELEM_LIST_TABLE, &self.table);
-        attr_str(&mut payload, NFTA_SET_ELEM_LIST_SET, &self.set);
+        let mut out = Vec::new();
         let mut list = Vec::new();
+        let flush = |list: &mut Vec<u8>, out: &mut Vec<Message>| {
+            let mut payload = head.clone();
+            attr(
+                &mut payload,
+                NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED,
+                list,
+            );
+            out.push(Message {
+                kind,
+                flags,
+                payload,
+                what: format!("the elements of set {}", self.set),
+            });
+            list.clear();
+        };
         for (key, value) in &self.elements {
-            let mut element = Vec::new();
-            let key_bytes = encode_parts(&self.codec.key, key).ok_or_else(|| unsupported(key))?;
-            let mut key_attr = Vec::new();
-            attr(&mut key_attr, NFTA_DATA_VALUE, &key_bytes);
-            attr(&mut element, NFTA_SET_ELEM_KEY | NLA_F_NESTED, &key_attr);
-            if !self.delete {
-                match &self.codec.value {
-                    Value::Verdict => {
-                        let verdict = encode_verdict(value).ok_or_else(|| unsupported(value))?;
-                        let mut data = Vec::new();
-                        attr(&mut data, NFTA_DATA_VERDICT | NLA_F_NESTED, &verdict);
-                        attr(&mut element, NFTA_SET_ELEM_DATA | NLA_F_NESTED, &data);
-                    }
-                    Value::Counter => {
-                        let name = value
-                            .strip_prefix('"')
-                            .and_then(|v| v.strip_suffix('"'))
-                            .ok_or_else(|| unsupported(value))?;
-                        attr_str(&mut element, NFTA_SET_ELEM_OBJREF, name);
-                    }
-                    Value::Data(parts) => {
-                        let bytes = encode_parts(parts, value).ok_or_else(|| unsupported(value))?;
-                        let mut data = Vec::new();
-                        attr(&mut data, NFTA_DATA_VALUE, &bytes);
-                        attr(&mut element, NFTA_SET_ELEM_DATA | NLA_F_NESTED, &data);
-                    }
-                    Value::None => {}
-                }
+            let element = self
+                .element(key, value)
+                .ok_or_else(|| unsupported(&format!("{key} : {value}")))?;
+            if !list.is_empty() && list.len() + element.len() + 4 > MAX_LIST {
+                flush(&mut list, &mut out);
             }
             attr(&mut list, NFTA_LIST_ELEM | NLA_F_NESTED, &element);
         }
-        attr(
-            &mut payload,
-            NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED,
-            &list,
-        );
-        Ok(payload)
+        if !list.is_empty() || out.is_empty() {
+            flush(&mut list, &mut out);
+        }
+        Ok(out)
     }
+
+    /// One element's attributes (the value left out of a delete).
+    fn element(&self, key: &str, value: &str) -> Option<Vec<u8>> {
+        let mut element = Vec::new();
+        let key_bytes = encode_parts(&self.codec.key, key)?;
+        let mut key_attr = Vec::new();
+        attr(&mut key_attr, NFTA_DATA_VALUE, &key_bytes);
+        attr(&mut element, NFTA_SET_ELEM_KEY | NLA_F_NESTED, &key_attr);
+        if self.delete {
+            return Some(element);
+        }
+        match &self.codec.value {
+            Value::Verdict => {
+                let verdict = encode_verdict(value)?;
+                let mut data = Vec::new();
+                attr(&mut data, NFTA_DATA_VERDICT | NLA_F_NESTED, &verdict);
+                attr(&mut element, NFTA_SET_ELEM_DATA | NLA_F_NESTED, &data);
+            }
+            Value::Counter => {
+                let name = value.strip_prefix('"').and_then(|v| v.strip_suffix('"'))?;
+                attr_str(&mut element, NFTA_SET_ELEM_OBJREF, name);
+            }
+            Value::Data(parts) => {
+                let bytes = encode_parts(parts, value)?;
+                let mut data = Vec::new();
+                attr(&mut data, NFTA_DATA_VALUE, &bytes);
+                attr(&mut element, NFTA_SET_ELEM_DATA | NLA_F_NESTED, &data);
+            }
+            Value::None => {}
+        }
+        Some(element)
+    }
+}
+
+/// The most bytes of elements one message carries: a netlink attribute's length is
+/// 16 bits.
+const MAX_LIST: usize = 60_000;
+
+/// The nfgenmsg family number of `inet`, `ip`, `ip6`.
+pub(super) fn family_number(family: &str) -> Result<u8, NetlinkError> {
+    match family {
+        "inet" => Ok(1),
+        "ip" => Ok(2),
+        "ip6" => Ok(10),
+        other => Err(NetlinkError::Unsupported {
+            set: String::new(),
+            element: format!("family {other}"),
+        }),
+    }
+}
+
+/// One message of an nf_tables batch.
+#[derive(Clone, Debug)]
+pub(super) struct Message {
+    /// `NFT_MSG_*`.
+    pub kind: u16,
+    /// Flags besides request and ack: `NLM_F_CREATE`, `NLM_F_APPEND`.
+    pub flags: u16,
+    /// The nfgenmsg header and the attributes.
+    pub payload: Vec<u8>,
+    /// What it changes, for an error.
+    pub what: String,
 }
 
 /// A key or value: each part of a concatenation fills whole 32-bit registers.
@@ -331,9 +392,9 @@ fn message(out: &mut Vec<u8>, kind: u16, flags: u16, seq: u32, payload: &[u8]) {
     }
 }
 
-/// The whole batch (begin, one message per set, end) as one buffer; messages are
-/// numbered from `first_seq`.
-fn batch(batches: &[ElementBatch], first_seq: u32) -> Result<Vec<u8>, NetlinkError> {
+/// The whole batch (begin, the messages, end) as one buffer; messages are numbered
+/// from `first_seq`.
+fn batch(messages: &[Message], first_seq: u32) -> Vec<u8> {
     let mut out = Vec::new();
     let begin = [
         0u8,
@@ -349,19 +410,14 @@ fn batch(batches: &[ElementBatch], first_seq: u32) -> Result<Vec<u8>, NetlinkErr
         &begin,
     );
     let mut seq = first_seq;
-    for batch in batches {
-        let (kind, flags) = if batch.delete {
-            (NFT_MSG_DELSETELEM, NLM_F_REQUEST | NLM_F_ACK)
-        } else {
-            (NFT_MSG_NEWSETELEM, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE)
-        };
+    for m in messages {
         seq = seq.wrapping_add(1);
         message(
             &mut out,
-            (NFNL_SUBSYS_NFTABLES << 8) | kind,
-            flags,
+            (NFNL_SUBSYS_NFTABLES << 8) | m.kind,
+            NLM_F_REQUEST | NLM_F_ACK | m.flags,
             seq,
-            &batch.encode()?,
+            &m.payload,
         );
     }
     message(
@@ -371,7 +427,7 @@ fn batch(batches: &[ElementBatch], first_seq: u32) -> Result<Vec<u8>, NetlinkErr
         seq.wrapping_add(1),
         &begin,
     );
-    Ok(out)
+    out
 }
 
 /// Applies the batches in one nf_tables transaction from a socket opened for just
@@ -406,22 +462,40 @@ impl Session {
     /// kernel has committed all of them (packets see the new elements and no longer
     /// see the deleted ones); on error, none.
     pub fn apply(&mut self, batches: &[ElementBatch]) -> Result<(), NetlinkError> {
-        if batches.is_empty() {
+        let mut messages = Vec::new();
+        for batch in batches {
+            messages.extend(batch.messages()?);
+        }
+        self.commit(&messages)
+    }
+
+    /// Sends `messages` as one nf_tables transaction: all of them are committed when
+    /// this returns `Ok`, none on error.
+    pub(super) fn commit(&mut self, messages: &[Message]) -> Result<(), NetlinkError> {
+        if messages.is_empty() {
             return Ok(());
         }
         let first_seq = self.seq;
-        let messages = u32::try_from(batches.len() + 2).unwrap_or(u32::MAX);
-        self.seq = self.seq.wrapping_add(messages);
-        let buffer = batch(batches, first_seq)?;
+        let count = u32::try_from(messages.len() + 2).unwrap_or(u32::MAX);
+        self.seq = self.seq.wrapping_add(count);
+        let buffer = batch(messages, first_seq);
         let socket = match self.socket.take() {
             Some(socket) => socket,
             None => open(self.netns.as_deref())?,
         };
-        send(&socket, &buffer, batches, first_seq)?;
+        // The kernel takes a batch in one send of at most the socket's send buffer.
+        if buffer.len() > DEFAULT_SEND_BUFFER {
+            set_send_buffer(&socket, buffer.len())?;
+        }
+        send(&socket, &buffer, messages, first_seq)?;
         self.socket = Some(socket);
         Ok(())
     }
 }
+
+/// What a batch fits in without raising the socket's send buffer (the kernel's
+/// default is 212,992 bytes, less its overhead).
+const DEFAULT_SEND_BUFFER: usize = 150_000;
 
 impl Session {
     /// Sends one request and hands each reply message of it (type, body after the
@@ -505,18 +579,7 @@ impl Session {
         family: &str,
         table: &str,
     ) -> Result<std::collections::BTreeMap<String, u64>, NetlinkError> {
-        let family = match family {
-            "inet" => 1u8,
-            "ip" => 2,
-            "ip6" => 10,
-            other => {
-                return Err(NetlinkError::Unsupported {
-                    set: table.to_string(),
-                    element: format!("family {other}"),
-                });
-            }
-        };
-        let mut payload = vec![family, 0, 0, 0];
+        let mut payload = vec![family_number(family)?, 0, 0, 0];
         attr_str(&mut payload, NFTA_OBJ_TABLE, table);
         attr(
             &mut payload,
@@ -618,6 +681,10 @@ fn open(netns: Option<&str>) -> Result<Socket, NetlinkError> {
         socket.bind_auto()?;
         socket.connect(&SocketAddr::new(0, 0))?;
         set_receive_timeout(&socket)?;
+        // Errors without a copy of the request (a batch's can be large), with the
+        // kernel's reason; best effort (older kernels lack the second).
+        let _ = socket.set_cap_ack(true);
+        let _ = socket.set_ext_ack(true);
         Ok(socket)
     };
     match netns {
@@ -637,17 +704,17 @@ fn open(netns: Option<&str>) -> Result<Socket, NetlinkError> {
 }
 
 /// Sends one batch numbered from `first_seq` and waits for the acknowledgement of
-/// each of its element messages; messages with other numbers are not this batch's.
+/// each of its messages; messages with other numbers are not this batch's.
 fn send(
     socket: &Socket,
     buffer: &[u8],
-    batches: &[ElementBatch],
+    messages: &[Message],
     first_seq: u32,
 ) -> Result<(), NetlinkError> {
     socket.send(buffer, 0)?;
     let mut acked = 0;
     let mut receive = vec![0u8; 65536];
-    while acked < batches.len() {
+    while acked < messages.len() {
         receive.clear();
         let len = socket.recv(&mut receive, 0)?;
         let mut offset = 0;
@@ -664,21 +731,40 @@ fn send(
             let kind = u16::from_ne_bytes([receive[offset + 4], receive[offset + 5]]);
             // This batch is numbered first_seq (begin) ..= first_seq + len + 1 (end).
             let position = word(offset + 8).wrapping_sub(first_seq) as usize;
-            if kind == NLMSG_ERROR && offset + 20 <= len && position <= batches.len() + 1 {
+            if kind == NLMSG_ERROR && offset + 20 <= len && position <= messages.len() + 1 {
                 let code = i32::from_ne_bytes([
                     receive[offset + 16],
                     receive[offset + 17],
                     receive[offset + 18],
                     receive[offset + 19],
                 ]);
-                let batch = position.checked_sub(1).and_then(|i| batches.get(i));
+                let message = position.checked_sub(1).and_then(|i| messages.get(i));
                 if code != 0 {
+                    let what = message.map_or_else(|| "a batch".to_string(), |m| m.what.clone());
+                    // With NETLINK_CAP_ACK and NETLINK_EXT_ACK: the request's header,
+                    // then the kernel's explanation, if it gave one.
+                    let tlvs = receive.get(offset + 36..(offset + msg_len).min(len));
+                    let reason = tlvs
+                        .and_then(|t| {
+                            attributes(t)
+                                .into_iter()
+                                .find(|(k, _)| *k == NLMSGERR_ATTR_MSG)
+                        })
+                        .map(|(_, text)| {
+                            String::from_utf8_lossy(
+                                text.split(|b| *b == 0).next().unwrap_or_default(),
+                            )
+                            .into_owned()
+                        });
                     return Err(NetlinkError::Rejected {
-                        set: batch.map_or_else(|| "?".to_string(), |b| b.set.clone()),
+                        what: match reason {
+                            Some(reason) => format!("{what} ({reason})"),
+                            None => what,
+                        },
                         source: std::io::Error::from_raw_os_error(-code),
                     });
                 }
-                if batch.is_some() {
+                if message.is_some() {
                     acked += 1;
                 }
             }
@@ -689,6 +775,28 @@ fn send(
         }
     }
     Ok(())
+}
+
+/// Raises the socket's send buffer to `bytes` (`SO_SNDBUFFORCE`: past the
+/// system's limit, as root may).
+fn set_send_buffer(socket: &Socket, bytes: usize) -> Result<(), NetlinkError> {
+    use std::os::fd::AsRawFd;
+    let size = libc::c_int::try_from(bytes + 4096).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a valid c_int.
+    let result = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUFFORCE,
+            (&raw const size).cast(),
+            u32::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4),
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().into())
+    }
 }
 
 fn set_receive_timeout(socket: &Socket) -> Result<(), NetlinkError> {

@@ -175,6 +175,7 @@ impl<B: Backend> Reconciler<B> {
             }
         }
         if matches!(self.known, Known::Unknown) {
+            self.backend.prepare(&self.table, desired).await;
             self.load().await?;
         }
         let desired = self.keep_retired(desired);
