@@ -12,29 +12,20 @@
 //! told apart from ours: see [`RuleDigests`].
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
+use super::codec::{self, Codec, Value};
 use super::model::{Chain, Counter, Elements, Hook, Rule, Set, Table, canonical, comment_id};
 use super::netlink::{
-    NFNL_SUBSYS_NFTABLES, NFTA_DATA_VALUE, NFTA_DATA_VERDICT, NFTA_LIST_ELEM, NFTA_SET_ELEM_DATA,
+    NFNL_SUBSYS_NFTABLES, NFT_MSG_GETCHAIN, NFT_MSG_GETRULE, NFT_MSG_GETSET, NFT_MSG_GETSETELEM,
+    NFT_MSG_GETTABLE, NFT_MSG_NEWCHAIN, NFT_MSG_NEWRULE, NFT_MSG_NEWSET, NFT_MSG_NEWSETELEM,
+    NFT_MSG_NEWTABLE, NFTA_DATA_VALUE, NFTA_DATA_VERDICT, NFTA_LIST_ELEM, NFTA_SET_ELEM_DATA,
     NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_LIST_SET,
     NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_OBJREF, NFTA_VERDICT_CHAIN, NFTA_VERDICT_CODE,
     NLM_F_DUMP, NLMSG_DONE, NLMSG_ERROR, NetlinkError, Session, attr_str, attributes, error_of,
     error_of_code, family_number,
 };
 use super::read::Observed;
-
-const NFT_MSG_NEWTABLE: u16 = 0;
-const NFT_MSG_GETTABLE: u16 = 1;
-const NFT_MSG_NEWCHAIN: u16 = 3;
-const NFT_MSG_GETCHAIN: u16 = 4;
-const NFT_MSG_NEWRULE: u16 = 6;
-const NFT_MSG_GETRULE: u16 = 7;
-const NFT_MSG_NEWSET: u16 = 9;
-const NFT_MSG_GETSET: u16 = 10;
-const NFT_MSG_NEWSETELEM: u16 = 12;
-const NFT_MSG_GETSETELEM: u16 = 13;
 
 const NFTA_TABLE_NAME: u16 = 1;
 const NFTA_CHAIN_TABLE: u16 = 1;
@@ -63,29 +54,13 @@ const NFTA_SET_ELEM_FLAGS: u16 = 3;
 const NFTA_SET_ELEM_KEY_END: u16 = 10;
 
 const NFT_SET_ANONYMOUS: u32 = 0x1;
-const NFT_SET_INTERVAL: u32 = 0x4;
 const NFT_SET_MAP: u32 = 0x8;
-const NFT_SET_TIMEOUT: u32 = 0x10;
-const NFT_SET_EVAL: u32 = 0x20;
 const NFT_SET_OBJECT: u32 = 0x40;
 const NFT_SET_ELEM_INTERVAL_END: u32 = 0x1;
-const NFT_DATA_VERDICT: u32 = 0xffff_ff00;
 
 /// libnftnl's user data tags: a rule's comment, a set's comment.
 const UDATA_RULE_COMMENT: u8 = 0;
 const UDATA_SET_COMMENT: u8 = 7;
-
-/// nft's datatype ids (its `enum datatypes`), as the kernel stores them for a set.
-const TYPE_VERDICT: u32 = 1;
-#[cfg(test)]
-const TYPE_INTEGER: u32 = 4;
-const TYPE_IPADDR: u32 = 7;
-const TYPE_IP6ADDR: u32 = 8;
-const TYPE_INET_PROTOCOL: u32 = 12;
-const TYPE_INET_SERVICE: u32 = 13;
-const TYPE_MARK: u32 = 19;
-/// Bits per datatype id in a concatenation's type.
-const TYPE_BITS: u32 = 6;
 
 /// A rule as dumped: its chain, the fingerprint its comment carries, its handle and
 /// a digest of its expressions.
@@ -213,6 +188,20 @@ impl Session {
         reply_kind: u16,
         mut each: impl FnMut(&[(u16, &[u8])]),
     ) -> Result<(), NetlinkError> {
+        self.dump_bodies(kind, payload, reply_kind, |body| {
+            each(&attributes(body.get(4..).unwrap_or_default()));
+        })
+    }
+
+    /// Runs one dump of `kind`, handing each `reply_kind` message's body (the
+    /// nfgenmsg header and the attributes) to `each`.
+    pub(super) fn dump_bodies(
+        &mut self,
+        kind: u16,
+        payload: &[u8],
+        reply_kind: u16,
+        mut each: impl FnMut(&[u8]),
+    ) -> Result<(), NetlinkError> {
         let reply_kind = (NFNL_SUBSYS_NFTABLES << 8) | reply_kind;
         self.request(kind, NLM_F_DUMP, payload, |kind, body| match kind {
             NLMSG_DONE => Some(Ok(())),
@@ -221,7 +210,7 @@ impl Session {
                 _ => Some(Err(error_of(body))),
             },
             k if k == reply_kind => {
-                each(&attributes(body.get(4..).unwrap_or_default()));
+                each(body);
                 None
             }
             _ => None,
@@ -422,59 +411,13 @@ fn expressions_digest(list: &[u8]) -> u64 {
     hash
 }
 
-/// One part of a key or value.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Part {
-    V4,
-    V6,
-    Proto,
-    Service,
-    /// Host byte order, `len` bytes (marks, numgen numbers, other integers).
-    Integer(usize),
-}
-
-impl Part {
-    /// Bytes it takes in registers (each part of a concatenation is 32-bit aligned).
-    fn width(self) -> usize {
-        match self {
-            Part::V4 | Part::Proto | Part::Service => 4,
-            Part::V6 => 16,
-            Part::Integer(len) => len.div_ceil(4) * 4,
-        }
-    }
-
-    fn format(self, bytes: &[u8]) -> Option<String> {
-        Some(match self {
-            Part::V4 => Ipv4Addr::from(<[u8; 4]>::try_from(bytes.get(..4)?).ok()?).to_string(),
-            Part::V6 => Ipv6Addr::from(<[u8; 16]>::try_from(bytes.get(..16)?).ok()?).to_string(),
-            Part::Proto => match *bytes.first()? {
-                1 => "icmp".into(),
-                6 => "tcp".into(),
-                17 => "udp".into(),
-                58 => "ipv6-icmp".into(),
-                132 => "sctp".into(),
-                other => other.to_string(),
-            },
-            Part::Service => u16::from_be_bytes(bytes.get(..2)?.try_into().ok()?).to_string(),
-            Part::Integer(len) => {
-                let mut word = [0u8; 8];
-                word.get_mut(..len)?.copy_from_slice(bytes.get(..len)?);
-                u64::from_ne_bytes(word).to_string()
-            }
-        })
-    }
-}
-
 /// What each set's elements look like, from its NEWSET attributes.
 #[derive(Clone, Debug)]
 struct Layout {
     name: String,
     flags: u32,
     id: Option<u32>,
-    key: Vec<Part>,
-    /// `None` for sets, verdict maps and object maps.
-    data: Option<Vec<Part>>,
-    verdict: bool,
+    codec: Codec,
 }
 
 impl Layout {
@@ -487,38 +430,34 @@ impl Layout {
         let id = find(attrs, NFTA_SET_USERDATA)
             .and_then(|u| udata_comment(u, UDATA_SET_COMMENT))
             .and_then(|c| comment_id(&c));
-        let parts = |kind: u16, len: u16| -> Vec<Part> {
-            let kind = find(attrs, kind).and_then(be_u32).unwrap_or(0);
+        let type_of = |kind: u16, len: u16| -> Option<(u32, usize)> {
+            let kind = find(attrs, kind).and_then(be_u32)?;
             let len = find(attrs, len).and_then(be_u32).unwrap_or(0) as usize;
-            parts(kind, len)
+            Some((kind, len))
         };
-        let key = parts(NFTA_SET_KEY_TYPE, NFTA_SET_KEY_LEN);
-        let data_type = find(attrs, NFTA_SET_DATA_TYPE).and_then(be_u32);
-        let verdict = data_type == Some(NFT_DATA_VERDICT) || data_type == Some(TYPE_VERDICT);
-        let data = (flags & NFT_SET_MAP != 0 && !verdict)
-            .then(|| parts(NFTA_SET_DATA_TYPE, NFTA_SET_DATA_LEN));
+        let key = type_of(NFTA_SET_KEY_TYPE, NFTA_SET_KEY_LEN).unwrap_or((0, 0));
+        let codec = Codec::of_kernel(flags, key, type_of(NFTA_SET_DATA_TYPE, NFTA_SET_DATA_LEN));
         Some(Self {
             name,
             flags,
             id,
-            key,
-            data,
-            verdict,
+            codec,
         })
     }
 
     fn dynamic(&self) -> bool {
-        self.flags & (NFT_SET_TIMEOUT | NFT_SET_EVAL) != 0
+        Codec::dynamic_flags(self.flags)
     }
 
     /// The elements in our syntax; interval starts and ends paired up.
     fn elements(&self, mut raw: Vec<RawElement>) -> Option<Elements> {
         let mut out: Vec<(String, String)> = Vec::with_capacity(raw.len());
-        if self.flags & NFT_SET_INTERVAL == 0 || raw.iter().any(|e| e.key_end.is_some()) {
+        let key = &self.codec.key;
+        if !Codec::interval_flags(self.flags) || raw.iter().any(|e| e.key_end.is_some()) {
             for element in raw {
                 let key = match &element.key_end {
-                    Some(end) => canonical(&range(&self.key, &element.key, end)?),
-                    None => format_parts(&self.key, &element.key)?,
+                    Some(end) => canonical(&codec::decode_range(key, &element.key, end)?),
+                    None => codec::decode(key, &element.key)?,
                 };
                 out.push((key, element.value));
             }
@@ -533,7 +472,7 @@ impl Layout {
                 if let Some(start) = open.take() {
                     let last = decrement(&element.key)?;
                     out.push((
-                        canonical(&range(&self.key, &start.key, &last)?),
+                        canonical(&codec::decode_range(key, &start.key, &last)?),
                         start.value,
                     ));
                 }
@@ -541,69 +480,21 @@ impl Layout {
             }
             if let Some(start) = open.replace(element) {
                 let top = vec![0xff; start.key.len()];
-                out.push((canonical(&range(&self.key, &start.key, &top)?), start.value));
+                out.push((
+                    canonical(&codec::decode_range(key, &start.key, &top)?),
+                    start.value,
+                ));
             }
         }
         if let Some(start) = open {
             let top = vec![0xff; start.key.len()];
-            out.push((canonical(&range(&self.key, &start.key, &top)?), start.value));
+            out.push((
+                canonical(&codec::decode_range(key, &start.key, &top)?),
+                start.value,
+            ));
         }
         Some(out.into_iter().collect())
     }
-}
-
-/// The parts of a (possibly concatenated) type of `len` bytes.
-fn parts(kind: u32, len: usize) -> Vec<Part> {
-    let mut ids = Vec::new();
-    let mut rest = kind;
-    while rest != 0 {
-        ids.push(rest & ((1 << TYPE_BITS) - 1));
-        rest >>= TYPE_BITS;
-    }
-    ids.reverse();
-    let part = |id: u32| match id {
-        TYPE_IPADDR => Some(Part::V4),
-        TYPE_IP6ADDR => Some(Part::V6),
-        TYPE_INET_PROTOCOL => Some(Part::Proto),
-        TYPE_INET_SERVICE => Some(Part::Service),
-        TYPE_MARK => Some(Part::Integer(4)),
-        _ => None,
-    };
-    let known: usize = ids.iter().filter_map(|id| part(*id)).map(Part::width).sum();
-    let integers = ids.iter().filter(|id| part(**id).is_none()).count();
-    ids.iter()
-        .map(|id| {
-            part(*id).unwrap_or_else(|| {
-                // An integer (numgen, TYPE_INTEGER or anything else): the bytes the
-                // known parts leave.
-                Part::Integer(len.saturating_sub(known) / integers.max(1))
-            })
-        })
-        .collect()
-}
-
-fn format_parts(parts: &[Part], bytes: &[u8]) -> Option<String> {
-    let mut out = Vec::with_capacity(parts.len());
-    let mut at = 0;
-    for part in parts {
-        out.push(part.format(bytes.get(at..)?)?);
-        at += part.width();
-    }
-    Some(out.join(" . "))
-}
-
-/// `start-end` per part (`start` alone where they are equal).
-fn range(parts: &[Part], start: &[u8], end: &[u8]) -> Option<String> {
-    let mut out = Vec::with_capacity(parts.len());
-    let mut at = 0;
-    for part in parts {
-        let width = part.width();
-        let a = part.format(start.get(at..)?)?;
-        let b = part.format(end.get(at..)?)?;
-        out.push(if a == b { a } else { format!("{a}-{b}") });
-        at += width;
-    }
-    Some(out.join(" . "))
 }
 
 /// The big-endian number one less (the last value of a range whose end element
@@ -647,13 +538,15 @@ impl RawElement {
             String::new()
         } else if let Some(object) = find(&attrs, NFTA_SET_ELEM_OBJREF) {
             format!("\"{}\"", string(object))
-        } else if layout.verdict {
-            let data = attributes(find(&attrs, NFTA_SET_ELEM_DATA)?);
-            verdict(find(&data, NFTA_DATA_VERDICT)?)?
-        } else if let Some(parts) = &layout.data {
-            format_parts(parts, &value_of(NFTA_SET_ELEM_DATA)?)?
         } else {
-            String::new()
+            match &layout.codec.value {
+                Value::Verdict => {
+                    let data = attributes(find(&attrs, NFTA_SET_ELEM_DATA)?);
+                    verdict(find(&data, NFTA_DATA_VERDICT)?)?
+                }
+                Value::Data(parts) => codec::decode(parts, &value_of(NFTA_SET_ELEM_DATA)?)?,
+                Value::None | Value::Counter => String::new(),
+            }
         };
         Some(Self {
             key,
@@ -667,50 +560,24 @@ impl RawElement {
 fn verdict(data: &[u8]) -> Option<String> {
     let attrs = attributes(data);
     let code = find(&attrs, NFTA_VERDICT_CODE).and_then(be_u32)? as i32;
-    let chain = find(&attrs, NFTA_VERDICT_CHAIN).map(string);
-    Some(match (code, chain) {
-        (1, _) => "accept".into(),
-        (0, _) => "drop".into(),
-        (-1, _) => "continue".into(),
-        (-5, _) => "return".into(),
-        (-3, Some(chain)) => format!("jump {chain}"),
-        (-4, Some(chain)) => format!("goto {chain}"),
-        _ => return None,
-    })
+    codec::decode_verdict(code, find(&attrs, NFTA_VERDICT_CHAIN).map(string))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn concatenated_types_split_into_parts() {
-        // ipv4_addr . inet_proto . inet_service . integer (numgen), 16 bytes.
-        let kind = (((TYPE_IPADDR << 6 | TYPE_INET_PROTOCOL) << 6) | TYPE_INET_SERVICE) << 6
-            | TYPE_INTEGER;
-        assert_eq!(
-            parts(kind, 16),
-            [Part::V4, Part::Proto, Part::Service, Part::Integer(4)]
-        );
-        let key = [10, 96, 0, 1, 6, 0, 0, 0, 0, 80, 0, 0, 3, 0, 0, 0];
-        let mut key = key.to_vec();
-        key[12..16].copy_from_slice(&3u32.to_ne_bytes());
-        assert_eq!(
-            format_parts(&parts(kind, 16), &key).unwrap(),
-            "10.96.0.1 . tcp . 80 . 3"
-        );
-        assert_eq!(parts(TYPE_IP6ADDR, 16), [Part::V6]);
-    }
+    use crate::nft::codec::Part;
 
     #[test]
     fn interval_ends_pair_with_starts() {
         let layout = Layout {
             name: "s".into(),
-            flags: NFT_SET_INTERVAL,
+            flags: 0x4, // NFT_SET_INTERVAL
             id: None,
-            key: vec![Part::V4],
-            data: None,
-            verdict: false,
+            codec: Codec {
+                key: vec![Part::V4],
+                value: Value::None,
+            },
         };
         let element = |key: [u8; 4], end: bool| RawElement {
             key: key.to_vec(),

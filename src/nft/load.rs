@@ -18,9 +18,10 @@ use super::cli::{Nft, NftError};
 use super::dump::DumpedRule;
 use super::model::{Table, TableId};
 use super::netlink::{
-    Codec, ElementBatch, Message, NFNL_SUBSYS_NFTABLES, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP,
-    NLMSG_DONE, NLMSG_ERROR, NetlinkError, Session, attr_str, error_of, error_of_code,
-    family_number,
+    Codec, ElementBatch, Message, NFT_MSG_DELTABLE, NFT_MSG_GETCHAIN, NFT_MSG_GETOBJ,
+    NFT_MSG_GETRULE, NFT_MSG_GETSET, NFT_MSG_GETSETELEM, NFT_MSG_NEWCHAIN, NFT_MSG_NEWOBJ,
+    NFT_MSG_NEWRULE, NFT_MSG_NEWSET, NFT_MSG_NEWSETELEM, NFT_MSG_NEWTABLE, NLM_F_APPEND,
+    NLM_F_CREATE, NetlinkError, Session, attr_str, family_number,
 };
 use super::render::{self, Kind, Op, Transaction};
 
@@ -28,18 +29,6 @@ use super::render::{self, Kind, Op, Transaction};
 /// tens of milliseconds and does it all in one process.
 pub const NETLINK_LOAD_FROM: usize = 2_000;
 
-const NFT_MSG_NEWTABLE: u16 = 0;
-const NFT_MSG_DELTABLE: u16 = 2;
-const NFT_MSG_NEWCHAIN: u16 = 3;
-const NFT_MSG_GETCHAIN: u16 = 4;
-const NFT_MSG_NEWRULE: u16 = 6;
-const NFT_MSG_GETRULE: u16 = 7;
-const NFT_MSG_NEWSET: u16 = 9;
-const NFT_MSG_GETSET: u16 = 10;
-const NFT_MSG_NEWSETELEM: u16 = 12;
-const NFT_MSG_GETSETELEM: u16 = 13;
-const NFT_MSG_NEWOBJ: u16 = 18;
-const NFT_MSG_GETOBJ: u16 = 19;
 /// The first attribute of every object's message names its table.
 const TABLE_ATTRIBUTE: u16 = 1;
 const NFTA_TABLE_NAME: u16 = 1;
@@ -304,27 +293,17 @@ impl Session {
         payload: &[u8],
         table: &TableId,
     ) -> Result<Vec<Vec<u8>>, NetlinkError> {
-        let reply = (NFNL_SUBSYS_NFTABLES << 8) | reply;
         let mut out = Vec::new();
-        self.request(kind, NLM_F_DUMP, payload, |kind, body| match kind {
-            NLMSG_DONE => Some(Ok(())),
-            NLMSG_ERROR => match error_of_code(body) {
-                0 => Some(Ok(())),
-                _ => Some(Err(error_of(body))),
-            },
-            k if k == reply => {
-                let ours = raw_attributes(body.get(4..).unwrap_or_default())
-                    .first()
-                    .is_some_and(|(kind, value)| {
-                        kind & 0x3fff == TABLE_ATTRIBUTE
-                            && value.split(|b| *b == 0).next() == Some(table.name.as_bytes())
-                    });
-                if ours {
-                    out.push(body.to_vec());
-                }
-                None
+        self.dump_bodies(kind, payload, reply, |body| {
+            let ours = raw_attributes(body.get(4..).unwrap_or_default())
+                .first()
+                .is_some_and(|(kind, value)| {
+                    kind & 0x3fff == TABLE_ATTRIBUTE
+                        && value.split(|b| *b == 0).next() == Some(table.name.as_bytes())
+                });
+            if ours {
+                out.push(body.to_vec());
             }
-            _ => None,
         })?;
         Ok(out)
     }

@@ -8,6 +8,7 @@
 
 pub mod backend;
 mod cli;
+pub mod codec;
 pub mod dump;
 pub mod elements;
 pub mod fake;

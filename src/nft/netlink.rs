@@ -14,22 +14,32 @@
 //! something. The commit itself, after which no packet matches a deleted element any
 //! more, takes microseconds.
 
-use std::net::IpAddr;
-
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
-use super::model::Set;
+pub use super::codec::Codec;
+use super::codec::{self, Value};
 
 pub(super) const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 16;
 const NFNL_MSG_BATCH_END: u16 = 17;
-const NFT_MSG_NEWSETELEM: u16 = 12;
+/// nf_tables message types (`enum nf_tables_msg_types`).
+pub(super) const NFT_MSG_NEWTABLE: u16 = 0;
+pub(super) const NFT_MSG_GETTABLE: u16 = 1;
+pub(super) const NFT_MSG_DELTABLE: u16 = 2;
+pub(super) const NFT_MSG_NEWCHAIN: u16 = 3;
+pub(super) const NFT_MSG_GETCHAIN: u16 = 4;
+pub(super) const NFT_MSG_NEWRULE: u16 = 6;
+pub(super) const NFT_MSG_GETRULE: u16 = 7;
+pub(super) const NFT_MSG_NEWSET: u16 = 9;
+pub(super) const NFT_MSG_GETSET: u16 = 10;
+pub(super) const NFT_MSG_NEWSETELEM: u16 = 12;
+pub(super) const NFT_MSG_GETSETELEM: u16 = 13;
 const NFT_MSG_DELSETELEM: u16 = 14;
 const NFT_MSG_NEWGEN: u16 = 15;
 const NFT_MSG_GETGEN: u16 = 16;
+pub(super) const NFT_MSG_NEWOBJ: u16 = 18;
+pub(super) const NFT_MSG_GETOBJ: u16 = 19;
 const NFTA_GEN_ID: u16 = 1;
-const NFT_MSG_NEWOBJ: u16 = 18;
-const NFT_MSG_GETOBJ: u16 = 19;
 pub(super) const NLMSG_DONE: u16 = 3;
 pub(super) const NLM_F_DUMP: u16 = 0x300;
 const NFTA_OBJ_TABLE: u16 = 1;
@@ -56,11 +66,6 @@ pub(super) const NFTA_DATA_VALUE: u16 = 1;
 pub(super) const NFTA_DATA_VERDICT: u16 = 2;
 pub(super) const NFTA_VERDICT_CODE: u16 = 1;
 pub(super) const NFTA_VERDICT_CHAIN: u16 = 2;
-const NFT_CONTINUE: i32 = -1;
-const NFT_JUMP: i32 = -3;
-const NFT_GOTO: i32 = -4;
-const NF_DROP: i32 = 0;
-const NF_ACCEPT: i32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
@@ -73,97 +78,6 @@ pub enum NetlinkError {
         what: String,
         source: std::io::Error,
     },
-}
-
-/// How a set's keys and values are laid out in registers, read from its declaration.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Codec {
-    key: Vec<Part>,
-    value: Value,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Part {
-    V4,
-    V6,
-    Proto,
-    /// A port, network byte order.
-    Service,
-    /// A mark or `numgen` number, host byte order.
-    Number,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Value {
-    None,
-    Verdict,
-    Counter,
-    Data(Vec<Part>),
-}
-
-impl Codec {
-    /// The layout of `set`, or `None` when netlink cannot carry its elements here
-    /// (intervals, timeouts, types not listed in [`Part`]).
-    pub fn of(set: &Set) -> Option<Self> {
-        if set.interval() || set.dynamic() {
-            return None;
-        }
-        let body = set.declaration.split(';').next()?.trim();
-        let (typeof_, body) = if let Some(rest) = body.strip_prefix("typeof ") {
-            (true, rest)
-        } else {
-            (false, body.strip_prefix("type ")?)
-        };
-        let parts = |text: &str| -> Option<Vec<Part>> {
-            text.split(" . ")
-                .map(|p| {
-                    if typeof_ {
-                        typeof_part(p.trim())
-                    } else {
-                        type_part(p.trim())
-                    }
-                })
-                .collect()
-        };
-        let (key, value) = match body.split_once(" : ") {
-            Some((key, value)) => (key, Some(value.trim())),
-            None => (body, None),
-        };
-        let value = match value {
-            None if !set.map => Value::None,
-            None => return None,
-            Some("verdict") => Value::Verdict,
-            Some("counter") => Value::Counter,
-            Some(data) => Value::Data(parts(data)?),
-        };
-        Some(Self {
-            key: parts(key)?,
-            value,
-        })
-    }
-}
-
-fn type_part(name: &str) -> Option<Part> {
-    Some(match name {
-        "ipv4_addr" => Part::V4,
-        "ipv6_addr" => Part::V6,
-        "inet_proto" => Part::Proto,
-        "inet_service" => Part::Service,
-        "mark" => Part::Number,
-        _ => return None,
-    })
-}
-
-fn typeof_part(expr: &str) -> Option<Part> {
-    Some(match expr {
-        "ip saddr" | "ip daddr" => Part::V4,
-        "ip6 saddr" | "ip6 daddr" => Part::V6,
-        "meta l4proto" | "ip protocol" | "ip6 nexthdr" => Part::Proto,
-        "th dport" | "th sport" | "tcp dport" | "udp dport" => Part::Service,
-        "meta mark" | "ct mark" => Part::Number,
-        _ if expr.starts_with("numgen ") => Part::Number,
-        _ => return None,
-    })
 }
 
 /// Adds or deletes elements of one set.
@@ -243,7 +157,7 @@ impl ElementBatch {
     /// One element's attributes (the value left out of a delete).
     fn element(&self, key: &str, value: &str) -> Option<Vec<u8>> {
         let mut element = Vec::new();
-        let key_bytes = encode_parts(&self.codec.key, key)?;
+        let key_bytes = codec::encode(&self.codec.key, key)?;
         let mut key_attr = Vec::new();
         attr(&mut key_attr, NFTA_DATA_VALUE, &key_bytes);
         attr(&mut element, NFTA_SET_ELEM_KEY | NLA_F_NESTED, &key_attr);
@@ -262,7 +176,7 @@ impl ElementBatch {
                 attr_str(&mut element, NFTA_SET_ELEM_OBJREF, name);
             }
             Value::Data(parts) => {
-                let bytes = encode_parts(parts, value)?;
+                let bytes = codec::encode(parts, value)?;
                 let mut data = Vec::new();
                 attr(&mut data, NFTA_DATA_VALUE, &bytes);
                 attr(&mut element, NFTA_SET_ELEM_DATA | NLA_F_NESTED, &data);
@@ -303,59 +217,10 @@ pub(super) struct Message {
     pub what: String,
 }
 
-/// A key or value: each part of a concatenation fills whole 32-bit registers.
-fn encode_parts(parts: &[Part], text: &str) -> Option<Vec<u8>> {
-    let mut words = text.split(" . ");
-    let mut bytes = Vec::new();
-    for part in parts {
-        let word = words.next()?.trim();
-        match part {
-            Part::V4 => match word.parse::<IpAddr>().ok()? {
-                IpAddr::V4(ip) => bytes.extend_from_slice(&ip.octets()),
-                IpAddr::V6(_) => return None,
-            },
-            Part::V6 => match word.parse::<IpAddr>().ok()? {
-                IpAddr::V6(ip) => bytes.extend_from_slice(&ip.octets()),
-                IpAddr::V4(_) => return None,
-            },
-            Part::Proto => {
-                let protocol: u8 = match word {
-                    "tcp" => 6,
-                    "udp" => 17,
-                    "sctp" => 132,
-                    "icmp" => 1,
-                    "icmpv6" => 58,
-                    number => number.parse().ok()?,
-                };
-                bytes.extend_from_slice(&[protocol, 0, 0, 0]);
-            }
-            Part::Service => {
-                let port: u16 = word.parse().ok()?;
-                bytes.extend_from_slice(&port.to_be_bytes());
-                bytes.extend_from_slice(&[0, 0]);
-            }
-            Part::Number => {
-                let number: u32 = match word.strip_prefix("0x") {
-                    Some(hex) => u32::from_str_radix(hex, 16).ok()?,
-                    None => word.parse().ok()?,
-                };
-                bytes.extend_from_slice(&number.to_ne_bytes());
-            }
-        }
-    }
-    words.next().is_none().then_some(bytes)
-}
-
-fn encode_verdict(value: &str) -> Option<Vec<u8>> {
+/// A verdict's attributes (`NFTA_VERDICT_*`).
+fn encode_verdict(text: &str) -> Option<Vec<u8>> {
+    let (code, chain) = codec::encode_verdict(text)?;
     let mut out = Vec::new();
-    let (code, chain) = match value.split_once(' ') {
-        Some(("jump", chain)) => (NFT_JUMP, Some(chain)),
-        Some(("goto", chain)) => (NFT_GOTO, Some(chain)),
-        None if value == "continue" => (NFT_CONTINUE, None),
-        None if value == "accept" => (NF_ACCEPT, None),
-        None if value == "drop" => (NF_DROP, None),
-        _ => return None,
-    };
     attr(&mut out, NFTA_VERDICT_CODE, &code.to_be_bytes());
     if let Some(chain) = chain {
         attr_str(&mut out, NFTA_VERDICT_CHAIN, chain);
@@ -780,39 +645,30 @@ fn send(
 /// Raises the socket's send buffer to `bytes` (`SO_SNDBUFFORCE`: past the
 /// system's limit, as root may).
 fn set_send_buffer(socket: &Socket, bytes: usize) -> Result<(), NetlinkError> {
-    use std::os::fd::AsRawFd;
     let size = libc::c_int::try_from(bytes + 4096).unwrap_or(libc::c_int::MAX);
-    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a valid c_int.
-    let result = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUFFORCE,
-            (&raw const size).cast(),
-            u32::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4),
-        )
-    };
-    if result == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error().into())
-    }
+    set_option(socket, libc::SO_SNDBUFFORCE, &size)
 }
 
 fn set_receive_timeout(socket: &Socket) -> Result<(), NetlinkError> {
-    use std::os::fd::AsRawFd;
     let timeout = libc::timeval {
         tv_sec: 5,
         tv_usec: 0,
     };
-    // SAFETY: setsockopt reads `size_of::<timeval>()` bytes from a valid timeval.
+    set_option(socket, libc::SO_RCVTIMEO, &timeout)
+}
+
+/// Sets the `SOL_SOCKET` option `name` to `value`.
+fn set_option<T>(socket: &Socket, name: libc::c_int, value: &T) -> Result<(), NetlinkError> {
+    use std::os::fd::AsRawFd;
+    let len = libc::socklen_t::try_from(std::mem::size_of::<T>()).unwrap_or(libc::socklen_t::MAX);
+    // SAFETY: setsockopt reads `size_of::<T>()` bytes from a valid, live `T`.
     let result = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
             libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&raw const timeout).cast(),
-            u32::try_from(std::mem::size_of::<libc::timeval>()).unwrap_or(16),
+            name,
+            std::ptr::from_ref(value).cast(),
+            len,
         )
     };
     if result == 0 {
@@ -825,36 +681,34 @@ fn set_receive_timeout(socket: &Socket) -> Result<(), NetlinkError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn codec(map: bool, declaration: &str) -> Option<Codec> {
-        Codec::of(&Set::new(map, declaration, None))
-    }
+    use crate::nft::model::Set;
 
     #[test]
-    fn keys_fill_registers() {
-        let v4 = codec(false, "type ipv4_addr").unwrap();
-        assert_eq!(encode_parts(&v4.key, "10.0.0.1"), Some(vec![10, 0, 0, 1]));
-        let v6 = codec(false, "type ipv6_addr").unwrap();
-        assert_eq!(encode_parts(&v6.key, "10.0.0.1"), None);
-        let named = codec(false, "type ipv4_addr . inet_proto . inet_service").unwrap();
-        assert_eq!(
-            encode_parts(&named.key, "10.0.0.1 . tcp . 8080"),
-            Some(vec![10, 0, 0, 1, 6, 0, 0, 0, 0x1f, 0x90, 0, 0])
-        );
-        assert_eq!(codec(false, "type ipv4_addr; flags interval"), None);
-        let endpoints = codec(
-            true,
-            "typeof ip daddr . meta l4proto . th dport . numgen random mod 1 : ip daddr . th dport",
-        )
-        .unwrap();
-        assert_eq!(endpoints.key.len(), 4);
-        assert_eq!(endpoints.value, Value::Data(vec![Part::V4, Part::Service]));
-        assert_eq!(
-            codec(true, "type ipv4_addr : verdict").unwrap().value,
-            Value::Verdict
-        );
+    fn a_large_batch_is_split_under_the_attribute_limit() {
+        let set = Set::new(true, "type ipv4_addr : verdict", None);
+        let batch = ElementBatch {
+            family: "inet".into(),
+            table: "t".into(),
+            set: "m".into(),
+            codec: Codec::of(&set).unwrap(),
+            delete: false,
+            elements: (0..5000)
+                .map(|i| {
+                    (
+                        format!("10.1.{}.{}", i / 250, i % 250),
+                        "jump chain-a".into(),
+                    )
+                })
+                .collect(),
+        };
+        let messages = batch.messages().unwrap();
+        assert!(messages.len() > 1);
+        assert!(messages.iter().all(|m| m.payload.len() < 65_535));
+        let unsupported = ElementBatch {
+            elements: vec![("10.0.0.1".into(), "queue".into())],
+            ..batch
+        };
+        assert!(!unsupported.supported());
         assert!(encode_verdict("jump ingress/x/p").is_some());
-        assert!(encode_verdict("continue").is_some());
-        assert!(encode_verdict("queue").is_none());
     }
 }
