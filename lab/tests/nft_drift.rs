@@ -444,3 +444,48 @@ fn a_proxy_rule_edited_while_the_agent_was_down_is_repaired_after_restart() {
 fn a_routing_rule_edited_while_the_agent_was_down_is_repaired_after_restart() {
     edited_while_down(routing());
 }
+
+/// A netlink batch whose first message the kernel refuses (a verdict naming a
+/// chain that does not exist) fails whole, with that message's set named, though
+/// only its last message asks for an acknowledgement; nothing of it is committed.
+#[test]
+fn a_refused_element_batch_fails_whole_and_names_its_set() {
+    if !kubewire_lab::harness::require_root() {
+        return;
+    }
+    let ns = Netns::new("kwrefuse");
+    ns.nft(
+        "table inet t {\n\tmap m { type ipv4_addr : verdict; }\n\tset s { type ipv4_addr; }\n\tchain c {\n\t}\n}\n",
+    );
+    let error = ns.block_on(|| async {
+        let set = |map: bool, declaration: &str| {
+            std::sync::Arc::new(nft::Set::new(map, declaration, None))
+        };
+        let id = TableId::new("inet", "t");
+        let tx = nft::Transaction {
+            table: id.clone(),
+            kind: Kind::Diff,
+            ops: vec![
+                nft::Op::AddElements(
+                    set(true, "type ipv4_addr : verdict"),
+                    "m".into(),
+                    vec![("10.0.0.1".into(), "jump missing".into())],
+                ),
+                nft::Op::AddElements(
+                    set(false, "type ipv4_addr"),
+                    "s".into(),
+                    vec![("10.0.0.2".into(), String::new())],
+                ),
+            ],
+        };
+        assert!(Kernel::element_batches(&tx).is_some(), "sent over netlink");
+        let mut kernel = Kernel::new(Nft::default());
+        let error = kernel.apply(&tx).await.unwrap_err().to_string();
+        // The socket stays usable.
+        kernel.generation().await.unwrap();
+        error
+    });
+    assert!(error.contains("set m"), "{error}");
+    let listed = ns.exec("nft", &["list", "table", "inet", "t"]);
+    assert!(!listed.contains("10.0.0.2"), "{listed}");
+}

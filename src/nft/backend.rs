@@ -172,10 +172,11 @@ impl Backend for Kernel {
                         match loaded {
                             Ok(()) => {}
                             // Not a load nft would refuse (that failed above, while
-                            // staging): it is tried the slow way before giving up.
+                            // staging): it is tried the slow way before giving up, as
+                            // a replacement in case the batch went through after all.
                             Err(err @ NftError::Netlink(_)) => {
                                 tracing::warn!(table = %tx.table, error = %err, "loading the table over netlink failed; loading it with nft -f");
-                                self.nft.apply(&tx.text()).await?;
+                                self.nft.apply(&load::replacing(tx).text()).await?;
                             }
                             Err(err) => return Err(err),
                         }

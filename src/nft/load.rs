@@ -89,6 +89,20 @@ pub(super) fn split(tx: &Transaction, from: usize) -> Option<(Vec<Op>, Vec<Messa
     (elements >= from).then_some((structure, messages))
 }
 
+/// A create or replace as a replace: the same whether the table exists or not.
+pub(super) fn replacing(tx: &Transaction) -> Transaction {
+    let mut ops = Vec::with_capacity(tx.ops.len() + 2);
+    if tx.kind == Kind::Create {
+        ops.extend([Op::AddTable, Op::DeleteTable]);
+    }
+    ops.extend(tx.ops.iter().cloned());
+    Transaction {
+        table: tx.table.clone(),
+        kind: tx.kind,
+        ops,
+    }
+}
+
 /// Compiles `ops` with `nft` into the dormant staging table of `id` (replacing any).
 async fn stage(nft: &Nft, id: &TableId, ops: Vec<Op>) -> Result<TableId, NftError> {
     let staging = staging(id);

@@ -275,12 +275,20 @@ fn batch(messages: &[Message], first_seq: u32) -> Vec<u8> {
         &begin,
     );
     let mut seq = first_seq;
-    for m in messages {
+    for (i, m) in messages.iter().enumerate() {
         seq = seq.wrapping_add(1);
+        // The kernel answers every failed message, but only acknowledges those that
+        // ask: the last one's acknowledgement says the whole batch is through
+        // (thousands of acknowledgements would overrun the socket's buffer).
+        let ack = if i + 1 == messages.len() {
+            NLM_F_ACK
+        } else {
+            0
+        };
         message(
             &mut out,
             (NFNL_SUBSYS_NFTABLES << 8) | m.kind,
-            NLM_F_REQUEST | NLM_F_ACK | m.flags,
+            NLM_F_REQUEST | ack | m.flags,
             seq,
             &m.payload,
         );
@@ -569,7 +577,8 @@ fn open(netns: Option<&str>) -> Result<Socket, NetlinkError> {
 }
 
 /// Sends one batch numbered from `first_seq` and waits for the acknowledgement of
-/// each of its messages; messages with other numbers are not this batch's.
+/// its last message (or the first error); messages with other numbers are not
+/// this batch's.
 fn send(
     socket: &Socket,
     buffer: &[u8],
@@ -577,9 +586,9 @@ fn send(
     first_seq: u32,
 ) -> Result<(), NetlinkError> {
     socket.send(buffer, 0)?;
-    let mut acked = 0;
+    let mut done = false;
     let mut receive = vec![0u8; 65536];
-    while acked < messages.len() {
+    while !done {
         receive.clear();
         let len = socket.recv(&mut receive, 0)?;
         let mut offset = 0;
@@ -629,8 +638,8 @@ fn send(
                         source: std::io::Error::from_raw_os_error(-code),
                     });
                 }
-                if message.is_some() {
-                    acked += 1;
+                if position == messages.len() {
+                    done = true;
                 }
             }
             if msg_len < 16 {
