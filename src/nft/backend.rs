@@ -39,6 +39,12 @@ pub trait Backend: Send {
         async {}
     }
 
+    /// How many commits the last [`Self::apply`] made (`None`: not known), so that
+    /// a caller tells its own commits from others' by the generation.
+    fn commits(&self) -> Option<u32> {
+        Some(1)
+    }
+
     /// A number every commit to any table changes.
     fn generation(&mut self) -> impl Future<Output = Result<u32, NftError>> + Send;
 
@@ -61,6 +67,9 @@ pub struct Kernel {
     digests: BTreeMap<TableId, RuleDigests>,
     /// Elements from which a create or replace goes over netlink.
     netlink_load_from: usize,
+    /// Commits the last apply made: a netlink load makes two (the staging table,
+    /// then ours); `None` after a load that failed over to `nft -f`.
+    last_commits: Option<u32>,
 }
 
 impl Kernel {
@@ -80,6 +89,7 @@ impl Kernel {
             netns_id,
             digests: BTreeMap::new(),
             netlink_load_from: load::NETLINK_LOAD_FROM,
+            last_commits: Some(1),
         }
     }
 
@@ -138,6 +148,29 @@ impl Kernel {
         }
     }
 
+    /// A create or replace over netlink ([`load`]); one netlink refused (not a
+    /// table nft refuses: that failed while staging) is tried with `nft -f` before
+    /// giving up, as a replacement in case the batch went through after all.
+    async fn load(
+        &mut self,
+        tx: &Transaction,
+        structure: Vec<Op>,
+        elements: Vec<super::netlink::Message>,
+    ) -> Result<(), NftError> {
+        match load::load(&self.nft, &mut self.session, &tx.table, structure, elements).await {
+            Ok(()) => {
+                self.last_commits = Some(2);
+                Ok(())
+            }
+            Err(err @ NftError::Netlink(_)) => {
+                tracing::warn!(table = %tx.table, error = %err, "loading the table over netlink failed; loading it with nft -f");
+                self.last_commits = None;
+                self.nft.apply(&load::replacing(tx).text()).await
+            }
+            Err(err) => Err(err),
+        }
+    }
+
     fn learn_rules(&mut self, table: &TableId) -> Result<(), NftError> {
         let rules = self
             .session
@@ -153,46 +186,25 @@ impl Backend for Kernel {
     /// batch, commit included, within the send, so this blocks for the commit (about
     /// a millisecond; longer only while another client holds the commit lock).
     async fn apply(&mut self, tx: &Transaction) -> Result<(), NftError> {
-        match Self::element_batches(tx) {
-            Some(batches) => self
+        self.last_commits = Some(1);
+        if let Some(batches) = Self::element_batches(tx) {
+            return self
                 .session
                 .apply(&batches)
-                .map_err(|err| NftError::Netlink(err.to_string())),
-            None => {
-                match load::split(tx, self.netlink_load_from) {
-                    Some((structure, elements)) => {
-                        let loaded = load::load(
-                            &self.nft,
-                            &mut self.session,
-                            &tx.table,
-                            structure,
-                            elements,
-                        )
-                        .await;
-                        match loaded {
-                            Ok(()) => {}
-                            // Not a load nft would refuse (that failed above, while
-                            // staging): it is tried the slow way before giving up, as
-                            // a replacement in case the batch went through after all.
-                            Err(err @ NftError::Netlink(_)) => {
-                                tracing::warn!(table = %tx.table, error = %err, "loading the table over netlink failed; loading it with nft -f");
-                                self.nft.apply(&load::replacing(tx).text()).await?;
-                            }
-                            Err(err) => return Err(err),
-                        }
-                    }
-                    None => self.nft.apply(&tx.text()).await?,
-                }
-                // Rules were written: learn their expressions as the kernel holds
-                // them now, for the drift check (see RuleDigests). The commit stands
-                // either way; without a dump the next read learns them instead.
-                if let Err(err) = self.learn_rules(&tx.table) {
-                    tracing::warn!(table = %tx.table, error = %err, "could not read our rules back after writing them");
-                    self.digests.remove(&tx.table);
-                }
-                Ok(())
-            }
+                .map_err(|err| NftError::Netlink(err.to_string()));
         }
+        match load::split(tx, self.netlink_load_from) {
+            Some((structure, elements)) => self.load(tx, structure, elements).await?,
+            None => self.nft.apply(&tx.text()).await?,
+        }
+        // Rules were written: learn their expressions as the kernel holds them now,
+        // for the drift check (see RuleDigests). The commit stands either way;
+        // without a dump the next read learns them instead.
+        if let Err(err) = self.learn_rules(&tx.table) {
+            tracing::warn!(table = %tx.table, error = %err, "could not read our rules back after writing them");
+            self.digests.remove(&tx.table);
+        }
+        Ok(())
     }
 
     /// Reads the table with netlink dumps, between two generation queries that must
@@ -243,6 +255,10 @@ impl Backend for Kernel {
         self.session
             .counters(&table.family, &table.name)
             .map_err(|err| NftError::Netlink(err.to_string()))
+    }
+
+    fn commits(&self) -> Option<u32> {
+        self.last_commits
     }
 
     async fn generation(&mut self) -> Result<u32, NftError> {

@@ -204,10 +204,10 @@ impl<B: Backend> Reconciler<B> {
             Err(err) => return Err(err),
         };
         let after = self.backend.generation().await?;
-        // Ours was the only commit in between when the generation moved by one.
-        let alone = after == before.wrapping_add(1);
+        // Ours were the only commits in between when the generation moved by as many.
+        let alone = (self.backend.commits()).is_some_and(|n| after == before.wrapping_add(n));
         if alone && let Some(scope) = self.backend.scope() {
-            OwnCommits::record(&scope, &self.table, after);
+            OwnCommits::record(&scope, &self.table, before, after);
         }
         self.verified = (self.verified == Some(before) && alone).then_some(after);
         self.known = Known::Present(desired.clone());
@@ -341,10 +341,15 @@ impl OwnCommits {
         LOG.get_or_init(Default::default)
     }
 
-    fn record(scope: &str, table: &TableId, generation: u32) {
+    /// Records the generations after `from` up to `to` as `table`'s.
+    fn record(scope: &str, table: &TableId, from: u32, to: u32) {
         if let Ok(mut log) = Self::log().lock() {
             let commits = log.entry(scope.to_string()).or_default();
-            commits.insert(generation, table.clone());
+            let mut generation = from;
+            while generation != to {
+                generation = generation.wrapping_add(1);
+                commits.insert(generation, table.clone());
+            }
             while commits.len() > Self::KEEP {
                 commits.pop_first();
             }
