@@ -70,9 +70,9 @@ pub(super) fn split(tx: &Transaction, from: usize) -> Option<(Vec<Op>, Vec<Messa
                         set: name.clone(),
                         codec,
                         delete: false,
-                        elements: list.clone(),
+                        elements: Vec::new(),
                     }
-                    .messages()
+                    .messages_of(list)
                     .ok()
                 });
                 match encoded {
@@ -150,12 +150,7 @@ pub(super) async fn rule_digests(
     id: &TableId,
     desired: &Table,
 ) -> Result<Vec<DumpedRule>, NftError> {
-    let structure = render::create(id, desired)
-        .ops
-        .into_iter()
-        .filter(|op| !matches!(op, Op::AddTable | Op::AddElements(..)))
-        .collect();
-    let staging = stage(nft, id, structure).await?;
+    let staging = stage(nft, id, render::structure(desired)).await?;
     let rules = session.dump_rules(&staging.family, &staging.name);
     drop_staging(session, &staging);
     rules.map_err(|err| NftError::Netlink(err.to_string()))

@@ -109,6 +109,15 @@ impl ElementBatch {
     /// The NEWSETELEM/DELSETELEM messages, each list under the 64 KiB a netlink
     /// attribute can hold.
     pub(super) fn messages(&self) -> Result<Vec<Message>, NetlinkError> {
+        self.messages_of(&self.elements)
+    }
+
+    /// [`Self::messages`] for `elements` in place of the batch's own (which a
+    /// caller holding them elsewhere need not copy in).
+    pub(super) fn messages_of(
+        &self,
+        elements: &[(String, String)],
+    ) -> Result<Vec<Message>, NetlinkError> {
         let unsupported = |element: &str| NetlinkError::Unsupported {
             set: self.set.clone(),
             element: element.to_string(),
@@ -139,7 +148,7 @@ impl ElementBatch {
             });
             list.clear();
         };
-        for (key, value) in &self.elements {
+        for (key, value) in elements {
             let element = self
                 .element(key, value)
                 .ok_or_else(|| unsupported(&format!("{key} : {value}")))?;

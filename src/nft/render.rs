@@ -180,9 +180,31 @@ pub fn replace(id: &TableId, table: &Table) -> Transaction {
     }
 }
 
+/// Every object of `table` but the elements, in an order the kernel accepts:
+/// counters, sets, chains, rules.
+pub fn structure(table: &Table) -> Vec<Op> {
+    let mut ops = Vec::new();
+    fill_structure(&mut ops, table);
+    ops
+}
+
 /// Every object of `table`, in an order the kernel accepts: counters, sets, chains,
 /// rules, then elements (verdicts jump to chains, counter maps name counters).
 fn fill(ops: &mut Vec<Op>, table: &Table) {
+    fill_structure(ops, table);
+    for (name, set) in &table.sets {
+        if !set.elements.is_empty() && !set.dynamic() {
+            let elements = set
+                .elements
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            ops.push(Op::AddElements(set.clone(), name.clone(), elements));
+        }
+    }
+}
+
+fn fill_structure(ops: &mut Vec<Op>, table: &Table) {
     ops.extend(table.counters.keys().map(|n| Op::AddCounter(n.clone())));
     ops.extend(
         table
@@ -200,16 +222,6 @@ fn fill(ops: &mut Vec<Op>, table: &Table) {
                 .iter()
                 .map(|r| Op::AddRule(name.clone(), r.clone())),
         );
-    }
-    for (name, set) in &table.sets {
-        if !set.elements.is_empty() && !set.dynamic() {
-            let elements = set
-                .elements
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            ops.push(Op::AddElements(set.clone(), name.clone(), elements));
-        }
     }
 }
 
