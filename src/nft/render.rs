@@ -194,9 +194,11 @@ fn fill(ops: &mut Vec<Op>, table: &Table) {
     fill_structure(ops, table);
     for (name, set) in &table.sets {
         if !set.elements.is_empty() && !set.dynamic() {
+            // In no order: the kernel keeps its own, and sorting 100,000 keys is
+            // a good part of building a full load.
             let elements = set
                 .elements
-                .iter()
+                .iter_unordered()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
             ops.push(Op::AddElements(set.clone(), name.clone(), elements));
