@@ -50,7 +50,7 @@ pub use endpoint_slice::{Endpoint, EndpointSlice};
 pub use kind::Kind;
 pub use labels::Labels;
 pub use pod::{Container, Pod, PodSpec, PodStatus};
-pub use signal::Changes;
+pub use signal::{COALESCE_WINDOW, Changes};
 pub use snapshot::Snapshot;
 pub use trim::{
     trim_endpoint_slice, trim_network_policy, trim_node, trim_object, trim_pod, trim_service,
