@@ -42,6 +42,7 @@ mod ipvs;
 mod memory;
 mod nftread;
 mod proxy;
+mod proxy_agent;
 mod report;
 mod routing;
 mod soak;
@@ -117,6 +118,12 @@ const BENCHMARKS: &[Benchmark] = &[
         about: "service proxy nftables: 10,000 services x 10 endpoints",
         needs_binaries: false,
         run: proxy::run,
+    },
+    Benchmark {
+        name: "proxy_agent",
+        about: "one agent, 10,000 services x 10 endpoints: API write to kernel for one EndpointSlice patch (p50/p90/max), agent RSS",
+        needs_binaries: true,
+        run: proxy_agent::run,
     },
     Benchmark {
         name: "nftread",
