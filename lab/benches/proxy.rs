@@ -239,19 +239,6 @@ async fn bench_10k_services_10_endpoints() {
         kind(&applied)
     );
 
-    // The same change through the proxy controller, as the agent runs it: the map,
-    // the compile and the kernel, then conntrack, the health ports and the metrics.
-    let (controller_times, controller_first) = netns.block_on(|| controller_changes(&now));
-    crate::report::millis(
-        "one_endpoint_change_controller",
-        median(controller_times.clone()),
-    );
-    println!(
-        "one endpoint change through the proxy controller (everything a sync does), 100 changes: median {:?}, max {:?} (its first sync, the table in place: {controller_first:?})",
-        median(controller_times.clone()),
-        controller_times.iter().max().copied().unwrap_or_default()
-    );
-
     let mut periodic = Vec::new();
     for _ in 0..5 {
         let (applied, took) = agent.sync(&now, SyncReason::Periodic).await;
@@ -320,6 +307,20 @@ async fn bench_10k_services_10_endpoints() {
     if let Changed::Services(names) = probe.update(&next, &options) {
         println!("  Services recompiled for one slice change: {names:?}");
     }
+    // The same change through the proxy controller, as the agent runs it: the map,
+    // the compile and the kernel, then conntrack, the health ports and the metrics
+    // (last: it writes the table the agents above kept).
+    let (controller_times, controller_first) = netns.block_on(|| controller_changes(&now));
+    crate::report::millis(
+        "one_endpoint_change_controller",
+        median(controller_times.clone()),
+    );
+    println!(
+        "one endpoint change through the proxy controller (everything a sync does), 100 changes: median {:?}, max {:?} (its first sync, reading the table in place: {controller_first:?})",
+        median(controller_times.clone()),
+        controller_times.iter().max().copied().unwrap_or_default()
+    );
+
     match (after_first, after_changes) {
         (Some(first), Some(changes)) => {
             crate::report::figure("bench_process_rss_after_first_sync", first, "MiB");
