@@ -213,9 +213,11 @@ impl Elements {
                 .extend(new.iter().filter(|(k, v)| old_all.get(k) != Some(*v)));
         };
         if self.shards.len() == new.shards.len() {
+            // Sharded alike: a key is in the same shard in both, so one merge walk
+            // of the two sorted shards (no lookups) finds what changed.
             for (old_shard, new_shard) in self.shards.iter().zip(&new.shards) {
                 if !Arc::ptr_eq(old_shard, new_shard) {
-                    compare(old_shard, new_shard, self, new);
+                    merge_changes(old_shard, new_shard, &mut changes);
                 }
             }
         } else {
@@ -237,6 +239,48 @@ impl Elements {
         self.shards
             .into_iter()
             .flat_map(|shard| Arc::try_unwrap(shard).unwrap_or_else(|shared| (*shared).clone()))
+    }
+}
+
+/// What changed from `old` to `new`, two sorted shards, walked side by side.
+fn merge_changes<'a>(
+    old: &'a BTreeMap<String, String>,
+    new: &'a BTreeMap<String, String>,
+    changes: &mut ElementChanges<'a>,
+) {
+    let (mut old, mut new) = (old.iter().peekable(), new.iter().peekable());
+    loop {
+        match (old.peek(), new.peek()) {
+            (Some(&(old_key, old_value)), Some(&(new_key, new_value))) => {
+                match old_key.cmp(new_key) {
+                    std::cmp::Ordering::Less => {
+                        changes.gone.push(old_key);
+                        old.next();
+                    }
+                    std::cmp::Ordering::Greater => {
+                        changes.added.push((new_key, new_value));
+                        new.next();
+                    }
+                    std::cmp::Ordering::Equal => {
+                        if old_value != new_value {
+                            changes.gone.push(old_key);
+                            changes.added.push((new_key, new_value));
+                        }
+                        old.next();
+                        new.next();
+                    }
+                }
+            }
+            (Some(&(old_key, _)), None) => {
+                changes.gone.push(old_key);
+                old.next();
+            }
+            (None, Some(&element)) => {
+                changes.added.push(element);
+                new.next();
+            }
+            (None, None) => break,
+        }
     }
 }
 
