@@ -403,6 +403,72 @@ mod tests {
     }
 
     #[test]
+    fn claims_kept_per_service_answer_as_a_fresh_read() {
+        let service = |name: &str, port: u16, local: &[&str]| {
+            let endpoints: Vec<serde_json::Value> = local
+                .iter()
+                .map(|ip| serde_json::json!({"addresses": [ip], "nodeName": "n1"}))
+                .collect();
+            [
+                serde_json::json!({"kind": "Service", "metadata": {"name": name, "namespace": "x"},
+                 "spec": {"type": "LoadBalancer", "clusterIP": format!("10.96.0.{}", port % 200),
+                          "externalTrafficPolicy": "Local", "healthCheckNodePort": port,
+                          "ports": [{"port": 80, "nodePort": 30000 + port % 1000}]}}),
+                serde_json::json!({"kind": "EndpointSlice", "metadata": {"name": format!("{name}-1"), "namespace": "x",
+                    "labels": {"kubernetes.io/service-name": name}},
+                 "addressType": "IPv4", "ports": [{"port": 8080}], "endpoints": endpoints}),
+            ]
+        };
+        let map = |services: Vec<[serde_json::Value; 2]>| {
+            let mut objects = vec![
+                serde_json::json!({"kind": "Node", "metadata": {"name": "n1"},
+                "status": {"addresses": [{"type": "InternalIP", "address": "192.168.0.1"}]}}),
+            ];
+            objects.extend(services.into_iter().flatten());
+            let snapshot =
+                crate::proxy::services::tests_support::snapshot(serde_json::Value::Array(objects));
+            crate::proxy::services::build(&snapshot, "n1", &["10.96.0.0/16".parse().unwrap()])
+        };
+        let steps = [
+            map(vec![
+                service("a", 32000, &["10.244.1.1"]),
+                service("b", 32001, &[]),
+            ]),
+            // b takes a's port: a conflict, a keeps it
+            map(vec![
+                service("a", 32000, &["10.244.1.1"]),
+                service("b", 32000, &["10.244.1.2"]),
+            ]),
+            // a goes: b has the port alone
+            map(vec![service("b", 32000, &["10.244.1.2", "10.244.1.3"])]),
+        ];
+        let mut claims = Claims::default();
+        claims.update(&steps[0], &Changed::All);
+        let all = |claims: &Claims| -> BTreeMap<u16, ServiceHealth> {
+            [32000, 32001]
+                .into_iter()
+                .filter_map(|port| Some((port, claims.wanted(port)?)))
+                .collect()
+        };
+        assert_eq!((all(&claims), claims.problems()), desired(&steps[0]));
+        for (step, touched) in [(1, [32000, 32001]), (2, [32000, 32000])] {
+            let changed = Changed::Services(["x/a".to_string(), "x/b".to_string()].into());
+            let ports = claims.update(&steps[step], &changed);
+            assert!(
+                touched.iter().all(|p| ports.contains(p)),
+                "{step}: {ports:?}"
+            );
+            assert_eq!(
+                (all(&claims), claims.problems()),
+                desired(&steps[step]),
+                "{step}"
+            );
+        }
+        assert_eq!(claims.problems(), Vec::<String>::new());
+        assert_eq!(claims.wanted(32000).map(|h| h.local_endpoints), Some(2));
+    }
+
+    #[test]
     fn bodies_and_statuses_as_kube_proxy() {
         let state = Mutex::new(State::default());
         assert_eq!(
