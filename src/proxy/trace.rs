@@ -231,9 +231,6 @@ fn decide(map: &ServiceMap, port: &ServicePort, kind: FrontendKind, from: IpAddr
         reason.push_str(&format!(
             "; ClientIP affinity: a client's new connection within {timeout}s of its last one goes to the endpoint that one got"
         ));
-        if port.is_ipv6() {
-            reason.push_str(" (IPVS only: the nftables backend has none for IPv6)");
-        }
     }
     Trace {
         verdict: Verdict::Forward {
@@ -293,27 +290,10 @@ pub fn compiled(
     })
 }
 
-/// Whether the compiled rules' verdict is the reference's for the nftables backend,
-/// which keeps no ClientIP affinity for IPv6 (IPVS does).
-pub fn agrees(reference: &Verdict, compiled: &Verdict, to: IpAddr) -> bool {
-    match (reference, to.is_ipv6()) {
-        (
-            Verdict::Forward {
-                backends,
-                masquerade,
-                ..
-            },
-            true,
-        ) => {
-            *compiled
-                == Verdict::Forward {
-                    backends: backends.clone(),
-                    masquerade: *masquerade,
-                    affinity_seconds: None,
-                }
-        }
-        _ => reference == compiled,
-    }
+/// Whether the compiled rules' verdict is the reference's (both backends keep
+/// ClientIP affinity for both families, so they must be equal).
+pub fn agrees(reference: &Verdict, compiled: &Verdict) -> bool {
+    reference == compiled
 }
 
 /// The text `proxy trace` prints for people.
@@ -405,7 +385,7 @@ mod tests {
             let compiled = compiled(map, from, to, *port, *protocol)
                 .unwrap_or_else(|e| panic!("{what}: the compiled rules: {e}"));
             assert!(
-                agrees(expected, &compiled, to),
+                agrees(expected, &compiled),
                 "{what}: the compiled rules say {compiled:?}"
             );
         }

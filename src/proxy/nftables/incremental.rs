@@ -30,6 +30,8 @@ pub trait Sink {
     fn fill(&mut self, set: &str, keys: &[String]);
     /// Declares map `name`, empty.
     fn add_map(&mut self, name: &str, declaration: &str);
+    /// Declares (plain) set `name`, empty.
+    fn add_set(&mut self, name: &str, declaration: &str);
     fn remove_set(&mut self, name: &str);
     fn set_chains(&mut self, chains: BTreeMap<String, Chain>);
 }
@@ -58,6 +60,17 @@ impl Sink for Ruleset {
             name.to_string(),
             super::ruleset::Set {
                 map: true,
+                declaration: declaration.to_string(),
+                elements: BTreeMap::new(),
+            },
+        );
+    }
+
+    fn add_set(&mut self, name: &str, declaration: &str) {
+        self.sets.insert(
+            name.to_string(),
+            super::ruleset::Set {
+                map: false,
                 declaration: declaration.to_string(),
                 elements: BTreeMap::new(),
             },
@@ -115,6 +128,13 @@ impl Sink for nft::Table {
         );
     }
 
+    fn add_set(&mut self, name: &str, declaration: &str) {
+        self.sets.insert(
+            name.to_string(),
+            Arc::new(nft::Set::new(false, declaration, None)),
+        );
+    }
+
     fn remove_set(&mut self, name: &str) {
         self.sets.remove(name);
     }
@@ -158,6 +178,8 @@ struct Output<S> {
     shared: HashMap<(&'static str, String), usize>,
     counts: BTreeMap<(bool, usize), usize>,
     timeouts: BTreeMap<u32, usize>,
+    /// The owners' own chains ([`Claim::chains`]).
+    chains: BTreeMap<String, Vec<String>>,
 }
 
 impl<S: Sink> Output<S> {
@@ -192,12 +214,16 @@ impl<S: Sink> Output<S> {
                 }
             }
         }
+        for (name, declaration) in &claim.sets {
+            self.sink.add_set(name, declaration);
+        }
         for (set, key, value) in &claim.elements {
             self.sink.insert(set, key.clone(), value.clone());
         }
         for shared in &claim.shared {
             self.share(shared);
         }
+        self.chains.extend(claim.chains.iter().cloned());
         if let Some(timeout) = claim.timeout {
             *self.timeouts.entry(timeout).or_default() += 1;
         }
@@ -209,6 +235,12 @@ impl<S: Sink> Output<S> {
         }
         for shared in &claim.shared {
             self.unshare(shared);
+        }
+        for (name, _) in &claim.sets {
+            self.sink.remove_set(name);
+        }
+        for (name, _) in &claim.chains {
+            self.chains.remove(name);
         }
         for &(local, n) in &claim.counts {
             if release(&mut self.counts, &(local, n)) {
@@ -272,6 +304,7 @@ impl<S: Sink> Compiler<S> {
                 shared: HashMap::new(),
                 counts: BTreeMap::new(),
                 timeouts: BTreeMap::new(),
+                chains: BTreeMap::new(),
             },
             services: HashMap::new(),
             claims: HashMap::new(),
@@ -320,6 +353,7 @@ impl<S: Sink> Compiler<S> {
             timeouts: self.out.timeouts.keys().copied().collect(),
             has_pod_cidrs: [has_pod_cidrs(false), has_pod_cidrs(true)],
             masquerade_all: map.masquerade_all,
+            claimed: self.out.chains.clone(),
         };
         if self.chains.as_ref() != Some(&inputs) {
             self.out
