@@ -895,6 +895,83 @@ mod tests {
         );
     }
 
+    /// IPv6 ClientIP affinity on every kind of frontend: the compiled rules record
+    /// the client after NAT with the Service's timeout, as the reference says.
+    #[test]
+    fn ipv6_client_ip_affinity() {
+        let spec = json!({"clusterIP": "fd00:96::60", "ipFamilies": ["IPv6"], "type": "LoadBalancer",
+            "externalTrafficPolicy": "Local", "externalIPs": ["fd00:ee::1"],
+            "sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 300}},
+            "ports": [{"name": "http", "port": 80, "nodePort": 30060}]});
+        let status = json!({"loadBalancer": {"ingress": [{"ip": "fd00:1b::1"}]}});
+        let objects = service(
+            "six",
+            spec,
+            status,
+            &[("fd10:1::60", "n1", true), ("fd10:2::60", "n2", true)],
+        );
+        let map = cluster(objects);
+        let sticky = |backends: &[&str], masquerade: bool| Verdict::Forward {
+            backends: backends.iter().map(|b| b.to_string()).collect(),
+            masquerade,
+            affinity_seconds: Some(300),
+        };
+        let both = ["[fd10:1::60]:8080", "[fd10:2::60]:8080"];
+        check(
+            &map,
+            &[
+                (
+                    "ClusterIP from a pod",
+                    "fd10:2::9",
+                    "fd00:96::60",
+                    80,
+                    TCP,
+                    sticky(&both, false),
+                ),
+                (
+                    "ClusterIP from the node",
+                    "fd99::1",
+                    "fd00:96::60",
+                    80,
+                    TCP,
+                    sticky(&both, true),
+                ),
+                (
+                    "NodePort from outside: the local endpoint",
+                    "2001:db8::1",
+                    "fd99::1",
+                    30060,
+                    TCP,
+                    sticky(&["[fd10:1::60]:8080"], false),
+                ),
+                (
+                    "externalIP from a pod: every endpoint",
+                    "fd10:2::9",
+                    "fd00:ee::1",
+                    80,
+                    TCP,
+                    sticky(&both, false),
+                ),
+                (
+                    "LB IP from outside",
+                    "2001:db8::1",
+                    "fd00:1b::1",
+                    80,
+                    TCP,
+                    sticky(&["[fd10:1::60]:8080"], false),
+                ),
+                (
+                    "another port rejects",
+                    "fd10:2::9",
+                    "fd00:96::60",
+                    81,
+                    TCP,
+                    Verdict::Reject,
+                ),
+            ],
+        );
+    }
+
     #[test]
     fn json_shapes() {
         let json = |v: &Verdict| serde_json::to_string(v).unwrap();

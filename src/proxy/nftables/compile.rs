@@ -1027,4 +1027,68 @@ mod tests {
                 .any(|r| r.contains("pod-cidrs6"))
         );
     }
+
+    #[test]
+    fn ipv6_affinity_is_a_client_set_per_frontend_and_endpoint() {
+        let objects = |endpoints: &[&str]| {
+            let endpoints: Vec<serde_json::Value> = endpoints
+                .iter()
+                .map(|ip| json!({"addresses": [ip], "nodeName": "n2"}))
+                .collect();
+            crate::proxy::services::tests_support::snapshot(json!([
+                {"kind": "Service", "metadata": {"name": "six", "namespace": "x"},
+                 "spec": {"clusterIP": "fd00::10", "ipFamilies": ["IPv6"], "sessionAffinity": "ClientIP",
+                          "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}},
+                          "ports": [{"port": 53, "protocol": "UDP"}]}},
+                {"kind": "EndpointSlice", "metadata": {"name": "six-1", "namespace": "x", "labels": {"kubernetes.io/service-name": "six"}},
+                 "addressType": "IPv6", "ports": [{"port": 5353, "protocol": "UDP"}], "endpoints": endpoints},
+            ]))
+        };
+        let cidrs: [IpNet; 1] = ["fd00::/108".parse().unwrap()];
+        let (two, _) = compile(&services::build(
+            &objects(&["fd10::1", "fd10::2"]),
+            "n1",
+            &cidrs,
+        ));
+        let (one, _) = compile(&services::build(&objects(&["fd10::2"]), "n1", &cidrs));
+        let set = "affinity6-fd00--10-udp-53-fd10--1-5353";
+        assert_eq!(
+            two.sets[set].declaration,
+            "type ipv6_addr; size 65536; flags dynamic,timeout;"
+        );
+        assert_eq!(
+            two.chains["affinity6-fd00--10-udp-53"].rules[0],
+            format!("meta l4proto udp ip6 saddr @{set} dnat ip6 to [fd10::1]:5353")
+        );
+        assert_eq!(
+            two.chains["affinity6-fd00--10-udp-53-record"].rules[0],
+            format!("ip6 daddr fd10::1 th dport 5353 update @{set} {{ ip6 saddr timeout 60s }}")
+        );
+        assert_eq!(
+            elements(&two, "affinity-sticky6"),
+            ["fd00::10 . udp . 53 : jump affinity6-fd00--10-udp-53"]
+        );
+        assert_eq!(
+            elements(&two, "affinity-services6"),
+            ["fd00::10 . udp . 53 : goto affinity6-fd00--10-udp-53-record"]
+        );
+        // The sticky lookup comes before the random pick.
+        let cluster_ip = &two.chains["cluster-ip"].rules;
+        let lookup = cluster_ip
+            .iter()
+            .position(|r| r.contains("@affinity-sticky6"));
+        let pick = cluster_ip
+            .iter()
+            .position(|r| r.contains("@cluster-counts6"));
+        assert!(lookup.is_some() && lookup < pick, "{cluster_ip:?}");
+        // The endpoint leaves: its set, entries and all, goes; the other stays.
+        assert!(!one.sets.contains_key(set));
+        assert!(
+            one.sets
+                .contains_key("affinity6-fd00--10-udp-53-fd10--2-5353")
+        );
+        assert_eq!(one.chains["affinity6-fd00--10-udp-53"].rules.len(), 1);
+        // No IPv4 timeout chain for it.
+        assert!(!two.chains.contains_key("affinity-60"));
+    }
 }

@@ -542,6 +542,18 @@ mod tests {
         step(&mut now, &|o| {
             o.push(slice("six", "IPv6", &["fd00:244::10".to_string()]))
         });
+        // IPv6 affinity: per-frontend sets and chains come, change and go.
+        let six = now.len() - 2;
+        step(&mut now, &|o| {
+            o[six]["spec"]["sessionAffinity"] = json!("ClientIP");
+            o[six]["spec"]["ports"][0]["protocol"] = json!("TCP");
+        });
+        step(&mut now, &|o| {
+            o[six + 1] = slice("six", "IPv6", &ips("fd00:244::", 2))
+        });
+        step(&mut now, &|o| {
+            o[six + 1] = slice("six", "IPv6", &ips("fd00:244::", 1))
+        });
         // The owner of 10.96.0.10:80 goes: `other`'s externalIP takes it.
         step(&mut now, &|o| {
             o.remove(1);
@@ -574,6 +586,7 @@ mod tests {
         let mut services = Incremental::default();
         let mut compiler = Compiler::table(Dataplane::Nftables);
         let mut last = crate::cache::Snapshot::default();
+        let mut affinity6_sets = BTreeSet::new();
         for (i, objects) in steps().into_iter().enumerate() {
             let mut snapshot = services::tests_support::snapshot(Value::Array(objects));
             // As the cache does: an unchanged object is the same `Arc`.
@@ -594,7 +607,20 @@ mod tests {
             assert_eq!(problems, expected_problems, "step {i}");
             let expected = Lowering::default().lower(&ruleset);
             assert_eq!(compiler.sink(), &expected, "step {i}");
+            affinity6_sets.insert(
+                compiler
+                    .sink()
+                    .sets
+                    .keys()
+                    .filter(|name| name.starts_with("affinity6-"))
+                    .count(),
+            );
         }
+        assert_eq!(
+            affinity6_sets,
+            BTreeSet::from([0, 1, 2]),
+            "IPv6 affinity sets"
+        );
         let endpoints_20 = compiler.sink().chains.get("endpoints-20");
         assert!(
             endpoints_20.is_none(),
