@@ -958,6 +958,124 @@ fn udp_client_moves_to_the_remaining_endpoint_within_a_second() {
     }
 }
 
+/// The conntrack entries of n2's UDP flows to `destination` (`address port`), as
+/// /proc/net/nf_conntrack of its netns lists them.
+fn udp_entries(netns: &str, address: &str, port: u16) -> Vec<String> {
+    let table = common::sh(
+        "ip",
+        &["netns", "exec", netns, "cat", "/proc/net/nf_conntrack"],
+    );
+    let (dst, dport) = (format!("dst={address} "), format!("dport={port} "));
+    table
+        .lines()
+        .filter(|l| l.contains(" udp ") && l.contains(&dst) && l.contains(&dport))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A frontend gaining its first endpoint clears the conntrack entries made before
+/// it had one. The case kube-proxy guards against, built with real packets: a UDP
+/// client sends every 100 ms to n2's address on port 30053 before any Service uses
+/// it; n2 has no listener there (ICMP port unreachable, which an unconnected socket
+/// ignores), but conntrack confirms the flow at local input, with no NAT, and every
+/// packet keeps it alive (UDP entries live 30 s past the last packet). Our rules
+/// cannot fix that flow: NAT rules and the `ct state new` checks only see a flow's
+/// first packet. Then the Service `shop/late` takes NodePort 30053 without endpoints
+/// (still no answer: the flow is not new, so even the reject rule passes it by) and
+/// gets one: the agent deletes the entry, the next packet is a new flow, DNATed to
+/// the pod, and the client hears from it within a second. Without the cleanup it
+/// would not until it paused for 30 s.
+#[test]
+fn a_frontend_gaining_its_first_endpoint_clears_conntrack_made_before() {
+    if !kubewire_lab::harness::require_root() {
+        return;
+    }
+    let (lab, _manifests) = extra_lab("kwpc", "nftables");
+    let node2 = lab.node_netns("n2");
+    let client = netns_with(&lab, "10.244.2.30");
+    let socket =
+        kubewire_lab::harness::run_in(&client, || std::net::UdpSocket::bind("0.0.0.0:0").unwrap());
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let target: SocketAddr = "192.168.50.12:30053".parse().unwrap();
+    let mut buffer = [0u8; 256];
+    let mut ask = || -> Option<String> {
+        socket.send_to(b"probe\n", target).ok()?;
+        let (n, _) = socket.recv_from(&mut buffer).ok()?;
+        let text = String::from_utf8_lossy(&buffer[..n]).to_string();
+        text.split_whitespace().next().map(str::to_string)
+    };
+    for _ in 0..5 {
+        assert_eq!(ask(), None, "something answers on 30053 already");
+    }
+    // The flow's entry: n2 itself in the reply direction (no DNAT).
+    const NOT_DNATED: &str = "src=192.168.50.12 dst=10.244.2.30 sport=30053 ";
+    let stale = udp_entries(&node2, "192.168.50.12", 30053);
+    eprintln!("before the Service: {stale:?}");
+    assert!(
+        stale
+            .iter()
+            .any(|l| l.contains("src=10.244.2.30 ") && l.contains(NOT_DNATED)),
+        "no conntrack entry of the client's flow: {stale:?}"
+    );
+
+    let kubeconfig = lab.args("kubeconfig");
+    let kc: Vec<&str> = kubeconfig.iter().map(String::as_str).collect();
+    let path = success(kubewire(&kc), "lab kubeconfig");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let kube = common::kube_client(&runtime, &path);
+    let services: kube::Api<k8s_openapi::api::core::v1::Service> =
+        kube::Api::namespaced(kube.clone(), "shop");
+    let slices: kube::Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+        kube::Api::namespaced(kube, "shop");
+    let service = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "late", "namespace": "shop"},
+        "spec": {"type": "NodePort", "clusterIP": "10.96.1.99",
+                 "ports": [{"name": "dns", "port": 53, "targetPort": 5353, "protocol": "UDP", "nodePort": 30053}]}}))
+    .unwrap();
+    runtime
+        .block_on(services.create(&Default::default(), &service))
+        .unwrap();
+    // Without endpoints: still the old flow, still no answer.
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        assert_eq!(ask(), None, "answered before the Service had an endpoint");
+    }
+    let slice = serde_json::from_value(serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "late-abc", "namespace": "shop", "labels": {"kubernetes.io/service-name": "late"}},
+        "addressType": "IPv4", "ports": [{"name": "dns", "port": 5353, "protocol": "UDP"}],
+        "endpoints": [{"addresses": ["10.244.2.53"], "nodeName": "n2", "conditions": {"ready": true}}]}))
+    .unwrap();
+    runtime
+        .block_on(slices.create(&Default::default(), &slice))
+        .unwrap();
+    let added = Instant::now();
+    let answered = loop {
+        if ask().as_deref() == Some("shop/dns") {
+            break added.elapsed();
+        }
+        assert!(
+            added.elapsed() < Duration::from_secs(10),
+            "the client never reached the new endpoint: {:?}",
+            udp_entries(&node2, "192.168.50.12", 30053)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!("the first endpoint answered {answered:?} after it was added");
+    assert!(
+        answered < Duration::from_secs(1),
+        "answered after {answered:?}"
+    );
+    let now = udp_entries(&node2, "192.168.50.12", 30053);
+    eprintln!("after: {now:?}");
+    assert!(
+        now.iter().all(|l| !l.contains(NOT_DNATED)),
+        "the entry without DNAT is still there: {now:?}"
+    );
+}
+
 /// `--nodeport-addresses` CIDRs take the node's interface addresses from the kernel:
 /// with 10.0.0.0/8, NodePorts answer on the node's pod gateway address (which no
 /// Node object lists) and no longer on its InternalIP. `--masquerade-all`: a pod's
