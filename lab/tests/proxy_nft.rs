@@ -227,7 +227,12 @@ async fn ipv6_affinity_sets_come_and_go_by_diff_and_survive_a_fresh_read() {
     assert_eq!(elements_in_kernel(&netns, "affinity4"), 1);
 
     map.ports[1].cluster_endpoints.remove(0);
+    let started = std::time::Instant::now();
     let applied = sync(&mut restarted, &map, SyncReason::Change).await;
+    eprintln!(
+        "an IPv6 affinity endpoint removed: {applied:?} in {:?}",
+        started.elapsed()
+    );
     assert!(applied.kind() == Some(Kind::Diff), "{applied:?}");
     assert!(!list().0, "the removed endpoint's set is still there");
     assert!(chain_exists(&netns, "affinity6-fd00--10-tcp-80-record"));

@@ -51,7 +51,8 @@
 //! `affinity6-<frontend>-record` (from `affinity-services6`, after NAT) with one
 //! `ip6 daddr <endpoint> th dport <port> update @<set> { ip6 saddr timeout T }` rule
 //! per endpoint. An endpoint leaving the frontend takes its set, entries included,
-//! in the same transaction.
+//! in the same transaction. So an IPv6 affinity Service's endpoint change touches
+//! its chains (an `nft -f` transaction, not elements over netlink).
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -533,8 +534,8 @@ fn affinity6(claim: &mut Claim, port: &ServicePort, frontend: &Frontend, key: &s
     claim.chains.push((record, records));
 }
 
-/// A frontend in object names: `fd00::10 . tcp . 80` → `fd00--10-tcp-80` (no two
-/// frontends share one: an address has no `-`, a protocol no hex digit only).
+/// A frontend in object names: `fd00::10 . tcp . 80` → `fd00--10-tcp-80` (one name
+/// per frontend: addresses have no `-`, and `tcp`, `udp`, `sctp` are not hex).
 fn affinity6_id(frontend: &Frontend) -> String {
     format!(
         "{}-{}-{}",
@@ -545,7 +546,7 @@ fn affinity6_id(frontend: &Frontend) -> String {
 }
 
 /// The set of clients of `frontend` that stick to `endpoint`.
-pub fn affinity6_set(frontend: &Frontend, endpoint: &SocketAddr) -> String {
+fn affinity6_set(frontend: &Frontend, endpoint: &SocketAddr) -> String {
     format!(
         "affinity6-{}-{}-{}",
         affinity6_id(frontend),
