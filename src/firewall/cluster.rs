@@ -314,6 +314,9 @@ pub fn pod_endpoint(pod: &Pod, errors: &mut Vec<ObjectError>) -> Option<PodEndpo
             });
         }
     }
+    // Kept for the pod's life: without the room the lists grew.
+    ips.shrink_to_fit();
+    ports.shrink_to_fit();
     Some(PodEndpoint {
         namespace,
         name,
