@@ -1,10 +1,13 @@
 //! Benchmark (prints, asserts nothing about size): resident memory of an agent whose
 //! cache holds the issue-2 cluster (5,000 Pods, 1,000 Services, 1,000 EndpointSlices,
 //! 500 NetworkPolicies) next to the same agent over an empty cluster; each as
-//! deployed (every controller: router, firewall, service proxy, CNI) and with the CNI
-//! controller only. The agent watches only the kinds its controllers read, so the
-//! two differ. Each agent runs in a network namespace of its own (node n1's address
-//! on a veth), with the embedded API server started in that namespace (root).
+//! deployed (every controller: router, firewall, service proxy, CNI), and with the CNI
+//! controller, the firewall, the proxy or the router alone. The agent watches only the
+//! kinds its controllers read, so they differ. Each figure is split into where it lives
+//! (the binary and libraries, glibc's main heap, other anonymous memory: the other
+//! arenas and thread stacks). Each agent runs in a network namespace of its own (node
+//! n1's address on a veth), with the embedded API server started in that namespace
+//! (root).
 //! `cargo bench -p kubewire-lab --bench run -- memory`
 
 use std::time::{Duration, Instant};
