@@ -1,9 +1,10 @@
 //! The live cache: a kube-rs watcher and a [`Store`] per kind the enabled
-//! controllers read, over one client. Each store is eventually consistent with the API server; the watcher
-//! relists on 410 Gone and reconnects with backoff when the server goes away, so the
-//! cache outlives restarts; the API server probe ([`super::liveness`]) can restart
-//! every stream when a hang makes their connections suspect. A kind the API server does not serve (ServiceCIDR before
-//! Kubernetes 1.33) is not watched: it reads as empty and counts as synced.
+//! controllers read, over one client. Each store is eventually consistent with the
+//! API server; the watcher relists on 410 Gone and reconnects with backoff when the
+//! server goes away, so the cache outlives restarts; the API server probe
+//! ([`super::liveness`]) can restart every stream when a hang makes their connections
+//! suspect. A kind the API server does not serve (ServiceCIDR before Kubernetes 1.33)
+//! is not watched: it reads as empty and counts as synced.
 
 use std::fmt::Debug;
 use std::sync::Arc;
