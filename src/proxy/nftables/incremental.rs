@@ -371,7 +371,11 @@ impl<S: Sink> Compiler<S> {
         }
         match entry.get_mut(at) {
             Some(same) if same.0 == rank => same.1 = claim,
-            _ => entry.insert(at, (rank, claim)),
+            _ => {
+                // Room for this one only: a first push would make room for four.
+                entry.reserve_exact(1);
+                entry.insert(at, (rank, claim));
+            }
         }
         if entry.len() > 1 {
             self.contested.insert(key);
