@@ -42,6 +42,7 @@ pub mod manifests;
 mod pod;
 mod signal;
 mod snapshot;
+mod store;
 mod strict;
 mod trim;
 mod watch;

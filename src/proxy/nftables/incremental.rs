@@ -162,6 +162,10 @@ impl Sink for nft::Table {
 /// frontend index); the least is the owner.
 type Rank = (bool, String, usize, usize);
 
+/// The claims on one frontend, sorted by rank (the owner first). Almost always one:
+/// a vector of it is a tenth of the smallest B-tree node.
+type Claims = Vec<(Rank, Claim)>;
+
 /// What one Service has in the compiler.
 #[derive(Default)]
 struct Fragment {
@@ -274,7 +278,7 @@ pub struct Compiler<S> {
     out: Output<S>,
     services: HashMap<String, Fragment>,
     /// Every claim per frontend, owner first.
-    claims: HashMap<String, BTreeMap<Rank, Claim>>,
+    claims: HashMap<String, Claims>,
     /// Frontends with more than one claim.
     contested: BTreeSet<String>,
     /// What every Service's claims depend on besides the Service: where NodePorts
@@ -375,25 +379,38 @@ impl<S: Sink> Compiler<S> {
             let (cluster_ip, claims) = port_claims(self.dataplane, map, port);
             self.out.share(&cluster_ip);
             fragment.cluster_ips.push(cluster_ip);
-            for (frontend, (is_cluster_ip, key, claim)) in claims.into_iter().enumerate() {
+            for (frontend, (is_cluster_ip, key, mut claim)) in claims.into_iter().enumerate() {
                 let rank = (!is_cluster_ip, name.to_string(), index, frontend);
                 fragment.frontends.push((key.clone(), rank.clone()));
+                // Kept until the Service changes: without the room its lists grew.
+                claim.elements.shrink_to_fit();
+                claim.shared.shrink_to_fit();
+                claim.counts.shrink_to_fit();
                 self.add_claim(key, rank, claim);
             }
         }
+        fragment.cluster_ips.shrink_to_fit();
+        fragment.frontends.shrink_to_fit();
         self.services.insert(name.to_string(), fragment);
     }
 
     fn add_claim(&mut self, key: String, rank: Rank, claim: Claim) {
         let entry = self.claims.entry(key.clone()).or_default();
-        let owner = entry.first_key_value().is_none_or(|(best, _)| rank < *best);
-        if owner {
-            if let Some((_, previous)) = entry.first_key_value() {
+        let at = entry.partition_point(|(other, _)| *other < rank);
+        if at == 0 {
+            if let Some((_, previous)) = entry.first() {
                 self.out.unapply(previous);
             }
             self.out.apply(&claim);
         }
-        entry.insert(rank, claim);
+        match entry.get_mut(at) {
+            Some(same) if same.0 == rank => same.1 = claim,
+            _ => {
+                // Room for this one only: a first push would make room for four.
+                entry.reserve_exact(1);
+                entry.insert(at, (rank, claim));
+            }
+        }
         if entry.len() > 1 {
             self.contested.insert(key);
         }
@@ -410,15 +427,13 @@ impl<S: Sink> Compiler<S> {
             let Some(entry) = self.claims.get_mut(&key) else {
                 continue;
             };
-            let was_owner = entry
-                .first_key_value()
-                .is_some_and(|(best, _)| *best == rank);
-            let Some(claim) = entry.remove(&rank) else {
+            let Ok(at) = entry.binary_search_by(|(other, _)| other.cmp(&rank)) else {
                 continue;
             };
-            if was_owner {
+            let (_, claim) = entry.remove(at);
+            if at == 0 {
                 self.out.unapply(&claim);
-                if let Some((_, next)) = entry.first_key_value() {
+                if let Some((_, next)) = entry.first() {
                     self.out.apply(next);
                 }
             }
