@@ -91,7 +91,7 @@ struct Benchmark {
 const BENCHMARKS: &[Benchmark] = &[
     Benchmark {
         name: "memory",
-        about: "agent resident memory and time to healthy, empty cluster and 5,000 pods (every controller, and CNI only)",
+        about: "agent resident memory and time to healthy, empty cluster and 5,000 pods (every controller; firewall, proxy, router and CNI each alone)",
         needs_binaries: true,
         run: memory::run,
     },
