@@ -17,11 +17,14 @@ use kubewire::cache::EndpointSlice;
 use kubewire::cache::Snapshot;
 use kubewire::cache::manifests::snapshot_from_objects;
 use kubewire::nft::{Backend, Kernel, Nft};
-use kubewire::proxy::Nftables;
 use kubewire::proxy::nftables::apply::Applied;
 use kubewire::proxy::nftables::ruleset;
 use kubewire::proxy::services::{Changed, Incremental, Options};
-use kubewire::runtime::SyncReason;
+use kubewire::proxy::{
+    BindAddress, Nftables, ProxyArgs, ProxyBackend, ProxyController, ServiceMapArgs,
+};
+use kubewire::runtime::{Controller, SyncReason};
+use kubewire::telemetry::Metrics;
 use kubewire_lab::synthetic::{ClusterSize, generate};
 
 use crate::common::Netns;
@@ -88,6 +91,48 @@ fn rss_mib() -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
+}
+
+/// A [`ProxyController`] in this thread's namespace: its first sync (the table is in
+/// place), then 100 one-endpoint changes; the time of each.
+async fn controller_changes(snapshot: &Snapshot) -> (Vec<Duration>, Duration) {
+    let args = ProxyArgs {
+        proxy_backend: ProxyBackend::Nftables,
+        ipvs_graceful_period: Duration::from_secs(30),
+        map: ServiceMapArgs {
+            nodeport_addresses: Default::default(),
+            masquerade_all: false,
+        },
+        healthz_bind_address: BindAddress(None),
+    };
+    let mut controller = ProxyController::new(
+        "node-0".into(),
+        vec!["10.96.0.0/12".parse().expect("cidr")],
+        &args,
+        &Metrics::new(),
+    )
+    .expect("controller");
+    let started = Instant::now();
+    controller
+        .sync(snapshot, SyncReason::Start)
+        .await
+        .expect("sync");
+    let first = started.elapsed();
+    let mut now = snapshot.clone();
+    let slices = now.endpoint_slices.len();
+    let mut times = Vec::new();
+    for i in 0..100 {
+        let index = (i * 89 + 5) % slices;
+        let count = now.endpoint_slices[index].endpoints.len();
+        now = with_endpoints(&now, index, if count == 10 { 9 } else { 10 });
+        let started = Instant::now();
+        controller
+            .sync(&now, SyncReason::Change)
+            .await
+            .expect("sync");
+        times.push(started.elapsed());
+    }
+    (times, first)
 }
 
 fn median(mut times: Vec<Duration>) -> Duration {
@@ -262,6 +307,20 @@ async fn bench_10k_services_10_endpoints() {
     if let Changed::Services(names) = probe.update(&next, &options) {
         println!("  Services recompiled for one slice change: {names:?}");
     }
+    // The same change through the proxy controller, as the agent runs it: the map,
+    // the compile and the kernel, then conntrack, the health ports and the metrics
+    // (last: it writes the table the agents above kept).
+    let (controller_times, controller_first) = netns.block_on(|| controller_changes(&now));
+    crate::report::millis(
+        "one_endpoint_change_controller",
+        median(controller_times.clone()),
+    );
+    println!(
+        "one endpoint change through the proxy controller (everything a sync does), 100 changes: median {:?}, max {:?} (its first sync, reading the table in place: {controller_first:?})",
+        median(controller_times.clone()),
+        controller_times.iter().max().copied().unwrap_or_default()
+    );
+
     match (after_first, after_changes) {
         (Some(first), Some(changes)) => {
             crate::report::figure("bench_process_rss_after_first_sync", first, "MiB");

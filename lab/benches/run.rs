@@ -42,6 +42,7 @@ mod ipvs;
 mod memory;
 mod nftread;
 mod proxy;
+mod proxy_agent;
 mod report;
 mod routing;
 mod soak;
@@ -90,7 +91,7 @@ struct Benchmark {
 const BENCHMARKS: &[Benchmark] = &[
     Benchmark {
         name: "memory",
-        about: "agent resident memory and time to healthy, empty cluster and 5,000 pods (every controller, and CNI only)",
+        about: "agent resident memory and time to healthy, empty cluster and 5,000 pods (every controller; firewall, proxy, router and CNI each alone)",
         needs_binaries: true,
         run: memory::run,
     },
@@ -117,6 +118,12 @@ const BENCHMARKS: &[Benchmark] = &[
         about: "service proxy nftables: 10,000 services x 10 endpoints",
         needs_binaries: false,
         run: proxy::run,
+    },
+    Benchmark {
+        name: "proxy_agent",
+        about: "one agent, 10,000 services x 10 endpoints: API write to kernel for one EndpointSlice patch (p50/p90/max), agent RSS",
+        needs_binaries: true,
+        run: proxy_agent::run,
     },
     Benchmark {
         name: "nftread",

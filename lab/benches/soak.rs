@@ -152,18 +152,18 @@ fn seed(size: ClusterSize) -> Vec<ManifestObject> {
 
 /// A probe: when it was written, and when each node's kernel had its address.
 #[derive(Clone)]
-struct Probe {
-    written: Instant,
-    seen: [Option<Instant>; 2],
+pub(crate) struct Probe {
+    pub(crate) written: Instant,
+    pub(crate) seen: [Option<Instant>; 2],
 }
 
-type Probes = Arc<Mutex<HashMap<String, Probe>>>;
+pub(crate) type Probes = Arc<Mutex<HashMap<String, Probe>>>;
 
 /// `nft monitor` in a node, every line timestamped: marks the probes it names;
 /// counts in `lost` the warnings it prints (e.g. `Unable to cache set_elem. Set not
 /// found.` for a set created before it started: an event it cannot print, so a probe
 /// may be seen only when its address shows up again).
-fn monitor(netns: &str, node: usize, probes: Probes, lost: Arc<AtomicU64>) -> Child {
+pub(crate) fn monitor(netns: &str, node: usize, probes: Probes, lost: Arc<AtomicU64>) -> Child {
     let mut child = Command::new("ip")
         .args(["netns", "exec", netns, "nft", "monitor"])
         .stdout(Stdio::piped())
@@ -201,7 +201,7 @@ fn monitor(netns: &str, node: usize, probes: Probes, lost: Arc<AtomicU64>) -> Ch
     child
 }
 
-fn rss_kib(pid: u32) -> u64 {
+pub(crate) fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
@@ -210,8 +210,8 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-struct Agents {
-    children: Vec<Child>,
+pub(crate) struct Agents {
+    pub(crate) children: Vec<Child>,
 }
 
 impl Drop for Agents {
@@ -232,7 +232,7 @@ fn health_addr(node: usize) -> SocketAddr {
     format!("{ip}:{HEALTH_PORT}").parse().expect("address")
 }
 
-fn start_agent(netns: &Netns, node: usize, kubeconfig: &Path, dir: &Path) -> Child {
+pub(crate) fn start_agent(netns: &Netns, node: usize, kubeconfig: &Path, dir: &Path) -> Child {
     let addr = health_addr(node).to_string();
     Command::new("ip")
         .args(["netns", "exec", &netns.name])
@@ -257,7 +257,7 @@ fn start_agent(netns: &Netns, node: usize, kubeconfig: &Path, dir: &Path) -> Chi
         .expect("starting the agent")
 }
 
-fn wait_healthy(node: usize, within: Duration) {
+pub(crate) fn wait_healthy(node: usize, within: Duration) {
     let started = Instant::now();
     while !matches!(http_get(health_addr(node), "/healthz"), Some((200, _))) {
         assert!(
@@ -410,7 +410,7 @@ impl Writer {
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

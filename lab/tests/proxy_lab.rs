@@ -425,7 +425,11 @@ fn ask_from(netns: &str, source: &str, to: &str) -> Option<String> {
             .build()
             .ok()?;
         runtime.block_on(async {
-            let socket = tokio::net::TcpSocket::new_v4().ok()?;
+            let socket = match source {
+                std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+                std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+            }
+            .ok()?;
             socket.bind(SocketAddr::new(source, 0)).ok()?;
             let mut stream = tokio::time::timeout(Duration::from_secs(2), socket.connect(to))
                 .await
@@ -499,26 +503,33 @@ fn remove_endpoint(lab: &TestLab, slice_name: &str, address: &str) {
 /// ClientIP on `shop/sticky`: 16 sources on n1 (addresses on its loopback), 4
 /// connections each; every source stays on one pod, and together they reach both.
 fn clients_stick_to_one_pod_and_spread_over_both(node1: &str) {
+    sources_stick_and_spread(node1, "10.96.1.70:80", |i| format!("10.123.0.{i}"));
+}
+
+/// 16 sources on `node` (`source(1..=16)`, added to its loopback) connect 4 times
+/// each to `to` (`shop/sticky` or `shop/sticky6`, over web-1 and web-2): every source
+/// stays on one pod, and together they reach both.
+fn sources_stick_and_spread(node: &str, to: &str, source: impl Fn(u32) -> String) {
     let mut seen = BTreeSet::new();
     for i in 1..=16 {
-        let source = format!("10.123.0.{i}");
+        let source = source(i);
+        let prefix = if source.contains(':') { 128 } else { 32 };
         common::sh(
             "ip",
             &[
                 "netns",
                 "exec",
-                node1,
+                node,
                 "ip",
                 "addr",
                 "add",
-                &format!("{source}/32"),
+                &format!("{source}/{prefix}"),
                 "dev",
                 "lo",
             ],
         );
-        let answers: BTreeSet<Option<String>> = (0..4)
-            .map(|_| ask_from(node1, &source, "10.96.1.70:80"))
-            .collect();
+        let answers: BTreeSet<Option<String>> =
+            (0..4).map(|_| ask_from(node, &source, to)).collect();
         assert_eq!(answers.len(), 1, "{source} reached {answers:?}");
         seen.insert(answers.into_iter().next().flatten().expect("an answer"));
     }
@@ -736,6 +747,154 @@ fn affinity_health_checks_source_addresses_and_foreign_services() {
     );
 }
 
+/// Two dual-stack nodes, web-1 on n1 and web-2 on n2 with an address of each family,
+/// and `shop/sticky6`: a dual-stack ClientIP Service over both (one slice per family).
+const DUAL_STACK: &str = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: n1}
+spec: {podCIDRs: [10.244.1.0/24, 'fd00:10:244:1::/64']}
+status:
+  addresses: [{type: InternalIP, address: 192.168.50.11}, {type: InternalIP, address: 'fd00:50::11'}]
+---
+apiVersion: v1
+kind: Node
+metadata: {name: n2}
+spec: {podCIDRs: [10.244.2.0/24, 'fd00:10:244:2::/64']}
+status:
+  addresses: [{type: InternalIP, address: 192.168.50.12}, {type: InternalIP, address: 'fd00:50::12'}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-1, namespace: shop, labels: {app: web}}
+spec:
+  nodeName: n1
+  containers: [{name: web, ports: [{name: http, containerPort: 8080}]}]
+status: {podIP: 10.244.1.10, podIPs: [{ip: 10.244.1.10}, {ip: 'fd00:10:244:1::10'}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-2, namespace: shop, labels: {app: web}}
+spec:
+  nodeName: n2
+  containers: [{name: web, ports: [{name: http, containerPort: 8080}]}]
+status: {podIP: 10.244.2.10, podIPs: [{ip: 10.244.2.10}, {ip: 'fd00:10:244:2::10'}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: sticky6, namespace: shop}
+spec:
+  clusterIP: 10.96.1.70
+  clusterIPs: [10.96.1.70, 'fd00:96::70']
+  ipFamilies: [IPv4, IPv6]
+  ipFamilyPolicy: RequireDualStack
+  sessionAffinity: ClientIP
+  sessionAffinityConfig: {clientIP: {timeoutSeconds: 600}}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: sticky6-v4, namespace: shop, labels: {kubernetes.io/service-name: sticky6}}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- {addresses: [10.244.1.10], nodeName: n1, conditions: {ready: true}}
+- {addresses: [10.244.2.10], nodeName: n2, conditions: {ready: true}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: sticky6-v6, namespace: shop, labels: {kubernetes.io/service-name: sticky6}}
+addressType: IPv6
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- {addresses: ['fd00:10:244:1::10'], nodeName: n1, conditions: {ready: true}}
+- {addresses: ['fd00:10:244:2::10'], nodeName: n2, conditions: {ready: true}}
+"#;
+
+/// ClientIP affinity for IPv6 with real packets: 16 IPv6 clients on n1 each stay on
+/// one pod and together reach both; the datapath's record (the client in the set of
+/// its endpoint) is in n1's table; `proxy trace` says so too; and when the endpoint
+/// a client sticks to is removed, its set goes and the client moves.
+#[test]
+fn ipv6_client_ip_affinity_sticks_spreads_and_moves() {
+    if !kubewire_lab::harness::require_root() {
+        return;
+    }
+    let lab = TestLab::new("kwp6", false);
+    lab.write("dual-stack.yaml", DUAL_STACK);
+    let mut up = lab.args("up");
+    up.extend([
+        "--manifests".into(),
+        lab.manifests.path().display().to_string(),
+    ]);
+    up.extend(AGENT_ARGS.iter().map(|a| a.to_string()));
+    up.push("--agent-arg=--proxy-backend=nftables".into());
+    let up: Vec<&str> = up.iter().map(String::as_str).collect();
+    success(kubewire(&up), "lab up");
+    let node1 = lab.node_netns("n1");
+    let to = "[fd00:96::70]:80";
+    // Both pods are reachable over IPv6 from n1 before the clients start.
+    common::wait_for("an IPv6 answer from the ClusterIP", || {
+        ask_from(&node1, "fd00:50::11", to)
+    });
+
+    sources_stick_and_spread(&node1, to, |i| format!("fd00:99::{i}"));
+    let verdict = trace(
+        lab.manifests.path(),
+        "n1",
+        "fd00:99::1",
+        "fd00:96::70",
+        80,
+        "TCP",
+    );
+    assert_eq!(verdict["affinity_seconds"], 600, "{verdict}");
+    assert_eq!(
+        verdict["backends"],
+        serde_json::json!(["[fd00:10:244:1::10]:8080", "[fd00:10:244:2::10]:8080"]),
+        "{verdict}"
+    );
+
+    let first = ask_from(&node1, "fd00:99::1", to).expect("an answer");
+    let (gone, other) = if first == "shop/web-1" {
+        ("fd00:10:244:1::10", "shop/web-2")
+    } else {
+        ("fd00:10:244:2::10", "shop/web-1")
+    };
+    // What the packet path recorded: the client in its endpoint's set.
+    let set = format!(
+        "affinity6-fd00-96--70-tcp-80-{}-8080",
+        gone.replace(':', "-")
+    );
+    let list_set = || {
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &node1, "nft", "list", "set", "inet"])
+            .args(["kubewire-proxy", &set])
+            .output()
+            .expect("running nft")
+    };
+    let recorded = list_set();
+    let recorded = String::from_utf8_lossy(&recorded.stdout);
+    assert!(recorded.contains("fd00:99::1 "), "{recorded}");
+    eprintln!("{}", recorded.trim());
+
+    remove_endpoint(&lab, "sticky6-v6", gone);
+    let removed = Instant::now();
+    common::wait_for("the IPv6 client to leave the removed endpoint", || {
+        (ask_from(&node1, "fd00:99::1", to).as_deref() == Some(other)).then_some(())
+    });
+    eprintln!(
+        "IPv6 affinity moved to {other} {:?} after its endpoint was removed",
+        removed.elapsed()
+    );
+    for _ in 0..4 {
+        assert_eq!(ask_from(&node1, "fd00:99::1", to).as_deref(), Some(other));
+    }
+    assert!(
+        !list_set().status.success(),
+        "the removed endpoint's set is still there"
+    );
+}
+
 /// A UDP client sending every 100 ms to a Service whose endpoint is deleted gets
 /// answers from the remaining endpoint within a second (conntrack cleanup).
 #[test]
@@ -785,18 +944,143 @@ fn udp_client_moves_to_the_remaining_endpoint_within_a_second() {
     eprintln!("UDP client moved to {stays} {moved:?} after the endpoint was deleted");
     assert!(moved < Duration::from_secs(1), "moved after {moved:?}");
 
-    // Both agents programmed the change and measured it from the trigger time.
+    // Both agents programmed the change and measured it from the trigger time. The
+    // client's path needs only one node's agent; the other may still be syncing.
     for node in ["n1", "n2"] {
         let netns = format!("kw-{}-node-{node}", lab.name);
-        let (status, text) = http_get(&netns, kubewire_lab::agents::METRICS_ADDR, "/metrics");
-        assert_eq!(status, 200);
-        let count = text
-            .lines()
-            .find(|l| l.starts_with("kubewire_proxy_network_programming_duration_seconds_count"))
-            .unwrap_or_else(|| panic!("no programming latency on {node}:\n{text}"));
-        assert!(count.ends_with(" 1"), "{node}: {count}");
+        let what = format!("{node} to count one programming latency");
+        let text = common::wait_for(&what, || {
+            let (status, text) = http_get(&netns, kubewire_lab::agents::METRICS_ADDR, "/metrics");
+            assert_eq!(status, 200);
+            let count = text.lines().find(|l| {
+                l.starts_with("kubewire_proxy_network_programming_duration_seconds_count")
+            })?;
+            assert!(
+                count.ends_with(" 0") || count.ends_with(" 1"),
+                "{node}: {count}"
+            );
+            count.ends_with(" 1").then_some(text)
+        });
         assert!(text.contains("kubewire_proxy_services "), "{text}");
     }
+}
+
+/// The conntrack entries of n2's UDP flows to `destination` (`address port`), as
+/// /proc/net/nf_conntrack of its netns lists them.
+fn udp_entries(netns: &str, address: &str, port: u16) -> Vec<String> {
+    let table = common::sh(
+        "ip",
+        &["netns", "exec", netns, "cat", "/proc/net/nf_conntrack"],
+    );
+    let (dst, dport) = (format!("dst={address} "), format!("dport={port} "));
+    table
+        .lines()
+        .filter(|l| l.contains(" udp ") && l.contains(&dst) && l.contains(&dport))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A frontend gaining its first endpoint clears the conntrack entries made before
+/// it had one. The case kube-proxy guards against, built with real packets: a UDP
+/// client sends every 100 ms to n2's address on port 30053 before any Service uses
+/// it; n2 has no listener there (ICMP port unreachable, which an unconnected socket
+/// ignores), but conntrack confirms the flow at local input, with no NAT, and every
+/// packet keeps it alive (UDP entries live 30 s past the last packet). Our rules
+/// cannot fix that flow: NAT rules and the `ct state new` checks only see a flow's
+/// first packet. Then the Service `shop/late` takes NodePort 30053 without endpoints
+/// (still no answer: the flow is not new, so even the reject rule passes it by) and
+/// gets one: the agent deletes the entry, the next packet is a new flow, DNATed to
+/// the pod, and the client hears from it within a second. Without the cleanup it
+/// would not until it paused for 30 s.
+#[test]
+fn a_frontend_gaining_its_first_endpoint_clears_conntrack_made_before() {
+    if !kubewire_lab::harness::require_root() {
+        return;
+    }
+    let (lab, _manifests) = extra_lab("kwpc", "nftables");
+    let node2 = lab.node_netns("n2");
+    let client = netns_with(&lab, "10.244.2.30");
+    let socket =
+        kubewire_lab::harness::run_in(&client, || std::net::UdpSocket::bind("0.0.0.0:0").unwrap());
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let target: SocketAddr = "192.168.50.12:30053".parse().unwrap();
+    let mut buffer = [0u8; 256];
+    let mut ask = || -> Option<String> {
+        socket.send_to(b"probe\n", target).ok()?;
+        let (n, _) = socket.recv_from(&mut buffer).ok()?;
+        let text = String::from_utf8_lossy(&buffer[..n]).to_string();
+        text.split_whitespace().next().map(str::to_string)
+    };
+    for _ in 0..5 {
+        assert_eq!(ask(), None, "something answers on 30053 already");
+    }
+    // The flow's entry: n2 itself in the reply direction (no DNAT).
+    const NOT_DNATED: &str = "src=192.168.50.12 dst=10.244.2.30 sport=30053 ";
+    let stale = udp_entries(&node2, "192.168.50.12", 30053);
+    eprintln!("before the Service: {stale:?}");
+    assert!(
+        stale
+            .iter()
+            .any(|l| l.contains("src=10.244.2.30 ") && l.contains(NOT_DNATED)),
+        "no conntrack entry of the client's flow: {stale:?}"
+    );
+
+    let kubeconfig = lab.args("kubeconfig");
+    let kc: Vec<&str> = kubeconfig.iter().map(String::as_str).collect();
+    let path = success(kubewire(&kc), "lab kubeconfig");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let kube = common::kube_client(&runtime, &path);
+    let services: kube::Api<k8s_openapi::api::core::v1::Service> =
+        kube::Api::namespaced(kube.clone(), "shop");
+    let slices: kube::Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+        kube::Api::namespaced(kube, "shop");
+    let service = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "late", "namespace": "shop"},
+        "spec": {"type": "NodePort", "clusterIP": "10.96.1.99",
+                 "ports": [{"name": "dns", "port": 53, "targetPort": 5353, "protocol": "UDP", "nodePort": 30053}]}}))
+    .unwrap();
+    runtime
+        .block_on(services.create(&Default::default(), &service))
+        .unwrap();
+    // Without endpoints: still the old flow, still no answer.
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        assert_eq!(ask(), None, "answered before the Service had an endpoint");
+    }
+    let slice = serde_json::from_value(serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "late-abc", "namespace": "shop", "labels": {"kubernetes.io/service-name": "late"}},
+        "addressType": "IPv4", "ports": [{"name": "dns", "port": 5353, "protocol": "UDP"}],
+        "endpoints": [{"addresses": ["10.244.2.53"], "nodeName": "n2", "conditions": {"ready": true}}]}))
+    .unwrap();
+    runtime
+        .block_on(slices.create(&Default::default(), &slice))
+        .unwrap();
+    let added = Instant::now();
+    let answered = loop {
+        if ask().as_deref() == Some("shop/dns") {
+            break added.elapsed();
+        }
+        assert!(
+            added.elapsed() < Duration::from_secs(10),
+            "the client never reached the new endpoint: {:?}",
+            udp_entries(&node2, "192.168.50.12", 30053)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!("the first endpoint answered {answered:?} after it was added");
+    assert!(
+        answered < Duration::from_secs(1),
+        "answered after {answered:?}"
+    );
+    let now = udp_entries(&node2, "192.168.50.12", 30053);
+    eprintln!("after: {now:?}");
+    assert!(
+        now.iter().all(|l| !l.contains(NOT_DNATED)),
+        "the entry without DNAT is still there: {now:?}"
+    );
 }
 
 /// `--nodeport-addresses` CIDRs take the node's interface addresses from the kernel:

@@ -157,3 +157,83 @@ async fn full_load_then_element_diffs_drift_repair_and_cleanup() {
     assert!(nft.delete_table("inet", "kubewire-proxy").await.unwrap());
     assert!(!nft.delete_table("inet", "kubewire-proxy").await.unwrap());
 }
+
+/// IPv6 ClientIP affinity against a real kernel: its per-frontend chains and per-
+/// endpoint client sets come with a diff; a client in a set (added here as the packet
+/// path would) survives a fresh read of the table (a restarted agent: nothing to
+/// apply) and a new timeout, and leaves with its endpoint's set, by a diff.
+#[tokio::test]
+async fn ipv6_affinity_sets_come_and_go_by_diff_and_survive_a_fresh_read() {
+    let netns = Netns::new("kwpx6");
+    let nft = Nft::in_netns(&netns.name);
+    let mut reconciler = Reconciler::new(nft.clone());
+    let mut map = service_map(1, 2);
+    sync(&mut reconciler, &map, SyncReason::Start).await;
+    let mut six = map.ports[0].clone();
+    six.service = "zz/six".into();
+    six.cluster_ip = "fd00::10".parse().unwrap();
+    six.node_port = None;
+    six.external_ips.clear();
+    six.load_balancer_ips.clear();
+    six.local_endpoints.clear();
+    six.cluster_endpoints = vec![
+        "[fd10::1]:8080".parse().unwrap(),
+        "[fd10::2]:8080".parse().unwrap(),
+    ];
+    six.affinity_timeout = Some(60);
+    map.ports.push(six);
+    let applied = sync(&mut reconciler, &map, SyncReason::Change).await;
+    assert!(applied.kind() == Some(Kind::Diff), "{applied:?}");
+    assert!(chain_exists(&netns, "affinity6-fd00--10-tcp-80"));
+    let set = "affinity6-fd00--10-tcp-80-fd10--1-8080";
+    let table = ["inet", "kubewire-proxy"];
+    netns.exec(
+        "nft",
+        &[
+            "add",
+            "element",
+            table[0],
+            table[1],
+            set,
+            "{ fd99::7 timeout 60s }",
+        ],
+    );
+    let list = || netns.try_exec("nft", &["list", "set", table[0], table[1], set]);
+
+    let mut restarted = Reconciler::new(nft.clone());
+    let applied = sync(&mut restarted, &map, SyncReason::Start).await;
+    assert_eq!(applied, Applied::Nothing);
+    assert!(list().1.contains("fd99::7 "), "{:?}", list());
+
+    // A new timeout rewrites the record chain only: the entry stays. So does an
+    // IPv4 entry through its Service's new timeout (a new `affinity-<T>` chain).
+    map.ports[0].affinity_timeout = Some(60);
+    let applied = sync(&mut restarted, &map, SyncReason::Change).await;
+    assert!(applied.kind() == Some(Kind::Diff), "{applied:?}");
+    let v4 = format!(
+        "{{ 10.0.0.9 . {} . tcp . {} timeout 60s : 10.77.0.1 . 1 }}",
+        map.ports[0].cluster_ip, map.ports[0].port
+    );
+    netns.exec(
+        "nft",
+        &["add", "element", table[0], table[1], "affinity4", &v4],
+    );
+    map.ports[0].affinity_timeout = Some(90);
+    map.ports[1].affinity_timeout = Some(90);
+    let applied = sync(&mut restarted, &map, SyncReason::Change).await;
+    assert!(applied.kind() == Some(Kind::Diff), "{applied:?}");
+    assert!(list().1.contains("fd99::7 "), "{:?}", list());
+    assert!(chain_exists(&netns, "affinity-90"));
+    assert_eq!(elements_in_kernel(&netns, "affinity4"), 1);
+
+    map.ports[1].cluster_endpoints.remove(0);
+    let started = std::time::Instant::now();
+    let applied = sync(&mut restarted, &map, SyncReason::Change).await;
+    eprintln!(
+        "an IPv6 affinity endpoint removed: {applied:?} in {:?}",
+        started.elapsed()
+    );
+    assert!(applied.kind() == Some(Kind::Diff), "{applied:?}");
+    assert!(!list().0, "the removed endpoint's set is still there");
+    assert!(chain_exists(&netns, "affinity6-fd00--10-tcp-80-record"));
+}

@@ -79,7 +79,13 @@ fn dual_stack_backends_print_ipv6_in_brackets() {
          spec: {clusterIP: 10.96.0.5, clusterIPs: [10.96.0.5, 'fd00::5'], ports: [{name: p, port: 80}]}\n---\n\
          apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
          metadata: {name: s-6, namespace: x, labels: {kubernetes.io/service-name: s}}\naddressType: IPv6\n\
-         ports: [{name: p, port: 8080}]\nendpoints: [{addresses: ['fd10:1::9']}, {addresses: ['fd10:1::10']}]\n",
+         ports: [{name: p, port: 8080}]\nendpoints: [{addresses: ['fd10:1::9']}, {addresses: ['fd10:1::10']}]\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: x}\n\
+         spec: {clusterIP: 'fd00::6', ipFamilies: [IPv6], sessionAffinity: ClientIP,\n\
+         sessionAffinityConfig: {clientIP: {timeoutSeconds: 90}}, ports: [{name: p, port: 53, protocol: UDP}]}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {name: a-6, namespace: x, labels: {kubernetes.io/service-name: a}}\naddressType: IPv6\n\
+         ports: [{name: p, port: 5353, protocol: UDP}]\nendpoints: [{addresses: ['fd10:1::9']}, {addresses: ['fd10:1::10']}]\n",
     )
     .unwrap();
     let manifests = dir.path().to_str().unwrap();
@@ -90,6 +96,20 @@ fn dual_stack_backends_print_ipv6_in_brackets() {
     assert_eq!(
         trace(manifests, "n1", "10.244.1.5", "10.96.0.5", 80, "TCP"),
         REJECT
+    );
+    // IPv6 ClientIP affinity, agreed by the compiled rules (the per-endpoint client
+    // sets), from a pod and, masqueraded, from off-cluster.
+    let sticky = |masquerade: bool| {
+        forward(&["[fd10:1::10]:5353", "[fd10:1::9]:5353"], masquerade)
+            .replace('}', r#","affinity_seconds":90}"#)
+    };
+    assert_eq!(
+        trace(manifests, "n1", "fd10:1::1", "fd00::6", 53, "UDP"),
+        sticky(false)
+    );
+    assert_eq!(
+        trace(manifests, "n1", "2001:db8::1", "fd00::6", 53, "UDP"),
+        sticky(true)
     );
 }
 

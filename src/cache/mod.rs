@@ -42,6 +42,7 @@ pub mod manifests;
 mod pod;
 mod signal;
 mod snapshot;
+mod store;
 mod strict;
 mod trim;
 mod watch;
@@ -50,7 +51,7 @@ pub use endpoint_slice::{Endpoint, EndpointSlice};
 pub use kind::Kind;
 pub use labels::Labels;
 pub use pod::{Container, Pod, PodSpec, PodStatus};
-pub use signal::Changes;
+pub use signal::{COALESCE_WINDOW, Changes};
 pub use snapshot::Snapshot;
 pub use trim::{
     trim_endpoint_slice, trim_network_policy, trim_node, trim_object, trim_pod, trim_service,

@@ -25,6 +25,17 @@ impl Changes {
     /// settle, and returns the kinds that changed. Returns an empty list when the
     /// cache has been dropped.
     pub async fn changed(&mut self) -> Vec<Kind> {
+        self.changed_settling(None).await
+    }
+
+    /// Like [`Self::changed`], but a burst settles only until `deadline`: a change
+    /// that comes after it returns at once (how a controller that has been idle
+    /// reacts to one isolated event without waiting out the window).
+    pub async fn changed_until(&mut self, deadline: tokio::time::Instant) -> Vec<Kind> {
+        self.changed_settling(Some(deadline)).await
+    }
+
+    async fn changed_settling(&mut self, deadline: Option<tokio::time::Instant>) -> Vec<Kind> {
         if self.receivers.is_empty() {
             return std::future::pending().await;
         }
@@ -36,7 +47,10 @@ impl Changes {
         if result.is_err() {
             return Vec::new();
         }
-        tokio::time::sleep(COALESCE_WINDOW).await;
+        let until = deadline.unwrap_or_else(|| tokio::time::Instant::now() + COALESCE_WINDOW);
+        if until > tokio::time::Instant::now() {
+            tokio::time::sleep_until(until).await;
+        }
         // `changed()` already marked the first receiver seen.
         let mut kinds = self.take_changed();
         if !kinds.contains(&self.receivers[first].0) {
@@ -76,5 +90,26 @@ mod tests {
         assert_eq!(kinds, vec![Kind::Node, Kind::Pod]);
         let again = tokio::time::timeout(Duration::from_millis(100), changes.changed()).await;
         assert!(again.is_err(), "no new change, no wakeup");
+    }
+
+    #[tokio::test]
+    async fn settles_only_until_the_deadline() {
+        let (pods, pods_rx) = watch::channel(0u64);
+        let mut changes = Changes::new(vec![(Kind::Pod, pods_rx)]);
+        pods.send_replace(1);
+        let started = tokio::time::Instant::now();
+        let kinds = changes.changed_until(started).await;
+        assert_eq!(kinds, vec![Kind::Pod]);
+        assert!(
+            started.elapsed() < COALESCE_WINDOW,
+            "a past deadline: at once"
+        );
+        pods.send_replace(2);
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(30);
+        changes.changed_until(deadline).await;
+        assert!(
+            tokio::time::Instant::now() >= deadline,
+            "settled until the deadline"
+        );
     }
 }

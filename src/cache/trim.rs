@@ -126,7 +126,6 @@ pub fn trim_pod(pod: &mut Pod) {
     }
     if let Some(status) = pod.status.as_mut() {
         fit(&mut status.pod_ips);
-        fit(&mut status.host_ips);
     }
 }
 

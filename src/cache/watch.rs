@@ -1,26 +1,27 @@
-//! The live cache: a kube-rs reflector per kind the enabled controllers read, over
-//! one client. Each store is eventually consistent with the API server; the watcher
-//! relists on 410 Gone and reconnects with backoff when the server goes away, so the
-//! cache outlives restarts; the API server probe ([`super::liveness`]) can restart
-//! every stream when a hang makes their connections suspect. A kind the API server does not serve (ServiceCIDR before
-//! Kubernetes 1.33) is not watched: it reads as empty and counts as synced.
+//! The live cache: a kube-rs watcher and a [`Store`] per kind the enabled
+//! controllers read, over one client. Each store is eventually consistent with the
+//! API server; the watcher relists on 410 Gone and reconnects with backoff when the
+//! server goes away, so the cache outlives restarts; the API server probe
+//! ([`super::liveness`]) can restart every stream when a hang makes their connections
+//! suspect. A kind the API server does not serve (ServiceCIDR before Kubernetes 1.33)
+//! is not watched: it reads as empty and counts as synced.
 
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, Service};
 use k8s_openapi::api::networking::v1::{NetworkPolicy, ServiceCIDR};
 use kube::runtime::WatchStreamExt;
-use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch as tokio_watch;
 
 use super::liveness::{Restart, RestartRequest, WatchRestarts};
+use super::store::{Store, Writer};
 use super::trim::{
     trim_endpoint_slice, trim_network_policy, trim_node, trim_object, trim_pod, trim_service,
 };
@@ -37,6 +38,19 @@ pub struct SyncError {
 struct KindState {
     generation: tokio_watch::Sender<u64>,
     synced: AtomicBool,
+}
+
+impl KindState {
+    /// Returns once the kind's first list has completed.
+    async fn listed(&self) {
+        // Subscribed before looking: the list completing in between still wakes it.
+        let mut changes = self.generation.subscribe();
+        while !self.synced.load(Ordering::Acquire) {
+            if changes.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
 }
 
 /// One store per kind; `None` for a kind that is not watched.
@@ -131,31 +145,10 @@ impl Cache {
     /// Waits until every watched kind's store has its first complete list, or fails
     /// naming the kinds that did not within `timeout`.
     pub async fn wait_synced(&self, timeout: Duration) -> Result<(), SyncError> {
-        let s = &self.stores;
-        let ready = futures::future::join_all(
-            [
-                s.nodes.as_ref().map(|st| st.wait_until_ready().boxed()),
-                s.namespaces
-                    .as_ref()
-                    .map(|st| st.wait_until_ready().boxed()),
-                s.pods.as_ref().map(|st| st.wait_until_ready().boxed()),
-                s.services.as_ref().map(|st| st.wait_until_ready().boxed()),
-                s.endpoint_slices
-                    .as_ref()
-                    .map(|st| st.wait_until_ready().boxed()),
-                s.network_policies
-                    .as_ref()
-                    .map(|st| st.wait_until_ready().boxed()),
-                s.service_cidrs
-                    .as_ref()
-                    .map(|st| st.wait_until_ready().boxed()),
-            ]
-            .into_iter()
-            .flatten(),
-        );
+        let ready = futures::future::join_all(self.kinds.iter().map(|(_, state)| state.listed()));
         match tokio::time::timeout(timeout, ready).await {
-            Ok(results) if results.iter().all(Result::is_ok) => Ok(()),
-            _ => Err(SyncError {
+            Ok(_) => Ok(()),
+            Err(_) => Err(SyncError {
                 timeout,
                 kinds: self.unsynced(),
             }),
@@ -210,10 +203,7 @@ impl Cache {
     }
 }
 
-fn state<K: Resource<DynamicType = ()> + Clone>(store: &Option<Store<K>>) -> Vec<Arc<K>>
-where
-    K::DynamicType: std::hash::Hash + Eq,
-{
+fn state<K: Resource>(store: &Option<Store<K>>) -> Vec<Arc<K>> {
     store.as_ref().map(Store::state).unwrap_or_default()
 }
 
@@ -234,7 +224,8 @@ impl WatchContext {
     where
         K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     {
-        let (reader, mut writer) = reflector::store::<K>();
+        let mut writer = Writer::<K>::new();
+        let reader = writer.store();
         let mut api: Api<K> = Api::all(self.client.clone());
         let metrics = self.metrics.clone();
         let kinds = self.kinds.clone();
@@ -267,16 +258,14 @@ impl WatchContext {
                     let Some(item) = item else { return };
                     match item {
                         Ok(event) => {
-                            writer.apply_watcher_event(&event);
-                            let visible = match event {
-                                Event::InitDone => {
-                                    listed = true;
-                                    state.synced.store(true, Ordering::Release);
-                                    true
-                                }
-                                Event::Apply(_) | Event::Delete(_) => true,
-                                Event::Init | Event::InitApply(_) => false,
-                            };
+                            let done = matches!(event, Event::InitDone);
+                            let visible =
+                                done || matches!(event, Event::Apply(_) | Event::Delete(_));
+                            writer.apply(event);
+                            if done {
+                                listed = true;
+                                state.synced.store(true, Ordering::Release);
+                            }
                             if visible {
                                 state.generation.send_modify(|g| *g += 1);
                                 metrics.set_cache_objects(kind.as_str(), store.len());

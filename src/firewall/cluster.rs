@@ -86,7 +86,8 @@ pub struct PodEndpoint {
     pub labels: Arc<Labels>,
     /// Primary first, as the API lists them.
     pub ips: Vec<IpAddr>,
-    pub node: Option<String>,
+    /// The cache's shared copy of the node's name.
+    pub node: Option<Arc<str>>,
     pub host_network: bool,
     pub ports: Vec<ContainerPort>,
 }
@@ -314,12 +315,17 @@ pub fn pod_endpoint(pod: &Pod, errors: &mut Vec<ObjectError>) -> Option<PodEndpo
             });
         }
     }
+    // Kept for the pod's life: without the room the lists grew.
+    ips.shrink_to_fit();
+    ports.shrink_to_fit();
     Some(PodEndpoint {
         namespace,
         name,
         labels: pod.labels().clone(),
         ips,
-        node: spec.and_then(|s| s.node_name.clone()),
+        node: spec
+            .and_then(|s| s.node_name.as_deref())
+            .map(crate::cache::labels::intern_str),
         host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
         ports,
     })

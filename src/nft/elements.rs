@@ -64,7 +64,8 @@ impl<T> DerefMut for Objects<T> {
 /// in a map of 5,000 pods), not the whole set. A smaller set is one shard.
 #[derive(Clone, Debug, Default)]
 pub struct Elements {
-    /// None, one (at most [`SMALL`] elements when built), or [`SHARDS`].
+    /// None, one (at most [`SMALL`] elements when built), [`SHARDS`] or (more than
+    /// [`LARGE`] elements) [`SHARDS_LARGE`].
     shards: Vec<Arc<BTreeMap<String, String>>>,
     len: usize,
 }
@@ -72,6 +73,11 @@ pub struct Elements {
 pub const SHARDS: usize = 64;
 /// The most elements a set holds in one shard.
 pub const SMALL: usize = 256;
+/// A set of more than this many elements is held in [`SHARDS_LARGE`] shards, so one
+/// change still copies and diffs about a hundred elements (a proxy map of 10,000
+/// Services × 16 slots has 160,000).
+pub const LARGE: usize = 65_536;
+pub const SHARDS_LARGE: usize = 1024;
 
 /// What changed between two versions of a set's elements, each part sorted by key.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -93,22 +99,31 @@ impl Elements {
 
     /// The shard `key` is in (or goes in).
     fn shard_of(&self, key: &str) -> usize {
-        if self.shards.len() == SHARDS {
-            Self::shard(key)
+        if self.shards.len() > 1 {
+            Self::shard(key, self.shards.len())
         } else {
             0
         }
     }
 
-    /// The shard of `key` among [`SHARDS`].
-    fn shard(key: &str) -> usize {
+    /// How many shards a set of `len` elements is built with.
+    fn shard_count(len: usize) -> usize {
+        match len {
+            0..=SMALL => 1,
+            n if n <= LARGE => SHARDS,
+            _ => SHARDS_LARGE,
+        }
+    }
+
+    /// The shard of `key` among `count`.
+    fn shard(key: &str, count: usize) -> usize {
         let address = key.split_once(" . ").map_or(key, |(address, _)| address);
         let mut hash: u32 = 0x811c_9dc5;
         for byte in address.bytes() {
             hash ^= u32::from(byte);
             hash = hash.wrapping_mul(0x0100_0193);
         }
-        hash as usize % SHARDS
+        hash as usize % count
     }
 
     pub fn get(&self, key: &str) -> Option<&String> {
@@ -133,7 +148,7 @@ impl Elements {
         let previous = Arc::make_mut(shard).insert(key, value);
         if previous.is_none() {
             self.len += 1;
-            if self.shards.len() == 1 && self.len > SMALL {
+            if self.shards.len() < Self::shard_count(self.len) {
                 *self = std::mem::take(self).into_iter().collect();
             }
         }
@@ -213,9 +228,11 @@ impl Elements {
                 .extend(new.iter().filter(|(k, v)| old_all.get(k) != Some(*v)));
         };
         if self.shards.len() == new.shards.len() {
+            // Sharded alike: a key is in the same shard in both, so one merge walk
+            // of the two sorted shards (no lookups) finds what changed.
             for (old_shard, new_shard) in self.shards.iter().zip(&new.shards) {
                 if !Arc::ptr_eq(old_shard, new_shard) {
-                    compare(old_shard, new_shard, self, new);
+                    merge_changes(old_shard, new_shard, &mut changes);
                 }
             }
         } else {
@@ -237,6 +254,48 @@ impl Elements {
         self.shards
             .into_iter()
             .flat_map(|shard| Arc::try_unwrap(shard).unwrap_or_else(|shared| (*shared).clone()))
+    }
+}
+
+/// What changed from `old` to `new`, two sorted shards, walked side by side.
+fn merge_changes<'a>(
+    old: &'a BTreeMap<String, String>,
+    new: &'a BTreeMap<String, String>,
+    changes: &mut ElementChanges<'a>,
+) {
+    let (mut old, mut new) = (old.iter().peekable(), new.iter().peekable());
+    loop {
+        match (old.peek(), new.peek()) {
+            (Some(&(old_key, old_value)), Some(&(new_key, new_value))) => {
+                match old_key.cmp(new_key) {
+                    std::cmp::Ordering::Less => {
+                        changes.gone.push(old_key);
+                        old.next();
+                    }
+                    std::cmp::Ordering::Greater => {
+                        changes.added.push((new_key, new_value));
+                        new.next();
+                    }
+                    std::cmp::Ordering::Equal => {
+                        if old_value != new_value {
+                            changes.gone.push(old_key);
+                            changes.added.push((new_key, new_value));
+                        }
+                        old.next();
+                        new.next();
+                    }
+                }
+            }
+            (Some(&(old_key, _)), None) => {
+                changes.gone.push(old_key);
+                old.next();
+            }
+            (None, Some(&element)) => {
+                changes.added.push(element);
+                new.next();
+            }
+            (None, None) => break,
+        }
     }
 }
 
@@ -279,9 +338,10 @@ impl FromIterator<(String, String)> for Elements {
                 len,
             };
         }
-        let mut shards: Vec<BTreeMap<String, String>> = vec![BTreeMap::new(); SHARDS];
+        let count = Self::shard_count(len);
+        let mut shards: Vec<BTreeMap<String, String>> = vec![BTreeMap::new(); count];
         for (key, value) in all {
-            shards[Self::shard(&key)].insert(key, value);
+            shards[Self::shard(&key, count)].insert(key, value);
         }
         Self {
             shards: shards.into_iter().map(Arc::new).collect(),
@@ -418,6 +478,38 @@ mod tests {
             grown,
             grown.keys().map(|k| (k.clone(), String::new())).collect()
         );
+    }
+
+    #[test]
+    fn a_large_set_has_more_shards_and_a_change_still_copies_one() {
+        let mut grown: Elements = (0..LARGE)
+            .map(|i| {
+                (
+                    format!("10.{}.{}.{}", i / 65_536, i / 256 % 256, i % 256),
+                    "x".into(),
+                )
+            })
+            .collect();
+        assert_eq!(grown.shards.len(), SHARDS);
+        let before = grown.clone();
+        grown.insert("10.99.0.1".into(), "y".into());
+        assert_eq!(grown.shards.len(), SHARDS_LARGE, "grown past LARGE");
+        assert_eq!(grown.len(), LARGE + 1);
+        let changes = before.changes(&grown);
+        assert!(changes.gone.is_empty());
+        assert_eq!(changes.added.len(), 1);
+        let mut changed = grown.clone();
+        changed.insert("10.0.0.5".into(), "z".into());
+        let unshared = grown
+            .shards
+            .iter()
+            .zip(&changed.shards)
+            .filter(|(a, b)| !Arc::ptr_eq(a, b))
+            .count();
+        assert_eq!(unshared, 1);
+        let changes = grown.changes(&changed);
+        assert_eq!(changes.gone, ["10.0.0.5"]);
+        assert_eq!(changed.get("10.0.0.5").map(String::as_str), Some("z"));
     }
 
     #[test]

@@ -1085,6 +1085,109 @@ mod tests {
         assert_eq!((v6.len(), v6[0].dnat), (1, false));
     }
 
+    /// IPv6 affinity as the proxy lays it out: a client in an endpoint's set goes to
+    /// that endpoint only; any other client to every bucket, recorded after NAT.
+    #[test]
+    fn a_client_in_an_endpoints_set_goes_there() {
+        let mut t = Table::default();
+        let set = |decl: &str, map: bool, elements: &[(&str, &str)]| {
+            Arc::new(
+                Set::new(map, decl, None).with_elements(
+                    elements
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect::<Elements>(),
+                ),
+            )
+        };
+        let frontend = "type ipv6_addr . inet_proto . inet_service : verdict";
+        let clients = "type ipv6_addr; flags dynamic,timeout";
+        t.sets.insert(
+            "lookup".into(),
+            set(frontend, true, &[("fd00::1 . tcp . 80", "jump sticky")]),
+        );
+        t.sets.insert(
+            "record".into(),
+            set(frontend, true, &[("fd00::1 . tcp . 80", "goto remember")]),
+        );
+        t.sets.insert(
+            "slots".into(),
+            set(
+                "typeof ip6 daddr . meta l4proto . th dport . numgen random mod 1 : ip6 daddr . th dport",
+                true,
+                &[
+                    ("fd00::1 . tcp . 80 . 0", "fd10::1 . 8080"),
+                    ("fd00::1 . tcp . 80 . 1", "fd10::2 . 8080"),
+                ],
+            ),
+        );
+        t.sets.insert("a".into(), set(clients, false, &[]));
+        t.sets
+            .insert("b".into(), set(clients, false, &[("fd99::7", "")]));
+        let base = |hook: &str, kind: &str, priority: i32, rules: &[&str]| {
+            Arc::new(Chain::new(
+                Some(Hook::new(kind, hook, priority)),
+                rules.iter().copied(),
+            ))
+        };
+        let plain = |rules: &[&str]| Arc::new(Chain::new(None, rules.iter().copied()));
+        t.chains.insert(
+            "pre".into(),
+            base(
+                "prerouting",
+                "nat",
+                -100,
+                &[
+                    "ip6 daddr . meta l4proto . th dport vmap @lookup",
+                    "dnat ip6 to ip6 daddr . meta l4proto . th dport . numgen random mod 2 map @slots",
+                ],
+            ),
+        );
+        t.chains.insert(
+            "sticky".into(),
+            plain(&[
+                "meta l4proto tcp ip6 saddr @a dnat ip6 to [fd10::1]:8080",
+                "meta l4proto tcp ip6 saddr @b dnat ip6 to [fd10::2]:8080",
+            ]),
+        );
+        t.chains.insert(
+            "after".into(),
+            base(
+                "prerouting",
+                "filter",
+                -90,
+                &["ct state new ct status dnat ct original ip6 daddr . meta l4proto . ct original proto-dst vmap @record"],
+            ),
+        );
+        t.chains.insert(
+            "remember".into(),
+            plain(&[
+                "ip6 daddr fd10::1 th dport 8080 update @a { ip6 saddr timeout 60s }",
+                "ip6 daddr fd10::2 th dport 8080 update @b { ip6 saddr timeout 60s }",
+            ]),
+        );
+        let landed = |from: &str| -> Vec<(String, Option<u32>)> {
+            let mut flows = trace_flow(&t, &packet(from, "fd00::1", "tcp", 80), &[])
+                .unwrap()
+                .into_iter()
+                .map(|f| (format!("[{}]:{}", f.daddr, f.dport), f.affinity_seconds))
+                .collect::<Vec<_>>();
+            flows.sort();
+            flows
+        };
+        assert_eq!(
+            landed("fd99::7"),
+            [("[fd10::2]:8080".to_string(), Some(60))]
+        );
+        assert_eq!(
+            landed("fd99::8"),
+            [
+                ("[fd10::1]:8080".to_string(), Some(60)),
+                ("[fd10::2]:8080".to_string(), Some(60))
+            ]
+        );
+    }
+
     #[test]
     fn an_unknown_statement_is_an_error() {
         let mut t = table();

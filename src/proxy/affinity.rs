@@ -3,7 +3,9 @@
 //! map `affinity4` (see [`super::nftables::compile`]); when an endpoint leaves a
 //! frontend (or the frontend loses affinity), its entries must go at once, as
 //! kube-proxy's per-endpoint affinity sets go with the endpoint. The map is only
-//! listed when a (frontend, endpoint) pair disappeared since the last sync.
+//! listed when a (frontend, endpoint) pair disappeared since the last sync. IPv6
+//! affinity needs no janitor: its entries are in one set per frontend and endpoint,
+//! which the compiler removes with the endpoint, in the same transaction.
 
 use std::collections::BTreeSet;
 

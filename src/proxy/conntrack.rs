@@ -9,14 +9,16 @@
 //!   destination is the frontend are deleted (made while it had none).
 //!
 //! The table is dumped (one family at a time) only when there is something to
-//! delete; entries gone meanwhile (`ENOENT`) are fine.
+//! delete; entries gone meanwhile (`ENOENT`) are fine. A sync looks only at the
+//! frontends of the Services that changed.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 
 use netlink_sys::{Socket, SocketAddr as NlAddr, protocols::NETLINK_NETFILTER};
 
-use super::model::{Protocol, ServiceMap};
+use super::model::{Protocol, ServiceMap, ServicePort};
+use super::services::Changed;
 
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_NEW: u16 = 0;
@@ -42,13 +44,17 @@ pub type Flows = BTreeMap<(Protocol, SocketAddr), BTreeSet<SocketAddr>>;
 
 /// The UDP and SCTP frontends of `map` with their endpoints (both policies').
 pub fn flows(map: &ServiceMap) -> Flows {
+    flows_of(&map.ports, &map.node_port_ips)
+}
+
+/// The UDP and SCTP frontends of `ports` with their endpoints.
+fn flows_of(ports: &[ServicePort], node_port_ips: &[IpAddr]) -> Flows {
     let mut out = Flows::new();
-    for port in map
-        .ports
+    for port in ports
         .iter()
         .filter(|p| matches!(p.protocol, Protocol::Udp | Protocol::Sctp))
     {
-        for frontend in port.frontends(&map.node_port_ips) {
+        for frontend in port.frontends(node_port_ips) {
             let endpoints = out
                 .entry((
                     port.protocol,
@@ -107,30 +113,158 @@ pub fn stale(before: &Flows, now: &Flows) -> Vec<Stale> {
     out
 }
 
-/// Remembers the last sync's flows and deletes what became stale.
+/// Remembers the last sync's flows, per Service, and deletes what became stale.
 #[derive(Debug, Default)]
 pub struct Cleaner {
-    before: Option<Flows>,
+    /// `None` before the first sync.
+    before: Option<Programmed>,
 }
 
-impl Cleaner {
-    /// After `map` is programmed. Returns how many entries were deleted; on error the
-    /// next sync compares against the older flows again.
-    pub async fn sync(&mut self, map: &ServiceMap) -> anyhow::Result<usize> {
-        let now = flows(map);
-        let Some(before) = &self.before else {
-            self.before = Some(now);
-            return Ok(0);
-        };
-        let stale = stale(before, &now);
-        if stale.is_empty() {
-            self.before = Some(now);
-            return Ok(0);
+/// The flows of the last sync, kept per Service so a sync reads only the changed
+/// ones (a frontend two Services share has the endpoints of both).
+#[derive(Clone, Debug, Default)]
+struct Programmed {
+    by_service: HashMap<String, Flows>,
+    /// Frontend → the Services that have it.
+    owners: BTreeMap<(Protocol, SocketAddr), BTreeSet<String>>,
+}
+
+impl Programmed {
+    fn new(map: &ServiceMap) -> Self {
+        let mut out = Self::default();
+        let mut services: Vec<&str> = map.ports.iter().map(|p| p.service.as_str()).collect();
+        services.dedup();
+        for service in services {
+            out.set(service, flows_of(map.ports_of(service), &map.node_port_ips));
         }
-        let deleted = tokio::task::spawn_blocking(move || delete(&stale)).await??;
-        self.before = Some(now);
-        Ok(deleted)
+        out
     }
+
+    /// Replaces the flows of `service`.
+    fn set(&mut self, service: &str, flows: Flows) {
+        for frontend in self
+            .by_service
+            .remove(service)
+            .into_iter()
+            .flat_map(|f| f.into_keys())
+        {
+            if let Some(owners) = self.owners.get_mut(&frontend) {
+                owners.remove(service);
+                if owners.is_empty() {
+                    self.owners.remove(&frontend);
+                }
+            }
+        }
+        if flows.is_empty() {
+            return;
+        }
+        for frontend in flows.keys() {
+            self.owners
+                .entry(*frontend)
+                .or_default()
+                .insert(service.to_string());
+        }
+        self.by_service.insert(service.to_string(), flows);
+    }
+
+    /// `frontends` with the endpoints of every Service that has them.
+    fn flows_at<'a>(&self, frontends: impl Iterator<Item = &'a (Protocol, SocketAddr)>) -> Flows {
+        let mut out = Flows::new();
+        for frontend in frontends {
+            let endpoints: BTreeSet<SocketAddr> = self
+                .owners
+                .get(frontend)
+                .into_iter()
+                .flatten()
+                .filter_map(|service| self.by_service.get(service)?.get(frontend))
+                .flatten()
+                .copied()
+                .collect();
+            if self.owners.contains_key(frontend) {
+                out.insert(*frontend, endpoints);
+            }
+        }
+        out
+    }
+}
+
+/// How to take one sync back: the Services' flows before it (all of them when
+/// `None`).
+type Undo = Option<Vec<(String, Flows)>>;
+
+impl Cleaner {
+    /// After `map` is programmed, `changed` saying which Services changed since the
+    /// last successful call (only those are read). Returns how many entries were
+    /// deleted; on error nothing is recorded, so the next call (with the changes of
+    /// both) compares against the older flows again.
+    pub async fn sync(&mut self, map: &ServiceMap, changed: &Changed) -> anyhow::Result<usize> {
+        // Every Service changing is rare (and costs a whole pass anyway): keep a copy.
+        let previous = match changed.services() {
+            None => self.before.clone(),
+            Some(_) => None,
+        };
+        let (stale, undo) = self.advance(map, changed);
+        match delete_in_background(stale).await {
+            Ok(deleted) => Ok(deleted),
+            Err(err) => {
+                match (undo, &mut self.before) {
+                    (Some(undo), Some(before)) => {
+                        for (name, flows) in undo {
+                            before.set(&name, flows);
+                        }
+                    }
+                    _ => self.before = previous,
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Records `map`'s flows; returns the entries that became stale and how to take
+    /// it back.
+    fn advance(&mut self, map: &ServiceMap, changed: &Changed) -> (Vec<Stale>, Undo) {
+        let (Some(before), Some(names)) = (&mut self.before, changed.services()) else {
+            // The first sync, or every Service changed: all flows.
+            let after = Programmed::new(map);
+            let stale = match &self.before {
+                Some(before) => stale(
+                    &before.flows_at(before.owners.keys()),
+                    &after.flows_at(after.owners.keys()),
+                ),
+                None => Vec::new(),
+            };
+            self.before = Some(after);
+            return (stale, None);
+        };
+        let mut frontends = BTreeSet::new();
+        let mut undo = Vec::new();
+        let mut updates = Vec::new();
+        for name in names {
+            let flows = flows_of(map.ports_of(name), &map.node_port_ips);
+            let old = before.by_service.get(name);
+            if old.map_or(flows.is_empty(), |old| *old == flows) {
+                continue;
+            }
+            frontends.extend(old.into_iter().flat_map(|f| f.keys()).copied());
+            frontends.extend(flows.keys().copied());
+            undo.push((name.clone(), old.cloned().unwrap_or_default()));
+            updates.push((name.as_str(), flows));
+        }
+        let old_flows = before.flows_at(frontends.iter());
+        for (name, flows) in updates {
+            before.set(name, flows);
+        }
+        let stale = stale(&old_flows, &before.flows_at(frontends.iter()));
+        (stale, Some(undo))
+    }
+}
+
+/// Deletes the `stale` entries (on a blocking thread: a dump can be large).
+async fn delete_in_background(stale: Vec<Stale>) -> anyhow::Result<usize> {
+    if stale.is_empty() {
+        return Ok(0);
+    }
+    tokio::task::spawn_blocking(move || delete(&stale)).await?
 }
 
 /// One conntrack entry as far as matching needs it.
@@ -403,6 +537,67 @@ mod tests {
 
     fn a(text: &str) -> SocketAddr {
         text.parse().unwrap()
+    }
+
+    /// Two UDP Services sharing an externalIP frontend, and one TCP Service.
+    fn map(a_endpoints: &[&str], b_endpoints: &[&str]) -> ServiceMap {
+        let slice = |service: &str, ips: &[&str]| {
+            let endpoints: Vec<serde_json::Value> = ips
+                .iter()
+                .map(|ip| serde_json::json!({"addresses": [ip], "nodeName": "n2"}))
+                .collect();
+            serde_json::json!({"kind": "EndpointSlice", "metadata": {"name": format!("{service}-1"), "namespace": "x",
+                "labels": {"kubernetes.io/service-name": service}},
+             "addressType": "IPv4", "ports": [{"port": 5353, "protocol": "UDP"}], "endpoints": endpoints})
+        };
+        let snapshot = crate::proxy::services::tests_support::snapshot(serde_json::json!([
+            {"kind": "Node", "metadata": {"name": "n1"},
+             "status": {"addresses": [{"type": "InternalIP", "address": "192.168.0.1"}]}},
+            {"kind": "Service", "metadata": {"name": "a", "namespace": "x"},
+             "spec": {"clusterIP": "10.96.0.10", "externalIPs": ["203.0.113.1"],
+                      "ports": [{"port": 53, "protocol": "UDP"}]}},
+            {"kind": "Service", "metadata": {"name": "b", "namespace": "x"},
+             "spec": {"clusterIP": "10.96.0.11", "externalIPs": ["203.0.113.1"],
+                      "ports": [{"port": 53, "protocol": "UDP"}]}},
+            {"kind": "Service", "metadata": {"name": "c", "namespace": "x"},
+             "spec": {"clusterIP": "10.96.0.12", "ports": [{"port": 80}]}},
+            slice("a", a_endpoints),
+            slice("b", b_endpoints),
+        ]));
+        crate::proxy::services::build(&snapshot, "n1", &["10.96.0.0/16".parse().unwrap()])
+    }
+
+    #[test]
+    fn a_sync_reads_the_changed_services_and_finds_what_a_full_pass_does() {
+        let steps = [
+            (map(&["10.244.1.1", "10.244.1.2"], &["10.244.1.2"]), "x/a"),
+            // a loses .2 but b still sends the shared frontend there
+            (map(&["10.244.1.1"], &["10.244.1.2"]), "x/a"),
+            (map(&["10.244.1.1"], &[]), "x/b"),
+            (map(&[], &[]), "x/a"),
+            (map(&["10.244.1.3"], &[]), "x/a"),
+            (map(&["10.244.1.3"], &[]), "x/c"),
+        ];
+        let mut cleaner = Cleaner::default();
+        let (first, _) = cleaner.advance(&steps[0].0, &Changed::All);
+        assert!(first.is_empty(), "the first sync only learns");
+        for window in steps.windows(2) {
+            let [(old, _), (new, service)] = window else {
+                unreachable!()
+            };
+            let changed = Changed::Services([service.to_string()].into());
+            let (found, undo) = cleaner.advance(new, &changed);
+            assert_eq!(found, stale(&flows(old), &flows(new)), "{service}");
+            assert!(undo.is_some());
+        }
+        let shared = a("203.0.113.1:53");
+        let (found, _) = cleaner.advance(&steps[1].0, &Changed::All);
+        assert_eq!(found, stale(&flows(&steps[5].0), &flows(&steps[1].0)));
+        assert!(found.contains(&Stale::Endpoint {
+            protocol: Protocol::Udp,
+            frontend: shared,
+            endpoint: a("10.244.1.3:5353"),
+        }));
     }
 
     #[test]

@@ -9,9 +9,10 @@
 //!   `/livez`): 200 once a sync succeeded and as long as the latest one did, else
 //!   503, with `{"lastUpdated":…,"currentTime":…,"nodeEligible":true}`.
 //!
-//! A port that cannot be bound is logged and tried again on the next sync.
+//! A port that cannot be bound is logged (once per distinct error) and tried again on
+//! the next sync. Only the Services that changed are read again ([`Claims`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -24,6 +25,7 @@ use serde_json::json;
 use tokio::task::JoinHandle;
 
 use super::model::ServiceMap;
+use super::services::Changed;
 
 /// What one healthCheckNodePort reports.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -37,35 +39,119 @@ pub struct ServiceHealth {
 /// Every healthCheckNodePort of `map` with what it reports; a port claimed by two
 /// Services goes to the first (sorted) and the other is reported.
 pub fn desired(map: &ServiceMap) -> (BTreeMap<u16, ServiceHealth>, Vec<String>) {
-    let mut local: BTreeMap<(u16, &str), BTreeSet<IpAddr>> = BTreeMap::new();
-    for port in &map.ports {
-        if let Some(number) = port.health_check_node_port {
-            local
-                .entry((number, port.service.as_str()))
-                .or_default()
-                .extend(port.local_endpoints.iter().map(SocketAddr::ip));
-        }
-    }
-    let mut out: BTreeMap<u16, ServiceHealth> = BTreeMap::new();
-    let mut problems = Vec::new();
-    for ((number, service), ips) in local {
-        match out.get(&number) {
-            Some(owner) => problems.push(format!(
-                "Service {service}: spec.healthCheckNodePort {number} is already used by {}; ignored",
-                owner.service
-            )),
+    let mut claims = Claims::default();
+    claims.update(map, &Changed::All);
+    let wanted = claims
+        .by_port
+        .keys()
+        .filter_map(|port| Some((*port, claims.wanted(*port)?)))
+        .collect();
+    (wanted, claims.problems())
+}
+
+/// The healthCheckNodePorts Services claim, kept between syncs so a sync reads only
+/// the changed Services.
+#[derive(Debug, Default)]
+pub struct Claims {
+    /// Port → the Services claiming it, with their distinct local endpoint addresses.
+    by_port: BTreeMap<u16, BTreeMap<String, usize>>,
+    /// Service → the ports it claims.
+    by_service: HashMap<String, Vec<u16>>,
+    /// Ports claimed by more than one Service.
+    conflicts: BTreeSet<u16>,
+}
+
+impl Claims {
+    /// Reads the `changed` Services of `map` again; returns the ports whose answer
+    /// may have changed.
+    pub fn update(&mut self, map: &ServiceMap, changed: &Changed) -> BTreeSet<u16> {
+        let mut touched = BTreeSet::new();
+        let keys: Vec<String> = match changed.services() {
+            Some(names) => names.iter().cloned().collect(),
             None => {
-                out.insert(
-                    number,
-                    ServiceHealth {
-                        service: service.to_string(),
-                        local_endpoints: ips.len(),
-                    },
-                );
+                touched.extend(self.by_port.keys().copied());
+                self.by_port.clear();
+                self.by_service.clear();
+                self.conflicts.clear();
+                let mut all: Vec<String> = map.ports.iter().map(|p| p.service.clone()).collect();
+                all.dedup();
+                all
+            }
+        };
+        for key in keys {
+            for port in self.by_service.remove(&key).unwrap_or_default() {
+                if let Some(claimants) = self.by_port.get_mut(&port) {
+                    claimants.remove(&key);
+                    self.recheck(port);
+                }
+                touched.insert(port);
+            }
+            let mut local: BTreeMap<u16, BTreeSet<IpAddr>> = BTreeMap::new();
+            for port in map.ports_of(&key) {
+                if let Some(number) = port.health_check_node_port {
+                    local
+                        .entry(number)
+                        .or_default()
+                        .extend(port.local_endpoints.iter().map(SocketAddr::ip));
+                }
+            }
+            if local.is_empty() {
+                continue;
+            }
+            self.by_service
+                .insert(key.clone(), local.keys().copied().collect());
+            for (number, ips) in local {
+                self.by_port
+                    .entry(number)
+                    .or_default()
+                    .insert(key.clone(), ips.len());
+                self.recheck(number);
+                touched.insert(number);
             }
         }
+        touched
     }
-    (out, problems)
+
+    fn recheck(&mut self, port: u16) {
+        let claimants = self.by_port.get(&port).map_or(0, BTreeMap::len);
+        if claimants == 0 {
+            self.by_port.remove(&port);
+        }
+        if claimants > 1 {
+            self.conflicts.insert(port);
+        } else {
+            self.conflicts.remove(&port);
+        }
+    }
+
+    /// What `port` reports: its first (sorted) claimant's.
+    pub fn wanted(&self, port: u16) -> Option<ServiceHealth> {
+        let (service, local_endpoints) = self.by_port.get(&port)?.iter().next()?;
+        Some(ServiceHealth {
+            service: service.clone(),
+            local_endpoints: *local_endpoints,
+        })
+    }
+
+    /// One message per Service whose port another one holds.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for port in &self.conflicts {
+            let Some(claimants) = self.by_port.get(port) else {
+                continue;
+            };
+            let mut names = claimants.keys();
+            let Some(owner) = names.next() else {
+                continue;
+            };
+            for service in names {
+                out.push(format!(
+                    "Service {service}: spec.healthCheckNodePort {port} is already used by {owner}; ignored"
+                ));
+            }
+        }
+        out
+    }
 }
 
 /// The state both kinds of server read.
@@ -83,7 +169,11 @@ struct State {
 pub struct HealthServers {
     state: Arc<Mutex<State>>,
     proxy: Option<JoinHandle<()>>,
+    proxy_error: crate::runtime::ErrorOnce,
     services: BTreeMap<u16, JoinHandle<()>>,
+    /// Wanted ports that could not be bound: tried again on the next sync.
+    unbound: BTreeSet<u16>,
+    service_errors: BTreeMap<u16, crate::runtime::ErrorOnce>,
 }
 
 impl Drop for HealthServers {
@@ -94,11 +184,22 @@ impl Drop for HealthServers {
 }
 
 impl HealthServers {
-    /// Starts the node's proxy health endpoint (once; `None` = not wanted).
+    /// Starts the node's proxy health endpoint once (`None` = not wanted); a bind
+    /// that fails is logged (once per distinct error) and tried again on the next
+    /// call.
     pub fn start_proxy_healthz(&mut self, bind: Option<SocketAddr>) {
         let (Some(bind), None) = (bind, &self.proxy) else {
             return;
         };
+        let listener = match bind_dual(bind) {
+            Ok(listener) => listener,
+            Err(err) => {
+                self.proxy_error
+                    .report(&format!("proxy health: cannot listen on {bind}: {err}"));
+                return;
+            }
+        };
+        self.proxy_error.clear();
         let state = self.state.clone();
         let handler = move || {
             let state = state.clone();
@@ -107,7 +208,7 @@ impl HealthServers {
         let router = Router::new()
             .route("/healthz", get(handler.clone()))
             .route("/livez", get(handler));
-        self.proxy = Some(tokio::spawn(serve(bind, router, "proxy health")));
+        self.proxy = Some(tokio::spawn(serve(listener, router, bind, "proxy health")));
     }
 
     /// Records a sync's outcome.
@@ -119,45 +220,62 @@ impl HealthServers {
         }
     }
 
-    /// Serves exactly the healthCheckNodePorts of `wanted` with their counts.
-    pub fn set_services(&mut self, wanted: BTreeMap<u16, ServiceHealth>) {
-        self.services.retain(|port, task| {
-            let keep = wanted.contains_key(port) && !task.is_finished();
-            if !keep {
-                task.abort();
-            }
-            keep
-        });
-        for port in wanted.keys() {
-            if self.services.contains_key(port) {
+    /// Serves exactly the healthCheckNodePorts `claims` want, looking at the
+    /// `touched` ports (and those not bound yet) only.
+    pub fn update_services(&mut self, claims: &Claims, touched: &BTreeSet<u16>) {
+        let mut ports = touched.clone();
+        ports.extend(self.unbound.iter().copied());
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        for port in ports {
+            let Some(wanted) = claims.wanted(port) else {
+                if let Some(task) = self.services.remove(&port) {
+                    task.abort();
+                }
+                self.unbound.remove(&port);
+                self.service_errors.remove(&port);
+                state.services.remove(&port);
+                continue;
+            };
+            state.services.insert(port, wanted);
+            if self.services.get(&port).is_some_and(|t| !t.is_finished()) {
                 continue;
             }
-            let state = self.state.clone();
-            let number = *port;
+            let bind = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port);
+            let listener = match bind_dual(bind) {
+                Ok(listener) => listener,
+                Err(err) => {
+                    self.unbound.insert(port);
+                    self.service_errors
+                        .entry(port)
+                        .or_default()
+                        .report(&format!(
+                            "healthCheckNodePort: cannot listen on {bind}: {err}"
+                        ));
+                    continue;
+                }
+            };
+            self.unbound.remove(&port);
+            self.service_errors.remove(&port);
+            let shared = self.state.clone();
             let router = Router::new().fallback(move || {
-                let state = state.clone();
-                async move { service_health(&state, number) }
+                let state = shared.clone();
+                async move { service_health(&state, port) }
             });
-            let bind = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), number);
             self.services.insert(
-                number,
-                tokio::spawn(serve(bind, router, "healthCheckNodePort")),
+                port,
+                tokio::spawn(serve(listener, router, bind, "healthCheckNodePort")),
             );
         }
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.services = wanted;
     }
 }
 
-/// Serves until aborted; a failure to listen is logged (the next sync retries).
-async fn serve(bind: SocketAddr, router: Router, what: &'static str) {
-    let listener = match bind_dual(bind) {
-        Ok(listener) => listener,
-        Err(err) => {
-            tracing::warn!(%bind, "{what}: cannot listen: {err}");
-            return;
-        }
-    };
+/// Serves until aborted.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    bind: SocketAddr,
+    what: &'static str,
+) {
     if let Err(err) = axum::serve(listener, router).await {
         tracing::warn!(%bind, "{what}: {err}");
     }
@@ -282,6 +400,72 @@ mod tests {
             problems[0]
                 .starts_with("Service x/d: spec.healthCheckNodePort 32001 is already used by x/b")
         );
+    }
+
+    #[test]
+    fn claims_kept_per_service_answer_as_a_fresh_read() {
+        let service = |name: &str, port: u16, local: &[&str]| {
+            let endpoints: Vec<serde_json::Value> = local
+                .iter()
+                .map(|ip| serde_json::json!({"addresses": [ip], "nodeName": "n1"}))
+                .collect();
+            [
+                serde_json::json!({"kind": "Service", "metadata": {"name": name, "namespace": "x"},
+                 "spec": {"type": "LoadBalancer", "clusterIP": format!("10.96.0.{}", port % 200),
+                          "externalTrafficPolicy": "Local", "healthCheckNodePort": port,
+                          "ports": [{"port": 80, "nodePort": 30000 + port % 1000}]}}),
+                serde_json::json!({"kind": "EndpointSlice", "metadata": {"name": format!("{name}-1"), "namespace": "x",
+                    "labels": {"kubernetes.io/service-name": name}},
+                 "addressType": "IPv4", "ports": [{"port": 8080}], "endpoints": endpoints}),
+            ]
+        };
+        let map = |services: Vec<[serde_json::Value; 2]>| {
+            let mut objects = vec![
+                serde_json::json!({"kind": "Node", "metadata": {"name": "n1"},
+                "status": {"addresses": [{"type": "InternalIP", "address": "192.168.0.1"}]}}),
+            ];
+            objects.extend(services.into_iter().flatten());
+            let snapshot =
+                crate::proxy::services::tests_support::snapshot(serde_json::Value::Array(objects));
+            crate::proxy::services::build(&snapshot, "n1", &["10.96.0.0/16".parse().unwrap()])
+        };
+        let steps = [
+            map(vec![
+                service("a", 32000, &["10.244.1.1"]),
+                service("b", 32001, &[]),
+            ]),
+            // b takes a's port: a conflict, a keeps it
+            map(vec![
+                service("a", 32000, &["10.244.1.1"]),
+                service("b", 32000, &["10.244.1.2"]),
+            ]),
+            // a goes: b has the port alone
+            map(vec![service("b", 32000, &["10.244.1.2", "10.244.1.3"])]),
+        ];
+        let mut claims = Claims::default();
+        claims.update(&steps[0], &Changed::All);
+        let all = |claims: &Claims| -> BTreeMap<u16, ServiceHealth> {
+            [32000, 32001]
+                .into_iter()
+                .filter_map(|port| Some((port, claims.wanted(port)?)))
+                .collect()
+        };
+        assert_eq!((all(&claims), claims.problems()), desired(&steps[0]));
+        for (step, touched) in [(1, [32000, 32001]), (2, [32000, 32000])] {
+            let changed = Changed::Services(["x/a".to_string(), "x/b".to_string()].into());
+            let ports = claims.update(&steps[step], &changed);
+            assert!(
+                touched.iter().all(|p| ports.contains(p)),
+                "{step}: {ports:?}"
+            );
+            assert_eq!(
+                (all(&claims), claims.problems()),
+                desired(&steps[step]),
+                "{step}"
+            );
+        }
+        assert_eq!(claims.problems(), Vec::<String>::new());
+        assert_eq!(claims.wanted(32000).map(|h| h.local_endpoints), Some(2));
     }
 
     #[test]

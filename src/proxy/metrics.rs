@@ -6,17 +6,19 @@
 //! The slices present at the first sync are taken as already programmed (their
 //! trigger times may be days old).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
 
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
-use super::model::ServiceMap;
+use super::model::{ServiceMap, ServicePort};
+use super::services::Changed;
 use crate::telemetry::Metrics;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -33,8 +35,18 @@ pub struct ProxyMetrics {
     sync_duration: Histogram,
     last_sync: Gauge<f64, AtomicU64>,
     programming: Histogram,
-    /// Slice → trigger time already observed; `None` before the first sync.
-    seen: Option<BTreeMap<String, String>>,
+    node_address_failures: Counter,
+    /// What the last successful sync programmed; `None` before the first.
+    programmed: Option<Programmed>,
+}
+
+/// The gauges' sums kept per Service, so a sync recounts only the changed ones.
+#[derive(Clone, Debug, Default)]
+struct Programmed {
+    totals: Counts,
+    by_service: HashMap<String, Counts>,
+    /// Per Service, its slices' trigger times already observed.
+    seen: HashMap<String, Vec<(String, String)>>,
 }
 
 impl ProxyMetrics {
@@ -49,7 +61,8 @@ impl ProxyMetrics {
             programming: Histogram::new([
                 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
             ]),
-            seen: None,
+            node_address_failures: Counter::default(),
+            programmed: None,
         };
         metrics.register(
             "kubewire_proxy_services",
@@ -81,7 +94,17 @@ impl ProxyMetrics {
             "From an EndpointSlice's last-change-trigger-time to the proxy programming it",
             this.programming.clone(),
         );
+        metrics.register(
+            "kubewire_proxy_node_address_read_failures",
+            "Failed reads of the node's addresses for --nodeport-addresses CIDRs",
+            this.node_address_failures.clone(),
+        );
         this
+    }
+
+    /// A failed read of the node's addresses.
+    pub fn node_address_read_failed(&self) {
+        self.node_address_failures.inc();
     }
 
     /// A sync that took `took`.
@@ -89,14 +112,55 @@ impl ProxyMetrics {
         self.sync_duration.observe(took.as_secs_f64());
     }
 
-    /// After `map` was programmed successfully at `now`.
-    pub fn programmed(&mut self, map: &ServiceMap, now: SystemTime) {
-        let counts = counts(map);
-        self.services.set(counts.services);
-        self.endpoints.set(counts.endpoints);
+    /// After `map` was programmed successfully at `now`; `changed` says which
+    /// Services changed since the last call (only those are recounted).
+    pub fn programmed(&mut self, map: &ServiceMap, changed: &Changed, now: SystemTime) {
+        let now_secs = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or_default();
+        self.last_sync.set(now_secs);
+        let first = self.programmed.is_none();
+        let programmed = self.programmed.get_or_insert_with(Programmed::default);
+        let keys: BTreeSet<String> = match changed.services() {
+            Some(names) if !first => names.clone(),
+            // Every Service: those programmed before and those in the map.
+            _ => {
+                let mut all: BTreeSet<String> = programmed.by_service.keys().cloned().collect();
+                all.extend(programmed.seen.keys().cloned());
+                all.extend(map.ports.iter().map(|p| p.service.clone()));
+                all
+            }
+        };
+        for key in &keys {
+            let key = key.as_str();
+            if let Some(old) = programmed.by_service.remove(key) {
+                programmed.totals.sub(&old);
+            }
+            let ports = map.ports_of(key);
+            if !ports.is_empty() {
+                let counts = counts(ports);
+                programmed.totals.add(&counts);
+                programmed.by_service.insert(key.to_string(), counts);
+            }
+            let old = programmed.seen.remove(key).unwrap_or_default();
+            let Some(times) = map.trigger_times.get(key) else {
+                continue;
+            };
+            // The first sync only learns the slices (their times may be days old).
+            if !first {
+                for latency in new_latencies(&old, times, now_secs) {
+                    self.programming.observe(latency);
+                }
+            }
+            programmed.seen.insert(key.to_string(), times.clone());
+        }
+        let totals = &programmed.totals;
+        self.services.set(totals.services);
+        self.endpoints.set(totals.endpoints);
         for (policy, value) in [
-            ("internal", counts.no_local_internal),
-            ("external", counts.no_local_external),
+            ("internal", totals.no_local_internal),
+            ("external", totals.no_local_external),
         ] {
             self.no_local_endpoints
                 .get_or_create(&PolicyLabel {
@@ -104,21 +168,10 @@ impl ProxyMetrics {
                 })
                 .set(value);
         }
-        let now_secs = now
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or_default();
-        self.last_sync.set(now_secs);
-        if let Some(seen) = &self.seen {
-            for latency in new_latencies(seen, &map.trigger_times, now_secs) {
-                self.programming.observe(latency);
-            }
-        }
-        self.seen = Some(map.trigger_times.clone());
     }
 }
 
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Counts {
     services: i64,
     endpoints: i64,
@@ -126,9 +179,25 @@ struct Counts {
     no_local_external: i64,
 }
 
-fn counts(map: &ServiceMap) -> Counts {
+impl Counts {
+    fn add(&mut self, other: &Counts) {
+        self.services += other.services;
+        self.endpoints += other.endpoints;
+        self.no_local_internal += other.no_local_internal;
+        self.no_local_external += other.no_local_external;
+    }
+
+    fn sub(&mut self, other: &Counts) {
+        self.services -= other.services;
+        self.endpoints -= other.endpoints;
+        self.no_local_internal -= other.no_local_internal;
+        self.no_local_external -= other.no_local_external;
+    }
+}
+
+fn counts(ports: &[ServicePort]) -> Counts {
     let mut out = Counts::default();
-    for port in &map.ports {
+    for port in ports {
         out.services += 1;
         let mut endpoints: Vec<&SocketAddr> = port
             .cluster_endpoints
@@ -152,14 +221,10 @@ fn counts(map: &ServiceMap) -> Counts {
 
 /// Seconds from each trigger time not seen before to `now` (clock skew that puts
 /// one in the future gives nothing).
-fn new_latencies(
-    seen: &BTreeMap<String, String>,
-    now_times: &BTreeMap<String, String>,
-    now: f64,
-) -> Vec<f64> {
+fn new_latencies(seen: &[(String, String)], now_times: &[(String, String)], now: f64) -> Vec<f64> {
     now_times
         .iter()
-        .filter(|(slice, time)| seen.get(*slice) != Some(*time))
+        .filter(|entry| !seen.contains(entry))
         .filter_map(|(_, time)| super::time::parse_rfc3339(time))
         .map(|at| now - at)
         .filter(|latency| *latency >= 0.0)
@@ -189,7 +254,7 @@ mod tests {
         let map =
             crate::proxy::services::build(&snapshot, "n1", &["10.96.0.0/16".parse().unwrap()]);
         assert_eq!(
-            counts(&map),
+            counts(&map.ports),
             Counts {
                 services: 2,
                 endpoints: 2,
@@ -197,19 +262,19 @@ mod tests {
                 no_local_external: 1
             }
         );
-        assert_eq!(map.trigger_times["x/a-1"], "2024-05-01T12:00:00Z");
+        let slice_time = |time: &str| vec![("x/a-1".to_string(), time.to_string())];
+        assert_eq!(map.trigger_times["x/a"], slice_time("2024-05-01T12:00:00Z"));
         let at = 1_714_564_800.0;
-        let seen = BTreeMap::from([("x/a-1".to_string(), "2024-05-01T11:00:00Z".to_string())]);
-        assert_eq!(new_latencies(&seen, &map.trigger_times, at + 1.5), [1.5]);
-        assert!(new_latencies(&map.trigger_times, &map.trigger_times, at + 1.5).is_empty());
-        assert!(new_latencies(&seen, &map.trigger_times, at - 1.0).is_empty());
+        let seen = slice_time("2024-05-01T11:00:00Z");
+        let now = &map.trigger_times["x/a"];
+        assert_eq!(new_latencies(&seen, now, at + 1.5), [1.5]);
+        assert!(new_latencies(now, now, at + 1.5).is_empty());
+        assert!(new_latencies(&seen, now, at - 1.0).is_empty());
 
         let registry = Metrics::new();
         let mut metrics = ProxyMetrics::register(&registry);
-        metrics.programmed(
-            &map,
-            SystemTime::UNIX_EPOCH + Duration::from_secs(1_714_564_802),
-        );
+        let second = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        metrics.programmed(&map, &Changed::All, second(1_714_564_802));
         let text = registry.encode();
         assert!(text.contains("kubewire_proxy_services 2"), "{text}");
         assert!(
@@ -225,6 +290,35 @@ mod tests {
         // The first sync only learns the slices.
         assert!(
             text.contains("kubewire_proxy_network_programming_duration_seconds_count 0"),
+            "{text}"
+        );
+
+        // Service x/a changes (a new trigger time, one endpoint fewer) and x/b goes:
+        // only they are recounted, the new trigger time observed once.
+        let mut changed = map.clone();
+        changed.ports.retain(|p| p.service == "x/a");
+        changed.ports[0].cluster_endpoints.pop();
+        changed
+            .trigger_times
+            .insert("x/a".into(), slice_time("2024-05-01T12:00:01Z"));
+        let both = Changed::Services(["x/a".to_string(), "x/b".to_string()].into());
+        metrics.programmed(&changed, &both, second(1_714_564_803));
+        metrics.programmed(&changed, &both, second(1_714_564_804));
+        let text = registry.encode();
+        assert!(text.contains("kubewire_proxy_services 1"), "{text}");
+        assert!(text.contains("kubewire_proxy_endpoints 1"), "{text}");
+        assert!(
+            text.contains(
+                "kubewire_proxy_services_without_local_endpoints{traffic_policy=\"internal\"} 0"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("kubewire_proxy_network_programming_duration_seconds_count 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kubewire_proxy_network_programming_duration_seconds_sum 2"),
             "{text}"
         );
     }

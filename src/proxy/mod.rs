@@ -16,7 +16,7 @@ pub mod services;
 pub mod time;
 pub mod trace;
 
-pub use args::{NodePortAddresses, ProxyArgs, ProxyBackend, ServiceMapArgs};
+pub use args::{BindAddress, NodePortAddresses, ProxyArgs, ProxyBackend, ServiceMapArgs};
 
 use ipnet::IpNet;
 
@@ -81,14 +81,22 @@ pub struct ProxyController {
     default_cidrs: Vec<IpNet>,
     map_args: ServiceMapArgs,
     healthz_bind: Option<std::net::SocketAddr>,
-    health: health::HealthServers,
+    health: Box<health::HealthServers>,
+    /// The healthCheckNodePorts, kept between syncs.
+    health_claims: Box<health::Claims>,
+    /// Ports whose answer changed since the servers were last updated.
+    health_touched: std::collections::BTreeSet<u16>,
     conntrack: conntrack::Cleaner,
-    metrics: metrics::ProxyMetrics,
+    metrics: Box<metrics::ProxyMetrics>,
     backend: Backend,
     /// The service map, kept between syncs.
     services: Box<services::Incremental>,
     /// Kept open for reading the node's addresses (`--nodeport-addresses` CIDRs).
     addresses_socket: Option<crate::routing::netlink::Netlink>,
+    addresses_error: crate::runtime::ErrorOnce,
+    /// The Services changed since the last successful sync: what conntrack and the
+    /// metrics look at next (a failed sync's changes are not lost).
+    unprogrammed: services::Changed,
 }
 
 impl ProxyController {
@@ -134,22 +142,28 @@ impl ProxyController {
             default_cidrs,
             map_args: args.map.clone(),
             healthz_bind: args.healthz_bind_address.0,
-            health: health::HealthServers::default(),
+            health: Box::default(),
+            health_claims: Box::default(),
+            health_touched: Default::default(),
             conntrack: conntrack::Cleaner::default(),
-            metrics: metrics::ProxyMetrics::register(metrics),
+            metrics: Box::new(metrics::ProxyMetrics::register(metrics)),
             backend,
             services: Box::default(),
             addresses_socket: None,
+            addresses_error: Default::default(),
+            unprogrammed: services::Changed::none(),
         })
     }
 }
 
-/// Brings the backend to `map`, adding the compilers' problems to `bad_objects`.
+/// Brings the backend to `map`, adding the compilers' problems to `bad_objects`;
+/// `changed` is what changed since the last sync, `unprogrammed` since the last
+/// successful one.
 async fn program(
     backend: &mut Backend,
     conntrack: &mut conntrack::Cleaner,
     map: &model::ServiceMap,
-    changed: &services::Changed,
+    (changed, unprogrammed): (&services::Changed, &services::Changed),
     reason: SyncReason,
     bad_objects: &mut Vec<BadObject>,
 ) -> anyhow::Result<()> {
@@ -184,7 +198,7 @@ async fn program(
     }
     // Only once the new endpoints are in place: a flow that is cut now starts again
     // on them.
-    let deleted = conntrack.sync(map).await?;
+    let deleted = conntrack.sync(map, unprogrammed).await?;
     if deleted > 0 {
         tracing::debug!(
             deleted,
@@ -195,8 +209,6 @@ async fn program(
 }
 
 impl ProxyController {
-    /// How to read the snapshot; with `--nodeport-addresses` CIDRs, the addresses on
-    /// this node's interfaces are read from the kernel every sync.
     /// Every address on this node's interfaces, over the kept-open socket.
     async fn local_addresses_now(&mut self) -> anyhow::Result<Vec<std::net::IpAddr>> {
         let netlink = match self.addresses_socket.take() {
@@ -209,6 +221,9 @@ impl ProxyController {
         Ok(addresses.into_iter().map(|a| a.address.addr()).collect())
     }
 
+    /// How to read the snapshot; with `--nodeport-addresses` CIDRs, the addresses on
+    /// this node's interfaces are read from the kernel every sync (a failure is
+    /// warned about once per distinct error, and counted).
     async fn options(&mut self) -> services::Options {
         let mut local_addresses = Vec::new();
         if matches!(
@@ -216,9 +231,17 @@ impl ProxyController {
             NodePortAddresses::Cidrs(_)
         ) {
             match self.local_addresses_now().await {
-                Ok(found) => local_addresses = found,
+                Ok(found) => {
+                    local_addresses = found;
+                    if self.addresses_error.clear() {
+                        tracing::info!("reading the node's addresses works again");
+                    }
+                }
                 Err(err) => {
-                    tracing::warn!("reading the node's addresses for --nodeport-addresses: {err:#}")
+                    self.metrics.node_address_read_failed();
+                    self.addresses_error.report(&format!(
+                        "reading the node's addresses for --nodeport-addresses: {err:#}"
+                    ));
                 }
             }
         }
@@ -241,21 +264,30 @@ impl Controller for ProxyController {
         &KINDS
     }
 
+    /// Reads only what changed: the service map, the compiled table, conntrack,
+    /// the health ports and the metrics each look at the changed Services alone.
     async fn sync(&mut self, snapshot: &Snapshot, reason: SyncReason) -> anyhow::Result<Synced> {
         self.health.start_proxy_healthz(self.healthz_bind);
         let options = self.options().await;
         let changed = self.services.update(snapshot, &options);
+        self.unprogrammed.merge(changed.clone());
         let map = self.services.map();
         let mut bad_objects: Vec<BadObject> =
             map.errors.iter().cloned().map(BadObject::from).collect();
-        let (health_ports, problems) = health::desired(map);
-        bad_objects.extend(problems.into_iter().map(BadObject::from));
+        self.health_touched
+            .extend(self.health_claims.update(map, &changed));
+        bad_objects.extend(
+            self.health_claims
+                .problems()
+                .into_iter()
+                .map(BadObject::from),
+        );
         let started = std::time::Instant::now();
         let result = program(
             &mut self.backend,
             &mut self.conntrack,
             map,
-            &changed,
+            (&changed, &self.unprogrammed),
             reason,
             &mut bad_objects,
         )
@@ -263,8 +295,11 @@ impl Controller for ProxyController {
         self.metrics.sync_took(started.elapsed());
         self.health.synced(result.is_ok());
         result?;
-        self.metrics.programmed(map, std::time::SystemTime::now());
-        self.health.set_services(health_ports);
+        let unprogrammed = std::mem::replace(&mut self.unprogrammed, services::Changed::none());
+        self.metrics
+            .programmed(map, &unprogrammed, std::time::SystemTime::now());
+        let touched = std::mem::take(&mut self.health_touched);
+        self.health.update_services(&self.health_claims, &touched);
         let resync_after = match &mut self.backend {
             Backend::Nftables(nftables) => nftables.reconciler.inner().retiring_in(),
             Backend::Ipvs(_) => None,

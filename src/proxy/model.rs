@@ -39,10 +39,22 @@ pub struct ServiceMap {
     /// ClusterIPs of Services another proxy owns (`service-proxy-name`), with the
     /// Service: left alone, not dropped as unallocated.
     pub foreign_ips: Vec<(IpAddr, String)>,
-    /// Every served EndpointSlice (`namespace/name`) with its
-    /// `endpoints.kubernetes.io/last-change-trigger-time`, for the network
-    /// programming latency metric.
-    pub trigger_times: std::collections::BTreeMap<String, String>,
+    /// Per served Service (`namespace/name`), its EndpointSlices (`namespace/name`)
+    /// with their `endpoints.kubernetes.io/last-change-trigger-time`, for the network
+    /// programming latency metric (per Service, so a sync reads only the changed ones).
+    pub trigger_times: std::collections::BTreeMap<String, Vec<(String, String)>>,
+}
+
+impl ServiceMap {
+    /// The ports of Service `service` (`namespace/name`): a slice of the sorted
+    /// `ports`, found by binary search.
+    pub fn ports_of(&self, service: &str) -> &[ServicePort] {
+        let start = self.ports.partition_point(|p| p.service.as_str() < service);
+        let end = self
+            .ports
+            .partition_point(|p| p.service.as_str() <= service);
+        &self.ports[start..end]
+    }
 }
 
 /// One port of one Service in one IP family (the family of its ClusterIP).

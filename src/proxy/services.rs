@@ -95,6 +95,31 @@ pub enum Changed {
     Services(BTreeSet<String>),
 }
 
+impl Changed {
+    /// No Service.
+    pub fn none() -> Self {
+        Changed::Services(BTreeSet::new())
+    }
+
+    /// Adds what `other` says changed (the changes of a sync that failed, kept for
+    /// the next one).
+    pub fn merge(&mut self, other: Changed) {
+        match (&mut *self, other) {
+            (Changed::All, _) => {}
+            (_, Changed::All) => *self = Changed::All,
+            (Changed::Services(mine), Changed::Services(theirs)) => mine.extend(theirs),
+        }
+    }
+
+    /// The changed Services, or `None` for every one.
+    pub fn services(&self) -> Option<&BTreeSet<String>> {
+        match self {
+            Changed::All => None,
+            Changed::Services(names) => Some(names),
+        }
+    }
+}
+
 /// What every Service's ports depend on besides the Service and its slices.
 #[derive(Debug, PartialEq)]
 struct Context {
@@ -162,10 +187,17 @@ impl Context {
 #[derive(Debug, Default)]
 struct Entry {
     errors: Vec<String>,
-    /// Its slices in [`ServiceMap::trigger_times`].
-    triggers: Vec<String>,
+    /// Its slices' trigger times, for [`ServiceMap::trigger_times`].
+    triggers: Vec<(String, String)>,
     /// Its ClusterIPs when another proxy owns it.
     foreign: Vec<(IpAddr, String)>,
+}
+
+impl Entry {
+    /// Whether it adds to the map's errors or foreign IPs.
+    fn has_extras(&self) -> bool {
+        !self.errors.is_empty() || !self.foreign.is_empty()
+    }
 }
 
 /// Keeps one node's service map between syncs: a Service whose object or
@@ -179,7 +211,9 @@ pub struct Incremental {
     slices: Vec<Arc<EndpointSlice>>,
     /// Our slices per Service (`namespace/name`), by name.
     by_service: HashMap<String, Vec<Arc<EndpointSlice>>>,
-    entries: BTreeMap<String, Entry>,
+    /// The Services with errors or foreign IPs (few): what [`Self::assemble`] walks,
+    /// instead of every Service.
+    extras: BTreeMap<String, Entry>,
 }
 
 impl Incremental {
@@ -226,12 +260,12 @@ impl Incremental {
         if all {
             self.map.ports.clear();
             self.map.trigger_times.clear();
-            self.entries.clear();
+            self.extras.clear();
             for service in &snapshot.services {
                 let key = object_key(&**service);
                 let (ports, entry) = self.read_service(&key, service);
                 self.map.ports.extend(ports);
-                self.add_triggers(&key, entry);
+                self.add_entry(&key, entry);
             }
             self.map.ports.sort_by(|a, b| {
                 (&a.service, &a.name, a.protocol, a.is_ipv6()).cmp(&(
@@ -256,11 +290,8 @@ impl Incremental {
 
     /// Reads Service `key` again (or drops it when gone).
     fn reread(&mut self, snapshot: &Snapshot, key: &str) {
-        if let Some(entry) = self.entries.remove(key) {
-            for slice in &entry.triggers {
-                self.map.trigger_times.remove(slice);
-            }
-        }
+        self.extras.remove(key);
+        self.map.trigger_times.remove(key);
         let ports = &mut self.map.ports;
         let start = ports.partition_point(|p| p.service.as_str() < key);
         let end = ports.partition_point(|p| p.service.as_str() <= key);
@@ -288,7 +319,7 @@ impl Incremental {
             (&a.name, a.protocol, a.is_ipv6()).cmp(&(&b.name, b.protocol, b.is_ipv6()))
         });
         self.map.ports.splice(start..end, new);
-        self.add_triggers(key, entry);
+        self.add_entry(key, entry);
     }
 
     /// The ports of one Service, and what else it contributes.
@@ -329,31 +360,22 @@ impl Incremental {
         );
         if !ports.is_empty() {
             for slice in &slices {
-                if slice.annotations().contains_key(TRIGGER_TIME_ANNOTATION) {
-                    entry.triggers.push(object_key(*slice));
+                if let Some(time) = slice.annotations().get(TRIGGER_TIME_ANNOTATION) {
+                    entry.triggers.push((object_key(*slice), time.clone()));
                 }
             }
         }
         (ports, entry)
     }
 
-    fn add_triggers(&mut self, key: &str, entry: Entry) {
-        for name in &entry.triggers {
-            let time = self
-                .by_service
-                .get(key)
-                .into_iter()
-                .flatten()
-                .find_map(|s| {
-                    (object_key(&**s) == *name)
-                        .then(|| s.annotations().get(TRIGGER_TIME_ANNOTATION).cloned())
-                        .flatten()
-                });
-            if let Some(time) = time {
-                self.map.trigger_times.insert(name.clone(), time);
-            }
+    fn add_entry(&mut self, key: &str, mut entry: Entry) {
+        if !entry.triggers.is_empty() {
+            let triggers = std::mem::take(&mut entry.triggers);
+            self.map.trigger_times.insert(key.to_string(), triggers);
         }
-        self.entries.insert(key.to_string(), entry);
+        if entry.has_extras() {
+            self.extras.insert(key.to_string(), entry);
+        }
     }
 
     /// The map's fields that are not per port.
@@ -370,7 +392,7 @@ impl Incremental {
         map.service_cidrs = context.service_cidrs.clone();
         map.errors = context.errors.clone();
         map.foreign_ips.clear();
-        for entry in self.entries.values() {
+        for entry in self.extras.values() {
             map.errors.extend(entry.errors.iter().cloned());
             map.foreign_ips.extend(entry.foreign.iter().cloned());
         }

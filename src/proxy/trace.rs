@@ -231,9 +231,6 @@ fn decide(map: &ServiceMap, port: &ServicePort, kind: FrontendKind, from: IpAddr
         reason.push_str(&format!(
             "; ClientIP affinity: a client's new connection within {timeout}s of its last one goes to the endpoint that one got"
         ));
-        if port.is_ipv6() {
-            reason.push_str(" (IPVS only: the nftables backend has none for IPv6)");
-        }
     }
     Trace {
         verdict: Verdict::Forward {
@@ -293,27 +290,10 @@ pub fn compiled(
     })
 }
 
-/// Whether the compiled rules' verdict is the reference's for the nftables backend,
-/// which keeps no ClientIP affinity for IPv6 (IPVS does).
-pub fn agrees(reference: &Verdict, compiled: &Verdict, to: IpAddr) -> bool {
-    match (reference, to.is_ipv6()) {
-        (
-            Verdict::Forward {
-                backends,
-                masquerade,
-                ..
-            },
-            true,
-        ) => {
-            *compiled
-                == Verdict::Forward {
-                    backends: backends.clone(),
-                    masquerade: *masquerade,
-                    affinity_seconds: None,
-                }
-        }
-        _ => reference == compiled,
-    }
+/// Whether the compiled rules' verdict is the reference's (both backends keep
+/// ClientIP affinity for both families, so they must be equal).
+pub fn agrees(reference: &Verdict, compiled: &Verdict) -> bool {
+    reference == compiled
 }
 
 /// The text `proxy trace` prints for people.
@@ -405,7 +385,7 @@ mod tests {
             let compiled = compiled(map, from, to, *port, *protocol)
                 .unwrap_or_else(|e| panic!("{what}: the compiled rules: {e}"));
             assert!(
-                agrees(expected, &compiled, to),
+                agrees(expected, &compiled),
                 "{what}: the compiled rules say {compiled:?}"
             );
         }
@@ -909,6 +889,83 @@ mod tests {
                     "fd00:96::50",
                     99,
                     Protocol::Sctp,
+                    Verdict::Reject,
+                ),
+            ],
+        );
+    }
+
+    /// IPv6 ClientIP affinity on every kind of frontend: the compiled rules record
+    /// the client after NAT with the Service's timeout, as the reference says.
+    #[test]
+    fn ipv6_client_ip_affinity() {
+        let spec = json!({"clusterIP": "fd00:96::60", "ipFamilies": ["IPv6"], "type": "LoadBalancer",
+            "externalTrafficPolicy": "Local", "externalIPs": ["fd00:ee::1"],
+            "sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 300}},
+            "ports": [{"name": "http", "port": 80, "nodePort": 30060}]});
+        let status = json!({"loadBalancer": {"ingress": [{"ip": "fd00:1b::1"}]}});
+        let objects = service(
+            "six",
+            spec,
+            status,
+            &[("fd10:1::60", "n1", true), ("fd10:2::60", "n2", true)],
+        );
+        let map = cluster(objects);
+        let sticky = |backends: &[&str], masquerade: bool| Verdict::Forward {
+            backends: backends.iter().map(|b| b.to_string()).collect(),
+            masquerade,
+            affinity_seconds: Some(300),
+        };
+        let both = ["[fd10:1::60]:8080", "[fd10:2::60]:8080"];
+        check(
+            &map,
+            &[
+                (
+                    "ClusterIP from a pod",
+                    "fd10:2::9",
+                    "fd00:96::60",
+                    80,
+                    TCP,
+                    sticky(&both, false),
+                ),
+                (
+                    "ClusterIP from the node",
+                    "fd99::1",
+                    "fd00:96::60",
+                    80,
+                    TCP,
+                    sticky(&both, true),
+                ),
+                (
+                    "NodePort from outside: the local endpoint",
+                    "2001:db8::1",
+                    "fd99::1",
+                    30060,
+                    TCP,
+                    sticky(&["[fd10:1::60]:8080"], false),
+                ),
+                (
+                    "externalIP from a pod: every endpoint",
+                    "fd10:2::9",
+                    "fd00:ee::1",
+                    80,
+                    TCP,
+                    sticky(&both, false),
+                ),
+                (
+                    "LB IP from outside",
+                    "2001:db8::1",
+                    "fd00:1b::1",
+                    80,
+                    TCP,
+                    sticky(&["[fd10:1::60]:8080"], false),
+                ),
+                (
+                    "another port rejects",
+                    "fd10:2::9",
+                    "fd00:96::60",
+                    81,
+                    TCP,
                     Verdict::Reject,
                 ),
             ],

@@ -10,9 +10,11 @@
 mod backoff;
 mod bad_objects;
 mod controller;
+mod error_once;
 mod run;
 
 pub use backoff::Backoff;
 pub use bad_objects::{BadObject, BadObjectChanges, BadObjects};
 pub use controller::{Controller, SyncReason, Synced};
+pub use error_once::ErrorOnce;
 pub use run::{Runtime, run};

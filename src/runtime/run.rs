@@ -1,6 +1,7 @@
 use std::time::{Duration, Instant};
 
 use super::{BadObjects, Controller, SyncReason};
+use crate::cache::COALESCE_WINDOW;
 use crate::cache::Cache;
 use crate::telemetry::{Health, Metrics};
 
@@ -15,8 +16,11 @@ pub struct Runtime {
 }
 
 /// Runs `controller` until the task is dropped: a sync now, then one after every
-/// change of its kinds (a burst coalesced into one) and every sync period; a failed
-/// sync is retried with exponential backoff and leaves the previous dataplane.
+/// change of its kinds and every sync period; a failed sync is retried with
+/// exponential backoff and leaves the previous dataplane. A change when the last
+/// sync began more than [`COALESCE_WINDOW`] ago is synced at once; changes that come
+/// sooner are coalesced until a window after it began (at most one sync per window
+/// in a burst).
 pub async fn run<C: Controller>(mut controller: C, runtime: Runtime) -> anyhow::Result<()> {
     let name = controller.name();
     let metrics = runtime.metrics.controller(name);
@@ -47,8 +51,12 @@ pub async fn run<C: Controller>(mut controller: C, runtime: Runtime) -> anyhow::
                 let follow_up = synced
                     .resync_after
                     .filter(|after| *after < runtime.sync_period);
+                // Leading edge: a change after a quiet window syncs at once; one
+                // that comes sooner (a burst) waits until a window after this
+                // sync began, so a burst still costs one sync per window.
+                let settle_until = tokio::time::Instant::from_std(started) + COALESCE_WINDOW;
                 reason = tokio::select! {
-                    _ = changes.changed() => SyncReason::Change,
+                    _ = changes.changed_until(settle_until) => SyncReason::Change,
                     _ = tokio::time::sleep(follow_up.unwrap_or(runtime.sync_period)) => match follow_up {
                         // Left-over work, not a drift check: the kernel was just written.
                         Some(_) => SyncReason::Change,

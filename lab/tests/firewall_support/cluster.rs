@@ -165,7 +165,11 @@ impl TestCluster {
         let mut pod_netns = BTreeMap::new();
         let mut servers = Vec::new();
         for (i, pod) in cluster.pods.iter().enumerate() {
-            let node_name = pod.node.clone().expect("every test pod has a node");
+            let node_name = pod
+                .node
+                .as_deref()
+                .expect("every test pod has a node")
+                .to_string();
             let node = &nodes[&node_name];
             if pod.host_network {
                 for (port, protocol) in pod.served_ports() {

@@ -28,7 +28,7 @@
 //! dispatch hooked as a filter chain that only sets the masquerade mark, before
 //! IPVS (which takes the packet at local-in or local-out) rewrites it.
 //!
-//! sessionAffinity ClientIP (nftables, IPv4; IPVS has persistence): `affinity4`
+//! sessionAffinity ClientIP (nftables; IPVS has persistence). IPv4: `affinity4`
 //! is a dynamic map `client . frontend → endpoint` that the packet path fills. The
 //! dispatch chains first try `dnat to <client . frontend> map @affinity` (a miss
 //! falls through to the random pick); after NAT, the `affinity-prerouting` /
@@ -37,9 +37,22 @@
 //! refreshes) `client . frontend → endpoint` with timeout T seconds: one chain per
 //! timeout in use, so a Service with a new timeout is the only affinity change that
 //! touches a chain. Entries whose endpoint left the frontend are deleted after each
-//! sync ([`crate::proxy::affinity`]); replacing the table forgets them all. IPv6
-//! Services get no affinity: nft 1.0.6 aborts on a dynamic-map update whose key
-//! (client, address, protocol, port) is that long.
+//! sync ([`crate::proxy::affinity`]); replacing the table forgets them all.
+//!
+//! IPv6 cannot have that map: nft 1.0.6 aborts on any packet-path update of a map
+//! whose key or value is wider than 16 bytes (one IPv6 address), and a concatenation
+//! of packet fields cannot hold a constant, so a single set `client . frontend .
+//! endpoint` could be filled but not asked "which endpoint". IPv6 uses kube-proxy's
+//! layout instead, for IPv6 affinity frontends only: one dynamic set of clients per
+//! frontend and endpoint (`affinity6-<frontend>-<endpoint>`, no default timeout:
+//! each entry carries its Service's), a chain `affinity6-<frontend>` (from
+//! `affinity-sticky6`, before the random pick) with one
+//! `ip6 saddr @<set> dnat ip6 to <endpoint>` rule per endpoint, and a chain
+//! `affinity6-<frontend>-record` (from `affinity-services6`, after NAT) with one
+//! `ip6 daddr <endpoint> th dport <port> update @<set> { ip6 saddr timeout T }` rule
+//! per endpoint. An endpoint leaving the frontend takes its set, entries included,
+//! in the same transaction. So an IPv6 affinity Service's endpoint change touches
+//! its chains (an `nft -f` transaction, not elements over netlink).
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -56,8 +69,11 @@ use crate::proxy::services::Changed;
 /// changes a chain.
 pub const FIXED_COUNTS: usize = 16;
 
-/// Client/frontend pairs the affinity maps hold at most (per family).
+/// Client/frontend pairs the IPv4 affinity map holds at most.
 pub const AFFINITY_SIZE: usize = 262_144;
+
+/// Clients one IPv6 affinity set (one frontend's endpoint) holds at most.
+pub const AFFINITY6_SIZE: usize = 65_536;
 
 /// The packet mark that asks `nat-postrouting` to masquerade (kube-proxy's).
 pub const MASQUERADE_MARK: &str = "0x4000";
@@ -140,11 +156,19 @@ pub fn declarations(dataplane: Dataplane) -> Ruleset {
         } else {
             &[]
         };
-        if nat && !v6 {
+        if nat {
             sets.push((
                 "affinity-services",
                 declare(true, format!("type {frontend} : verdict;")),
             ));
+        }
+        if nat && v6 {
+            sets.push((
+                "affinity-sticky",
+                declare(true, format!("type {frontend} : verdict;")),
+            ));
+        }
+        if nat && !v6 {
             sets.push((
                 "affinity",
                 declare(
@@ -244,23 +268,29 @@ pub(super) struct ChainInputs {
     pub timeouts: BTreeSet<u32>,
     pub has_pod_cidrs: [bool; 2],
     pub masquerade_all: bool,
+    /// The chains owned by frontends ([`Claim::chains`]): name → rules.
+    pub claimed: BTreeMap<String, Vec<String>>,
 }
 
 pub(super) fn chains_for(inputs: &ChainInputs, dataplane: Dataplane) -> BTreeMap<String, Chain> {
-    chains(
+    let mut out = chains(
         &inputs.counts,
         &inputs.timeouts,
         inputs.has_pod_cidrs,
         inputs.masquerade_all,
         dataplane,
-    )
+    );
+    for (name, rules) in &inputs.claimed {
+        out.insert(name.clone(), chain(None, rules.clone()));
+    }
+    out
 }
 
 #[derive(Clone, Copy)]
 struct Family(bool);
 
 /// Every set of the table, by its name without the family and with each family.
-const SET_NAMES: [(&str, &str, &str); 15] = [
+const SET_NAMES: [(&str, &str, &str); 16] = [
     ("pod-cidrs", "pod-cidrs4", "pod-cidrs6"),
     ("service-cidrs", "service-cidrs4", "service-cidrs6"),
     ("cluster-ips", "cluster-ips4", "cluster-ips6"),
@@ -282,6 +312,7 @@ const SET_NAMES: [(&str, &str, &str); 15] = [
         "affinity-services6",
     ),
     ("affinity", "affinity4", "affinity6"),
+    ("affinity-sticky", "affinity-sticky4", "affinity-sticky6"),
     ("endpoints", "endpoints4", "endpoints6"),
     ("local-endpoints", "local-endpoints4", "local-endpoints6"),
 ];
@@ -318,8 +349,12 @@ pub(super) struct Claim {
     pub shared: Vec<(&'static str, String)>,
     /// `endpoints-N` chains it jumps to: (local?, N).
     pub counts: Vec<(bool, usize)>,
-    /// sessionAffinity timeout chain it jumps to.
+    /// sessionAffinity timeout chain it jumps to (IPv4).
     pub timeout: Option<u32>,
+    /// Regular chains only this frontend uses (IPv6 affinity): name, rules.
+    pub chains: Vec<(String, Vec<String>)>,
+    /// Sets only this frontend uses (IPv6 affinity): name, declaration.
+    pub sets: Vec<(String, String)>,
 }
 
 impl Claim {
@@ -366,17 +401,22 @@ fn frontend_claim(
         shared: Vec::new(),
         counts: Vec::new(),
         timeout: None,
+        chains: Vec::new(),
+        sets: Vec::new(),
     };
     if let (Some(timeout), Dataplane::Nftables) = (port.affinity_timeout, dataplane)
         && port.has_endpoints
-        && !port.is_ipv6()
     {
-        claim.timeout = Some(timeout);
-        claim.put(
-            f.name("affinity-services"),
-            key.to_string(),
-            Some(format!("goto affinity-{timeout}")),
-        );
+        if port.is_ipv6() {
+            affinity6(&mut claim, port, frontend, key, timeout);
+        } else {
+            claim.timeout = Some(timeout);
+            claim.put(
+                f.name("affinity-services"),
+                key.to_string(),
+                Some(format!("goto affinity-{timeout}")),
+            );
+        }
     }
     let key = key.to_string();
     if !port.has_endpoints {
@@ -439,6 +479,80 @@ fn frontend_claim(
         endpoints(&mut claim, dataplane, f, true, &key, &port.local_endpoints);
     }
     claim
+}
+
+/// IPv6 sessionAffinity of one frontend (see the module's comment): a set of
+/// clients per endpoint its DNAT may pick, the chain that sends a known client back
+/// to its endpoint, the chain that records a new connection's client.
+fn affinity6(claim: &mut Claim, port: &ServicePort, frontend: &Frontend, key: &str, timeout: u32) {
+    let reachable: BTreeSet<SocketAddr> = if frontend.kind == FrontendKind::ClusterIp {
+        port.internal_endpoints().iter().copied().collect()
+    } else {
+        port.cluster_endpoints
+            .iter()
+            .chain(if port.external_local {
+                port.local_endpoints.as_slice()
+            } else {
+                &[]
+            })
+            .copied()
+            .collect()
+    };
+    if reachable.is_empty() {
+        return;
+    }
+    let id = affinity6_id(frontend);
+    let (sticky, record) = (format!("affinity6-{id}"), format!("affinity6-{id}-record"));
+    let protocol = frontend.protocol.nft();
+    let (mut lookups, mut records) = (Vec::new(), Vec::new());
+    for endpoint in &reachable {
+        let set = affinity6_set(frontend, endpoint);
+        lookups.push(format!(
+            "meta l4proto {protocol} ip6 saddr @{set} dnat ip6 to {endpoint}"
+        ));
+        records.push(format!(
+            "ip6 daddr {} th dport {} update @{set} {{ ip6 saddr timeout {timeout}s }}",
+            endpoint.ip(),
+            endpoint.port()
+        ));
+        claim.sets.push((
+            set,
+            format!("type ipv6_addr; size {AFFINITY6_SIZE}; flags dynamic,timeout;"),
+        ));
+    }
+    claim.put(
+        "affinity-sticky6",
+        key.to_string(),
+        Some(format!("jump {sticky}")),
+    );
+    claim.put(
+        "affinity-services6",
+        key.to_string(),
+        Some(format!("goto {record}")),
+    );
+    claim.chains.push((sticky, lookups));
+    claim.chains.push((record, records));
+}
+
+/// A frontend in object names: `fd00::10 . tcp . 80` → `fd00--10-tcp-80` (one name
+/// per frontend: addresses have no `-`, and `tcp`, `udp`, `sctp` are not hex).
+fn affinity6_id(frontend: &Frontend) -> String {
+    format!(
+        "{}-{}-{}",
+        frontend.address.to_string().replace(':', "-"),
+        frontend.protocol.nft(),
+        frontend.port
+    )
+}
+
+/// The set of clients of `frontend` that stick to `endpoint`.
+fn affinity6_set(frontend: &Frontend, endpoint: &SocketAddr) -> String {
+    format!(
+        "affinity6-{}-{}-{}",
+        affinity6_id(frontend),
+        endpoint.ip().to_string().replace(':', "-"),
+        endpoint.port()
+    )
 }
 
 fn endpoints(
@@ -616,13 +730,16 @@ fn chains(
     let dnat = |rules: Vec<String>| if nat { rules } else { Vec::new() };
     // A client's earlier endpoint for this frontend, when it has one.
     let sticky = || {
-        let f = Family(false);
-        dnat(vec![format!(
-            "dnat {0} to {0} saddr . {1} map @{2}",
-            f.ip(),
-            frontend(f),
-            f.name("affinity")
-        )])
+        let (v4, v6) = (Family(false), Family(true));
+        dnat(vec![
+            format!(
+                "dnat {0} to {0} saddr . {1} map @{2}",
+                v4.ip(),
+                frontend(v4),
+                v4.name("affinity")
+            ),
+            format!("{} vmap @{}", frontend(v6), v6.name("affinity-sticky")),
+        ])
     };
     let mut cluster_ip = Vec::new();
     if masquerade_all {
@@ -676,14 +793,14 @@ fn chains(
     if nat {
         // After NAT (dstnat at -100): the packet carries the endpoint, conntrack the
         // frontend. `ct original proto-dst` needs a transport protocol to be known.
-        let f = Family(false);
-        let record = vec![{
+        let record = both(|f| {
             format!(
                 "ct state new ct status dnat meta l4proto {{ tcp, udp, sctp }} ct original {0} daddr . meta l4proto . ct original proto-dst vmap @{1}",
                 f.ip(),
                 f.name("affinity-services")
             )
-        }];
+        });
+        let f = Family(false);
         for (name, hook, priority) in [
             ("affinity-prerouting", "prerouting", "dstnat + 10"),
             ("affinity-output", "output", "-90"),
@@ -910,5 +1027,69 @@ mod tests {
                 .iter()
                 .any(|r| r.contains("pod-cidrs6"))
         );
+    }
+
+    #[test]
+    fn ipv6_affinity_is_a_client_set_per_frontend_and_endpoint() {
+        let objects = |endpoints: &[&str]| {
+            let endpoints: Vec<serde_json::Value> = endpoints
+                .iter()
+                .map(|ip| json!({"addresses": [ip], "nodeName": "n2"}))
+                .collect();
+            crate::proxy::services::tests_support::snapshot(json!([
+                {"kind": "Service", "metadata": {"name": "six", "namespace": "x"},
+                 "spec": {"clusterIP": "fd00::10", "ipFamilies": ["IPv6"], "sessionAffinity": "ClientIP",
+                          "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}},
+                          "ports": [{"port": 53, "protocol": "UDP"}]}},
+                {"kind": "EndpointSlice", "metadata": {"name": "six-1", "namespace": "x", "labels": {"kubernetes.io/service-name": "six"}},
+                 "addressType": "IPv6", "ports": [{"port": 5353, "protocol": "UDP"}], "endpoints": endpoints},
+            ]))
+        };
+        let cidrs: [IpNet; 1] = ["fd00::/108".parse().unwrap()];
+        let (two, _) = compile(&services::build(
+            &objects(&["fd10::1", "fd10::2"]),
+            "n1",
+            &cidrs,
+        ));
+        let (one, _) = compile(&services::build(&objects(&["fd10::2"]), "n1", &cidrs));
+        let set = "affinity6-fd00--10-udp-53-fd10--1-5353";
+        assert_eq!(
+            two.sets[set].declaration,
+            "type ipv6_addr; size 65536; flags dynamic,timeout;"
+        );
+        assert_eq!(
+            two.chains["affinity6-fd00--10-udp-53"].rules[0],
+            format!("meta l4proto udp ip6 saddr @{set} dnat ip6 to [fd10::1]:5353")
+        );
+        assert_eq!(
+            two.chains["affinity6-fd00--10-udp-53-record"].rules[0],
+            format!("ip6 daddr fd10::1 th dport 5353 update @{set} {{ ip6 saddr timeout 60s }}")
+        );
+        assert_eq!(
+            elements(&two, "affinity-sticky6"),
+            ["fd00::10 . udp . 53 : jump affinity6-fd00--10-udp-53"]
+        );
+        assert_eq!(
+            elements(&two, "affinity-services6"),
+            ["fd00::10 . udp . 53 : goto affinity6-fd00--10-udp-53-record"]
+        );
+        // The sticky lookup comes before the random pick.
+        let cluster_ip = &two.chains["cluster-ip"].rules;
+        let lookup = cluster_ip
+            .iter()
+            .position(|r| r.contains("@affinity-sticky6"));
+        let pick = cluster_ip
+            .iter()
+            .position(|r| r.contains("@cluster-counts6"));
+        assert!(lookup.is_some() && lookup < pick, "{cluster_ip:?}");
+        // The endpoint leaves: its set, entries and all, goes; the other stays.
+        assert!(!one.sets.contains_key(set));
+        assert!(
+            one.sets
+                .contains_key("affinity6-fd00--10-udp-53-fd10--2-5353")
+        );
+        assert_eq!(one.chains["affinity6-fd00--10-udp-53"].rules.len(), 1);
+        // No IPv4 timeout chain for it.
+        assert!(!two.chains.contains_key("affinity-60"));
     }
 }

@@ -30,6 +30,8 @@ pub trait Sink {
     fn fill(&mut self, set: &str, keys: &[String]);
     /// Declares map `name`, empty.
     fn add_map(&mut self, name: &str, declaration: &str);
+    /// Declares (plain) set `name`, empty.
+    fn add_set(&mut self, name: &str, declaration: &str);
     fn remove_set(&mut self, name: &str);
     fn set_chains(&mut self, chains: BTreeMap<String, Chain>);
 }
@@ -58,6 +60,17 @@ impl Sink for Ruleset {
             name.to_string(),
             super::ruleset::Set {
                 map: true,
+                declaration: declaration.to_string(),
+                elements: BTreeMap::new(),
+            },
+        );
+    }
+
+    fn add_set(&mut self, name: &str, declaration: &str) {
+        self.sets.insert(
+            name.to_string(),
+            super::ruleset::Set {
+                map: false,
                 declaration: declaration.to_string(),
                 elements: BTreeMap::new(),
             },
@@ -115,6 +128,13 @@ impl Sink for nft::Table {
         );
     }
 
+    fn add_set(&mut self, name: &str, declaration: &str) {
+        self.sets.insert(
+            name.to_string(),
+            Arc::new(nft::Set::new(false, declaration, None)),
+        );
+    }
+
     fn remove_set(&mut self, name: &str) {
         self.sets.remove(name);
     }
@@ -142,6 +162,10 @@ impl Sink for nft::Table {
 /// frontend index); the least is the owner.
 type Rank = (bool, String, usize, usize);
 
+/// The claims on one frontend, sorted by rank (the owner first). Almost always one:
+/// a vector of it is a tenth of the smallest B-tree node.
+type Claims = Vec<(Rank, Claim)>;
+
 /// What one Service has in the compiler.
 #[derive(Default)]
 struct Fragment {
@@ -158,6 +182,8 @@ struct Output<S> {
     shared: HashMap<(&'static str, String), usize>,
     counts: BTreeMap<(bool, usize), usize>,
     timeouts: BTreeMap<u32, usize>,
+    /// The owners' own chains ([`Claim::chains`]).
+    chains: BTreeMap<String, Vec<String>>,
 }
 
 impl<S: Sink> Output<S> {
@@ -192,12 +218,16 @@ impl<S: Sink> Output<S> {
                 }
             }
         }
+        for (name, declaration) in &claim.sets {
+            self.sink.add_set(name, declaration);
+        }
         for (set, key, value) in &claim.elements {
             self.sink.insert(set, key.clone(), value.clone());
         }
         for shared in &claim.shared {
             self.share(shared);
         }
+        self.chains.extend(claim.chains.iter().cloned());
         if let Some(timeout) = claim.timeout {
             *self.timeouts.entry(timeout).or_default() += 1;
         }
@@ -209,6 +239,12 @@ impl<S: Sink> Output<S> {
         }
         for shared in &claim.shared {
             self.unshare(shared);
+        }
+        for (name, _) in &claim.sets {
+            self.sink.remove_set(name);
+        }
+        for (name, _) in &claim.chains {
+            self.chains.remove(name);
         }
         for &(local, n) in &claim.counts {
             if release(&mut self.counts, &(local, n)) {
@@ -242,7 +278,7 @@ pub struct Compiler<S> {
     out: Output<S>,
     services: HashMap<String, Fragment>,
     /// Every claim per frontend, owner first.
-    claims: HashMap<String, BTreeMap<Rank, Claim>>,
+    claims: HashMap<String, Claims>,
     /// Frontends with more than one claim.
     contested: BTreeSet<String>,
     /// What every Service's claims depend on besides the Service: where NodePorts
@@ -272,6 +308,7 @@ impl<S: Sink> Compiler<S> {
                 shared: HashMap::new(),
                 counts: BTreeMap::new(),
                 timeouts: BTreeMap::new(),
+                chains: BTreeMap::new(),
             },
             services: HashMap::new(),
             claims: HashMap::new(),
@@ -320,6 +357,7 @@ impl<S: Sink> Compiler<S> {
             timeouts: self.out.timeouts.keys().copied().collect(),
             has_pod_cidrs: [has_pod_cidrs(false), has_pod_cidrs(true)],
             masquerade_all: map.masquerade_all,
+            claimed: self.out.chains.clone(),
         };
         if self.chains.as_ref() != Some(&inputs) {
             self.out
@@ -341,25 +379,38 @@ impl<S: Sink> Compiler<S> {
             let (cluster_ip, claims) = port_claims(self.dataplane, map, port);
             self.out.share(&cluster_ip);
             fragment.cluster_ips.push(cluster_ip);
-            for (frontend, (is_cluster_ip, key, claim)) in claims.into_iter().enumerate() {
+            for (frontend, (is_cluster_ip, key, mut claim)) in claims.into_iter().enumerate() {
                 let rank = (!is_cluster_ip, name.to_string(), index, frontend);
                 fragment.frontends.push((key.clone(), rank.clone()));
+                // Kept until the Service changes: without the room its lists grew.
+                claim.elements.shrink_to_fit();
+                claim.shared.shrink_to_fit();
+                claim.counts.shrink_to_fit();
                 self.add_claim(key, rank, claim);
             }
         }
+        fragment.cluster_ips.shrink_to_fit();
+        fragment.frontends.shrink_to_fit();
         self.services.insert(name.to_string(), fragment);
     }
 
     fn add_claim(&mut self, key: String, rank: Rank, claim: Claim) {
         let entry = self.claims.entry(key.clone()).or_default();
-        let owner = entry.first_key_value().is_none_or(|(best, _)| rank < *best);
-        if owner {
-            if let Some((_, previous)) = entry.first_key_value() {
+        let at = entry.partition_point(|(other, _)| *other < rank);
+        if at == 0 {
+            if let Some((_, previous)) = entry.first() {
                 self.out.unapply(previous);
             }
             self.out.apply(&claim);
         }
-        entry.insert(rank, claim);
+        match entry.get_mut(at) {
+            Some(same) if same.0 == rank => same.1 = claim,
+            _ => {
+                // Room for this one only: a first push would make room for four.
+                entry.reserve_exact(1);
+                entry.insert(at, (rank, claim));
+            }
+        }
         if entry.len() > 1 {
             self.contested.insert(key);
         }
@@ -376,15 +427,13 @@ impl<S: Sink> Compiler<S> {
             let Some(entry) = self.claims.get_mut(&key) else {
                 continue;
             };
-            let was_owner = entry
-                .first_key_value()
-                .is_some_and(|(best, _)| *best == rank);
-            let Some(claim) = entry.remove(&rank) else {
+            let Ok(at) = entry.binary_search_by(|(other, _)| other.cmp(&rank)) else {
                 continue;
             };
-            if was_owner {
+            let (_, claim) = entry.remove(at);
+            if at == 0 {
                 self.out.unapply(&claim);
-                if let Some((_, next)) = entry.first_key_value() {
+                if let Some((_, next)) = entry.first() {
                     self.out.apply(next);
                 }
             }
@@ -508,6 +557,18 @@ mod tests {
         step(&mut now, &|o| {
             o.push(slice("six", "IPv6", &["fd00:244::10".to_string()]))
         });
+        // IPv6 affinity: per-frontend sets and chains come, change and go.
+        let six = now.len() - 2;
+        step(&mut now, &|o| {
+            o[six]["spec"]["sessionAffinity"] = json!("ClientIP");
+            o[six]["spec"]["ports"][0]["protocol"] = json!("TCP");
+        });
+        step(&mut now, &|o| {
+            o[six + 1] = slice("six", "IPv6", &ips("fd00:244::", 2))
+        });
+        step(&mut now, &|o| {
+            o[six + 1] = slice("six", "IPv6", &ips("fd00:244::", 1))
+        });
         // The owner of 10.96.0.10:80 goes: `other`'s externalIP takes it.
         step(&mut now, &|o| {
             o.remove(1);
@@ -540,6 +601,7 @@ mod tests {
         let mut services = Incremental::default();
         let mut compiler = Compiler::table(Dataplane::Nftables);
         let mut last = crate::cache::Snapshot::default();
+        let mut affinity6_sets = BTreeSet::new();
         for (i, objects) in steps().into_iter().enumerate() {
             let mut snapshot = services::tests_support::snapshot(Value::Array(objects));
             // As the cache does: an unchanged object is the same `Arc`.
@@ -560,7 +622,20 @@ mod tests {
             assert_eq!(problems, expected_problems, "step {i}");
             let expected = Lowering::default().lower(&ruleset);
             assert_eq!(compiler.sink(), &expected, "step {i}");
+            affinity6_sets.insert(
+                compiler
+                    .sink()
+                    .sets
+                    .keys()
+                    .filter(|name| name.starts_with("affinity6-"))
+                    .count(),
+            );
         }
+        assert_eq!(
+            affinity6_sets,
+            BTreeSet::from([0, 1, 2]),
+            "IPv6 affinity sets"
+        );
         let endpoints_20 = compiler.sink().chains.get("endpoints-20");
         assert!(
             endpoints_20.is_none(),
