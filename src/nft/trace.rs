@@ -783,18 +783,33 @@ mod tests {
     use crate::nft::{Chain, Elements, Hook, Set};
     use std::sync::Arc;
 
+    /// A base chain of a test table.
+    fn base(hook: &str, kind: &str, priority: i32, rules: &[&str]) -> Arc<Chain> {
+        Arc::new(Chain::new(
+            Some(Hook::new(kind, hook, priority)),
+            rules.iter().copied(),
+        ))
+    }
+
+    /// A set (or, with `map`, a map) of a test table holding `elements`.
+    fn set(decl: &str, map: bool, elements: &[(&str, &str)]) -> Arc<Set> {
+        Arc::new(
+            Set::new(map, decl, None).with_elements(
+                elements
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect::<Elements>(),
+            ),
+        )
+    }
+
+    /// A regular chain of a test table.
+    fn plain(rules: &[&str]) -> Arc<Chain> {
+        Arc::new(Chain::new(None, rules.iter().copied()))
+    }
+
     fn table() -> Table {
         let mut t = Table::default();
-        let set = |decl: &str, map: bool, elements: &[(&str, &str)]| {
-            Arc::new(
-                Set::new(map, decl, None).with_elements(
-                    elements
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect::<Elements>(),
-                ),
-            )
-        };
         t.sets.insert(
             "dispatch".into(),
             set(
@@ -890,16 +905,6 @@ mod tests {
     /// A NAT table in the shape of a service proxy's, with chain names of its own.
     fn nat_table() -> Table {
         let mut t = Table::default();
-        let set = |decl: &str, map: bool, elements: &[(&str, &str)]| {
-            Arc::new(
-                Set::new(map, decl, None).with_elements(
-                    elements
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect::<Elements>(),
-                ),
-            )
-        };
         let frontend = "type ipv4_addr . inet_proto . inet_service : verdict";
         t.sets.insert(
             "vips".into(),
@@ -953,13 +958,6 @@ mod tests {
                 &[],
             ),
         );
-        let base = |hook: &str, kind: &str, priority: i32, rules: &[&str]| {
-            Arc::new(Chain::new(
-                Some(Hook::new(kind, hook, priority)),
-                rules.iter().copied(),
-            ))
-        };
-        let plain = |rules: &[&str]| Arc::new(Chain::new(None, rules.iter().copied()));
         t.chains.insert(
             "pre".into(),
             base(
@@ -1090,16 +1088,6 @@ mod tests {
     #[test]
     fn a_client_in_an_endpoints_set_goes_there() {
         let mut t = Table::default();
-        let set = |decl: &str, map: bool, elements: &[(&str, &str)]| {
-            Arc::new(
-                Set::new(map, decl, None).with_elements(
-                    elements
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect::<Elements>(),
-                ),
-            )
-        };
         let frontend = "type ipv6_addr . inet_proto . inet_service : verdict";
         let clients = "type ipv6_addr; flags dynamic,timeout";
         t.sets.insert(
@@ -1124,13 +1112,6 @@ mod tests {
         t.sets.insert("a".into(), set(clients, false, &[]));
         t.sets
             .insert("b".into(), set(clients, false, &[("fd99::7", "")]));
-        let base = |hook: &str, kind: &str, priority: i32, rules: &[&str]| {
-            Arc::new(Chain::new(
-                Some(Hook::new(kind, hook, priority)),
-                rules.iter().copied(),
-            ))
-        };
-        let plain = |rules: &[&str]| Arc::new(Chain::new(None, rules.iter().copied()));
         t.chains.insert(
             "pre".into(),
             base(
