@@ -346,7 +346,7 @@ pub(super) struct Claim {
     /// Elements only this frontend has (keys start with the frontend): set, key, value.
     pub elements: Vec<(Cow<'static, str>, String, Option<String>)>,
     /// Elements other frontends may have too (`hairpin`).
-    pub shared: Vec<(&'static str, String)>,
+    pub shared: Vec<Shared>,
     /// `endpoints-N` chains it jumps to: (local?, N).
     pub counts: Vec<(bool, usize)>,
     /// sessionAffinity timeout chain it jumps to (IPv4).
@@ -355,6 +355,52 @@ pub(super) struct Claim {
     pub chains: Vec<(String, Vec<String>)>,
     /// Sets only this frontend uses (IPv6 affinity): name, declaration.
     pub sets: Vec<(String, String)>,
+}
+
+/// An element several frontends may put in the table (a ClusterIP in
+/// `cluster-ips`, an endpoint's pair in `hairpin`), kept as the address it is made
+/// of and written out only for the sink: at 10,000 Services × 10 endpoints the
+/// claims and their reference counts held 100,000 `hairpin` keys twice as text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) struct Shared {
+    hairpin: bool,
+    /// The family of the set (that of the frontend).
+    v6: bool,
+    ip: IpAddr,
+}
+
+impl Shared {
+    fn cluster_ip(ip: IpAddr) -> Self {
+        Self {
+            hairpin: false,
+            v6: ip.is_ipv6(),
+            ip,
+        }
+    }
+
+    fn hairpin(f: Family, ip: IpAddr) -> Self {
+        Self {
+            hairpin: true,
+            v6: f.0,
+            ip,
+        }
+    }
+
+    pub(super) fn set(&self) -> &'static str {
+        Family(self.v6).name(if self.hairpin {
+            "hairpin"
+        } else {
+            "cluster-ips"
+        })
+    }
+
+    pub(super) fn key(&self) -> String {
+        if self.hairpin {
+            format!("{0} . {0}", self.ip)
+        } else {
+            self.ip.to_string()
+        }
+    }
 }
 
 impl Claim {
@@ -372,9 +418,8 @@ pub(super) fn port_claims(
     dataplane: Dataplane,
     map: &ServiceMap,
     port: &ServicePort,
-) -> ((&'static str, String), Vec<PortClaim>) {
-    let f = Family::of(port.cluster_ip);
-    let cluster_ip = (f.name("cluster-ips"), port.cluster_ip.to_string());
+) -> (Shared, Vec<PortClaim>) {
+    let cluster_ip = Shared::cluster_ip(port.cluster_ip);
     let claims = port
         .frontends(&map.node_port_ips)
         .iter()
@@ -570,10 +615,7 @@ fn endpoints(
     };
     if dataplane == Dataplane::IpvsGlue {
         for endpoint in endpoints {
-            let ip = endpoint.ip().to_string();
-            claim
-                .shared
-                .push((f.name("hairpin"), format!("{ip} . {ip}")));
+            claim.shared.push(Shared::hairpin(f, endpoint.ip()));
         }
         return;
     }
@@ -591,10 +633,7 @@ fn endpoints(
             format!("{key} . {slot}"),
             Some(format!("{} . {}", endpoint.ip(), endpoint.port())),
         );
-        let ip = endpoint.ip().to_string();
-        claim
-            .shared
-            .push((f.name("hairpin"), format!("{ip} . {ip}")));
+        claim.shared.push(Shared::hairpin(f, endpoint.ip()));
     }
 }
 

@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::compile::{
-    ChainInputs, Claim, Dataplane, chains_for, count_maps, declarations, fixed_elements,
+    ChainInputs, Claim, Dataplane, Shared, chains_for, count_maps, declarations, fixed_elements,
     port_claims,
 };
 use super::ruleset::{Chain, Lowering, Ruleset};
@@ -170,7 +170,7 @@ type Claims = Vec<(Rank, Claim)>;
 #[derive(Default)]
 struct Fragment {
     /// Its ports' `cluster-ips` elements.
-    cluster_ips: Vec<(&'static str, String)>,
+    cluster_ips: Vec<Shared>,
     /// Its claims, by frontend.
     frontends: Vec<(String, Rank)>,
 }
@@ -179,7 +179,7 @@ struct Fragment {
 /// several owners may share.
 struct Output<S> {
     sink: S,
-    shared: HashMap<(&'static str, String), usize>,
+    shared: HashMap<Shared, usize>,
     counts: BTreeMap<(bool, usize), usize>,
     timeouts: BTreeMap<u32, usize>,
     /// The owners' own chains ([`Claim::chains`]).
@@ -187,23 +187,22 @@ struct Output<S> {
 }
 
 impl<S: Sink> Output<S> {
-    fn share(&mut self, (set, key): &(&'static str, String)) {
-        let count = self.shared.entry((set, key.clone())).or_default();
+    fn share(&mut self, shared: &Shared) {
+        let count = self.shared.entry(*shared).or_default();
         *count += 1;
         if *count == 1 {
-            self.sink.insert(set, key.clone(), None);
+            self.sink.insert(shared.set(), shared.key(), None);
         }
     }
 
-    fn unshare(&mut self, (set, key): &(&'static str, String)) {
-        let entry = (*set, key.clone());
-        let Some(count) = self.shared.get_mut(&entry) else {
+    fn unshare(&mut self, shared: &Shared) {
+        let Some(count) = self.shared.get_mut(shared) else {
             return;
         };
         *count -= 1;
         if *count == 0 {
-            self.shared.remove(&entry);
-            self.sink.remove(set, key);
+            self.shared.remove(shared);
+            self.sink.remove(shared.set(), &shared.key());
         }
     }
 
