@@ -68,6 +68,24 @@ pub fn intern_str(text: &str) -> Arc<str> {
     }
 }
 
+/// Deserializes an optional string into its shared copy ([`intern_str`]).
+pub fn shared_text<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Arc<str>>, D::Error> {
+    use serde::Deserialize;
+    let text: Option<std::borrow::Cow<'de, str>> = Option::deserialize(deserializer)?;
+    Ok(text.map(|t| intern_str(&t)))
+}
+
+/// Serializes a shared string as the plain string it is.
+pub fn text<S: serde::Serializer>(
+    value: &Option<Arc<str>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::Serialize;
+    value.as_deref().serialize(serializer)
+}
+
 /// The empty set, shared.
 pub fn empty() -> Arc<Labels> {
     static EMPTY: LazyLock<Arc<Labels>> = LazyLock::new(|| Arc::new(Labels::new()));

@@ -99,28 +99,17 @@ pub struct ContainerPort {
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
-        deserialize_with = "shared_text",
-        serialize_with = "text"
+        deserialize_with = "labels::shared_text",
+        serialize_with = "labels::text"
     )]
     pub name: Option<Arc<str>>,
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
-        deserialize_with = "shared_text",
-        serialize_with = "text"
+        deserialize_with = "labels::shared_text",
+        serialize_with = "labels::text"
     )]
     pub protocol: Option<Arc<str>>,
-}
-
-fn shared_text<'de, D: serde::Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<Arc<str>>, D::Error> {
-    let text: Option<std::borrow::Cow<'de, str>> = Option::deserialize(deserializer)?;
-    Ok(text.map(|t| labels::intern_str(&t)))
-}
-
-fn text<S: serde::Serializer>(value: &Option<Arc<str>>, serializer: S) -> Result<S::Ok, S::Error> {
-    value.as_deref().serialize(serializer)
 }
 
 /// The pod's phase (one shared copy of each), addresses and start; not its host's
@@ -131,8 +120,8 @@ pub struct PodStatus {
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
-        deserialize_with = "shared_text",
-        serialize_with = "text"
+        deserialize_with = "labels::shared_text",
+        serialize_with = "labels::text"
     )]
     pub phase: Option<Arc<str>>,
     #[serde(default, rename = "podIP", skip_serializing_if = "Option::is_none")]
