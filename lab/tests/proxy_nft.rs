@@ -154,7 +154,19 @@ async fn full_load_then_element_diffs_drift_repair_and_cleanup() {
     );
 
     assert!(chain_exists(&netns, "endpoints-16"));
+    // A staging table a failed full load left behind goes with ours.
+    nft.apply("add table inet kubewire-proxy-staging { flags dormant; }\n")
+        .await
+        .unwrap();
+    let tables = || {
+        common::sh(
+            "ip",
+            &["netns", "exec", &netns.name, "nft", "list", "tables"],
+        )
+    };
+    assert!(tables().contains("kubewire-proxy-staging"), "{}", tables());
     assert!(nft.delete_table("inet", "kubewire-proxy").await.unwrap());
+    assert!(!tables().contains("kubewire-proxy"), "{}", tables());
     assert!(!nft.delete_table("inet", "kubewire-proxy").await.unwrap());
 }
 

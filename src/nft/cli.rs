@@ -152,20 +152,30 @@ impl Nft {
             })
     }
 
-    /// Deletes `table` of `family`; `Ok(false)` when there was none.
+    /// Deletes `table` of `family`, and the staging table a failed full load may have
+    /// left next to it; `Ok(false)` when there was no `table`.
     pub async fn delete_table(&self, family: &str, table: &str) -> Result<bool, NftError> {
-        match self
+        let deleted = match self
             .apply(&format!("delete table {family} {table}\n"))
             .await
         {
-            Ok(()) => Ok(true),
+            Ok(()) => true,
             Err(NftError::Failed { stderr, .. })
                 if stderr.contains("No such file or directory") =>
             {
-                Ok(false)
+                false
             }
-            Err(err) => Err(err),
-        }
+            Err(err) => return Err(err),
+        };
+        // A staging table a failed full load left behind goes too; adding it first
+        // makes the delete succeed whether it is there or not.
+        let staging = super::model::TableId::new(family, table).staging();
+        self.apply(&format!(
+            "add table {family} {name}\ndelete table {family} {name}\n",
+            name = staging.name
+        ))
+        .await?;
+        Ok(deleted)
     }
 }
 

@@ -44,11 +44,6 @@ const CHAIN_INPUT: &[u16] = &[1, 3, 4, 5, 7, 12];
 const RULE_INPUT: &[u16] = &[1, 2, 4, 5, 7];
 const SETELEM_INPUT: &[u16] = &[1, 2, 3];
 
-/// Where `id`'s structure is compiled: a table of ours, next to it.
-pub fn staging(id: &TableId) -> TableId {
-    TableId::new(&id.family, &format!("{}-staging", id.name))
-}
-
 /// A create or replace split into what `nft` compiles (everything but the
 /// elements netlink can carry) and those elements' messages; `None` for a diff or
 /// when fewer than `from` elements would go over netlink.
@@ -105,7 +100,7 @@ pub(super) fn replacing(tx: &Transaction) -> Transaction {
 
 /// Compiles `ops` with `nft` into the dormant staging table of `id` (replacing any).
 async fn stage(nft: &Nft, id: &TableId, ops: Vec<Op>) -> Result<TableId, NftError> {
-    let staging = staging(id);
+    let staging = id.staging();
     let header = format!(
         "add table {staging}\ndelete table {staging}\nadd table {staging} {{ flags dormant; }}\n"
     );

@@ -26,6 +26,12 @@ impl TableId {
             name: name.to_string(),
         }
     }
+
+    /// Where a full load compiles this table's structure first (see
+    /// [`super::load`]): a table of ours, next to it.
+    pub fn staging(&self) -> TableId {
+        TableId::new(&self.family, &format!("{}-staging", self.name))
+    }
 }
 
 impl fmt::Display for TableId {
